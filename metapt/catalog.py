@@ -1,0 +1,170 @@
+"""What a spec may name: task kinds, data formats, heads, losses, schedulers. Plain data, no torch.
+
+The kind implementations (metapt/kinds/) import torch; validation only needs these tables, so
+`metapt validate` and `metapt inspect-tasks` stay fast and model-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Option:
+    """One key of a task spec's `[options]` table: its default, type and allowed values."""
+
+    default: Any
+    help: str
+    choices: tuple[Any, ...] = ()
+    low: float | None = None  # inclusive bounds for numbers
+    high: float | None = None
+
+    def check(self, value: Any) -> str | None:
+        """Return what is wrong with `value`, or None when it is allowed."""
+        want = type(self.default) if self.default is not None else None
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if want is not None and not isinstance(value, want) or isinstance(value, bool) and want is not bool:
+            return f"expected {_type_name(want)}, got {value!r}"
+        if self.choices and value not in self.choices:
+            return f"{value!r} is not one of {', '.join(map(repr, self.choices))}"
+        if self.low is not None and value < self.low or self.high is not None and value > self.high:
+            return f"{value!r} is out of range [{self.low}, {self.high}]"
+        return None
+
+
+def _type_name(t: type | None) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}.get(
+        t, str(t)
+    )
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    """What a task kind is: the role it plays, the heads/losses it accepts (first = default), its
+    metrics (first = main metric), the record fields its data must provide, and its options."""
+
+    role: str  # "source": a pretraining objective; "target": a labelled downstream task
+    heads: tuple[str, ...]
+    losses: tuple[str, ...]
+    metrics: tuple[str, ...]
+    fields: tuple[str, ...]  # required record fields, after `[data.columns]` renaming
+    options: dict[str, Option] = field(default_factory=dict)
+    help: str = ""
+    micro_batches: bool = True  # False when examples interact (in-batch negatives): never split
+
+
+_LABELS = Option([], "label names in order; empty: the sorted labels found in the train split")
+_MAIN = Option("", "metric used to pick the best epoch; empty: the kind's first metric")
+
+KINDS: dict[str, KindInfo] = {
+    "masked_lm": KindInfo(
+        "source", ("mlm",), ("cross_entropy",), ("accuracy", "loss"), ("text",),
+        {
+            "mask_probability": Option(0.15, "share of tokens selected for prediction", low=0.01, high=0.9),
+            "whole_word_mask": Option(False, "mask every sub-word of a selected word together"),
+        },
+        "masked language modelling with dynamic 80/10/10 masking",
+    ),
+    "sentence_reordering": KindInfo(
+        "source", ("sequence_classification",), ("cross_entropy",), ("accuracy",), ("sentences",),
+        {"max_segments": Option(3, "split a paragraph into 1..m segments (sum of k! classes)", low=1, high=4)},
+        "ERNIE 2.0 sentence reordering: classify the permutation of shuffled segments",
+    ),
+    "sentence_distance": KindInfo(
+        "source", ("sequence_classification",), ("cross_entropy",), ("accuracy",), ("sentences",), {},
+        "ERNIE 2.0 sentence distance: adjacent / same document / other document",
+    ),
+    "response_selection": KindInfo(
+        "source", ("dual_encoder",), ("contrastive",), ("recall@1",), ("turns",),
+        {"max_context_turns": Option(3, "dialogue turns kept as the context", low=1, high=32)},
+        "dialogue context vs. the true next turn, in-batch negatives", micro_batches=False,
+    ),
+    "span_selection": KindInfo(
+        "source", ("span_pointer",), ("span_cross_entropy",), ("f1", "exact_match"), ("sentences",),
+        {"blank_token": Option("[BLANK]", "the word that replaces the answer term in the query")},
+        "masked passage retrieval (Glass et al. 2020): find the blanked term's span in a passage",
+    ),
+    "classification": KindInfo(
+        "target", ("sequence_classification",), ("cross_entropy",),
+        ("accuracy", "f1", "macro_f1", "mcc", "f1a", "exact_match"), ("text", "label"),
+        {"labels": _LABELS, "main_metric": _MAIN},
+        "single sentences or pairs (GLUE, SuperGLUE)",
+    ),
+    "regression": KindInfo(
+        "target", ("regression",), ("mse",), ("pearson", "spearman"), ("text", "label"),
+        {"main_metric": _MAIN},
+        "a real-valued score for a sentence or pair (STS-B)",
+    ),
+    "token_classification": KindInfo(
+        "target", ("token_classification",), ("cross_entropy",), ("f1", "precision", "recall"),
+        ("tokens", "tags"), {"labels": _LABELS, "main_metric": _MAIN},
+        "BIO tagging, entity-level F1 (NER)",
+    ),
+    "srl": KindInfo(
+        "target", ("predicate_tagger",), ("cross_entropy",), ("f1", "precision", "recall"),
+        ("tokens", "predicate_indices", "srl_tags"), {"labels": _LABELS, "main_metric": _MAIN},
+        "semantic role labelling, one instance per predicate, span F1 without the V",
+    ),
+    "relation_extraction": KindInfo(
+        "target", ("entity_pair",), ("cross_entropy",), ("f1", "precision", "recall"),
+        ("tokens", "entities", "relations"), {"labels": _LABELS, "main_metric": _MAIN},
+        "entity-pair classification over typed entity markers, micro F1 over triples",
+    ),
+    "extractive_qa": KindInfo(
+        "target", ("span_pointer",), ("span_cross_entropy",), ("f1", "exact_match"),
+        ("context", "question", "answers"),
+        {
+            "version_2_with_negative": Option(False, "questions may have no answer (SQuAD 2.0)"),
+            "max_answer_length": Option(30, "longest answer span in tokens", low=1, high=512),
+            "main_metric": _MAIN,
+        },
+        "start/end pointer with document stride (SQuAD, Natural Questions)",
+    ),
+    "multiple_choice": KindInfo(
+        "target", ("multiple_choice",), ("cross_entropy",), ("accuracy", "exact_match", "f1"),
+        ("context", "choices"), {"main_metric": _MAIN},
+        "one score per (context, candidate), softmax over candidates (COPA, ReCoRD)",
+    ),
+}
+
+# Data formats: name -> one line of help. Readers live in metapt/data/.
+FORMATS: dict[str, str] = {
+    "hf": "datasets.load_dataset(dataset, subset, split=...) (needs the hub or its cache)",
+    "json": "a JSON file: a list of records, or {field: [records]}",
+    "jsonl": "one JSON record per line",
+    "csv": "comma-separated with a header row",
+    "tsv": "tab-separated (GLUE files, no quoting)",
+    "parquet": "Apache Parquet",
+    "text": "plain text: one sentence per line, documents separated by blank lines",
+    "squad": "SQuAD v1.1 / v2.0 JSON",
+    "conll2005": "CoNLL-2005 words + props columns (or the release's words/ and props/ files)",
+    "conll2012": "OntoNotes 5.0 *_gold_conll files",
+    "conll04": "Roth & Yih conll04.corp: token lines, then relation lines",
+    "spert": "SpERT JSON: tokens, entities {type,start,end}, relations {type,head,tail}",
+    "dygie": "DyGIE++ JSON lines: sentences, ner, relations with document offsets",
+    "dailydialog": "DailyDialog: one dialogue per line, turns separated by __eou__",
+    "superglue": "SuperGLUE jsonl; `subset` names the task (boolq, cb, copa, multirc, record, wic, wsc, ...)",
+    "nq": "Natural Questions simplified jsonl (document_text, annotations)",
+    "synthetic": "the built-in synthetic world, written in a real format and read back through its reader",
+}
+
+SYNTHETIC_CORPORA: tuple[str, ...] = (
+    "documents", "shuffled", "dialogues", "conll04", "conll2012", "pairs", "squad",
+)
+
+HEADS: tuple[str, ...] = tuple(dict.fromkeys(h for k in KINDS.values() for h in k.heads))
+LOSSES: tuple[str, ...] = tuple(dict.fromkeys(x for k in KINDS.values() for x in k.losses))
+
+SCHEDULERS: tuple[str, ...] = (
+    "meta", "uniform", "proportional", "temperature", "sequential", "round_robin", "single",
+)
+SOURCE_KINDS: tuple[str, ...] = tuple(k for k, v in KINDS.items() if v.role == "source")
+
+
+def roles(kind: str) -> tuple[str, ...]:
+    """The parts a task of this kind can play in a run."""
+    if KINDS[kind].role == "source":
+        return ("source", "target (agnostic)")
+    return ("target (aware)", "downstream")

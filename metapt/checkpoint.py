@@ -1,0 +1,115 @@
+"""Checkpoints that are Hugging Face encoder folders and never half-written.
+
+Layout of an output directory:
+
+    OUTPUT_DIR/
+      checkpoint-000010/    config.json, model.safetensors, tokenizer files, heads.safetensors,
+                            heads.json, training_state.pt, metapt.json (written last)
+      current -> checkpoint-000010        (a symlink, replaced atomically)
+      config.json -> current/config.json  (and every other file: so OUTPUT_DIR itself loads with
+                                           AutoModel.from_pretrained / AutoTokenizer.from_pretrained)
+      metrics.jsonl
+
+A new checkpoint is written to a temporary folder, renamed into place, and only then is `current`
+switched with one atomic rename; a crash at any point leaves the previous checkpoint as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from metapt.errors import CheckpointError
+
+MANIFEST = "metapt.json"
+STATE = "training_state.pt"
+HEADS = "heads.safetensors"
+HEADS_INFO = "heads.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_symlink(target: str, link: Path) -> None:
+    tmp = link.with_name(f".{link.name}.tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def save(output_dir: Path, episode: int, encoder: Any, tokenizer: Any, heads: torch.nn.ModuleDict,
+         heads_info: dict[str, Any], state: dict[str, Any], manifest: dict[str, Any]) -> Path:
+    """Write checkpoint-<episode> and make it current; older checkpoints are removed afterwards."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    name = f"checkpoint-{episode:06d}"
+    final, tmp = output_dir / name, output_dir / f".{name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    encoder.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    save_file({k: v.detach().contiguous().cpu() for k, v in heads.state_dict().items()}, tmp / HEADS)
+    (tmp / HEADS_INFO).write_text(json.dumps(heads_info, indent=2))
+    torch.save(state, tmp / STATE)
+    (tmp / MANIFEST).write_text(json.dumps({**manifest, "episode": episode, "complete": True}, indent=2))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _atomic_symlink(name, output_dir / "current")
+    for f in final.iterdir():  # stable top-level links so OUTPUT_DIR itself is a model folder
+        link = output_dir / f.name
+        if not link.is_symlink():
+            if link.exists():
+                link.unlink()
+            os.symlink(Path("current") / f.name, link)
+    _fsync_dir(output_dir)
+    for old in output_dir.glob("checkpoint-*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def resolve(path: Path) -> Path:
+    """The checkpoint folder behind an output directory (or the folder itself); errors say what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    folder = (path / "current").resolve() if (path / "current").exists() else path
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        raise CheckpointError(f"{path}: not a metapt checkpoint (no {MANIFEST}); run `metapt pretrain` "
+                              "first, or pass a Hugging Face encoder folder to `metapt finetune`")
+    try:
+        meta = json.loads(manifest.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{manifest}: corrupt manifest ({e})") from None
+    missing = [f for f in ("config.json", "model.safetensors", HEADS, HEADS_INFO, STATE) if not (folder / f).is_file()]
+    if missing or not meta.get("complete"):
+        raise CheckpointError(f"{folder}: incomplete checkpoint (missing {', '.join(missing) or 'completion mark'})")
+    return folder
+
+
+def load_state(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """(manifest, head tensors, heads info, training state) of a checkpoint folder from `resolve`."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        heads = load_file(folder / HEADS)
+        heads_info = json.loads((folder / HEADS_INFO).read_text())
+        state = torch.load(folder / STATE, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or tampered files: never half-load
+        raise CheckpointError(f"{folder}: corrupt checkpoint ({type(e).__name__}: {e})") from None
+    return manifest, heads, heads_info, state

@@ -1,0 +1,205 @@
+"""The `metapt` command line: thin typer commands behind one error boundary. Only this module prints
+and exits (with progress.py, which it drives)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
+
+from metapt.errors import MetaptError, TrainingError
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _debug() -> bool:
+    return os.environ.get("METAPT_DEBUG", "") not in ("", "0")
+
+
+class Boundary(TyperGroup):
+    """The one place errors become messages: bad input exits 2, anything else 1; a traceback only
+    with --debug or METAPT_DEBUG=1."""
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except MetaptError as e:
+            if _debug():
+                raise
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except TrainingError as e:
+            if _debug():
+                raise
+            err.print(f"[bold red]training stopped:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as e:  # a bug: say what, and how to see where
+            if _debug() or not isinstance(e, Exception) or type(e).__module__.startswith("click"):
+                raise
+            err.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))} "
+                      "(run with --debug or METAPT_DEBUG=1 for the traceback)", highlight=False)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=Boundary, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Meta-learned multi-task pretraining of transformer encoders (Luo et al. 2021).",
+)
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks.")) -> None:
+    if debug:
+        os.environ["METAPT_DEBUG"] = "1"
+
+
+def _quiet_libraries() -> None:
+    """Hide the libraries' own progress bars and load reports; metapt reports what matters."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+@app.command()
+def validate(files: list[Path] = typer.Argument(..., help="Run specs or task specs.")) -> None:
+    """Check specs (and every task a run spec references) without loading any model."""
+    from metapt.errors import SpecError
+    from metapt.resolve import parse_any
+    from metapt.spec import RunSpec, missing_data
+
+    problems = []
+    for path in files:
+        try:
+            spec = parse_any(path)
+        except SpecError as e:
+            problems += e.problems
+            continue
+        tasks = list(spec.tasks().values()) if isinstance(spec, RunSpec) else [spec]
+        for t in tasks:
+            if t.data.obtain and (gone := missing_data(t.data)):
+                console.print(f"[yellow]note:[/] {t.name}: data for {', '.join(gone)} not present; "
+                              f"{escape(t.data.obtain)}", highlight=False)
+        what = f"run spec, {len(tasks)} tasks" if isinstance(spec, RunSpec) else f"task {spec.name!r}"
+        console.print(f"[green]ok[/] {escape(str(path))} ({escape(what)})", highlight=False)
+    if problems:
+        raise SpecError(problems)
+
+
+@app.command("inspect-tasks")
+def inspect_tasks(
+    paths: list[Path] = typer.Argument(None, help="Spec files or folders (default: ./tasks and the built-in specs)."),
+    count: bool = typer.Option(False, "--count", help="Load each split through its reader and count examples."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """List every task spec found: name, kind, roles, data, head, loss (and example counts)."""
+    from metapt.inspect import describe_tasks, table
+
+    if count:
+        _quiet_libraries()
+    rows = describe_tasks(paths or None, count=count)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        console.print(table(rows, count))
+
+
+@app.command()
+def pretrain(
+    run_spec: Path = typer.Argument(..., help="A run spec (TOML)."),
+    episodes: int = typer.Option(None, "--episodes", min=1, help="Override [run].episodes."),
+    output_dir: Path = typer.Option(None, "--output-dir", help="Override [run].output_dir."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in the output dir."),
+    seed: int = typer.Option(None, "--seed", min=0, help="Override [run].seed."),
+    device: str = typer.Option(None, "--device", help="Override [run].device (auto, cpu, cuda, cuda:N)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final summary."),
+) -> None:
+    """Pretrain an encoder, choosing the task of every episode (Algorithm 1 or a baseline)."""
+    _quiet_libraries()
+    from metapt.engine import pretrain as run_pretrain
+    from metapt.progress import pretrain_reporter
+    from metapt.resolve import parse_run
+    from metapt.runspec import override
+
+    spec = override(parse_run(run_spec), episodes=episodes, output_dir=output_dir, seed=seed, device=device)
+    with pretrain_reporter(console, spec, quiet=quiet) as report:
+        summary = run_pretrain(spec, resume=resume, callback=report)
+    if summary.get("rank", 0) == 0:
+        console.print(summary["message"], highlight=False)
+
+
+def _not_yet(command: str, issue: int) -> None:
+    err.print(f"error: `metapt {command}` is not available in this version yet (tracked as issue #{issue})")
+    raise typer.Exit(2)
+
+
+@app.command()
+def finetune(
+    checkpoint: str = typer.Argument(..., help="A metapt checkpoint, Hugging Face encoder folder or hub id."),
+    task: str = typer.Option(..., "--task", help="A task name or task spec file."),
+    data: Path = typer.Option(None, "--data", help="A local copy of the task's data (file or folder)."),
+    epochs: int = typer.Option(None, "--epochs", min=1),
+    lr: float = typer.Option(None, "--lr", min=0.0),
+    batch_size: int = typer.Option(None, "--batch-size", min=1),
+    max_length: int = typer.Option(None, "--max-length", min=8),
+    seed: int = typer.Option(0, "--seed", min=0),
+    seeds: str = typer.Option(None, "--seeds", help="Several seeds, e.g. 1,2,3: mean and std are reported."),
+    output_dir: Path = typer.Option(None, "--output-dir", help="Default: CKPT/finetune/TASK."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Finetune a pretrained encoder on a downstream task and score it with the task's metric."""
+    _not_yet("finetune", 5)
+
+
+@app.command()
+def evaluate(
+    finetuned_dir: Path = typer.Argument(..., help="A folder written by `metapt finetune`."),
+    task: str = typer.Option(..., "--task", help="A task name or task spec file."),
+    split: str = typer.Option("validation", "--split"),
+    data: Path = typer.Option(None, "--data"),
+) -> None:
+    """Re-score a finetuned model on a split and write its metrics and predictions."""
+    _not_yet("evaluate", 5)
+
+
+@app.command()
+def bench() -> None:
+    """Measure selection cost, training throughput, first-order agreement and MFU."""
+    _not_yet("bench", 7)
+
+
+@app.command()
+def compare() -> None:
+    """Pretrain with several schedulers at equal compute, finetune each, and write a results table."""
+    _not_yet("compare", 9)
+
+
+@app.command()
+def report() -> None:
+    """Plot a run's metrics.jsonl: choices, utilities, losses and selection time."""
+    _not_yet("report", 9)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="metapt")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: readers per format, the synthetic world, tokenisation and batching."""

@@ -1,0 +1,322 @@
+"""Column formats: SRL (CoNLL-2005, OntoNotes CoNLL-2012) and relation extraction (CoNLL04, SpERT, DyGIE++).
+
+SRL records: {"id", "tokens", "predicate_indices", "srl_tags"} with one BIO tag list per proposition.
+Relation records: {"id", "tokens", "entities": [{start, end (exclusive), type}],
+"relations": [{head, tail (entity indices), type}]}.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import datasets
+
+from metapt.errors import DataError
+from metapt.spec import DataSpec
+
+log = logging.getLogger("metapt")
+Rows = list[tuple[int, list[str]]]  # one sentence: (line number, cells) per token
+
+# A Start-End cell: opening brackets, the token's "*", closing brackets ("*)" or the older "*A1)").
+_CELL = re.compile(r"((?:\([^()*\s]+)*)\*((?:[^()*\s]*\))*)")
+_ONE = re.compile(r"\(([^()*\s]+)\)")  # "(ORG)": a one-token span written without the star
+# The .corp files write some punctuation as Penn Treebank names; SpERT's JSON has the characters.
+_PTB = {"COMMA": ",", "-LRB-": "(", "-RRB-": ")", "-LCB-": "{", "-RCB-": "}", "-LSB-": "[", "-RSB-": "]"}
+
+
+def open_text(path: Path, newline: str | None = None) -> IO[str]:
+    """A UTF-8 text file, gunzipped when its name ends in .gz; a byte-order mark is dropped."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline=newline)
+    return open(path, encoding="utf-8-sig", newline=newline)
+
+
+def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number from 1, the line without its end) for a text or .gz file."""
+    try:
+        with open_text(path) as f:
+            for n, line in enumerate(f, 1):
+                yield n, line.rstrip("\r\n")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot be read ({e})") from None
+
+
+def blocks(path: Path) -> Iterator[Rows]:
+    """Sentences of a column file: runs of non-blank lines split on whitespace; '#' lines are skipped."""
+    rows: Rows = []
+    for n, line in numbered_lines(path):
+        if line.startswith("#"):
+            continue
+        if line.strip():
+            rows.append((n, line.split()))
+        elif rows:
+            yield rows
+            rows = []
+    if rows:
+        yield rows
+
+
+class _BracketError(ValueError):
+    def __init__(self, index: int, message: str):
+        super().__init__(f"token {index}: {message}")
+        self.index, self.message = index, message
+
+
+def brackets_to_bio(column: list[str]) -> list[str]:
+    """Start-End cells of one proposition ("(A0*", "*", "*)", "(V*)", "(A1*A1)") -> BIO tags.
+
+    BIO cannot nest: a span inside another (rare in OntoNotes) is dropped and the outer one kept."""
+    tags, covering = [], []  # labels of the spans open at this token, outermost first
+    for i, cell in enumerate(column):
+        if (m := _CELL.fullmatch(cell)) is not None:
+            starts, ends = re.findall(r"\(([^()*\s]+)", m[1]), m[2].count(")")
+        elif (m := _ONE.fullmatch(cell)) is not None:
+            starts, ends = [m[1]], 1
+        else:
+            raise _BracketError(
+                i, f"{cell!r} is not a Start-End cell (expected e.g. '(A0*', '*', '*)', '(V*)')"
+            )
+        tags.append(f"I-{covering[0]}" if covering else f"B-{starts[0]}" if starts else "O")
+        covering += starts
+        if ends > len(covering):
+            raise _BracketError(i, f"{cell!r} closes a span that is not open")
+        del covering[len(covering) - ends :]
+    if covering:
+        raise _BracketError(len(column) - 1, f"span {covering[-1]!r} is never closed (expected a ')')")
+    return tags
+
+
+def bio_to_brackets(tags: list[str]) -> list[str]:
+    """BIO tags -> Start-End cells, the inverse of `brackets_to_bio` for spans that do not nest."""
+    cells = []
+    for i, tag in enumerate(tags):
+        if tag != "O" and tag[:2] not in ("B-", "I-"):
+            raise ValueError(f"token {i}: {tag!r} is not a BIO tag (expected 'O', 'B-X' or 'I-X')")
+        label = tag[2:]
+        starts = tag[:2] == "B-" or tag[:2] == "I-" and (i == 0 or tags[i - 1] not in (f"B-{label}", tag))
+        ends = tag != "O" and (i + 1 == len(tags) or tags[i + 1] != f"I-{label}")
+        cells.append(("(" + label if starts else "") + "*" + (")" if ends else ""))
+    return cells
+
+
+def _srl(rows: Rows, path: Path, words: list[str], lemma_col: int, first_prop: int) -> dict:
+    """tokens, predicate_indices and srl_tags of one sentence whose rows all have the same cells."""
+    width = len(rows[0][1])
+    for n, cells in rows:
+        if len(cells) != width:
+            raise DataError(f"{path}:{n}: {len(cells)} columns (expected {width}, as on line {rows[0][0]})")
+    lemma_rows = [i for i, (_, cells) in enumerate(rows) if cells[lemma_col] != "-"]
+    predicates, columns = [], []
+    for k in range(first_prop, width):
+        try:
+            tags = brackets_to_bio([cells[k] for _, cells in rows])
+        except _BracketError as e:
+            raise DataError(f"{path}:{rows[e.index][0]}: column {k + 1}: {e.message}") from None
+        verb = tags.index("B-V") if "B-V" in tags else None
+        if verb is None and len(lemma_rows) <= k - first_prop:
+            raise DataError(f"{path}:{rows[0][0]}: column {k + 1} has no (V*) span and no predicate row")
+        predicates.append(lemma_rows[k - first_prop] if verb is None else verb)
+        columns.append(tags)
+    return {"tokens": words, "predicate_indices": predicates, "srl_tags": columns}
+
+
+def _conll2005_file(path: Path) -> Iterator[dict]:
+    """One file of `word lemma prop1 prop2 ...` rows (the release's words and props pasted)."""
+    name = path.name.split(".")[0]
+    for k, rows in enumerate(blocks(path)):
+        if len(rows[0][1]) < 2:
+            raise DataError(f"{path}:{rows[0][0]}: expected at least 2 columns (word, verb lemma or -)")
+        yield {"id": f"{name}:{k}", **_srl(rows, path, [c[0] for _, c in rows], 1, 2)}
+
+
+def _paste(words: Path, props: Path) -> Iterator[dict]:
+    """Sentences of a release words file and its props file, read side by side line by line."""
+    name, rows, k = props.name.split(".props")[0], [], 0
+    pairs = itertools.zip_longest(numbered_lines(words), numbered_lines(props), fillvalue=(0, None))
+    for (_, word), (n, prop) in itertools.chain(pairs, [((0, ""), (0, ""))]):  # a blank pair ends the last
+        if word is None or prop is None:
+            raise DataError(f"{words}, {props}: one file ends at line {n} before the other does")
+        if bool(word.strip()) != bool(prop.strip()):
+            raise DataError(f"{props}:{n}: out of step with {words}:{n} (one is blank, the other is not)")
+        if prop.strip():
+            rows.append((n, [word.strip(), *prop.split()]))
+        elif rows:
+            yield {"id": f"{name}:{k}", **_srl(rows, props, [c[0] for _, c in rows], 1, 2)}
+            rows, k = [], k + 1
+
+
+def read_conll2005(files: list[Path], data: DataSpec) -> datasets.Dataset:
+    """CoNLL-2005 SRL: pasted words+props files, or the release's parallel words/ and props/ files."""
+    props = [f for f in files if ".props" in f.name]
+    if not props:
+        return datasets.Dataset.from_list([r for f in files for r in _conll2005_file(f)])
+    given = {f.name: f for f in files if ".words" in f.name}
+    records = []
+    for p in props:
+        name = p.name.replace(".props", ".words")
+        words = given.get(name, p.parent.parent / "words" / name)
+        if not words.is_file():
+            msg = "the release ships words separately, from the Penn Treebank (see its README)"
+            raise DataError(f"{p}: no words file for it (looked for {words}); {msg}")
+        records += _paste(words, p)
+    return datasets.Dataset.from_list(records)
+
+
+def read_conll2012(files: list[Path], data: DataSpec) -> datasets.Dataset:
+    """OntoNotes *_gold_conll: SRL per sentence plus document_id and part (sentences without verbs kept)."""
+    records, counts = [], {}
+    for path in files:
+        for rows in blocks(path):
+            n, first = rows[0]
+            if len(first) < 12:
+                raise DataError(
+                    f"{path}:{n}: {len(first)} columns (expected at least 12: document, part, "
+                    "index, word, POS, parse, lemma, frameset, sense, speaker, NE, coref)"
+                )
+            if not first[1].isdigit():
+                raise DataError(f"{path}:{n}: part {first[1]!r} is not a number (column 2)")
+            doc, part = first[0], int(first[1])
+            k = counts[doc, part] = counts.get((doc, part), -1) + 1
+            # SRL columns sit between the NE column (11th) and the coreference column (last).
+            srl = _srl([(n, c[:-1]) for n, c in rows], path, [c[3] for _, c in rows], 6, 11)
+            records.append({"id": f"{doc}:{part}:{k}", "document_id": doc, "part": part, **srl})
+    return datasets.Dataset.from_list(records)
+
+
+def _corp_sentences(path: Path) -> Iterator[tuple[int, list[list[str]], list[tuple[int, list[str]]]]]:
+    """(first line, token lines' cells, relation lines) per sentence of a .corp file."""
+    tokens, relations, gap, first = [], [], False, 0
+    for n, line in numbered_lines(path):
+        cells = line.split("\t") if line.strip() else []
+        if len(cells) == 9:
+            if tokens and gap:
+                yield first, tokens, relations
+                tokens, relations = [], []
+            if not tokens:
+                first = n
+            tokens.append(cells)
+            gap = False
+        elif len(cells) == 3 and tokens:
+            relations.append((n, cells))
+        elif cells:
+            raise DataError(
+                f"{path}:{n}: {len(cells)} tab-separated cells (expected 9 for a token line, "
+                "or 3 for a relation line after a sentence's token lines)"
+            )
+        else:
+            gap = bool(tokens)
+    if tokens:
+        yield first, tokens, relations
+
+
+def read_conll04(files: list[Path], data: DataSpec) -> datasets.Dataset:
+    """Roth & Yih .corp: 9-column token lines, a blank line, `head tail relation` lines, a blank line."""
+    records = []
+    for path in files:
+        for first, lines, relation_lines in _corp_sentences(path):
+            tokens, entities, entity_of_line = [], [], {}
+            for cells in lines:  # sent_id, entity type, token line, O, POS, words joined by '/', O, O, O
+                words = [_PTB.get(w, w) for w in cells[5].split("/")]
+                if cells[1] != "O":
+                    entity_of_line[cells[2]] = len(entities)
+                    entities.append({"start": len(tokens), "end": len(tokens) + len(words), "type": cells[1]})
+                tokens += words
+            relations = []
+            for n, (head, tail, kind) in relation_lines:
+                if head not in entity_of_line or tail not in entity_of_line:
+                    raise DataError(
+                        f"{path}:{n}: relation {kind} joins token lines {head} and {tail}, but "
+                        f"the sentence above (line {first}) has no entity on one of them"
+                    )
+                relations.append({"head": entity_of_line[head], "tail": entity_of_line[tail], "type": kind})
+            records.append(
+                {"id": lines[0][0], "tokens": tokens, "entities": entities, "relations": relations}
+            )
+    return datasets.Dataset.from_list(records)
+
+
+def read_spert(files: list[Path], data: DataSpec) -> datasets.Dataset:
+    """SpERT JSON: a list of {tokens, entities [{type, start, end}], relations [{type, head, tail}], orig_id}."""
+    records = []
+    for path in files:
+        for k, doc in enumerate(load_json(path)):
+            try:
+                entities = [
+                    {"start": e["start"], "end": e["end"], "type": e["type"]} for e in doc["entities"]
+                ]
+                pairs = [{"head": r["head"], "tail": r["tail"], "type": r["type"]} for r in doc["relations"]]
+                rid, tokens = str(doc.get("orig_id", f"{path.stem}:{k}")), list(doc["tokens"])
+            except (KeyError, TypeError) as e:
+                raise DataError(
+                    f"{path}: record {k}: missing or malformed {e} (expected tokens, entities "
+                    "[{type, start, end}], relations [{type, head, tail}])"
+                ) from None
+            records.append({"id": rid, "tokens": tokens, "entities": entities, "relations": pairs})
+    return datasets.Dataset.from_list(records)
+
+
+def load_json(path: Path) -> object:
+    """A whole JSON file; a syntax error names the file and line."""
+    with open_text(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+
+
+def json_lines(path: Path) -> Iterator[tuple[int, object]]:
+    """(line number, value) for each non-blank line of a JSON-lines file."""
+    for n, line in numbered_lines(path):
+        if line.strip():
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno})") from None
+
+
+def _dygie_sentences(doc: dict) -> Iterator[tuple[dict, int]]:
+    """(record, relations dropped) per sentence of a DyGIE++ document."""
+    sentences, offset = doc["sentences"], 0
+    ner = doc.get("ner") or [[] for _ in sentences]
+    relations = doc.get("relations") or [[] for _ in sentences]
+    for k, (tokens, spans, pairs) in enumerate(zip(sentences, ner, relations, strict=True)):
+        entities = [{"start": s - offset, "end": e + 1 - offset, "type": t} for s, e, t in spans]
+        index = {(s, e): i for i, (s, e, _) in enumerate(spans)}  # relation arguments are NER spans
+        ends = [(index.get((s1, e1)), index.get((s2, e2)), t) for s1, e1, s2, e2, t in pairs]
+        kept = [{"head": h, "tail": t, "type": x} for h, t, x in ends if h is not None and t is not None]
+        record = {
+            "id": f"{doc['doc_key']}:{k}",
+            "tokens": list(tokens),
+            "entities": entities,
+            "relations": kept,
+        }
+        yield record, len(ends) - len(kept)
+        offset += len(tokens)
+
+
+def read_dygie(files: list[Path], data: DataSpec) -> datasets.Dataset:
+    """DyGIE++ JSON lines (document offsets, inclusive ends) -> one record per sentence, end exclusive."""
+    records, dropped = [], 0
+    for path in files:
+        for n, doc in json_lines(path):
+            try:
+                for record, lost in _dygie_sentences(doc):
+                    records.append(record)
+                    dropped += lost
+            except (KeyError, TypeError, ValueError) as e:
+                raise DataError(
+                    f"{path}:{n}: malformed DyGIE++ document ({type(e).__name__}: {e}; expected "
+                    "doc_key, sentences, ner and relations with one list per sentence)"
+                ) from None
+    if dropped:
+        log.warning("dygie: skipped %d relations whose arguments are not NER spans of the sentence", dropped)
+    return datasets.Dataset.from_list(records)

@@ -1,0 +1,216 @@
+"""Records -> cached features -> an endless, resumable stream of batches for each task.
+
+Features are cached on disk (Arrow, via `datasets`) under a key of everything that shapes them:
+the data's files, the tokenizer, the kind's settings and the label vocabulary; a second run loads
+them instead of tokenising again. A `BatchStream` draws batches in a seeded order that depends
+only on (seed, task, counters), so a resumed or distributed run sees exactly the same batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import zlib
+from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+
+from metapt.errors import MetaptError
+from metapt.spec import TaskSpec
+
+log = logging.getLogger("metapt")
+ENCODE_VERSION = 1  # bump when a kind's features change
+
+
+@dataclass
+class TaskData:
+    """A task ready to train or score: its spec, facts (labels ...) and encoded features per split."""
+
+    spec: TaskSpec
+    info: dict[str, Any]
+    features: dict[str, datasets.Dataset]
+    records: dict[str, datasets.Dataset]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def kind_of(spec: TaskSpec) -> Any:
+    """The implementation of a task's kind."""
+    from metapt.kinds import KINDS
+
+    return KINDS[spec.kind]
+
+
+@cache
+def _tokenizer_hash(tokenizer: Any) -> str:
+    return hashlib.sha1(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+def _data_key(spec: TaskSpec, split: str) -> str:
+    """What identifies a split's content: its files' names, sizes and mtimes, or its hub/synthetic id."""
+    data = spec.data
+    if data.format == "synthetic":
+        from metapt.data.synthetic import GENERATOR_VERSION
+
+        return f"synthetic:{GENERATOR_VERSION}:{data.corpus}:{data.size}:{data.seed}:{split}"
+    if data.format == "hf":
+        return f"hf:{data.dataset}:{data.subset}:{getattr(data, split)}"
+    from metapt.data.readers import resolve_files
+
+    files = resolve_files(data.location(split))
+    return ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+
+
+def _cache_key(spec: TaskSpec, split: str, tokenizer: Any, info: dict) -> str:
+    parts = {
+        "v": ENCODE_VERSION,
+        "kind": spec.kind,
+        "data": asdict(spec.data),
+        "options": spec.options,
+        "batch": asdict(spec.batch),
+        "head": spec.head.type,
+        "info": info,
+        "split": split,
+        "content": _data_key(spec, split),
+        "tokenizer": _tokenizer_hash(tokenizer),
+    }
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def features_dir() -> Path:
+    """Where encoded features are cached (beside the synthetic data, moved by METAPT_CACHE)."""
+    from metapt.data.synthetic import cache_dir
+
+    return cache_dir() / "features"
+
+
+def encode_split(
+    spec: TaskSpec, records: datasets.Dataset, split: str, tokenizer: Any, info: dict
+) -> datasets.Dataset:
+    """The split's features, from the cache when the same inputs were encoded before."""
+    path = features_dir() / f"{spec.name}-{split}-{_cache_key(spec, split, tokenizer, info)}"
+    if path.is_dir():
+        try:
+            return datasets.load_from_disk(str(path))
+        except Exception:  # an unreadable cache entry is rebuilt, never trusted
+            log.info("feature cache at %s unreadable; re-encoding", path)
+    features = kind_of(spec).encode(records, tokenizer, spec, info)
+    tmp = path.with_name(path.name + f".tmp{torch.randint(1 << 30, ()).item()}")
+    features.save_to_disk(str(tmp))
+    try:
+        tmp.rename(path)
+    except OSError:  # another process finished first; its copy is identical
+        pass
+    return datasets.load_from_disk(str(path)) if path.is_dir() else features
+
+
+def load_task(
+    spec: TaskSpec,
+    tokenizer: Any,
+    splits: tuple[str, ...] = ("train",),
+    info: dict | None = None,
+    records: dict[str, datasets.Dataset] | None = None,
+    encode: bool = True,
+) -> TaskData:
+    """Read, prepare and (unless `encode` is False) encode the given splits of a task.
+
+    `info` holds the kind's facts from the train records plus "vocab_size" once a tokenizer is known;
+    pass a checkpoint's saved `info` to score with the label order a head was trained with.
+    """
+    from metapt.data.readers import read_split
+
+    records = records or {s: read_split(spec.data, s) for s in splits}
+    if info is None:
+        info = kind_of(spec).prepare(spec, records.get("train"))
+        if tokenizer is not None:
+            info = {**info, "vocab_size": len(tokenizer)}
+    if not encode:
+        return TaskData(spec, info, {}, records)
+    features = {s: encode_split(spec, records[s], s, tokenizer, info) for s in splits}
+    for s, f in features.items():
+        if len(f) == 0:
+            raise MetaptError(
+                f"task {spec.name!r}: the {s} split has no usable examples after encoding "
+                f"({len(records[s])} records read from {spec.data.location(s) or spec.data.format})"
+            )
+    return TaskData(spec, info, features, records)
+
+
+def _seed(*parts: object) -> int:
+    """A stable 31-bit seed from any parts (Python's hash() differs between processes)."""
+    return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+class BatchStream:
+    """Endless batches of one task's features in a seeded order; resumable from `state_dict()`.
+
+    With `world` > 1 every rank draws the same global batch of `batch_size` examples and keeps its
+    own share (rows rank, rank + world, ...), so K processes see what one process would.
+    """
+
+    def __init__(
+        self,
+        task: TaskData,
+        tokenizer: Any,
+        batch_size: int,
+        seed: int,
+        salt: str,
+        rank: int = 0,
+        world: int = 1,
+        split: str = "train",
+    ):
+        self.task, self.tokenizer, self.batch_size = task, tokenizer, batch_size
+        self.features = task.features[split]
+        self.seed, self.salt, self.rank, self.world = seed, salt, rank, world
+        self.kind = kind_of(task.spec)
+        self.epoch, self.position, self.count = 0, 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        g = torch.Generator().manual_seed(_seed(self.seed, self.task.name, self.salt, self.epoch))
+        return torch.randperm(len(self.features), generator=g).tolist()
+
+    def _indices(self) -> list[int]:
+        out: list[int] = []
+        while len(out) < self.batch_size:
+            if self.position >= len(self._order):
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._permutation()
+            take = self._order[self.position : self.position + self.batch_size - len(out)]
+            out += take
+            self.position += len(take)
+        return out[self.rank :: self.world]
+
+    def next(self) -> dict[str, torch.Tensor]:
+        """The next batch (this rank's share of it)."""
+        idx = self._indices()
+        cols = self.features[idx]
+        rows = [dict(zip(cols, values)) for values in zip(*cols.values())]
+        g = torch.Generator().manual_seed(_seed(self.seed, self.task.name, self.salt, "batch", self.count))
+        self.count += 1
+        return self.kind.collate(rows, self.tokenizer, self.task.spec, self.task.info, g)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position, self.count = state["epoch"], state["position"], state["count"]
+        self._order = self._permutation()
+
+
+def eval_batches(task: TaskData, tokenizer: Any, split: str, batch_size: int) -> Any:
+    """The split's features in order, in batches, each with the rows it came from."""
+    features = task.features[split]
+    kind = kind_of(task.spec)
+    for start in range(0, len(features), batch_size):
+        cols = features[start : start + batch_size]
+        rows = [dict(zip(cols, values)) for values in zip(*cols.values())]
+        g = torch.Generator().manual_seed(_seed("eval", task.name, split, start))
+        yield rows, kind.collate(rows, tokenizer, task.spec, task.info, g)

@@ -1,0 +1,251 @@
+"""Read one split of a task's data into records: `read_split(data, split)`.
+
+A reader takes the resolved files of a split and returns a `datasets.Dataset` of records in the
+format's canonical schema; `READERS` maps each local format to its reader. `hf` loads from the hub,
+`synthetic` writes a file in a real format and reads it back. `[data.columns]` renaming comes last.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import datasets
+
+from metapt.data import conll, qa
+from metapt.data.conll import json_lines, load_json, numbered_lines, open_text
+from metapt.errors import DataError
+from metapt.spec import DataSpec
+
+Reader = Callable[[list[Path], DataSpec], datasets.Dataset]
+
+
+def resolve_files(location: str) -> list[Path]:
+    """A file, a folder (its files, sorted, recursively; hidden ones skipped), or a glob."""
+    path = Path(location)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        found = [p for p in sorted(path.rglob("*")) if p.is_file()]
+        found = [p for p in found if not any(part.startswith(".") for part in p.relative_to(path).parts)]
+    else:
+        found = [Path(p) for p in sorted(glob.glob(location, recursive=True)) if Path(p).is_file()]
+    if not found:
+        raise DataError(f"nothing at {location}")
+    return found
+
+
+# ---------------------------------------------------------------------------------- text, json
+def _text_documents(files: list[str]) -> Iterator[dict]:
+    """Documents of plain-text files: one sentence per line, blank (or whitespace) lines between them."""
+    for name in files:
+        path, sentences, k = Path(name), [], 0
+        for _, line in itertools.chain(
+            numbered_lines(path), [(0, "")]
+        ):  # a blank line at the end closes the last one
+            if line.strip():
+                sentences.append(line.strip())
+            elif sentences:
+                yield {"id": f"{path.name}:{k}", "text": " ".join(sentences), "sentences": sentences}
+                sentences, k = [], k + 1
+
+
+def _jsonl_records(files: list[str]) -> Iterator[dict]:
+    for name in files:
+        for n, record in json_lines(Path(name)):
+            if not isinstance(record, dict):
+                raise DataError(f"{name}:{n}: a JSON {type(record).__name__} (expected an object per line)")
+            yield record
+
+
+def _records(records: list[dict], where: list[Path]) -> datasets.Dataset:
+    """An in-memory dataset with every key any record has (absent: None); clashing types: DataError."""
+    keys = dict.fromkeys(k for r in records for k in r)  # from_list would keep the first record's keys only
+    try:
+        return datasets.Dataset.from_dict({k: [r.get(k) for r in records] for k in keys})
+    except (ValueError, TypeError) as e:  # pyarrow's ArrowInvalid / ArrowTypeError are among these
+        raise DataError(f"{where[0]}: records do not share one schema ({e})") from None
+
+
+def read_text(files: list[Path], data: DataSpec) -> datasets.Dataset:
+    return datasets.Dataset.from_list(list(_text_documents([str(f) for f in files])))
+
+
+def read_jsonl(files: list[Path], data: DataSpec) -> datasets.Dataset:
+    return _records(list(_jsonl_records([str(f) for f in files])), files)
+
+
+def read_json(files: list[Path], data: DataSpec) -> datasets.Dataset:
+    """A list of records, or an object with exactly one list-valued key (such as "data")."""
+    records = []
+    for path in files:
+        root = load_json(path)
+        if isinstance(root, dict):
+            lists = [k for k, v in root.items() if isinstance(v, list)]
+            if len(lists) != 1:
+                raise DataError(
+                    f"{path}: an object with {len(lists)} list-valued keys {lists} "
+                    "(expected a list of records, or an object with one list such as 'data')"
+                )
+            root = root[lists[0]]
+        if not isinstance(root, list) or not all(isinstance(r, dict) for r in root):
+            raise DataError(f"{path}: expected a list of JSON objects")
+        records += root
+    return _records(records, files)
+
+
+def read_parquet(files: list[Path], data: DataSpec) -> datasets.Dataset:
+    import pyarrow.parquet as pq
+
+    try:
+        tables = [pq.read_table(f) for f in files]
+    except Exception as e:  # pyarrow raises its own error types for a file that is not Parquet
+        raise DataError(f"{files[0]}: cannot be read as Parquet ({e})") from None
+    return _records([r for t in tables for r in t.to_pylist()], files)
+
+
+# -------------------------------------------------------------------------------------- csv, tsv
+def _delimited(files: list[Path], data: DataSpec, delimiter: str, quoting: int) -> datasets.Dataset:
+    """Rows of delimited files, all values kept as strings; `header = false` names columns 0, 1, ..."""
+    records, names = [], None
+    for path in files:
+        try:
+            with open_text(path, newline="") as f:
+                rows = csv.reader(f, delimiter=delimiter, quoting=quoting, strict=True)
+                header, first = (next(rows, None), 1) if data.header else (None, 0)
+                for row in rows:
+                    if not row:
+                        continue  # a blank line, e.g. at the end of a file
+                    header = header or [str(i) for i in range(len(row))]
+                    if len(row) != len(header):
+                        raise DataError(
+                            f"{path}:{rows.line_num}: {len(row)} cells (expected {len(header)}, "
+                            f"as {'the header on line 1' if first else 'the first row'})"
+                        )
+                    records.append(dict(zip(header, row, strict=True)))
+        except csv.Error as e:
+            raise DataError(f"{path}:{rows.line_num}: {e}") from None
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        if names is not None and header is not None and header != names:
+            raise DataError(f"{path}: columns {header} differ from {names} in {files[0]}")
+        names = names or header
+    return datasets.Dataset.from_list(records)
+
+
+def read_csv(files: list[Path], data: DataSpec) -> datasets.Dataset:
+    return _delimited(files, data, ",", csv.QUOTE_MINIMAL)
+
+
+def read_tsv(files: list[Path], data: DataSpec) -> datasets.Dataset:
+    # GLUE's TSV files do not quote: a '"' inside a cell is literal text.
+    return _delimited(files, data, "\t", csv.QUOTE_NONE)
+
+
+READERS: dict[str, Reader] = {
+    "json": read_json,
+    "jsonl": read_jsonl,
+    "csv": read_csv,
+    "tsv": read_tsv,
+    "parquet": read_parquet,
+    "text": read_text,
+    "squad": qa.read_squad,
+    "nq": qa.read_nq,
+    "superglue": qa.read_superglue,
+    "dailydialog": qa.read_dailydialog,
+    "conll2005": conll.read_conll2005,
+    "conll2012": conll.read_conll2012,
+    "conll04": conll.read_conll04,
+    "spert": conll.read_spert,
+    "dygie": conll.read_dygie,
+}
+_STREAMS = {"text": _text_documents, "jsonl": _jsonl_records}  # formats that can stream from disk
+
+
+# ------------------------------------------------------------------------------------ the entry
+def read_split(data: DataSpec, split: str) -> datasets.Dataset | datasets.IterableDataset:
+    """Records of one split ("train" | "validation" | "test"), with fields renamed per data.columns."""
+    if data.format == "hf":
+        if not getattr(data, split):
+            raise DataError(
+                f"task data: split {split!r} of format 'hf': [data].{split} names no hub split. "
+                f"Set [data].{split} (e.g. {split!r}) or pass --data PATH."
+            )
+        ds, where = _from_hub(data, split), data.dataset
+    elif data.format == "synthetic":
+        from metapt.data.synthetic import generate
+
+        fmt, path = generate(data.corpus, data.size, data.seed, split)
+        ds, where = READERS[fmt]([Path(path)], data), str(path)
+    elif data.format in READERS:
+        files, where = _split_files(data, split), data.location(split)
+        if data.streaming and data.format in _STREAMS:
+            gen_kwargs = {"files": [str(f) for f in files]}
+            ds = datasets.IterableDataset.from_generator(_STREAMS[data.format], gen_kwargs=gen_kwargs)
+        else:
+            ds = READERS[data.format](files, data)
+    else:
+        raise DataError(
+            f"[data].format: {data.format!r} has no reader; allowed: hf, synthetic, " + ", ".join(READERS)
+        )
+    return rename_columns(ds, data.columns, where)
+
+
+def _split_files(data: DataSpec, split: str) -> list[Path]:
+    location = data.location(split)
+    if location:
+        try:
+            return resolve_files(location)
+        except DataError:
+            pass  # reported below with the split, the format and how to fix it
+    obtain = f" {data.obtain}" if data.obtain else ""
+    at = location or f"(no path: [data].{split} is not set)"
+    raise DataError(
+        f"task data: split {split!r} of format {data.format!r}: nothing at {at}.{obtain} "
+        f"Pass --data PATH or edit [data].{split}."
+    )
+
+
+def _from_hub(data: DataSpec, split: str) -> datasets.Dataset | datasets.IterableDataset:
+    name = data.dataset + (f" ({data.subset})" if data.subset else "")
+    try:
+        ds = datasets.load_dataset(
+            data.dataset, data.subset or None, split=getattr(data, split), streaming=data.streaming
+        )
+    except Exception as e:  # offline, unknown id or config, missing split: all mean "not available"
+        raise DataError(
+            f"{name}: split {getattr(data, split)!r} could not be loaded from the hub "
+            f"({type(e).__name__}: {e}). metapt runs offline unless HF_HUB_OFFLINE is unset; "
+            "unset it to download, or pass --data PATH with a local copy."
+        ) from None
+    task = data.subset.lower()
+    if data.dataset.rsplit("/", 1)[-1] == "super_glue" and task in qa.TASKS:
+        ds = ds.map(lambda r: qa.superglue_fields(task, r))
+    return ds
+
+
+def rename_columns(
+    ds: datasets.Dataset | datasets.IterableDataset, columns: dict[str, str], where: str
+) -> datasets.Dataset | datasets.IterableDataset:
+    """Rename source column -> record field for each `field = "column"` of [data.columns]."""
+    renames = {source: field for field, source in columns.items() if source != field}
+    if not renames:
+        return ds
+    names = ds.column_names
+    if names is None:  # a stream built from a generator: look at its first record
+        names = list(next(iter(ds), {}))
+    missing = [s for s in renames if s not in names]
+    if missing:
+        field = next(f for f, s in columns.items() if s == missing[0])
+        raise DataError(
+            f"{where}: [data.columns].{field} names column {missing[0]!r}, which is not there; "
+            f"columns available: {', '.join(names)}"
+        )
+    # An explicit mapping wins over a field of the same name that the reader already made.
+    clash = [f for f in renames.values() if f in names and f not in renames]
+    if clash:
+        ds = ds.remove_columns(clash)
+    return ds.rename_columns(renames)

@@ -1,0 +1,328 @@
+"""`metapt pretrain`: the episode loop of Algorithm 1 and of the baseline schedulers.
+
+Per episode: (meta) sample M target batches once, score every source task's M inner steps on them,
+pick the argmax or explore; (baselines) draw the task; then N AdamW steps on the chosen task. One
+JSON line per episode goes to OUTPUT_DIR/metrics.jsonl; the screen is reached only through
+`callback(event, data)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metapt import checkpoint, selection
+from metapt.catalog import KINDS
+from metapt.data.pipeline import BatchStream, TaskData, kind_of, load_task
+from metapt.data.tokenizer import load_tokenizer, train_wordpiece
+from metapt.errors import MetaptError, TrainingError
+from metapt.flops import FlopCounter, tokens
+from metapt.model import MultiTaskModel, batch_to, load_encoder, new_encoder
+from metapt.schedulers import SCHEDULERS
+from metapt.spec import RunSpec
+from metapt.train import accumulate, adamw, warmup_linear
+
+Callback = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class Run:
+    """Everything an episode reads and updates; built by `setup`, saved by `save`."""
+
+    spec: RunSpec
+    out: Path
+    device: torch.device
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    tokenizer: Any
+    model: MultiTaskModel
+    tasks: dict[str, TaskData]
+    sources: list[str]
+    targets: list[str]
+    streams: dict[str, dict[str, BatchStream]]  # "train" | "support" | "target" -> task -> stream
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    head_optimizer: torch.optim.Optimizer | None
+    explore: torch.Generator
+    flops: FlopCounter
+    episode: int = 0
+    history: list[str] = field(default_factory=list)
+    totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("selection_seconds", "train_seconds", "selection_flops", "train_flops", "tokens"), 0.0))
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto`: CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MetaptError(f"[run].device = {name!r} but no CUDA device is available; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16 autocast on CUDA by default; fp32 elsewhere unless asked."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext
+    if precision == "fp16" and device.type != "cuda":
+        raise MetaptError("[run].precision = 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _corpus_texts(tasks: list[TaskData]) -> list[str]:
+    """The source tasks' training text, for training a WordPiece."""
+    out: list[str] = []
+    for task in tasks:
+        records = task.records["train"]
+        for name in ("text", "turns", "tokens", "context", "sentences"):
+            if name in records.column_names:
+                for value in records[name]:
+                    out.extend(value if isinstance(value, list) else [value])
+                break
+    return out
+
+
+def _tokenizer(spec: RunSpec, resume_dir: Path | None, sources: list[TaskData]) -> Any:
+    if resume_dir is not None:
+        return load_tokenizer(str(resume_dir))
+    if spec.tokenizer.pretrained or spec.model.pretrained:
+        return load_tokenizer(spec.tokenizer.pretrained or spec.model.pretrained)
+    return train_wordpiece(_corpus_texts(sources), spec.tokenizer.vocab_size, spec.tokenizer.lowercase)
+
+
+def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
+    """Read and encode the tasks, build the model and optimizers, and load the checkpoint on resume."""
+    out = Path(spec.run.output_dir)
+    resume_dir = checkpoint.resolve(out) if resume else None
+    device = pick_device(spec.run.device)
+    torch.manual_seed(spec.run.seed)
+    meta = spec.meta
+    # Records first: a trained tokenizer needs the sources' text before anything is encoded.
+    raw = {t.name: load_task(t, None, ("train",), encode=False) for t in (*spec.sources, *spec.targets)}
+    tokenizer = _tokenizer(spec, resume_dir, [raw[t.name] for t in spec.sources])
+    tasks = {name: load_task(t.spec, tokenizer, ("train",), records=t.records) for name, t in raw.items()}
+    if resume_dir is not None:
+        encoder = load_encoder(str(resume_dir))
+    elif spec.model.pretrained:
+        encoder = load_encoder(spec.model.pretrained)
+    else:
+        encoder = new_encoder(spec.model, len(tokenizer), tokenizer.pad_token_id)
+    hidden = encoder.config.hidden_size
+    heads = {n: kind_of(t.spec).head(hidden, t.spec, t.info) for n, t in tasks.items()}
+    losses = {n: (t.spec.loss.type or KINDS[t.spec.kind].losses[0], t.spec.loss.label_smoothing)
+              for n, t in tasks.items()}
+    model = MultiTaskModel(encoder, heads, losses).to(device)
+    sources = [t.name for t in spec.sources]
+    if meta.scheduler == "single" and meta.single_task:  # the single scheduler trains the first source
+        sources.remove(meta.single_task)
+        sources.insert(0, meta.single_task)
+    targets = [t.name for t in spec.targets] if meta.setting == "aware" else list(sources)
+    target_heads = [p for n in targets if n not in sources for p in model.heads[n].parameters()]
+    trained = [(n, p) for n, p in model.named_parameters()
+               if not any(p is q for q in target_heads)]
+    optimizer = adamw(trained, meta.lr, meta.weight_decay)
+    schedule = warmup_linear(optimizer, spec.run.episodes * meta.train_batches, meta.warmup_ratio)
+    head_optimizer = torch.optim.AdamW(target_heads, lr=meta.head_lr) if target_heads else None
+
+    def stream(name: str, salt: str) -> BatchStream:
+        return BatchStream(tasks[name], tokenizer, tasks[name].spec.batch.size, spec.run.seed, salt, rank, world)
+
+    streams = {"train": {n: stream(n, "train") for n in sources},
+               "support": {n: stream(n, "support") for n in sources},
+               "target": {n: stream(n, "target") for n in targets}}
+    explore = torch.Generator().manual_seed(spec.run.seed)
+    run = Run(spec, out, device, autocast_for(device, spec.run.precision), tokenizer, model, tasks, sources,
+              targets, streams, optimizer, schedule, head_optimizer, explore, FlopCounter(model))
+    if resume_dir is not None:
+        _restore(run, resume_dir)
+    return run
+
+
+def _restore(run: Run, folder: Path) -> None:
+    _, heads, _, state = checkpoint.load_state(folder)
+    run.model.heads.load_state_dict({k: v.to(run.device) for k, v in heads.items()})
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.schedule.load_state_dict(state["schedule"])
+    if run.head_optimizer is not None:
+        run.head_optimizer.load_state_dict(state["head_optimizer"])
+    for group, streams in run.streams.items():
+        for name, s in streams.items():
+            s.load_state_dict(state["streams"][group][name])
+    run.explore.set_state(state["explore"])
+    torch.set_rng_state(state["torch_rng"])
+    if torch.cuda.is_available() and "cuda_rng" in state:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    run.episode, run.history, run.totals = state["episode"], list(state["history"]), dict(state["totals"])
+
+
+def save(run: Run) -> Path:
+    """Checkpoint the run after `run.episode` completed episodes."""
+    state = {
+        "episode": run.episode, "history": run.history, "totals": run.totals,
+        "optimizer": run.optimizer.state_dict(), "schedule": run.schedule.state_dict(),
+        "head_optimizer": run.head_optimizer.state_dict() if run.head_optimizer else {},
+        "streams": {g: {n: s.state_dict() for n, s in ss.items()} for g, ss in run.streams.items()},
+        "explore": run.explore.get_state(), "torch_rng": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    heads_info = {n: {"kind": t.spec.kind, "spec": t.spec.path, "info": t.info,
+                      "role": "source" if n in run.sources else "target"} for n, t in run.tasks.items()}
+    manifest = {"run_spec": run.spec.path, "setting": run.spec.meta.setting,
+                "scheduler": run.spec.meta.scheduler, "seed": run.spec.run.seed, "episodes": run.spec.run.episodes}
+    return checkpoint.save(run.out, run.episode, run.model.encoder, run.tokenizer, run.model.heads,
+                           heads_info, state, manifest)
+
+
+def _check(value: float, what: str, run: Run) -> None:
+    if value != value or value in (float("inf"), float("-inf")):
+        raise TrainingError(f"episode {run.episode + 1}: {what} is {value}; the last checkpoint in {run.out} "
+                            "is intact. Lower [meta].lr or [meta].inner_lr and --resume.")
+
+
+def _select(run: Run) -> tuple[str, bool, dict[str, float], float | None, int]:
+    """The meta step: (chosen task, explored, utilities, target loss at theta, FLOPs spent)."""
+    meta, model, dev = run.spec.meta, run.model, run.device
+    targets = [(t, batch_to(run.streams["target"][t].next(), dev))
+               for t in run.targets for _ in range(meta.support_batches)]
+    support = {s: [batch_to(run.streams["support"][s].next(), dev) for _ in range(meta.support_batches)]
+               for s in run.sources}
+    model.eval()  # dropout off: otherwise the utilities are noise (DESIGN.md section 1)
+    base = selection.target_losses(model, selection.detached(model), targets, run.autocast)
+    target_fwd = sum(run.flops.forward(t, b) for t, b in targets)
+    support_train = sum(run.flops.train(s, b) for s, bs in support.items() for b in bs)
+    if meta.utility == "exact":
+        utilities = selection.exact_utilities(model, support, targets, base, meta.inner_lr, meta.normalize,
+                                              run.autocast)
+        flops = target_fwd + support_train + target_fwd * sum(len(b) for b in support.values())
+    else:
+        utilities = selection.first_order_utilities(model, support, targets, base, meta.inner_lr, meta.normalize,
+                                                    run.autocast)
+        flops = target_fwd + 3 * target_fwd + support_train
+    model.train()
+    for u in utilities.values():
+        _check(u, "a task utility", run)
+    chosen, explored = selection.choose(utilities, meta.epsilon, run.explore)
+    if run.head_optimizer is not None:  # aware: target heads learn on the target batches, encoder frozen
+        for t, batch in targets:
+            loss, _ = model(t, batch, detach_encoder=True)
+            loss.backward()
+            flops += run.flops.forward(t, batch)
+        run.head_optimizer.step()
+        run.head_optimizer.zero_grad(set_to_none=True)
+    return chosen, explored, utilities, float(base.mean()), flops
+
+
+def _train(run: Run, task: str) -> tuple[float, int, int]:
+    """N AdamW steps on `task`: (mean loss, FLOPs, tokens)."""
+    meta, model = run.spec.meta, run.model
+    parts = meta.grad_accumulation if KINDS[run.tasks[task].spec.kind].micro_batches else 1
+    losses, flops, n_tokens = [], 0, 0
+    for _ in range(meta.train_batches):
+        batch = batch_to(run.streams["train"][task].next(), run.device)
+        loss = accumulate(lambda b: model(task, b)[0], batch, parts, run.autocast)
+        _check(float(loss), f"the training loss of {task!r}", run)
+        if meta.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), meta.max_grad_norm)
+        run.optimizer.step()
+        run.schedule.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+        flops += run.flops.train(task, batch)
+        n_tokens += tokens(batch)
+    return sum(losses) / len(losses), flops, n_tokens
+
+
+def pretrain(spec: RunSpec, resume: bool = False, callback: Callback | None = None) -> dict[str, Any]:
+    """Run the episodes of a run spec; returns a summary. Ctrl-C finishes the episode, saves, and stops."""
+    callback = callback or (lambda event, data: None)
+    run = setup(spec, resume)
+    meta, total = spec.meta, spec.run.episodes
+    sizes = [len(run.tasks[s].features["train"]) for s in run.sources]
+    run.out.mkdir(parents=True, exist_ok=True)
+    metrics_path = run.out / "metrics.jsonl"
+    _truncate_metrics(metrics_path, run.episode)
+    stop = _interrupt_flag()
+    callback("start", {"sources": run.sources, "targets": run.targets, "episodes": total, "start": run.episode,
+                       "device": str(run.device), "scheduler": meta.scheduler, "setting": meta.setting})
+    last_choice: str | None = run.history[-1] if run.history else None
+    while run.episode < total and not stop["set"]:
+        t0 = time.perf_counter()
+        utilities: dict[str, float] = {}
+        target_loss, sel_flops, explored, reused = None, 0, False, False
+        if meta.scheduler != "meta":
+            chosen = run.sources[SCHEDULERS[meta.scheduler](run.episode, total, sizes, run.explore,
+                                                             meta.temperature)]
+        elif last_choice is not None and run.episode % meta.select_every:
+            chosen, reused = last_choice, True
+        else:
+            chosen, explored, utilities, target_loss, sel_flops = _select(run)
+        t1 = time.perf_counter()
+        train_loss, train_flops, n_tokens = _train(run, chosen)
+        t2 = time.perf_counter()
+        run.episode += 1
+        run.history.append(chosen)
+        last_choice = chosen
+        for key, value in (("selection_seconds", t1 - t0), ("train_seconds", t2 - t1), ("selection_flops", sel_flops),
+                           ("train_flops", train_flops), ("tokens", n_tokens)):
+            run.totals[key] += value
+        record = {
+            "episode": run.episode, "chosen": chosen, "explored": explored, "reused": reused,
+            "utilities": utilities, "train_loss": train_loss, "target_loss": target_loss,
+            "lr": run.schedule.get_last_lr()[0], "selection_seconds": t1 - t0, "train_seconds": t2 - t1,
+            "selection_flops": sel_flops, "train_flops": train_flops, "tokens": n_tokens,
+            "counts": dict(Counter(run.history)),
+        }
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        callback("episode", record)
+        if run.episode % spec.run.checkpoint_every == 0 or run.episode == total or stop["set"]:
+            save(run)
+            callback("checkpoint", {"episode": run.episode, "path": str(run.out)})
+    stop["restore"]()
+    done = run.episode >= total
+    message = (f"{'finished' if done else 'stopped after'} {run.episode}/{total} episodes; checkpoint: {run.out} "
+               f"(selection {run.totals['selection_seconds']:.1f}s, training {run.totals['train_seconds']:.1f}s)")
+    summary = {"episodes": run.episode, "complete": done, "output_dir": str(run.out),
+               "counts": dict(Counter(run.history)), "totals": run.totals, "message": message, "rank": 0}
+    callback("end", summary)
+    return summary
+
+
+def _truncate_metrics(path: Path, episodes_done: int) -> None:
+    """Drop metric lines of episodes after the checkpoint being resumed (their work was lost)."""
+    if not path.exists():
+        return
+    if episodes_done == 0:
+        path.unlink()
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["episode"] <= episodes_done]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def _interrupt_flag() -> dict[str, Any]:
+    """The first Ctrl-C asks the loop to finish its episode and save; a second one stops at once."""
+    flag: dict[str, Any] = {"set": False, "restore": lambda: None}
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum: int, frame: Any) -> None:
+            flag["set"] = True
+            signal.signal(signal.SIGINT, previous)
+
+        signal.signal(signal.SIGINT, handler)
+        flag["restore"] = lambda: signal.signal(signal.SIGINT, previous)
+    except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
+        pass
+    return flag

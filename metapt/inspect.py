@@ -1,0 +1,83 @@
+"""What `metapt inspect-tasks` shows: one row per task spec found, with example counts on request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from metapt.catalog import KINDS, roles
+from metapt.errors import MetaptError
+from metapt.resolve import task_files
+from metapt.spec import TaskSpec, parse_task
+
+
+def _location(spec: TaskSpec) -> str:
+    d = spec.data
+    if d.format == "hf":
+        return f"{d.dataset}" + (f" ({d.subset})" if d.subset else "")
+    if d.format == "synthetic":
+        return f"{d.corpus} (size {d.size}, seed {d.seed})"
+    return ", ".join(f"{s}: {getattr(d, s)}" for s in d.splits())
+
+
+def count_examples(spec: TaskSpec) -> dict[str, int]:
+    """Examples per split, read through the real readers."""
+    from metapt.data.readers import read_split
+
+    counts = {}
+    for split in spec.data.splits():
+        ds = read_split(spec.data, split)
+        counts[split] = ds.num_rows if hasattr(ds, "num_rows") and ds.num_rows is not None else sum(1 for _ in ds)
+    return counts
+
+
+def describe_tasks(paths: list[Path] | None, count: bool) -> list[dict[str, Any]]:
+    """One dict per task spec under `paths`; a spec or its data that fails is listed with the reason."""
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for path in task_files(paths):
+        try:
+            spec = parse_task(path, check_data=False)
+        except MetaptError as e:
+            rows.append({"name": path.stem, "path": str(path), "error": str(e)})
+            continue
+        if spec.name in seen:  # ./tasks shadows a built-in spec of the same name
+            continue
+        seen.add(spec.name)
+        info = KINDS[spec.kind]
+        row: dict[str, Any] = {
+            "name": spec.name, "kind": spec.kind, "roles": list(roles(spec.kind)),
+            "format": spec.data.format, "location": _location(spec),
+            "head": spec.head.type or info.heads[0], "loss": spec.loss.type or info.losses[0],
+            "metric": spec.options.get("main_metric") or info.metrics[0],
+            "description": spec.description, "path": str(path),
+        }
+        if count:
+            try:
+                row["counts"] = count_examples(spec)
+            except MetaptError as e:
+                row["error"] = f"data unavailable: {e}"
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict[str, Any]], count: bool) -> Table:
+    """A rich table of `describe_tasks` rows."""
+    t = Table(title=f"{len(rows)} tasks", show_lines=False, expand=False)
+    for col in ("name", "kind", "roles", "data", "head", "loss"):
+        t.add_column(col, overflow="fold")
+    if count:
+        t.add_column("examples", overflow="fold")
+    for r in rows:
+        if "kind" not in r:
+            t.add_row(r["name"], "[red]invalid[/]", "", r["error"].splitlines()[-1].strip(), "", "",
+                      *([""] if count else []))
+            continue
+        cells = [r["name"], r["kind"], ", ".join(r["roles"]), f"{r['format']}: {r['location']}", r["head"], r["loss"]]
+        if count:
+            cells.append(", ".join(f"{k} {v}" for k, v in r.get("counts", {}).items())
+                         or f"[yellow]{r.get('error', '')}[/]")
+        t.add_row(*cells)
+    return t

@@ -1,0 +1,110 @@
+"""What `metapt pretrain` shows while it runs: a rich live view on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from metapt.spec import RunSpec
+
+Callback = Callable[[str, dict[str, Any]], None]
+
+
+def _eta(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class PretrainView:
+    """Keeps the latest episode and renders it; rank > 0 and --quiet show nothing."""
+
+    def __init__(self, console: Console, spec: RunSpec):
+        self.console, self.spec = console, spec
+        self.start = time.perf_counter()
+        self.first_episode, self.total = 0, spec.run.episodes
+        self.last: dict[str, Any] = {}
+        self.sources: list[str] = []
+
+    def eta(self) -> str:
+        done = self.last.get("episode", self.first_episode) - self.first_episode
+        if done <= 0:
+            return "?"
+        per = (time.perf_counter() - self.start) / done
+        return _eta(per * (self.total - self.last["episode"]))
+
+    def line(self, r: dict[str, Any]) -> str:
+        """One plain line per episode (logs, CI, pipes)."""
+        how = " (explored)" if r["explored"] else " (reused)" if r["reused"] else ""
+        utils = " ".join(f"{k}={v:.4g}" for k, v in r["utilities"].items())
+        target = f" target_loss {r['target_loss']:.4f}" if r["target_loss"] is not None else ""
+        return (f"episode {r['episode']}/{self.total} chose {r['chosen']}{how} train_loss {r['train_loss']:.4f}"
+                f"{target}{' utilities ' + utils if utils else ''} select {r['selection_seconds']:.2f}s "
+                f"train {r['train_seconds']:.2f}s eta {self.eta()}")
+
+    def render(self) -> Group:
+        r = self.last
+        head = Text.from_markup(
+            f"[bold]metapt pretrain[/] {escape(self.spec.path)}  episode {r.get('episode', self.first_episode)}"
+            f"/{self.total}  eta {self.eta()}")
+        if not r:
+            return Group(head, Text("preparing the first episode ..."))
+        how = " [yellow](explored)[/]" if r["explored"] else " [dim](reused)[/]" if r["reused"] else ""
+        chose = Text.from_markup(f"chose [bold cyan]{escape(r['chosen'])}[/]{how}   train loss "
+                                 f"{r['train_loss']:.4f}" + (f"   target loss {r['target_loss']:.4f}"
+                                                             if r["target_loss"] is not None else ""))
+        table = Table(box=None, pad_edge=False)
+        for col in ("source task", "utility", "chosen", "share"):
+            table.add_column(col, justify="left" if col == "source task" else "right")
+        n = max(1, r["episode"])
+        best = max(r["utilities"], key=r["utilities"].get) if r["utilities"] else None
+        for s in self.sources:
+            u = r["utilities"].get(s)
+            mark = "[bold green]" if s == best else ""
+            table.add_row(f"{mark}{escape(s)}", "-" if u is None else f"{u:.5g}",
+                          str(r["counts"].get(s, 0)), f"{100 * r['counts'].get(s, 0) / n:.0f}%")
+        sel, tr = r["selection_seconds"], r["train_seconds"]
+        share = 100 * sel / max(1e-9, sel + tr)
+        times = Text(f"selection {sel:.2f}s  training {tr:.2f}s  (selection {share:.0f}% of the episode)  "
+                     f"lr {r['lr']:.2e}")
+        return Group(head, chose, table, times)
+
+
+@contextlib.contextmanager
+def pretrain_reporter(console: Console, spec: RunSpec, quiet: bool = False, rank: int = 0) -> Iterator[Callback]:
+    """A callback for `engine.pretrain` that draws the live view (or prints lines)."""
+    view = PretrainView(console, spec)
+    live = Live(view.render(), console=console, refresh_per_second=4, transient=False) \
+        if console.is_terminal and not quiet and rank == 0 else None
+
+    def callback(event: str, data: dict[str, Any]) -> None:
+        if quiet or rank != 0:
+            return
+        if event == "start":
+            view.sources, view.first_episode = data["sources"], data["start"]
+            view.start = time.perf_counter()
+            if live is None:
+                console.print(f"pretraining {', '.join(data['sources'])} ({data['setting']}, scheduler "
+                              f"{data['scheduler']}) on {data['device']}, episodes {data['start'] + 1}-"
+                              f"{data['episodes']}", highlight=False)
+        elif event == "episode":
+            view.last = data
+            if live is None:
+                console.print(view.line(data), highlight=False)
+        elif event == "checkpoint" and live is None:
+            console.print(f"checkpoint after episode {data['episode']} in {data['path']}", highlight=False)
+        if live is not None:
+            live.update(view.render())
+
+    if live is None:
+        yield callback
+        return
+    with live:
+        yield callback

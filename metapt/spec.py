@@ -1,0 +1,355 @@
+"""TOML task and run specs -> frozen dataclasses. Every problem in a file is reported at once; no torch.
+
+A dataclass field's type says what TOML value it takes; `field(metadata=...)` adds the allowed
+`choices` and the inclusive `low`/`high` bounds. `_build` walks a TOML table against a dataclass,
+collecting problems instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import glob
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli
+
+from metapt.catalog import FORMATS, HEADS, KINDS, LOSSES, SCHEDULERS, SYNTHETIC_CORPORA
+from metapt.errors import Problem, SpecError
+
+LOCAL_FORMATS = tuple(f for f in FORMATS if f not in ("hf", "synthetic"))
+SPLITS = ("train", "validation", "test")
+
+
+def _f(default: Any, *, choices: tuple = (), low: float | None = None, high: float | None = None,
+       help: str = "") -> Any:
+    """A dataclass field with its allowed values; lists become tuples so specs stay immutable."""
+    meta = {"choices": choices, "low": low, "high": high, "help": help}
+    if isinstance(default, (dict, tuple)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------------------------- task specs
+@dataclass(frozen=True)
+class DataSpec:
+    format: str = _f("", choices=tuple(FORMATS), help="how the data is stored")
+    train: str = _f("", help="local: file, folder or glob relative to the spec; hf: split name")
+    validation: str = _f("", help="as train")
+    test: str = _f("", help="as train")
+    dataset: str = _f("", help="hf: hub id, e.g. nyu-mll/glue")
+    subset: str = _f("", help="hf: config name; superglue: the task")
+    columns: dict[str, str] = _f({}, help="record field -> column name in the data")
+    streaming: bool = _f(False, help="read as an iterable dataset (corpus-based source kinds)")
+    header: bool = _f(True, help="csv/tsv: the first row names the columns (else columns are 0, 1, ...)")
+    corpus: str = _f("", choices=SYNTHETIC_CORPORA, help="synthetic: which generated corpus")
+    size: int = _f(2000, low=1, high=10_000_000, help="synthetic: train examples (validation, test: size/5)")
+    seed: int = _f(0, low=0, help="synthetic: seed of the generated world")
+    obtain: str = _f("", help="how to get data that cannot be downloaded (shown when it is missing)")
+    base_dir: str = field(default=".", metadata={"internal": True})
+
+    def location(self, split: str) -> str:
+        """Where a split lives: a hub split name, or a path resolved against the spec file."""
+        value = getattr(self, split)
+        if not value or self.format in ("hf", "synthetic"):
+            return value
+        return str(Path(self.base_dir, value))
+
+    def splits(self) -> tuple[str, ...]:
+        """The splits this spec names (synthetic data always has all three)."""
+        if self.format == "synthetic":
+            return SPLITS
+        return tuple(s for s in SPLITS if getattr(self, s))
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    type: str = _f("", choices=HEADS, help="head module; empty: the kind's default")
+    dropout: float = _f(0.1, low=0.0, high=0.9, help="dropout before the head's classifier")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    type: str = _f("", choices=LOSSES, help="loss function; empty: the kind's default")
+    label_smoothing: float = _f(0.0, low=0.0, high=0.5, help="cross-entropy label smoothing")
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    size: int = _f(32, low=1, high=65536, help="examples per batch")
+    max_length: int = _f(128, low=8, high=8192, help="tokens per sequence (longer: truncated or strided)")
+    stride: int = _f(32, low=0, high=4096, help="tokens shared by consecutive windows of a long context")
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    epochs: int = _f(3, low=1, high=1000, help="passes over the train split")
+    lr: float = _f(5e-5, low=0.0, high=1.0, help="AdamW learning rate")
+    warmup_ratio: float = _f(0.1, low=0.0, high=1.0, help="share of steps with linear warmup")
+    weight_decay: float = _f(0.01, low=0.0, high=1.0, help="AdamW weight decay")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    kind: str = _f("", choices=tuple(KINDS), help="task kind (see `metapt inspect-tasks`)")
+    name: str = _f("", help="task name; default: the file stem")
+    description: str = _f("", help="one line shown by inspect-tasks")
+    data: DataSpec = field(default_factory=DataSpec)
+    head: HeadSpec = field(default_factory=HeadSpec)
+    loss: LossSpec = field(default_factory=LossSpec)
+    batch: BatchSpec = field(default_factory=BatchSpec)
+    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
+    options: dict[str, Any] = _f({}, help="kind-specific options (see the kind table)")
+    path: str = field(default="", metadata={"internal": True})
+
+    def option(self, key: str) -> Any:
+        """A kind option's value, falling back to the kind's default."""
+        return self.options.get(key, KINDS[self.kind].options[key].default)
+
+
+# ----------------------------------------------------------------------------------- run specs
+@dataclass(frozen=True)
+class RunSection:
+    output_dir: str = _f("ckpt", help="checkpoints and metrics.jsonl (relative to the working directory)")
+    seed: int = _f(0, low=0, help="seed of weights, data order, masking and exploration")
+    episodes: int = _f(100, low=1, help="episodes to run")
+    device: str = _f("auto", help="auto | cpu | cuda | cuda:N")
+    precision: str = _f("auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto: bf16 on CUDA")
+    checkpoint_every: int = _f(10, low=1, help="episodes between checkpoints (and one at the end)")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    pretrained: str = _f("", help="hub id or local dir; empty: a new encoder from the fields below")
+    architecture: str = _f("bert", choices=("bert", "roberta"), help="encoder family")
+    hidden_size: int = _f(128, low=8, high=16384, help="hidden width")
+    num_layers: int = _f(2, low=1, high=96, help="transformer layers")
+    num_heads: int = _f(2, low=1, high=128, help="attention heads (must divide hidden_size)")
+    intermediate_size: int = _f(512, low=8, high=65536, help="feed-forward width")
+    max_length: int = _f(128, low=8, high=8192, help="position embeddings")
+    dropout: float = _f(0.1, low=0.0, high=0.9, help="hidden and attention dropout")
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    pretrained: str = _f("", help="hub id or local dir; empty: WordPiece trained on the sources' text")
+    vocab_size: int = _f(8000, low=100, high=1_000_000, help="WordPiece vocabulary when trained")
+    lowercase: bool = _f(True, help="lowercase text when a WordPiece is trained")
+
+
+@dataclass(frozen=True)
+class MetaSpec:
+    setting: str = _f("agnostic", choices=("agnostic", "aware"), help="targets = sources, or labelled targets")
+    sources: tuple[str, ...] = _f((), help="source task names, or spec paths relative to this file")
+    targets: tuple[str, ...] = _f((), help="target task names (required when setting = aware)")
+    scheduler: str = _f("meta", choices=SCHEDULERS, help="how the next task is chosen")
+    utility: str = _f("exact", choices=("exact", "first_order"), help="meta: scored loss or gradient dot product")
+    normalize: str = _f("none", choices=("none", "relative"), help="relative: each target's gain / its loss")
+    inner_lr: float = _f(1e-3, low=0.0, high=10.0, help="alpha, the inner SGD step")
+    lr: float = _f(1e-4, low=0.0, high=1.0, help="lambda, the AdamW learning rate")
+    support_batches: int = _f(2, low=1, high=1024, help="M: support batches per source and target batches")
+    train_batches: int = _f(16, low=1, high=100_000, help="N: training batches per episode")
+    epsilon: float = _f(0.1, low=0.0, high=1.0, help="probability of exploring a random task")
+    grad_accumulation: int = _f(1, low=1, high=1024, help="micro-batches per batch")
+    warmup_ratio: float = _f(0.06, low=0.0, high=1.0, help="share of training steps with linear warmup")
+    weight_decay: float = _f(0.01, low=0.0, high=1.0, help="AdamW weight decay")
+    max_grad_norm: float = _f(1.0, low=0.0, high=1e6, help="gradient clipping (0: off)")
+    temperature: float = _f(2.0, low=0.01, high=1000.0, help="temperature scheduler: p ~ size^(1/T)")
+    single_task: str = _f("", help="single scheduler: the task to train (default: the first source)")
+    select_every: int = _f(1, low=1, high=100_000, help="meta: re-select every k episodes")
+    head_lr: float = _f(1e-3, low=0.0, high=1.0, help="aware: lr of the head-only target update")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    run: RunSection = field(default_factory=RunSection)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
+    meta: MetaSpec = field(default_factory=MetaSpec)
+    path: str = field(default="", metadata={"internal": True})
+    sources: tuple[TaskSpec, ...] = field(default=(), metadata={"internal": True})
+    targets: tuple[TaskSpec, ...] = field(default=(), metadata={"internal": True})
+
+    def tasks(self) -> dict[str, TaskSpec]:
+        """Every task of the run by name, sources first."""
+        return {t.name: t for t in (*self.sources, *self.targets)}
+
+
+# ------------------------------------------------------------------------------ the validator
+def _key(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix.endswith("]") else (f"[{prefix}].{name}" if prefix else name)
+
+
+def _table(prefix: str, name: str) -> str:
+    inner = f"{prefix.strip('[]').split(']')[0]}.{name}" if prefix else name
+    return f"[{inner}]"
+
+
+def _suggest(word: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _allowed(options: typing.Iterable[str]) -> str:
+    return ", ".join(sorted(options))
+
+
+def _check_value(value: Any, hint: Any, meta: dict, key: str, problems: list[str]) -> Any:
+    """Type-check one scalar, list or string table; append messages to `problems`."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            problems.append(f"{key}: expected a list of strings, got {value!r}")
+            return None
+        return tuple(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{key}: expected a table, got {value!r}")
+            return None
+        if typing.get_args(hint)[1] is str:
+            bad = [k for k, v in value.items() if not isinstance(v, str)]
+            for k in bad:
+                problems.append(f"{key}.{k}: expected a string (a column name), got {value[k]!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, hint) or (isinstance(value, bool) and hint is not bool):
+        problems.append(f"{key}: expected {hint.__name__.replace('str', 'a string').replace('int', 'an integer').replace('float', 'a number').replace('bool', 'true or false')}, got {value!r}")
+        return None
+    if meta.get("choices") and value not in meta["choices"] and not (value == "" and hint is str):
+        problems.append(f"{key}: {value!r} is not allowed{_suggest(str(value), meta['choices'])}; "
+                        f"allowed: {_allowed(meta['choices'])}")
+        return None
+    low, high = meta.get("low"), meta.get("high")
+    if (low is not None and value < low) or (high is not None and value > high):
+        rng = f">= {low}" if high is None else f"between {low} and {high}"
+        problems.append(f"{key}: {value!r} is out of range; allowed: {rng}")
+        return None
+    return value
+
+
+def _build(cls: type, table: dict, prefix: str, problems: list[str]) -> Any:
+    """Build dataclass `cls` from a TOML table; bad values fall back to defaults and are reported."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    values: dict[str, Any] = {}
+    for name, value in table.items():
+        if name not in fields:
+            where = _key(prefix, name)
+            problems.append(f"{where}: unknown key{_suggest(name, fields)}; allowed: {_allowed(fields)}")
+            continue
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                problems.append(f"{_table(prefix, name)}: expected a table, got {value!r}")
+                continue
+            values[name] = _build(hint, value, _table(prefix, name), problems)
+            continue
+        checked = _check_value(value, hint, fields[name].metadata, _key(prefix, name), problems)
+        if checked is not None:
+            values[name] = checked
+    return cls(**values)
+
+
+# ---------------------------------------------------------------------------------- loading
+def read_toml(path: Path) -> dict:
+    """Parse one TOML file; a missing file or a syntax error is a SpecError naming the line."""
+    if not path.is_file():
+        raise SpecError([Problem(str(path), "", "no such file")])
+    try:
+        return tomli.loads(path.read_text(encoding="utf-8"))
+    except tomli.TOMLDecodeError as e:
+        line = getattr(e, "lineno", None)
+        msg = getattr(e, "msg", str(e))
+        raise SpecError([Problem(str(path), "", f"TOML syntax error: {msg}", line=line)]) from None
+    except UnicodeDecodeError as e:
+        raise SpecError([Problem(str(path), "", f"not UTF-8 text ({e.reason})")]) from None
+
+
+def is_run_spec(table: dict) -> bool:
+    """A run spec has a [run] or [meta] table; a task spec has a `kind`."""
+    return "kind" not in table and any(k in table for k in ("run", "meta", "model", "tokenizer"))
+
+
+def parse_task(path: Path, table: dict | None = None, check_data: bool = True) -> TaskSpec:
+    """Build and validate a task spec file; raise SpecError listing every problem."""
+    path = Path(path)
+    table = read_toml(path) if table is None else table
+    problems: list[str] = []
+    spec = _build(TaskSpec, table, "", problems)
+    if "kind" not in table:
+        problems.append(f"kind: missing; allowed: {_allowed(KINDS)}")
+    if "data" not in table:
+        problems.append("[data]: missing; every task needs a [data] table with a `format`")
+    data = dataclasses.replace(spec.data, base_dir=str(path.parent))
+    spec = dataclasses.replace(spec, name=spec.name or path.stem, data=data, path=str(path))
+    if spec.kind:
+        problems += _check_kind(spec, table)
+    if isinstance(table.get("data"), dict) and "format" in table["data"]:
+        problems += _check_data(spec.data, check_data)
+    elif "data" in table:
+        problems.append(f"[data].format: missing; allowed: {_allowed(FORMATS)}")
+    if problems:
+        raise SpecError([Problem(str(path), *_split(p)) for p in problems])
+    return spec
+
+
+def _split(problem: str) -> tuple[str, str]:
+    key, _, message = problem.partition(": ")
+    return key, message
+
+
+def _check_kind(spec: TaskSpec, table: dict) -> list[str]:
+    info, problems = KINDS[spec.kind], []
+    if spec.head.type and spec.head.type not in info.heads:
+        problems.append(f"[head].type: {spec.head.type!r} does not fit kind {spec.kind!r}; "
+                        f"allowed: {_allowed(info.heads)}")
+    if spec.loss.type and spec.loss.type not in info.losses:
+        problems.append(f"[loss].type: {spec.loss.type!r} does not fit kind {spec.kind!r}; "
+                        f"allowed: {_allowed(info.losses)}")
+    for key, value in table.get("options", {}).items():
+        if key not in info.options:
+            allowed = _allowed(info.options) or "none for this kind"
+            problems.append(f"[options].{key}: unknown option for kind {spec.kind!r}"
+                            f"{_suggest(key, info.options)}; allowed: {allowed}")
+        elif (why := info.options[key].check(value)) is not None:
+            problems.append(f"[options].{key}: {why}")
+    main = spec.options.get("main_metric", "")
+    if isinstance(main, str) and main and main not in info.metrics:
+        problems.append(f"[options].main_metric: {main!r} is not a metric of kind {spec.kind!r}; "
+                        f"allowed: {_allowed(info.metrics)}")
+    return problems
+
+
+def _check_data(data: DataSpec, check_files: bool) -> list[str]:
+    problems: list[str] = []
+    if not data.format:  # an invalid format was reported already
+        return problems
+    if data.format == "hf" and not data.dataset:
+        problems.append("[data].dataset: missing; format = 'hf' needs a hub id such as 'nyu-mll/glue'")
+    if data.format == "synthetic" and not data.corpus:
+        problems.append(f"[data].corpus: missing; format = 'synthetic' needs one of {_allowed(SYNTHETIC_CORPORA)}")
+    if data.format == "superglue" and not data.subset:
+        problems.append("[data].subset: missing; format = 'superglue' needs the task, e.g. 'boolq'")
+    if data.format in LOCAL_FORMATS:
+        if not data.splits():
+            problems.append("[data].train: missing; a local format needs at least one of train, validation, test")
+        for split in data.splits() if check_files and not data.obtain else ():
+            if not _exists(data.location(split)):
+                problems.append(f"[data].{split}: {getattr(data, split)!r} matches no file "
+                                f"(looked for {data.location(split)})")
+    return problems
+
+
+def _exists(location: str) -> bool:
+    return Path(location).exists() or bool(glob.glob(location, recursive=True))
+
+
+def missing_data(data: DataSpec) -> list[str]:
+    """Local splits whose files are not there (for specs that say how to `obtain` them)."""
+    if data.format not in LOCAL_FORMATS:
+        return []
+    return [s for s in data.splits() if not _exists(data.location(s))]

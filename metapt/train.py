@@ -1,0 +1,78 @@
+"""Training pieces shared by pretraining and finetuning: AdamW with warmup and linear decay, and a
+step that splits a batch into micro-batches (gradient accumulation) with the same result."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+
+import torch
+from torch import nn
+
+Batch = dict[str, torch.Tensor]
+
+
+def adamw(params: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW without weight decay on biases and LayerNorm weights, as BERT is trained."""
+    decay, no_decay = [], []
+    for name, p in params:
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+
+
+def warmup_linear(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over warmup_ratio of the steps, then linear decay to zero."""
+    warmup = int(total_steps * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def items(batch: Batch) -> int:
+    """How many terms a batch's loss averages: non-ignored labels, else examples."""
+    if "labels" in batch:
+        return int((batch["labels"] != -100).sum())
+    return int(batch["input_ids"].shape[0])
+
+
+def split_batch(batch: Batch, parts: int) -> list[Batch]:
+    """Cut a batch into `parts` micro-batches along the example dimension.
+
+    A tensor's first dimension is either B (examples) or a multiple m * B (e.g. B * C candidate
+    sequences in multiple choice); both are cut at the same example boundaries.
+    """
+    b = min(v.shape[0] for v in batch.values() if v.dim() > 0)
+    sizes = [len(c) for c in torch.arange(b).tensor_split(parts) if len(c)]
+    out: list[Batch] = [{} for _ in sizes]
+    for key, value in batch.items():
+        m = value.shape[0] // b
+        for i, chunk in enumerate(value.split([s * m for s in sizes])):
+            out[i][key] = chunk
+    return out
+
+
+def accumulate(forward: Callable[[Batch], torch.Tensor], batch: Batch, parts: int,
+               autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext) -> torch.Tensor:
+    """Backward of the batch's mean loss, computed over micro-batches; returns that loss (detached).
+
+    Each micro-batch's mean loss is weighted by its share of the batch's terms, so the gradient
+    equals the full batch's within float tolerance.
+    """
+    micro = split_batch(batch, parts) if parts > 1 else [batch]
+    total = max(1, items(batch))
+    loss_sum = torch.zeros(())
+    for part in micro:
+        n = items(part)
+        if n == 0:
+            continue
+        with autocast():
+            loss = forward(part).float()
+        (loss * (n / total)).backward()
+        loss_sum = loss_sum + loss.detach().cpu() * (n / total)
+    return loss_sum

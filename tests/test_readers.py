@@ -1,0 +1,441 @@
+"""Readers: exact record counts and spot-checked records from the small files in tests/fixtures/data."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import shutil
+from pathlib import Path
+
+import datasets
+import pytest
+
+from metapt.data.conll import bio_to_brackets, brackets_to_bio
+from metapt.data.readers import READERS, read_split, resolve_files
+from metapt.errors import DataError
+from metapt.spec import DataSpec
+
+FIXTURES = Path(__file__).parent / "fixtures" / "data"
+
+
+def read(fmt: str, train: str, **fields) -> datasets.Dataset:
+    return read_split(DataSpec(format=fmt, train=train, base_dir=str(FIXTURES), **fields), "train")
+
+
+# ------------------------------------------------------------------------------------ generic
+def test_tsv_glue_keeps_quotes_and_drops_the_bom():
+    ds = read("tsv", "tsv/train.tsv")
+    assert len(ds) == 3
+    assert ds.column_names == ["index", "sentence1", "sentence2", "label"]
+    assert ds[1] == {
+        "index": "1",
+        "sentence1": 'She said "no" twice.',
+        "sentence2": "She agreed at once.",
+        "label": "not_entailment",
+    }
+
+
+def test_tsv_without_header_names_columns_by_position():
+    ds = read("tsv", "tsv/cola.tsv", header=False)
+    assert len(ds) == 3
+    assert ds[1] == {"0": "gj04", "1": "0", "2": "*", "3": "Dog the loudly barked."}
+    assert ds[2]["3"] == 'Who did you say "hello" to?'
+
+
+def test_tsv_row_with_wrong_cell_count_names_file_and_line():
+    with pytest.raises(DataError, match=r"bad\.tsv:3: 2 cells \(expected 3"):
+        read("tsv", "tsv/bad.tsv")
+
+
+def test_csv_unquotes_cells_and_keeps_strings():
+    ds = read("csv", "csv/train.csv")
+    assert len(ds) == 3
+    assert ds[0] == {"id": "q1", "question": "Where is Paris, exactly?", "answer": "France"}
+    assert ds[2]["question"] == 'Who wrote "Hamlet"?'
+    assert ds[1]["answer"] == "4"
+
+
+def test_jsonl_and_json():
+    ds = read("jsonl", "jsonl/train.jsonl")
+    assert len(ds) == 3
+    assert ds[2] == {"sentence": "An ordinary afternoon.", "label": 1, "score": 2.5}
+    ds = read("json", "json/train.json")
+    assert len(ds) == 2
+    assert ds[1] == {
+        "premise": "The shop was closed.",
+        "hypothesis": "Anyone could buy bread there.",
+        "label": 1,
+    }
+
+
+def test_malformed_jsonl_line_names_file_and_line():
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: not valid JSON"):
+        read("jsonl", "jsonl/bad.jsonl")
+
+
+def test_parquet(tmp_path: Path):
+    rows = [{"text": "one", "label": 0}, {"text": "two", "label": 1}]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "part.parquet"))
+    ds = read_split(DataSpec(format="parquet", train="part.parquet", base_dir=str(tmp_path)), "train")
+    assert len(ds) == 2
+    assert ds[1] == {"text": "two", "label": 1}
+
+
+def test_text_documents_split_on_blank_and_whitespace_lines():
+    ds = read("text", "text/corpus.txt")
+    assert len(ds) == 3
+    assert ds[0] == {
+        "id": "corpus.txt:0",
+        "text": "The river runs north. It floods every spring.",
+        "sentences": ["The river runs north.", "It floods every spring."],
+    }
+    assert ds[1]["sentences"] == ["A second document starts here."]
+    assert len(ds[2]["sentences"]) == 3
+
+
+def test_text_reads_gzip_files(tmp_path: Path):
+    with gzip.open(tmp_path / "corpus.txt.gz", "wt", encoding="utf-8") as f:
+        f.write((FIXTURES / "text" / "corpus.txt").read_text())
+    ds = read_split(DataSpec(format="text", train="corpus.txt.gz", base_dir=str(tmp_path)), "train")
+    assert [r["text"] for r in ds] == [r["text"] for r in read("text", "text/corpus.txt")]
+
+
+def test_streaming_text_is_iterable_with_the_same_records():
+    ds = read("text", "text/corpus.txt", streaming=True)
+    assert isinstance(ds, datasets.IterableDataset)
+    assert list(ds) == list(read("text", "text/corpus.txt"))
+
+
+def test_streaming_jsonl_renames_columns():
+    ds = read("jsonl", "jsonl/train.jsonl", streaming=True, columns={"text": "sentence"})
+    assert isinstance(ds, datasets.IterableDataset)
+    assert [r["text"] for r in ds] == ["A bright morning.", "A gloomy evening.", "An ordinary afternoon."]
+
+
+# ------------------------------------------------------------------------- columns and errors
+def test_columns_rename_source_columns_to_fields():
+    ds = read(
+        "tsv", "tsv/train.tsv", columns={"text": "sentence1", "text_pair": "sentence2", "label": "label"}
+    )
+    assert ds.column_names == ["index", "text", "text_pair", "label"]
+    assert ds[0]["text"] == "The cat sat on the mat."
+
+
+def test_missing_column_names_the_column_and_the_ones_available():
+    with pytest.raises(DataError) as e:
+        read("tsv", "tsv/train.tsv", columns={"text": "sentence"})
+    assert "train.tsv" in str(e.value)
+    assert "[data.columns].text names column 'sentence'" in str(e.value)
+    assert "columns available: index, sentence1, sentence2, label" in str(e.value)
+
+
+def test_missing_split_location_says_how_to_fix():
+    data = DataSpec(
+        format="conll2005", train="nowhere/train", base_dir=str(FIXTURES), obtain="Get it from LDC."
+    )
+    with pytest.raises(DataError) as e:
+        read_split(data, "train")
+    message = str(e.value)
+    assert f"split 'train' of format 'conll2005': nothing at {FIXTURES / 'nowhere/train'}" in message
+    assert "Get it from LDC." in message
+    assert "--data PATH or edit [data].train" in message
+
+
+def test_resolve_files_folder_glob_and_nothing():
+    assert [p.name for p in resolve_files(str(FIXTURES / "dailydialog"))] == [
+        "dialogues_act_train.txt",
+        "dialogues_train.txt",
+    ]
+    assert [p.name for p in resolve_files(str(FIXTURES / "superglue" / "*" / "val.jsonl"))] == [
+        "val.jsonl"
+    ] * 2
+    with pytest.raises(DataError, match="nothing at"):
+        resolve_files(str(FIXTURES / "no-such-*.tsv"))
+
+
+def test_hf_format_calls_load_dataset(monkeypatch: pytest.MonkeyPatch):
+    calls = []
+
+    def fake(path, name=None, split=None, streaming=False):
+        calls.append((path, name, split, streaming))
+        return datasets.Dataset.from_list([{"sentence1": "a", "sentence2": "b", "label": 1}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    data = DataSpec(
+        format="hf", dataset="nyu-mll/glue", subset="rte", train="train", columns={"text": "sentence1"}
+    )
+    ds = read_split(data, "train")
+    assert calls == [("nyu-mll/glue", "rte", "train", False)]
+    assert ds[0] == {"text": "a", "sentence2": "b", "label": 1}
+
+
+def test_hf_super_glue_gets_the_kind_fields(monkeypatch: pytest.MonkeyPatch):
+    row = {"premise": "p", "choice1": "c1", "choice2": "c2", "question": "effect", "idx": 0, "label": 1}
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list([row]))
+    ds = read_split(
+        DataSpec(format="hf", dataset="aps/super_glue", subset="copa", validation="validation"), "validation"
+    )
+    assert ds[0]["context"] == "p What happened as a result?"
+    assert ds[0]["choices"] == ["c1", "c2"]
+
+
+def test_hf_failure_becomes_data_error(monkeypatch: pytest.MonkeyPatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach the Hugging Face Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError) as e:
+        read_split(DataSpec(format="hf", dataset="nyu-mll/glue", subset="rte", train="train"), "train")
+    assert "could not be loaded from the hub" in str(e.value)
+    assert "HF_HUB_OFFLINE" in str(e.value) and "--data PATH" in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------ SRL
+def test_conll2005_release_words_and_props_gz():
+    ds = read("conll2005", "conll2005/release/train")
+    assert len(ds) == 3
+    assert sum(len(p) for p in ds["predicate_indices"]) == 3
+    assert ds[1] == {
+        "id": "train.01:1",
+        "tokens": ["Investors", "said", "prices", "would", "rise", "."],
+        "predicate_indices": [1, 4],
+        "srl_tags": [
+            ["B-A0", "B-V", "B-A1", "I-A1", "I-A1", "O"],
+            ["O", "O", "B-A1", "B-AM-MOD", "B-V", "O"],
+        ],
+    }
+    assert ds[2]["predicate_indices"] == [] and ds[2]["srl_tags"] == []
+    # A spec may also point at the props file: its words are found beside it.
+    by_props = read("conll2005", "conll2005/release/train/props/train.01.props.gz")
+    assert list(by_props) == list(ds)
+
+
+def test_conll2005_pasted_file_matches_the_release_layout():
+    ds = read("conll2005", "conll2005/combined.txt")
+    assert len(ds) == 3
+    assert ds[0]["tokens"][:3] == ["The", "committee", "approved"]
+    assert ds[0]["predicate_indices"] == [2]
+    assert ds[0]["srl_tags"] == [["B-A0", "I-A0", "B-V", "B-A1", "I-A1", "B-AM-TMP", "I-AM-TMP", "O"]]
+    assert ds["srl_tags"] == read("conll2005", "conll2005/release/train")["srl_tags"]
+
+
+def test_conll2005_bad_bracket_names_file_and_line():
+    with pytest.raises(DataError, match=r"bad\.txt:12: column 4: 'A1\*\)' is not a Start-End cell"):
+        read("conll2005", "conll2005/bad.txt")
+
+
+def test_conll2005_props_without_words(tmp_path: Path):
+    shutil.copy(FIXTURES / "conll2005/release/train/props/train.01.props.gz", tmp_path)
+    with pytest.raises(DataError, match="no words file"):
+        read_split(DataSpec(format="conll2005", train=".", base_dir=str(tmp_path)), "train")
+
+
+def test_conll2012_two_documents():
+    ds = read("conll2012", "conll2012/demo.gold_conll")
+    assert len(ds) == 3
+    assert ds[0] == {
+        "id": "nw/demo/00/demo_0001:0:0",
+        "document_id": "nw/demo/00/demo_0001",
+        "part": 0,
+        "tokens": ["Mary", "wanted", "to", "visit", "Paris", "."],
+        "predicate_indices": [1, 3],
+        "srl_tags": [
+            ["B-ARG0", "B-V", "B-ARG1", "I-ARG1", "I-ARG1", "O"],
+            ["O", "O", "O", "B-V", "B-ARG1", "O"],
+        ],
+    }
+    assert ds[1]["tokens"] == ["Good", "news", "."] and ds[1]["predicate_indices"] == []
+    assert ds[2]["document_id"] == "nw/demo/00/demo_0002"
+    assert ds[2]["srl_tags"] == [["B-ARG0", "B-V", "B-ARGM-TMP", "O"]]
+
+
+def test_brackets_round_trip_on_a_prop_column():
+    column = ["(A0*", "*", "*)", "(V*)", "(A1*", "*", "*", "*)", "(AM-TMP*)", "*", "(C-A1*", "*)", "*"]
+    tags = brackets_to_bio(column)
+    assert tags == [
+        "B-A0",
+        "I-A0",
+        "I-A0",
+        "B-V",
+        "B-A1",
+        "I-A1",
+        "I-A1",
+        "I-A1",
+        "B-AM-TMP",
+        "O",
+        "B-C-A1",
+        "I-C-A1",
+        "O",
+    ]
+    assert bio_to_brackets(tags) == column
+
+
+def test_brackets_old_style_and_nesting():
+    assert brackets_to_bio(["(A1*", "*A1)", "(V*V)"]) == ["B-A1", "I-A1", "B-V"]
+    # BIO cannot nest: the inner span is dropped, the outer kept.
+    assert brackets_to_bio(["(A2(R-A1*)", "*", "*)", "(V*)"]) == ["B-A2", "I-A2", "I-A2", "B-V"]
+    with pytest.raises(ValueError, match="never closed"):
+        brackets_to_bio(["(A0*", "*"])
+
+
+# ------------------------------------------------------------------------- relation extraction
+def test_conll04_corp_splits_multiwords_and_maps_relations():
+    ds = read("conll04", "conll04/sample.corp")
+    assert len(ds) == 3
+    assert sum(len(r) for r in ds["relations"]) == 2
+    assert ds[0] == {
+        "id": "10",
+        "tokens": ["John", "Smith", "works", "for", "Acme", "Corp", "in", "New", "York", "."],
+        "entities": [
+            {"start": 0, "end": 2, "type": "Peop"},
+            {"start": 4, "end": 6, "type": "Org"},
+            {"start": 7, "end": 9, "type": "Loc"},
+        ],
+        "relations": [
+            {"head": 0, "tail": 1, "type": "Work_For"},
+            {"head": 1, "tail": 2, "type": "OrgBased_In"},
+        ],
+    }
+    assert ds[1]["tokens"][1] == ","
+    assert ds[1]["relations"] == []
+
+
+def test_conll04_relation_to_a_non_entity_names_the_line():
+    with pytest.raises(DataError, match=r"bad\.corp:9: relation Work_For joins token lines 0 and 4"):
+        read("conll04", "conll04/bad.corp")
+
+
+def test_spert():
+    ds = read("spert", "spert/train.json")
+    assert len(ds) == 3
+    assert ds[1]["id"] == "102"
+    assert ds[1]["entities"][0] == {"start": 0, "end": 2, "type": "Org"}
+    assert ds[1]["relations"] == [
+        {"head": 0, "tail": 1, "type": "OrgBased_In"},
+        {"head": 1, "tail": 2, "type": "Located_In"},
+    ]
+
+
+def test_dygie_sentences_get_sentence_offsets_and_exclusive_ends():
+    ds = read("dygie", "dygie/train.json")
+    assert len(ds) == 3
+    assert ds[1] == {
+        "id": "demo_doc_1:1",
+        "tokens": ["She", "works", "for", "the", "city", "council", "."],
+        "entities": [{"start": 0, "end": 1, "type": "PER"}, {"start": 3, "end": 6, "type": "ORG"}],
+        "relations": [{"head": 0, "tail": 1, "type": "ORG-AFF"}],
+    }
+    assert ds[2]["relations"] == [{"head": 0, "tail": 1, "type": "PHYS"}]
+
+
+# ------------------------------------------------------------------------------ QA and dialogue
+def test_squad_v1():
+    ds = read("squad", "squad/v1.json")
+    assert len(ds) == 3
+    assert ds[0] == {
+        "id": "q1",
+        "title": "Lighthouse",
+        "context": "The lighthouse was built in 1874 on a rocky island.",
+        "question": "When was the lighthouse built?",
+        "answers": {"text": ["1874", "in 1874"], "answer_start": [28, 25]},
+    }
+
+
+def test_squad_v2_impossible_questions_have_no_answers():
+    ds = read("squad", "squad/v2.json")
+    assert len(ds) == 2
+    assert ds[0]["answers"] == {"text": ["six"], "answer_start": [65]}
+    assert ds[1]["answers"] == {"text": [], "answer_start": []}
+    assert "plausible_answers" not in ds.column_names
+
+
+def test_nq_long_answer_context_and_short_answer_offsets(caplog: pytest.LogCaptureFixture):
+    with caplog.at_level(logging.WARNING, logger="metapt"):
+        ds = read("nq", "nq/dev.jsonl")
+    assert len(ds) == 2
+    assert "skipped 1 of 3" in caplog.text
+    assert ds[0] == {
+        "id": "1001",
+        "title": "Moon",
+        "context": "The Moon is Earth 's only natural satellite .",
+        "question": "what is the moon",
+        "answers": {"text": ["natural satellite"], "answer_start": [26]},
+    }
+    record = ds[1]
+    start = record["answers"]["answer_start"][0]
+    assert record["context"][start : start + len("384,400 km")] == "384,400 km"
+
+
+def test_dailydialog_skips_label_files_and_empty_turns():
+    ds = read("dailydialog", "dailydialog")
+    assert len(ds) == 3
+    assert ds[0] == {
+        "id": "dialogues_train:1",
+        "turns": ["Hello , how are you ?", "Fine , thanks . And you ?", "Not bad ."],
+    }
+    assert ds[2]["turns"] == ["Where is the station ?", "It is next to the bank .", "Thank you !"]
+
+
+# ------------------------------------------------------------------------------------ SuperGLUE
+def test_superglue_boolq_and_unlabelled_test():
+    ds = read("superglue", "superglue/boolq/train.jsonl", subset="boolq")
+    assert len(ds) == 2
+    assert ds[0]["label"] == 1 and ds[1]["label"] == 0
+    assert ds[1]["text"] == "is the canal older than the river"
+    assert ds[1]["text_pair"] == "Canal -- The canal was dug in 1820."
+    test = read("superglue", "superglue/boolq/test.jsonl", subset="boolq")
+    assert test[0]["label"] == -1
+
+
+def test_superglue_cb_string_labels_follow_the_class_order():
+    ds = read("superglue", "superglue/cb/val.jsonl", subset="cb")
+    assert ds["label"] == [1, 2, 0]
+    assert ds[0]["text"] == "I doubt that he left." and ds[0]["text_pair"] == "he left"
+
+
+def test_superglue_copa_is_multiple_choice():
+    ds = read("superglue", "superglue/copa/val.jsonl", subset="copa")
+    assert len(ds) == 2
+    assert ds[0]["context"] == "The man broke his toe. What was the cause?"
+    assert ds[1]["context"] == "I tipped the bottle. What happened as a result?"
+    assert ds[1]["choices"] == ["The liquid in the bottle froze.", "The liquid in the bottle poured out."]
+    assert ds["label"] == [0, 1]
+
+
+def test_superglue_multirc_one_record_per_answer():
+    ds = read("superglue", "superglue/multirc/train.jsonl", subset="multirc")
+    assert len(ds) == 4
+    assert ds[3]["idx"] == {"paragraph": 0, "question": 1, "answer": 3}
+    assert ds[3]["text_pair"] == "Where does she sell bread? At home"
+    assert ds[3]["text"].startswith("Anna bakes bread")
+    assert ds["group"] == ["0-0", "0-0", "0-1", "0-1"]
+    assert ds["label"] == [1, 0, 1, 0]
+
+
+def test_superglue_record_one_record_per_query():
+    ds = read("superglue", "superglue/record/train.jsonl", subset="record")
+    assert len(ds) == 2
+    assert ds[0]["choices"] == ["Oslo", "CNN", "Norway"]
+    assert ds[0]["entities"] == ["Oslo", "CNN", "Norway"]
+    assert ds[0]["answers"] == ["Oslo"]
+    assert ds[1]["question"] == "@placeholder is the capital of Norway."
+    assert ds[1]["idx"] == {"passage": 0, "query": 1}
+    assert ds[1]["context"].startswith("Oslo (CNN)")
+
+
+def test_superglue_wsc_and_wic_texts():
+    wsc = read("superglue", "superglue/wsc/train.jsonl", subset="wsc")
+    assert wsc[0]["text"] == (
+        "*Mark* told Pete many lies about himself, which Pete included in his book. "
+        "#He# should have been more truthful."
+    )
+    assert wsc[0]["label"] == 1 and wsc[0]["span1_text"] == "Mark"
+    wic = read("superglue", "superglue/wic/train.jsonl", subset="wic")
+    assert wic[0]["text"] == "bank: He sat on the bank of the river."
+    assert wic[0]["text_pair"] == "She works at a bank." and wic[0]["label"] == 0
+
+
+def test_every_local_format_has_a_reader():
+    from metapt.catalog import FORMATS
+
+    assert set(READERS) == set(FORMATS) - {"hf", "synthetic"}
