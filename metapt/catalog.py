@@ -27,6 +27,10 @@ class Option:
             value = float(value)
         if want is not None and not isinstance(value, want) or isinstance(value, bool) and want is not bool:
             return f"expected {_type_name(want)}, got {value!r}"
+        if value != value:  # NaN passes the range checks below
+            return "nan is not a number"
+        if want is list and not all(isinstance(v, str) for v in value):
+            return f"expected a list of strings, got {value!r}"
         if self.choices and value not in self.choices:
             return f"{value!r} is not one of {', '.join(map(repr, self.choices))}"
         if self.low is not None and value < self.low or self.high is not None and value > self.high:
@@ -60,7 +64,11 @@ _MAIN = Option("", "metric used to pick the best epoch; empty: the kind's first 
 
 KINDS: dict[str, KindInfo] = {
     "masked_lm": KindInfo(
-        "source", ("mlm",), ("cross_entropy",), ("accuracy", "loss"), ("text",),
+        "source",
+        ("mlm",),
+        ("cross_entropy",),
+        ("accuracy", "loss"),
+        ("text",),
         {
             "mask_probability": Option(0.15, "share of tokens selected for prediction", low=0.01, high=0.9),
             "whole_word_mask": Option(False, "mask every sub-word of a selected word together"),
@@ -68,52 +76,96 @@ KINDS: dict[str, KindInfo] = {
         "masked language modelling with dynamic 80/10/10 masking",
     ),
     "sentence_reordering": KindInfo(
-        "source", ("sequence_classification",), ("cross_entropy",), ("accuracy",), ("sentences",),
-        {"max_segments": Option(3, "split a paragraph into 1..m segments (sum of k! classes)", low=1, high=4)},
+        "source",
+        ("sequence_classification",),
+        ("cross_entropy",),
+        ("accuracy",),
+        ("sentences",),
+        {
+            "max_segments": Option(
+                3, "split a paragraph into 1..m segments (sum of k! classes)", low=1, high=4
+            )
+        },
         "ERNIE 2.0 sentence reordering: classify the permutation of shuffled segments",
     ),
     "sentence_distance": KindInfo(
-        "source", ("sequence_classification",), ("cross_entropy",), ("accuracy",), ("sentences",), {},
+        "source",
+        ("sequence_classification",),
+        ("cross_entropy",),
+        ("accuracy",),
+        ("sentences",),
+        {},
         "ERNIE 2.0 sentence distance: adjacent / same document / other document",
     ),
     "response_selection": KindInfo(
-        "source", ("dual_encoder",), ("contrastive",), ("recall@1",), ("turns",),
+        "source",
+        ("dual_encoder",),
+        ("contrastive",),
+        ("recall@1",),
+        ("turns",),
         {"max_context_turns": Option(3, "dialogue turns kept as the context", low=1, high=32)},
-        "dialogue context vs. the true next turn, in-batch negatives", micro_batches=False,
+        "dialogue context vs. the true next turn, in-batch negatives",
+        micro_batches=False,
     ),
     "span_selection": KindInfo(
-        "source", ("span_pointer",), ("span_cross_entropy",), ("f1", "exact_match"), ("sentences",),
+        "source",
+        ("span_pointer",),
+        ("span_cross_entropy",),
+        ("f1", "exact_match"),
+        ("sentences",),
         {"blank_token": Option("[BLANK]", "the word that replaces the answer term in the query")},
         "masked passage retrieval (Glass et al. 2020): find the blanked term's span in a passage",
     ),
     "classification": KindInfo(
-        "target", ("sequence_classification",), ("cross_entropy",),
-        ("accuracy", "f1", "macro_f1", "mcc", "f1a", "exact_match"), ("text", "label"),
+        "target",
+        ("sequence_classification",),
+        ("cross_entropy",),
+        ("accuracy", "f1", "macro_f1", "mcc", "f1a", "exact_match"),
+        ("text", "label"),
         {"labels": _LABELS, "main_metric": _MAIN},
         "single sentences or pairs (GLUE, SuperGLUE)",
     ),
     "regression": KindInfo(
-        "target", ("regression",), ("mse",), ("pearson", "spearman"), ("text", "label"),
+        "target",
+        ("regression",),
+        ("mse",),
+        ("pearson", "spearman"),
+        ("text", "label"),
         {"main_metric": _MAIN},
         "a real-valued score for a sentence or pair (STS-B)",
     ),
     "token_classification": KindInfo(
-        "target", ("token_classification",), ("cross_entropy",), ("f1", "precision", "recall"),
-        ("tokens", "tags"), {"labels": _LABELS, "main_metric": _MAIN},
+        "target",
+        ("token_classification",),
+        ("cross_entropy",),
+        ("f1", "precision", "recall"),
+        ("tokens", "tags"),
+        {"labels": _LABELS, "main_metric": _MAIN},
         "BIO tagging, entity-level F1 (NER)",
     ),
     "srl": KindInfo(
-        "target", ("predicate_tagger",), ("cross_entropy",), ("f1", "precision", "recall"),
-        ("tokens", "predicate_indices", "srl_tags"), {"labels": _LABELS, "main_metric": _MAIN},
+        "target",
+        ("predicate_tagger",),
+        ("cross_entropy",),
+        ("f1", "precision", "recall"),
+        ("tokens", "predicate_indices", "srl_tags"),
+        {"labels": _LABELS, "main_metric": _MAIN},
         "semantic role labelling, one instance per predicate, span F1 without the V",
     ),
     "relation_extraction": KindInfo(
-        "target", ("entity_pair",), ("cross_entropy",), ("f1", "precision", "recall"),
-        ("tokens", "entities", "relations"), {"labels": _LABELS, "main_metric": _MAIN},
+        "target",
+        ("entity_pair",),
+        ("cross_entropy",),
+        ("f1", "precision", "recall"),
+        ("tokens", "entities", "relations"),
+        {"labels": _LABELS, "main_metric": _MAIN},
         "entity-pair classification over typed entity markers, micro F1 over triples",
     ),
     "extractive_qa": KindInfo(
-        "target", ("span_pointer",), ("span_cross_entropy",), ("f1", "exact_match"),
+        "target",
+        ("span_pointer",),
+        ("span_cross_entropy",),
+        ("f1", "exact_match"),
         ("context", "question", "answers"),
         {
             "version_2_with_negative": Option(False, "questions may have no answer (SQuAD 2.0)"),
@@ -123,8 +175,12 @@ KINDS: dict[str, KindInfo] = {
         "start/end pointer with document stride (SQuAD, Natural Questions)",
     ),
     "multiple_choice": KindInfo(
-        "target", ("multiple_choice",), ("cross_entropy",), ("accuracy", "exact_match", "f1"),
-        ("context", "choices"), {"main_metric": _MAIN},
+        "target",
+        ("multiple_choice",),
+        ("cross_entropy",),
+        ("accuracy", "exact_match", "f1"),
+        ("context", "choices"),
+        {"main_metric": _MAIN},
         "one score per (context, candidate), softmax over candidates (COPA, ReCoRD)",
     ),
 }
@@ -151,14 +207,26 @@ FORMATS: dict[str, str] = {
 }
 
 SYNTHETIC_CORPORA: tuple[str, ...] = (
-    "documents", "shuffled", "dialogues", "conll04", "conll2012", "pairs", "squad",
+    "documents",
+    "shuffled",
+    "dialogues",
+    "conll04",
+    "conll2012",
+    "pairs",
+    "squad",
 )
 
 HEADS: tuple[str, ...] = tuple(dict.fromkeys(h for k in KINDS.values() for h in k.heads))
 LOSSES: tuple[str, ...] = tuple(dict.fromkeys(x for k in KINDS.values() for x in k.losses))
 
 SCHEDULERS: tuple[str, ...] = (
-    "meta", "uniform", "proportional", "temperature", "sequential", "round_robin", "single",
+    "meta",
+    "uniform",
+    "proportional",
+    "temperature",
+    "sequential",
+    "round_robin",
+    "single",
 )
 SOURCE_KINDS: tuple[str, ...] = tuple(k for k, v in KINDS.items() if v.role == "source")
 

@@ -49,8 +49,16 @@ def _atomic_symlink(target: str, link: Path) -> None:
     os.replace(tmp, link)
 
 
-def save(output_dir: Path, episode: int, encoder: Any, tokenizer: Any, heads: torch.nn.ModuleDict,
-         heads_info: dict[str, Any], state: dict[str, Any], manifest: dict[str, Any]) -> Path:
+def save(
+    output_dir: Path,
+    episode: int,
+    encoder: Any,
+    tokenizer: Any,
+    heads: torch.nn.ModuleDict,
+    heads_info: dict[str, Any],
+    state: dict[str, Any],
+    manifest: dict[str, Any],
+) -> Path:
     """Write checkpoint-<episode> and make it current; older checkpoints are removed afterwards."""
     output_dir.mkdir(parents=True, exist_ok=True)
     name = f"checkpoint-{episode:06d}"
@@ -91,19 +99,29 @@ def resolve(path: Path) -> Path:
     folder = (path / "current").resolve() if (path / "current").exists() else path
     manifest = folder / MANIFEST
     if not manifest.is_file():
-        raise CheckpointError(f"{path}: not a metapt checkpoint (no {MANIFEST}); run `metapt pretrain` "
-                              "first, or pass a Hugging Face encoder folder to `metapt finetune`")
+        raise CheckpointError(
+            f"{path}: not a metapt checkpoint (no {MANIFEST}); run `metapt pretrain` "
+            "first, or pass a Hugging Face encoder folder to `metapt finetune`"
+        )
     try:
         meta = json.loads(manifest.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{manifest}: corrupt manifest ({e})") from None
-    missing = [f for f in ("config.json", "model.safetensors", HEADS, HEADS_INFO, STATE) if not (folder / f).is_file()]
+    missing = [
+        f
+        for f in ("config.json", "model.safetensors", HEADS, HEADS_INFO, STATE)
+        if not (folder / f).is_file()
+    ]
     if missing or not meta.get("complete"):
-        raise CheckpointError(f"{folder}: incomplete checkpoint (missing {', '.join(missing) or 'completion mark'})")
+        raise CheckpointError(
+            f"{folder}: incomplete checkpoint (missing {', '.join(missing) or 'completion mark'})"
+        )
     return folder
 
 
-def load_state(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+def load_state(
+    folder: Path,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
     """(manifest, head tensors, heads info, training state) of a checkpoint folder from `resolve`."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())

@@ -48,13 +48,19 @@ class Boundary(TyperGroup):
         except Exception as e:  # a bug: say what, and how to see where
             if _debug() or not isinstance(e, Exception) or type(e).__module__.startswith("click"):
                 raise
-            err.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))} "
-                      "(run with --debug or METAPT_DEBUG=1 for the traceback)", highlight=False)
+            err.print(
+                f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))} "
+                "(run with --debug or METAPT_DEBUG=1 for the traceback)",
+                highlight=False,
+            )
             raise typer.Exit(1) from None
 
 
 app = typer.Typer(
-    cls=Boundary, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    cls=Boundary,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
     help="Meta-learned multi-task pretraining of transformer encoders (Luo et al. 2021).",
 )
 
@@ -94,18 +100,25 @@ def validate(files: list[Path] = typer.Argument(..., help="Run specs or task spe
         tasks = list(spec.tasks().values()) if isinstance(spec, RunSpec) else [spec]
         for t in tasks:
             if t.data.obtain and (gone := missing_data(t.data)):
-                console.print(f"[yellow]note:[/] {t.name}: data for {', '.join(gone)} not present; "
-                              f"{escape(t.data.obtain)}", highlight=False)
+                console.print(
+                    f"[yellow]note:[/] {t.name}: data for {', '.join(gone)} not present; "
+                    f"{escape(t.data.obtain)}",
+                    highlight=False,
+                )
         what = f"run spec, {len(tasks)} tasks" if isinstance(spec, RunSpec) else f"task {spec.name!r}"
-        console.print(f"[green]ok[/] {escape(str(path))} ({escape(what)})", highlight=False)
+        console.print(f"[green]ok[/] {escape(str(path))} ({escape(what)})", highlight=False, soft_wrap=True)
     if problems:
         raise SpecError(problems)
 
 
 @app.command("inspect-tasks")
 def inspect_tasks(
-    paths: list[Path] = typer.Argument(None, help="Spec files or folders (default: ./tasks and the built-in specs)."),
-    count: bool = typer.Option(False, "--count", help="Load each split through its reader and count examples."),
+    paths: list[Path] = typer.Argument(
+        None, help="Spec files or folders (default: ./tasks and the built-in specs)."
+    ),
+    count: bool = typer.Option(
+        False, "--count", help="Load each split through its reader and count examples."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """List every task spec found: name, kind, roles, data, head, loss (and example counts)."""
@@ -122,7 +135,7 @@ def inspect_tasks(
 
 @app.command()
 def pretrain(
-    run_spec: Path = typer.Argument(..., help="A run spec (TOML)."),
+    run_spec: str = typer.Argument(..., help="A run spec (TOML file, or a built-in name such as agnostic)."),
     episodes: int = typer.Option(None, "--episodes", min=1, help="Override [run].episodes."),
     output_dir: Path = typer.Option(None, "--output-dir", help="Override [run].output_dir."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in the output dir."),
@@ -134,10 +147,12 @@ def pretrain(
     _quiet_libraries()
     from metapt.engine import pretrain as run_pretrain
     from metapt.progress import pretrain_reporter
-    from metapt.resolve import parse_run
+    from metapt.resolve import find_run, parse_run
     from metapt.runspec import override
 
-    spec = override(parse_run(run_spec), episodes=episodes, output_dir=output_dir, seed=seed, device=device)
+    spec = override(
+        parse_run(find_run(run_spec)), episodes=episodes, output_dir=output_dir, seed=seed, device=device
+    )
     with pretrain_reporter(console, spec, quiet=quiet) as report:
         summary = run_pretrain(spec, resume=resume, callback=report)
     if summary.get("rank", 0) == 0:
@@ -164,7 +179,55 @@ def finetune(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Finetune a pretrained encoder on a downstream task and score it with the task's metric."""
-    _not_yet("finetune", 5)
+    _quiet_libraries()
+    from metapt.finetune import aggregate, finetune_one, task_spec
+    from metapt.progress import finetune_reporter
+
+    spec = task_spec(task, data, {"epochs": epochs, "lr": lr, "size": batch_size, "max_length": max_length})
+    seed_list = _seeds(seeds) if seeds else [seed]
+    out = output_dir or Path(checkpoint) / "finetune" / spec.name
+    runs = []
+    for s in seed_list:
+        where = out / f"seed-{s}" if len(seed_list) > 1 else out
+        with finetune_reporter(console, quiet) as report:
+            runs.append(finetune_one(checkpoint, spec, s, where, callback=report))
+        _print_results(runs[-1], where)
+    if len(seed_list) > 1:
+        summary = {
+            "task": spec.name,
+            "seeds": seed_list,
+            "main_metric": runs[0]["main_metric"],
+            "metrics": aggregate(runs),
+            "runs": [str(out / f"seed-{s}") for s in seed_list],
+        }
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(summary, indent=2))
+        for split, metrics in summary["metrics"].items():
+            shown = "  ".join(f"{k} {v['mean']:.2f} ± {v['std']:.2f}" for k, v in metrics.items())
+            console.print(f"{split} over {len(seed_list)} seeds: {shown}", highlight=False)
+        console.print(f"results: {out / 'results.json'}", highlight=False)
+
+
+def _seeds(text: str) -> list[int]:
+    from metapt.errors import MetaptError
+
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise MetaptError(f"--seeds {text!r}: expected comma-separated integers such as 1,2,3") from None
+    if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
+        raise MetaptError(f"--seeds {text!r}: expected distinct non-negative integers such as 1,2,3")
+    return values
+
+
+def _print_results(results: dict, where: Path) -> None:
+    for split, metrics in results["metrics"].items():
+        shown = "  ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+        console.print(f"{split}: {shown}", highlight=False)
+    console.print(
+        f"best epoch {results['best_epoch']}, main metric {results['main_metric']}; wrote {where}",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -175,7 +238,15 @@ def evaluate(
     data: Path = typer.Option(None, "--data"),
 ) -> None:
     """Re-score a finetuned model on a split and write its metrics and predictions."""
-    _not_yet("evaluate", 5)
+    _quiet_libraries()
+    from metapt.finetune import evaluate as run_evaluate
+    from metapt.finetune import task_spec
+
+    spec = task_spec(task, data, {})
+    result = run_evaluate(finetuned_dir, spec, split)
+    shown = "  ".join(f"{k} {v:.2f}" for k, v in result["metrics"].items()) or "no labels: predictions only"
+    console.print(f"{split}: {shown}", highlight=False)
+    console.print(f"predictions: {result['predictions']}", highlight=False)
 
 
 @app.command()

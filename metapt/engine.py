@@ -55,8 +55,11 @@ class Run:
     flops: FlopCounter
     episode: int = 0
     history: list[str] = field(default_factory=list)
-    totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("selection_seconds", "train_seconds", "selection_flops", "train_flops", "tokens"), 0.0))
+    totals: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("selection_seconds", "train_seconds", "selection_flops", "train_flops", "tokens"), 0.0
+        )
+    )
 
 
 def pick_device(name: str) -> torch.device:
@@ -120,8 +123,10 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
         encoder = new_encoder(spec.model, len(tokenizer), tokenizer.pad_token_id)
     hidden = encoder.config.hidden_size
     heads = {n: kind_of(t.spec).head(hidden, t.spec, t.info) for n, t in tasks.items()}
-    losses = {n: (t.spec.loss.type or KINDS[t.spec.kind].losses[0], t.spec.loss.label_smoothing)
-              for n, t in tasks.items()}
+    losses = {
+        n: (t.spec.loss.type or KINDS[t.spec.kind].losses[0], t.spec.loss.label_smoothing)
+        for n, t in tasks.items()
+    }
     model = MultiTaskModel(encoder, heads, losses).to(device)
     sources = [t.name for t in spec.sources]
     if meta.scheduler == "single" and meta.single_task:  # the single scheduler trains the first source
@@ -129,21 +134,39 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
         sources.insert(0, meta.single_task)
     targets = [t.name for t in spec.targets] if meta.setting == "aware" else list(sources)
     target_heads = [p for n in targets if n not in sources for p in model.heads[n].parameters()]
-    trained = [(n, p) for n, p in model.named_parameters()
-               if not any(p is q for q in target_heads)]
+    trained = [(n, p) for n, p in model.named_parameters() if not any(p is q for q in target_heads)]
     optimizer = adamw(trained, meta.lr, meta.weight_decay)
     schedule = warmup_linear(optimizer, spec.run.episodes * meta.train_batches, meta.warmup_ratio)
     head_optimizer = torch.optim.AdamW(target_heads, lr=meta.head_lr) if target_heads else None
 
     def stream(name: str, salt: str) -> BatchStream:
-        return BatchStream(tasks[name], tokenizer, tasks[name].spec.batch.size, spec.run.seed, salt, rank, world)
+        return BatchStream(
+            tasks[name], tokenizer, tasks[name].spec.batch.size, spec.run.seed, salt, rank, world
+        )
 
-    streams = {"train": {n: stream(n, "train") for n in sources},
-               "support": {n: stream(n, "support") for n in sources},
-               "target": {n: stream(n, "target") for n in targets}}
+    streams = {
+        "train": {n: stream(n, "train") for n in sources},
+        "support": {n: stream(n, "support") for n in sources},
+        "target": {n: stream(n, "target") for n in targets},
+    }
     explore = torch.Generator().manual_seed(spec.run.seed)
-    run = Run(spec, out, device, autocast_for(device, spec.run.precision), tokenizer, model, tasks, sources,
-              targets, streams, optimizer, schedule, head_optimizer, explore, FlopCounter(model))
+    run = Run(
+        spec,
+        out,
+        device,
+        autocast_for(device, spec.run.precision),
+        tokenizer,
+        model,
+        tasks,
+        sources,
+        targets,
+        streams,
+        optimizer,
+        schedule,
+        head_optimizer,
+        explore,
+        FlopCounter(model),
+    )
     if resume_dir is not None:
         _restore(run, resume_dir)
     return run
@@ -169,46 +192,72 @@ def _restore(run: Run, folder: Path) -> None:
 def save(run: Run) -> Path:
     """Checkpoint the run after `run.episode` completed episodes."""
     state = {
-        "episode": run.episode, "history": run.history, "totals": run.totals,
-        "optimizer": run.optimizer.state_dict(), "schedule": run.schedule.state_dict(),
+        "episode": run.episode,
+        "history": run.history,
+        "totals": run.totals,
+        "optimizer": run.optimizer.state_dict(),
+        "schedule": run.schedule.state_dict(),
         "head_optimizer": run.head_optimizer.state_dict() if run.head_optimizer else {},
         "streams": {g: {n: s.state_dict() for n, s in ss.items()} for g, ss in run.streams.items()},
-        "explore": run.explore.get_state(), "torch_rng": torch.get_rng_state(),
+        "explore": run.explore.get_state(),
+        "torch_rng": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    heads_info = {n: {"kind": t.spec.kind, "spec": t.spec.path, "info": t.info,
-                      "role": "source" if n in run.sources else "target"} for n, t in run.tasks.items()}
-    manifest = {"run_spec": run.spec.path, "setting": run.spec.meta.setting,
-                "scheduler": run.spec.meta.scheduler, "seed": run.spec.run.seed, "episodes": run.spec.run.episodes}
-    return checkpoint.save(run.out, run.episode, run.model.encoder, run.tokenizer, run.model.heads,
-                           heads_info, state, manifest)
+    heads_info = {
+        n: {
+            "kind": t.spec.kind,
+            "spec": t.spec.path,
+            "info": t.info,
+            "role": "source" if n in run.sources else "target",
+        }
+        for n, t in run.tasks.items()
+    }
+    manifest = {
+        "run_spec": run.spec.path,
+        "setting": run.spec.meta.setting,
+        "scheduler": run.spec.meta.scheduler,
+        "seed": run.spec.run.seed,
+        "episodes": run.spec.run.episodes,
+    }
+    return checkpoint.save(
+        run.out, run.episode, run.model.encoder, run.tokenizer, run.model.heads, heads_info, state, manifest
+    )
 
 
 def _check(value: float, what: str, run: Run) -> None:
     if value != value or value in (float("inf"), float("-inf")):
-        raise TrainingError(f"episode {run.episode + 1}: {what} is {value}; the last checkpoint in {run.out} "
-                            "is intact. Lower [meta].lr or [meta].inner_lr and --resume.")
+        raise TrainingError(
+            f"episode {run.episode + 1}: {what} is {value}; the last checkpoint in {run.out} "
+            "is intact. Lower [meta].lr or [meta].inner_lr and --resume."
+        )
 
 
 def _select(run: Run) -> tuple[str, bool, dict[str, float], float | None, int]:
     """The meta step: (chosen task, explored, utilities, target loss at theta, FLOPs spent)."""
     meta, model, dev = run.spec.meta, run.model, run.device
-    targets = [(t, batch_to(run.streams["target"][t].next(), dev))
-               for t in run.targets for _ in range(meta.support_batches)]
-    support = {s: [batch_to(run.streams["support"][s].next(), dev) for _ in range(meta.support_batches)]
-               for s in run.sources}
+    targets = [
+        (t, batch_to(run.streams["target"][t].next(), dev))
+        for t in run.targets
+        for _ in range(meta.support_batches)
+    ]
+    support = {
+        s: [batch_to(run.streams["support"][s].next(), dev) for _ in range(meta.support_batches)]
+        for s in run.sources
+    }
     model.eval()  # dropout off: otherwise the utilities are noise (DESIGN.md section 1)
     base = selection.target_losses(model, selection.detached(model), targets, run.autocast)
     target_fwd = sum(run.flops.forward(t, b) for t, b in targets)
     support_train = sum(run.flops.train(s, b) for s, bs in support.items() for b in bs)
     if meta.utility == "exact":
-        utilities = selection.exact_utilities(model, support, targets, base, meta.inner_lr, meta.normalize,
-                                              run.autocast)
+        utilities = selection.exact_utilities(
+            model, support, targets, base, meta.inner_lr, meta.normalize, run.autocast
+        )
         flops = target_fwd + support_train + target_fwd * sum(len(b) for b in support.values())
     else:
-        utilities = selection.first_order_utilities(model, support, targets, base, meta.inner_lr, meta.normalize,
-                                                    run.autocast)
+        utilities = selection.first_order_utilities(
+            model, support, targets, base, meta.inner_lr, meta.normalize, run.autocast
+        )
         flops = target_fwd + 3 * target_fwd + support_train
     model.train()
     for u in utilities.values():
@@ -254,16 +303,27 @@ def pretrain(spec: RunSpec, resume: bool = False, callback: Callback | None = No
     metrics_path = run.out / "metrics.jsonl"
     _truncate_metrics(metrics_path, run.episode)
     stop = _interrupt_flag()
-    callback("start", {"sources": run.sources, "targets": run.targets, "episodes": total, "start": run.episode,
-                       "device": str(run.device), "scheduler": meta.scheduler, "setting": meta.setting})
+    callback(
+        "start",
+        {
+            "sources": run.sources,
+            "targets": run.targets,
+            "episodes": total,
+            "start": run.episode,
+            "device": str(run.device),
+            "scheduler": meta.scheduler,
+            "setting": meta.setting,
+        },
+    )
     last_choice: str | None = run.history[-1] if run.history else None
     while run.episode < total and not stop["set"]:
         t0 = time.perf_counter()
         utilities: dict[str, float] = {}
         target_loss, sel_flops, explored, reused = None, 0, False, False
         if meta.scheduler != "meta":
-            chosen = run.sources[SCHEDULERS[meta.scheduler](run.episode, total, sizes, run.explore,
-                                                             meta.temperature)]
+            chosen = run.sources[
+                SCHEDULERS[meta.scheduler](run.episode, total, sizes, run.explore, meta.temperature)
+            ]
         elif last_choice is not None and run.episode % meta.select_every:
             chosen, reused = last_choice, True
         else:
@@ -274,14 +334,28 @@ def pretrain(spec: RunSpec, resume: bool = False, callback: Callback | None = No
         run.episode += 1
         run.history.append(chosen)
         last_choice = chosen
-        for key, value in (("selection_seconds", t1 - t0), ("train_seconds", t2 - t1), ("selection_flops", sel_flops),
-                           ("train_flops", train_flops), ("tokens", n_tokens)):
+        for key, value in (
+            ("selection_seconds", t1 - t0),
+            ("train_seconds", t2 - t1),
+            ("selection_flops", sel_flops),
+            ("train_flops", train_flops),
+            ("tokens", n_tokens),
+        ):
             run.totals[key] += value
         record = {
-            "episode": run.episode, "chosen": chosen, "explored": explored, "reused": reused,
-            "utilities": utilities, "train_loss": train_loss, "target_loss": target_loss,
-            "lr": run.schedule.get_last_lr()[0], "selection_seconds": t1 - t0, "train_seconds": t2 - t1,
-            "selection_flops": sel_flops, "train_flops": train_flops, "tokens": n_tokens,
+            "episode": run.episode,
+            "chosen": chosen,
+            "explored": explored,
+            "reused": reused,
+            "utilities": utilities,
+            "train_loss": train_loss,
+            "target_loss": target_loss,
+            "lr": run.schedule.get_last_lr()[0],
+            "selection_seconds": t1 - t0,
+            "train_seconds": t2 - t1,
+            "selection_flops": sel_flops,
+            "train_flops": train_flops,
+            "tokens": n_tokens,
             "counts": dict(Counter(run.history)),
         }
         with metrics_path.open("a") as f:
@@ -292,10 +366,19 @@ def pretrain(spec: RunSpec, resume: bool = False, callback: Callback | None = No
             callback("checkpoint", {"episode": run.episode, "path": str(run.out)})
     stop["restore"]()
     done = run.episode >= total
-    message = (f"{'finished' if done else 'stopped after'} {run.episode}/{total} episodes; checkpoint: {run.out} "
-               f"(selection {run.totals['selection_seconds']:.1f}s, training {run.totals['train_seconds']:.1f}s)")
-    summary = {"episodes": run.episode, "complete": done, "output_dir": str(run.out),
-               "counts": dict(Counter(run.history)), "totals": run.totals, "message": message, "rank": 0}
+    message = (
+        f"{'finished' if done else 'stopped after'} {run.episode}/{total} episodes; checkpoint: {run.out} "
+        f"(selection {run.totals['selection_seconds']:.1f}s, training {run.totals['train_seconds']:.1f}s)"
+    )
+    summary = {
+        "episodes": run.episode,
+        "complete": done,
+        "output_dir": str(run.out),
+        "counts": dict(Counter(run.history)),
+        "totals": run.totals,
+        "message": message,
+        "rank": 0,
+    }
     callback("end", summary)
     return summary
 
@@ -307,7 +390,11 @@ def _truncate_metrics(path: Path, episodes_done: int) -> None:
     if episodes_done == 0:
         path.unlink()
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["episode"] <= episodes_done]
+    keep = [
+        line
+        for line in path.read_text().splitlines()
+        if line and json.loads(line)["episode"] <= episodes_done
+    ]
     path.write_text("".join(line + "\n" for line in keep))
 
 

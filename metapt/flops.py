@@ -27,7 +27,11 @@ class FlopCounter:
         lengths = batch["attention_mask"].sum(dim=1).double()
         tokens = float(lengths.sum())
         flops = 2 * self.encoder_params * tokens + 4 * self.layers * self.hidden * float((lengths**2).sum())
-        if "labels" in batch and batch["labels"].dim() == 2 and batch["input_ids"].shape == batch["labels"].shape:
+        if (
+            "labels" in batch
+            and batch["labels"].dim() == 2
+            and batch["input_ids"].shape == batch["labels"].shape
+        ):
             selected = float((batch["labels"] != -100).sum())  # token-level heads score these positions
         else:
             selected = float(batch["input_ids"].shape[0])

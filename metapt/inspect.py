@@ -29,7 +29,9 @@ def count_examples(spec: TaskSpec) -> dict[str, int]:
     counts = {}
     for split in spec.data.splits():
         ds = read_split(spec.data, split)
-        counts[split] = ds.num_rows if hasattr(ds, "num_rows") and ds.num_rows is not None else sum(1 for _ in ds)
+        counts[split] = (
+            ds.num_rows if hasattr(ds, "num_rows") and ds.num_rows is not None else sum(1 for _ in ds)
+        )
     return counts
 
 
@@ -48,11 +50,16 @@ def describe_tasks(paths: list[Path] | None, count: bool) -> list[dict[str, Any]
         seen.add(spec.name)
         info = KINDS[spec.kind]
         row: dict[str, Any] = {
-            "name": spec.name, "kind": spec.kind, "roles": list(roles(spec.kind)),
-            "format": spec.data.format, "location": _location(spec),
-            "head": spec.head.type or info.heads[0], "loss": spec.loss.type or info.losses[0],
+            "name": spec.name,
+            "kind": spec.kind,
+            "roles": list(roles(spec.kind)),
+            "format": spec.data.format,
+            "location": _location(spec),
+            "head": spec.head.type or info.heads[0],
+            "loss": spec.loss.type or info.losses[0],
             "metric": spec.options.get("main_metric") or info.metrics[0],
-            "description": spec.description, "path": str(path),
+            "description": spec.description,
+            "path": str(path),
         }
         if count:
             try:
@@ -72,12 +79,28 @@ def table(rows: list[dict[str, Any]], count: bool) -> Table:
         t.add_column("examples", overflow="fold")
     for r in rows:
         if "kind" not in r:
-            t.add_row(r["name"], "[red]invalid[/]", "", r["error"].splitlines()[-1].strip(), "", "",
-                      *([""] if count else []))
+            t.add_row(
+                r["name"],
+                "[red]invalid[/]",
+                "",
+                r["error"].splitlines()[-1].strip(),
+                "",
+                "",
+                *([""] if count else []),
+            )
             continue
-        cells = [r["name"], r["kind"], ", ".join(r["roles"]), f"{r['format']}: {r['location']}", r["head"], r["loss"]]
+        cells = [
+            r["name"],
+            r["kind"],
+            ", ".join(r["roles"]),
+            f"{r['format']}: {r['location']}",
+            r["head"],
+            r["loss"],
+        ]
         if count:
-            cells.append(", ".join(f"{k} {v}" for k, v in r.get("counts", {}).items())
-                         or f"[yellow]{r.get('error', '')}[/]")
+            cells.append(
+                ", ".join(f"{k} {v}" for k, v in r.get("counts", {}).items())
+                or f"[yellow]{r.get('error', '')}[/]"
+            )
         t.add_row(*cells)
     return t

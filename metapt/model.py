@@ -19,13 +19,20 @@ def new_encoder(spec: ModelSpec, vocab_size: int, pad_id: int) -> nn.Module:
     from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
 
     common = dict(
-        vocab_size=vocab_size, hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads, intermediate_size=spec.intermediate_size,
-        hidden_dropout_prob=spec.dropout, attention_probs_dropout_prob=spec.dropout, pad_token_id=pad_id,
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        intermediate_size=spec.intermediate_size,
+        hidden_dropout_prob=spec.dropout,
+        attention_probs_dropout_prob=spec.dropout,
+        pad_token_id=pad_id,
     )
     if spec.architecture == "roberta":
         # RoBERTa offsets positions by pad_id + 1, so it needs that many extra rows.
-        config = RobertaConfig(max_position_embeddings=spec.max_length + pad_id + 2, type_vocab_size=2, **common)
+        config = RobertaConfig(
+            max_position_embeddings=spec.max_length + pad_id + 2, type_vocab_size=2, **common
+        )
         return RobertaModel(config, add_pooling_layer=False)
     return BertModel(BertConfig(max_position_embeddings=spec.max_length, **common), add_pooling_layer=False)
 
@@ -37,8 +44,10 @@ def load_encoder(name_or_dir: str) -> nn.Module:
     try:
         return AutoModel.from_pretrained(name_or_dir)
     except (OSError, ValueError) as e:
-        raise MetaptError(f"cannot load an encoder from {name_or_dir!r}: {e}. Give a folder with config.json "
-                          "and model.safetensors (e.g. a metapt checkpoint), or a hub id while online.") from None
+        raise MetaptError(
+            f"cannot load an encoder from {name_or_dir!r}: {e}. Give a folder with config.json "
+            "and model.safetensors (e.g. a metapt checkpoint), or a hub id while online."
+        ) from None
 
 
 class MultiTaskModel(nn.Module):
@@ -52,13 +61,17 @@ class MultiTaskModel(nn.Module):
 
     def encode(self, batch: Batch) -> torch.Tensor:
         """Hidden states (N, T, H) of the batch's sequences."""
+        types = batch.get("token_type_ids")
+        if getattr(self.encoder.config, "type_vocab_size", 2) < 2:  # pretrained RoBERTa has one segment type
+            types = None
         out = self.encoder(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-            token_type_ids=batch.get("token_type_ids"),
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=types
         )
         return out.last_hidden_state
 
-    def forward(self, task: str, batch: Batch, detach_encoder: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, task: str, batch: Batch, detach_encoder: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, logits) of one task on one batch; `detach_encoder` trains the head alone."""
         if detach_encoder:
             with torch.no_grad():

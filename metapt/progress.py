@@ -45,21 +45,26 @@ class PretrainView:
         how = " (explored)" if r["explored"] else " (reused)" if r["reused"] else ""
         utils = " ".join(f"{k}={v:.4g}" for k, v in r["utilities"].items())
         target = f" target_loss {r['target_loss']:.4f}" if r["target_loss"] is not None else ""
-        return (f"episode {r['episode']}/{self.total} chose {r['chosen']}{how} train_loss {r['train_loss']:.4f}"
-                f"{target}{' utilities ' + utils if utils else ''} select {r['selection_seconds']:.2f}s "
-                f"train {r['train_seconds']:.2f}s eta {self.eta()}")
+        return (
+            f"episode {r['episode']}/{self.total} chose {r['chosen']}{how} train_loss {r['train_loss']:.4f}"
+            f"{target}{' utilities ' + utils if utils else ''} select {r['selection_seconds']:.2f}s "
+            f"train {r['train_seconds']:.2f}s eta {self.eta()}"
+        )
 
     def render(self) -> Group:
         r = self.last
         head = Text.from_markup(
             f"[bold]metapt pretrain[/] {escape(self.spec.path)}  episode {r.get('episode', self.first_episode)}"
-            f"/{self.total}  eta {self.eta()}")
+            f"/{self.total}  eta {self.eta()}"
+        )
         if not r:
             return Group(head, Text("preparing the first episode ..."))
         how = " [yellow](explored)[/]" if r["explored"] else " [dim](reused)[/]" if r["reused"] else ""
-        chose = Text.from_markup(f"chose [bold cyan]{escape(r['chosen'])}[/]{how}   train loss "
-                                 f"{r['train_loss']:.4f}" + (f"   target loss {r['target_loss']:.4f}"
-                                                             if r["target_loss"] is not None else ""))
+        chose = Text.from_markup(
+            f"chose [bold cyan]{escape(r['chosen'])}[/]{how}   train loss "
+            f"{r['train_loss']:.4f}"
+            + (f"   target loss {r['target_loss']:.4f}" if r["target_loss"] is not None else "")
+        )
         table = Table(box=None, pad_edge=False)
         for col in ("source task", "utility", "chosen", "share"):
             table.add_column(col, justify="left" if col == "source task" else "right")
@@ -68,21 +73,32 @@ class PretrainView:
         for s in self.sources:
             u = r["utilities"].get(s)
             mark = "[bold green]" if s == best else ""
-            table.add_row(f"{mark}{escape(s)}", "-" if u is None else f"{u:.5g}",
-                          str(r["counts"].get(s, 0)), f"{100 * r['counts'].get(s, 0) / n:.0f}%")
+            table.add_row(
+                f"{mark}{escape(s)}",
+                "-" if u is None else f"{u:.5g}",
+                str(r["counts"].get(s, 0)),
+                f"{100 * r['counts'].get(s, 0) / n:.0f}%",
+            )
         sel, tr = r["selection_seconds"], r["train_seconds"]
         share = 100 * sel / max(1e-9, sel + tr)
-        times = Text(f"selection {sel:.2f}s  training {tr:.2f}s  (selection {share:.0f}% of the episode)  "
-                     f"lr {r['lr']:.2e}")
+        times = Text(
+            f"selection {sel:.2f}s  training {tr:.2f}s  (selection {share:.0f}% of the episode)  "
+            f"lr {r['lr']:.2e}"
+        )
         return Group(head, chose, table, times)
 
 
 @contextlib.contextmanager
-def pretrain_reporter(console: Console, spec: RunSpec, quiet: bool = False, rank: int = 0) -> Iterator[Callback]:
+def pretrain_reporter(
+    console: Console, spec: RunSpec, quiet: bool = False, rank: int = 0
+) -> Iterator[Callback]:
     """A callback for `engine.pretrain` that draws the live view (or prints lines)."""
     view = PretrainView(console, spec)
-    live = Live(view.render(), console=console, refresh_per_second=4, transient=False) \
-        if console.is_terminal and not quiet and rank == 0 else None
+    live = (
+        Live(view.render(), console=console, refresh_per_second=4, transient=False)
+        if console.is_terminal and not quiet and rank == 0
+        else None
+    )
 
     def callback(event: str, data: dict[str, Any]) -> None:
         if quiet or rank != 0:
@@ -91,9 +107,12 @@ def pretrain_reporter(console: Console, spec: RunSpec, quiet: bool = False, rank
             view.sources, view.first_episode = data["sources"], data["start"]
             view.start = time.perf_counter()
             if live is None:
-                console.print(f"pretraining {', '.join(data['sources'])} ({data['setting']}, scheduler "
-                              f"{data['scheduler']}) on {data['device']}, episodes {data['start'] + 1}-"
-                              f"{data['episodes']}", highlight=False)
+                console.print(
+                    f"pretraining {', '.join(data['sources'])} ({data['setting']}, scheduler "
+                    f"{data['scheduler']}) on {data['device']}, episodes {data['start'] + 1}-"
+                    f"{data['episodes']}",
+                    highlight=False,
+                )
         elif event == "episode":
             view.last = data
             if live is None:
@@ -107,4 +126,49 @@ def pretrain_reporter(console: Console, spec: RunSpec, quiet: bool = False, rank
         yield callback
         return
     with live:
+        yield callback
+
+
+@contextlib.contextmanager
+def finetune_reporter(console: Console, quiet: bool = False) -> Iterator[Callback]:
+    """A callback for `finetune.finetune_one`: a progress bar per epoch and a line of metrics after it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=quiet or not console.is_terminal,
+    )
+    state: dict[str, Any] = {}
+
+    def callback(event: str, data: dict[str, Any]) -> None:
+        if quiet:
+            return
+        if event == "start":
+            state.update(data)
+            console.print(
+                f"finetuning {data['task']}: {data['examples']} training features, {data['epochs']} "
+                f"epochs of {data['steps']} steps",
+                highlight=False,
+            )
+        elif event == "step":
+            if data["step"] == 1:
+                state["bar"] = bar.add_task(
+                    f"epoch {data['epoch']}/{state['epochs']}", total=state["steps"], loss="-"
+                )
+            bar.update(state["bar"], completed=data["step"], loss=f"{data['loss']:.4f}")
+        elif event == "epoch":
+            if "bar" in state:
+                bar.remove_task(state.pop("bar"))
+            shown = "  ".join(f"{k} {v:.2f}" for k, v in data["metrics"].items())
+            console.print(
+                f"epoch {data['epoch']}: validation {shown}  (main: {data['main']})", highlight=False
+            )
+
+    with bar:
         yield callback

@@ -43,7 +43,7 @@ def _index(root: Path) -> dict[str, Path]:
             continue
         if is_run_spec(table):
             continue
-        name = table.get("name") if isinstance(table.get("name"), str) else path.stem
+        name = table.get("name") if isinstance(table.get("name"), str) and table.get("name") else path.stem
         found.setdefault(name, path)
     return found
 
@@ -70,8 +70,16 @@ def find_task(name: str) -> Path:
             known.setdefault(n, p)
     if name in known:
         return known[name]
-    raise SpecError([Problem("<task name>", "", f"unknown task {name!r}{_suggest(name, known)}; "
-                             f"known tasks: {', '.join(sorted(known)) or 'none'}")])
+    raise SpecError(
+        [
+            Problem(
+                "<task name>",
+                "",
+                f"unknown task {name!r}{_suggest(name, known)}; "
+                f"known tasks: {', '.join(sorted(known)) or 'none'}",
+            )
+        ]
+    )
 
 
 def load_task(ref: str, relative_to: Path | None = None) -> TaskSpec:
@@ -92,33 +100,78 @@ def parse_run(path: Path) -> RunSpec:
     spec = _build(RunSpec, {k: v for k, v in table.items() if k != "kind"}, "", text)
     problems = [Problem(str(path), *_split(p)) for p in text]
     meta = spec.meta
+    setting_ok = not any(p.startswith("[meta].setting") for p in text)
     if not meta.sources:
         problems.append(Problem(str(path), "[meta].sources", "missing; name at least one source task"))
-    if meta.setting == "aware" and not meta.targets:
-        problems.append(Problem(str(path), "[meta].targets",
-                                "an aware run needs target tasks; set targets or use setting = 'agnostic'"))
-    if meta.setting == "agnostic" and meta.targets:
-        problems.append(Problem(str(path), "[meta].targets",
-                                "an agnostic run scores the sources themselves; leave targets empty "
-                                "or use setting = 'aware'"))
+    if setting_ok and meta.setting == "aware" and not meta.targets:
+        problems.append(
+            Problem(
+                str(path),
+                "[meta].targets",
+                "an aware run needs target tasks; set targets or use setting = 'agnostic'",
+            )
+        )
+    if setting_ok and meta.setting == "agnostic" and meta.targets:
+        problems.append(
+            Problem(
+                str(path),
+                "[meta].targets",
+                "an agnostic run scores the sources themselves; leave targets empty or use setting = 'aware'",
+            )
+        )
     if spec.model.hidden_size % spec.model.num_heads:
-        problems.append(Problem(str(path), "[model].num_heads", f"{spec.model.num_heads} does not divide "
-                                f"hidden_size = {spec.model.hidden_size}"))
+        problems.append(
+            Problem(
+                str(path),
+                "[model].num_heads",
+                f"{spec.model.num_heads} does not divide hidden_size = {spec.model.hidden_size}",
+            )
+        )
     if not _valid_device(spec.run.device):
-        problems.append(Problem(str(path), "[run].device",
-                                f"{spec.run.device!r} is not allowed; allowed: auto, cpu, cuda, cuda:N"))
+        problems.append(
+            Problem(
+                str(path),
+                "[run].device",
+                f"{spec.run.device!r} is not allowed; allowed: auto, cpu, cuda, cuda:N, mps",
+            )
+        )
     sources = _resolve(path, "[meta].sources", meta.sources, problems)
     targets = _resolve(path, "[meta].targets", meta.targets, problems)
     for t in sources:
         if KINDS[t.kind].role != "source":
-            problems.append(Problem(str(path), "[meta].sources", f"{t.name!r} is a {t.kind} task, not a "
-                                    "pretraining objective; put labelled tasks in targets"))
+            problems.append(
+                Problem(
+                    str(path),
+                    "[meta].sources",
+                    f"{t.name!r} is a {t.kind} task, not a "
+                    "pretraining objective; put labelled tasks in targets",
+                )
+            )
+    if not spec.model.pretrained:
+        for t in (*sources, *targets):
+            if t.batch.max_length > spec.model.max_length:
+                problems.append(
+                    Problem(
+                        str(path),
+                        "[model].max_length",
+                        f"{spec.model.max_length} is shorter than "
+                        f"task {t.name!r}'s [batch].max_length = {t.batch.max_length}; raise it to at "
+                        f"least {t.batch.max_length} or shorten the task's batches",
+                    )
+                )
     names = [t.name for t in (*sources, *targets)]
     for dup in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(Problem(str(path), "[meta]", f"duplicate task name {dup!r}; each task may appear once"))
+        problems.append(
+            Problem(str(path), "[meta]", f"duplicate task name {dup!r}; each task may appear once")
+        )
     if meta.scheduler == "single" and meta.single_task and meta.single_task not in [t.name for t in sources]:
-        problems.append(Problem(str(path), "[meta].single_task",
-                                f"{meta.single_task!r} is not a source; allowed: {', '.join(meta.sources)}"))
+        problems.append(
+            Problem(
+                str(path),
+                "[meta].single_task",
+                f"{meta.single_task!r} is not a source; allowed: {', '.join(meta.sources)}",
+            )
+        )
     if problems:
         raise SpecError(problems)
     return dataclasses.replace(spec, path=str(path), sources=tuple(sources), targets=tuple(targets))
@@ -137,11 +190,26 @@ def _resolve(path: Path, key: str, refs: tuple[str, ...], problems: list[Problem
             out.append(load_task(ref, relative_to=path.parent))
         except SpecError as e:
             for p in e.problems:
-                if p.file == "<task name>":
-                    problems.append(Problem(str(path), key, p.message))
+                if p.file == "<task name>" or (p.message == "no such file" and not p.key):
+                    where = "" if p.file == "<task name>" else f"{ref!r}: no such file (looked for {p.file})"
+                    problems.append(Problem(str(path), key, where or p.message))
                 else:
                     problems.append(p)
     return out
+
+
+def find_run(ref: str) -> Path:
+    """A run spec by path, or by name among ./tasks and the built-in specs (`agnostic`,
+    `tasks/agnostic.toml` from any folder, `paper/aware-qa`)."""
+    path = Path(ref)
+    if path.is_file():
+        return path
+    name = ref.removeprefix("tasks/")
+    for root in search_roots():
+        for candidate in (root / name, root / f"{name}.toml"):
+            if candidate.is_file():
+                return candidate
+    return path  # parse_run reports it missing
 
 
 def parse_any(path: Path) -> RunSpec | TaskSpec:
@@ -150,5 +218,13 @@ def parse_any(path: Path) -> RunSpec | TaskSpec:
     return parse_run(Path(path)) if is_run_spec(table) else parse_task(Path(path), table)
 
 
-__all__ = ["builtin_dir", "find_task", "load_task", "parse_any", "parse_run", "search_roots", "task_files",
-           "_split"]
+__all__ = [
+    "builtin_dir",
+    "find_task",
+    "load_task",
+    "parse_any",
+    "parse_run",
+    "search_roots",
+    "task_files",
+    "_split",
+]

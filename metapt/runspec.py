@@ -10,12 +10,22 @@ from metapt.resolve import _valid_device
 from metapt.spec import RunSpec
 
 
-def override(spec: RunSpec, *, episodes: int | None = None, output_dir: Path | None = None,
-             seed: int | None = None, device: str | None = None) -> RunSpec:
+def override(
+    spec: RunSpec,
+    *,
+    episodes: int | None = None,
+    output_dir: Path | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+) -> RunSpec:
     """A copy of `spec` with the given [run] values replaced."""
     if device is not None and not _valid_device(device):
-        raise SpecError([Problem("--device", "", f"{device!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")])
-    changes = {k: v for k, v in {"episodes": episodes, "seed": seed, "device": device}.items() if v is not None}
+        raise SpecError(
+            [Problem("--device", "", f"{device!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")]
+        )
+    changes = {
+        k: v for k, v in {"episodes": episodes, "seed": seed, "device": device}.items() if v is not None
+    }
     if output_dir is not None:
         changes["output_dir"] = str(output_dir)
     return dataclasses.replace(spec, run=dataclasses.replace(spec.run, **changes))

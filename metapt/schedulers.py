@@ -18,13 +18,16 @@ def uniform(episode: int, episodes: int, sizes: list[int], g: torch.Generator, t
     return _draw([1.0] * len(sizes), g)
 
 
-def proportional(episode: int, episodes: int, sizes: list[int], g: torch.Generator, temperature: float) -> int:
+def proportional(
+    episode: int, episodes: int, sizes: list[int], g: torch.Generator, temperature: float
+) -> int:
     """Tasks drawn in proportion to their number of training examples."""
     return _draw([float(s) for s in sizes], g)
 
 
-def temperature_sampling(episode: int, episodes: int, sizes: list[int], g: torch.Generator,
-                         temperature: float) -> int:
+def temperature_sampling(
+    episode: int, episodes: int, sizes: list[int], g: torch.Generator, temperature: float
+) -> int:
     """p ~ size^(1/T): T = 1 is proportional, large T approaches uniform (as in multilingual BERT)."""
     return _draw([float(s) ** (1.0 / temperature) for s in sizes], g)
 

@@ -32,14 +32,23 @@ def trainable(model: MultiTaskModel, task: str) -> list[str]:
     return [*model.encoder_parameters(), *model.head_parameters(task)]
 
 
-def loss_at(model: MultiTaskModel, params: Params, task: str, batch: Batch, autocast: Autocast) -> torch.Tensor:
+def loss_at(
+    model: MultiTaskModel, params: Params, task: str, batch: Batch, autocast: Autocast
+) -> torch.Tensor:
     """L_task(params; batch)."""
     with autocast():
         return functional_call(model, params, (task, batch))[0].float()
 
 
-def inner_step(model: MultiTaskModel, params: Params, names: list[str], task: str, batch: Batch, alpha: float,
-               autocast: Autocast) -> tuple[Params, torch.Tensor]:
+def inner_step(
+    model: MultiTaskModel,
+    params: Params,
+    names: list[str],
+    task: str,
+    batch: Batch,
+    alpha: float,
+    autocast: Autocast,
+) -> tuple[Params, torch.Tensor]:
     """theta' = theta - alpha * grad L_task(theta; batch) for `names`; every other entry passed through."""
     leaves = {n: params[n].detach().requires_grad_() for n in names}
     loss = loss_at(model, {**params, **leaves}, task, batch, autocast)
@@ -49,7 +58,9 @@ def inner_step(model: MultiTaskModel, params: Params, names: list[str], task: st
 
 
 @torch.no_grad()
-def target_losses(model: MultiTaskModel, params: Params, targets: TargetBatches, autocast: Autocast) -> torch.Tensor:
+def target_losses(
+    model: MultiTaskModel, params: Params, targets: TargetBatches, autocast: Autocast
+) -> torch.Tensor:
     """(len(targets),) losses of every target batch at `params`."""
     return torch.stack([loss_at(model, params, t, b, autocast) for t, b in targets])
 
@@ -70,8 +81,15 @@ def gain(base: torch.Tensor, after: torch.Tensor, targets: TargetBatches, normal
     return float(sum((before[t] - now[t]) / before[t] for t in before))
 
 
-def exact_utilities(model: MultiTaskModel, support: dict[str, list[Batch]], targets: TargetBatches,
-                    base: torch.Tensor, alpha: float, normalize: str, autocast: Autocast) -> dict[str, float]:
+def exact_utilities(
+    model: MultiTaskModel,
+    support: dict[str, list[Batch]],
+    targets: TargetBatches,
+    base: torch.Tensor,
+    alpha: float,
+    normalize: str,
+    autocast: Autocast,
+) -> dict[str, float]:
     """u(s) = sum over s's support batches of gain(theta - alpha * grad L_s(theta; batch))."""
     params = detached(model)
     utilities = {}
@@ -85,8 +103,14 @@ def exact_utilities(model: MultiTaskModel, support: dict[str, list[Batch]], targ
     return utilities
 
 
-def target_gradient(model: MultiTaskModel, params: Params, targets: TargetBatches, base: torch.Tensor,
-                    normalize: str, autocast: Autocast) -> Params:
+def target_gradient(
+    model: MultiTaskModel,
+    params: Params,
+    targets: TargetBatches,
+    base: torch.Tensor,
+    normalize: str,
+    autocast: Autocast,
+) -> Params:
     """grad of sum_t w_t L_t at theta, with w_t = 1 (none) or 1 / L_t(theta) summed per target (relative)."""
     leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
     sums = _task_sums(base, targets)
@@ -98,9 +122,16 @@ def target_gradient(model: MultiTaskModel, params: Params, targets: TargetBatche
     return {n: g for n, g in zip(leaves, grads) if g is not None}
 
 
-def first_order_utilities(model: MultiTaskModel, support: dict[str, list[Batch]], targets: TargetBatches,
-                          base: torch.Tensor, alpha: float, normalize: str, autocast: Autocast,
-                          g_target: Params | None = None) -> dict[str, float]:
+def first_order_utilities(
+    model: MultiTaskModel,
+    support: dict[str, list[Batch]],
+    targets: TargetBatches,
+    base: torch.Tensor,
+    alpha: float,
+    normalize: str,
+    autocast: Autocast,
+    g_target: Params | None = None,
+) -> dict[str, float]:
     """The first-order estimate of `exact_utilities`: L_T(theta - alpha g_s) ~ L_T(theta) - alpha g_s . g_T,
     in the same units. One backward pass per support batch and one for the targets; no scoring forwards."""
     params = detached(model)

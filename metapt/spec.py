@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import glob
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +25,17 @@ LOCAL_FORMATS = tuple(f for f in FORMATS if f not in ("hf", "synthetic"))
 SPLITS = ("train", "validation", "test")
 
 
-def _f(default: Any, *, choices: tuple = (), low: float | None = None, high: float | None = None,
-       help: str = "") -> Any:
-    """A dataclass field with its allowed values; lists become tuples so specs stay immutable."""
-    meta = {"choices": choices, "low": low, "high": high, "help": help}
+def _f(
+    default: Any,
+    *,
+    choices: tuple = (),
+    low: float | None = None,
+    high: float | None = None,
+    help: str = "",
+    required: bool = False,
+) -> Any:
+    """A dataclass field with its allowed values; `required` strings may not be empty."""
+    meta = {"choices": choices, "low": low, "high": high, "help": help, "required": required}
     if isinstance(default, (dict, tuple)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -36,7 +44,7 @@ def _f(default: Any, *, choices: tuple = (), low: float | None = None, high: flo
 # ---------------------------------------------------------------------------------- task specs
 @dataclass(frozen=True)
 class DataSpec:
-    format: str = _f("", choices=tuple(FORMATS), help="how the data is stored")
+    format: str = _f("", choices=tuple(FORMATS), help="how the data is stored", required=True)
     train: str = _f("", help="local: file, folder or glob relative to the spec; hf: split name")
     validation: str = _f("", help="as train")
     test: str = _f("", help="as train")
@@ -52,11 +60,13 @@ class DataSpec:
     base_dir: str = field(default=".", metadata={"internal": True})
 
     def location(self, split: str) -> str:
-        """Where a split lives: a hub split name, or a path resolved against the spec file."""
+        """Where a split lives: a hub split name, or a path resolved against the spec file.
+        `${METAPT_DATA}` stands for that environment variable, or ./data when it is unset."""
         value = getattr(self, split)
         if not value or self.format in ("hf", "synthetic"):
             return value
-        return str(Path(self.base_dir, value))
+        value = value.replace("${METAPT_DATA}", os.environ.get("METAPT_DATA", "data"))
+        return str(Path(self.base_dir, os.path.expanduser(value)))
 
     def splits(self) -> tuple[str, ...]:
         """The splits this spec names (synthetic data always has all three)."""
@@ -94,7 +104,7 @@ class FinetuneSpec:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    kind: str = _f("", choices=tuple(KINDS), help="task kind (see `metapt inspect-tasks`)")
+    kind: str = _f("", choices=tuple(KINDS), help="task kind (see `metapt inspect-tasks`)", required=True)
     name: str = _f("", help="task name; default: the file stem")
     description: str = _f("", help="one line shown by inspect-tasks")
     data: DataSpec = field(default_factory=DataSpec)
@@ -142,11 +152,15 @@ class TokenizerSpec:
 
 @dataclass(frozen=True)
 class MetaSpec:
-    setting: str = _f("agnostic", choices=("agnostic", "aware"), help="targets = sources, or labelled targets")
+    setting: str = _f(
+        "agnostic", choices=("agnostic", "aware"), help="targets = sources, or labelled targets"
+    )
     sources: tuple[str, ...] = _f((), help="source task names, or spec paths relative to this file")
     targets: tuple[str, ...] = _f((), help="target task names (required when setting = aware)")
     scheduler: str = _f("meta", choices=SCHEDULERS, help="how the next task is chosen")
-    utility: str = _f("exact", choices=("exact", "first_order"), help="meta: scored loss or gradient dot product")
+    utility: str = _f(
+        "exact", choices=("exact", "first_order"), help="meta: scored loss or gradient dot product"
+    )
     normalize: str = _f("none", choices=("none", "relative"), help="relative: each target's gain / its loss")
     inner_lr: float = _f(1e-3, low=0.0, high=10.0, help="alpha, the inner SGD step")
     lr: float = _f(1e-4, low=0.0, high=1.0, help="lambda, the AdamW learning rate")
@@ -211,17 +225,29 @@ def _check_value(value: Any, hint: Any, meta: dict, key: str, problems: list[str
             return None
         if typing.get_args(hint)[1] is str:
             bad = [k for k, v in value.items() if not isinstance(v, str)]
+            table_key = key.replace("].", ".", 1) + "]" if key.startswith("[") else f"[{key}]"
             for k in bad:
-                problems.append(f"{key}.{k}: expected a string (a column name), got {value[k]!r}")
+                problems.append(f"{table_key}.{k}: expected a string (a column name), got {value[k]!r}")
         return dict(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, hint) or (isinstance(value, bool) and hint is not bool):
-        problems.append(f"{key}: expected {hint.__name__.replace('str', 'a string').replace('int', 'an integer').replace('float', 'a number').replace('bool', 'true or false')}, got {value!r}")
+        problems.append(
+            f"{key}: expected {hint.__name__.replace('str', 'a string').replace('int', 'an integer').replace('float', 'a number').replace('bool', 'true or false')}, got {value!r}"
+        )
         return None
-    if meta.get("choices") and value not in meta["choices"] and not (value == "" and hint is str):
-        problems.append(f"{key}: {value!r} is not allowed{_suggest(str(value), meta['choices'])}; "
-                        f"allowed: {_allowed(meta['choices'])}")
+    if value != value:  # NaN passes every comparison below
+        problems.append(f"{key}: nan is not a number")
+        return None
+    if (
+        meta.get("choices")
+        and value not in meta["choices"]
+        and not (value == "" and not meta.get("required"))
+    ):
+        problems.append(
+            f"{key}: {value!r} is not allowed{_suggest(str(value), meta['choices'])}; "
+            f"allowed: {_allowed(meta['choices'])}"
+        )
         return None
     low, high = meta.get("low"), meta.get("high")
     if (low is not None and value < low) or (high is not None and value > high):
@@ -289,7 +315,7 @@ def parse_task(path: Path, table: dict | None = None, check_data: bool = True) -
     if spec.kind:
         problems += _check_kind(spec, table)
     if isinstance(table.get("data"), dict) and "format" in table["data"]:
-        problems += _check_data(spec.data, check_data)
+        problems += _check_data(spec.data, check_data, table["data"])
     elif "data" in table:
         problems.append(f"[data].format: missing; allowed: {_allowed(FORMATS)}")
     if problems:
@@ -305,42 +331,57 @@ def _split(problem: str) -> tuple[str, str]:
 def _check_kind(spec: TaskSpec, table: dict) -> list[str]:
     info, problems = KINDS[spec.kind], []
     if spec.head.type and spec.head.type not in info.heads:
-        problems.append(f"[head].type: {spec.head.type!r} does not fit kind {spec.kind!r}; "
-                        f"allowed: {_allowed(info.heads)}")
+        problems.append(
+            f"[head].type: {spec.head.type!r} does not fit kind {spec.kind!r}; "
+            f"allowed: {_allowed(info.heads)}"
+        )
     if spec.loss.type and spec.loss.type not in info.losses:
-        problems.append(f"[loss].type: {spec.loss.type!r} does not fit kind {spec.kind!r}; "
-                        f"allowed: {_allowed(info.losses)}")
-    for key, value in table.get("options", {}).items():
+        problems.append(
+            f"[loss].type: {spec.loss.type!r} does not fit kind {spec.kind!r}; "
+            f"allowed: {_allowed(info.losses)}"
+        )
+    options = table.get("options", {})
+    for key, value in options.items() if isinstance(options, dict) else ():
         if key not in info.options:
             allowed = _allowed(info.options) or "none for this kind"
-            problems.append(f"[options].{key}: unknown option for kind {spec.kind!r}"
-                            f"{_suggest(key, info.options)}; allowed: {allowed}")
+            problems.append(
+                f"[options].{key}: unknown option for kind {spec.kind!r}"
+                f"{_suggest(key, info.options)}; allowed: {allowed}"
+            )
         elif (why := info.options[key].check(value)) is not None:
             problems.append(f"[options].{key}: {why}")
     main = spec.options.get("main_metric", "")
     if isinstance(main, str) and main and main not in info.metrics:
-        problems.append(f"[options].main_metric: {main!r} is not a metric of kind {spec.kind!r}; "
-                        f"allowed: {_allowed(info.metrics)}")
+        problems.append(
+            f"[options].main_metric: {main!r} is not a metric of kind {spec.kind!r}; "
+            f"allowed: {_allowed(info.metrics)}"
+        )
     return problems
 
 
-def _check_data(data: DataSpec, check_files: bool) -> list[str]:
+def _check_data(data: DataSpec, check_files: bool, raw: dict) -> list[str]:
     problems: list[str] = []
     if not data.format:  # an invalid format was reported already
         return problems
     if data.format == "hf" and not data.dataset:
         problems.append("[data].dataset: missing; format = 'hf' needs a hub id such as 'nyu-mll/glue'")
-    if data.format == "synthetic" and not data.corpus:
-        problems.append(f"[data].corpus: missing; format = 'synthetic' needs one of {_allowed(SYNTHETIC_CORPORA)}")
+    if data.format == "synthetic" and not data.corpus and not raw.get("corpus"):
+        problems.append(
+            f"[data].corpus: missing; format = 'synthetic' needs one of {_allowed(SYNTHETIC_CORPORA)}"
+        )
     if data.format == "superglue" and not data.subset:
         problems.append("[data].subset: missing; format = 'superglue' needs the task, e.g. 'boolq'")
     if data.format in LOCAL_FORMATS:
         if not data.splits():
-            problems.append("[data].train: missing; a local format needs at least one of train, validation, test")
+            problems.append(
+                "[data].train: missing; a local format needs at least one of train, validation, test"
+            )
         for split in data.splits() if check_files and not data.obtain else ():
             if not _exists(data.location(split)):
-                problems.append(f"[data].{split}: {getattr(data, split)!r} matches no file "
-                                f"(looked for {data.location(split)})")
+                problems.append(
+                    f"[data].{split}: {getattr(data, split)!r} matches no file "
+                    f"(looked for {data.location(split)})"
+                )
     return problems
 
 

@@ -22,7 +22,9 @@ def adamw(params: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: f
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
-def warmup_linear(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_linear(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup over warmup_ratio of the steps, then linear decay to zero."""
     warmup = int(total_steps * warmup_ratio)
 
@@ -57,8 +59,12 @@ def split_batch(batch: Batch, parts: int) -> list[Batch]:
     return out
 
 
-def accumulate(forward: Callable[[Batch], torch.Tensor], batch: Batch, parts: int,
-               autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext) -> torch.Tensor:
+def accumulate(
+    forward: Callable[[Batch], torch.Tensor],
+    batch: Batch,
+    parts: int,
+    autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+) -> torch.Tensor:
     """Backward of the batch's mean loss, computed over micro-batches; returns that loss (detached).
 
     Each micro-batch's mean loss is weighted by its share of the batch's terms, so the gradient

@@ -210,7 +210,8 @@ def superglue_fields(task: str, r: dict) -> dict:
         return {"text": r["paragraph"], "text_pair": f"{r['question']} {r['answer']}", "group": group}
     if task == "copa":
         ask = " What was the cause?" if r["question"] == "cause" else " What happened as a result?"
-        return {"context": r["premise"] + ask, "choices": [r["choice1"], r["choice2"]]}
+        # The question is folded into the context; the multiple-choice kind reads "question" too.
+        return {"context": r["premise"] + ask, "question": "", "choices": [r["choice1"], r["choice2"]]}
     if task == "record":
         spans = r.get("entity_spans") or {"text": r["entities"]}  # the hub's entities are an unordered set
         return {

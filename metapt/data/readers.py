@@ -24,15 +24,19 @@ Reader = Callable[[list[Path], DataSpec], datasets.Dataset]
 
 
 def resolve_files(location: str) -> list[Path]:
-    """A file, a folder (its files, sorted, recursively; hidden ones skipped), or a glob."""
+    """A file, a folder (its files, sorted, recursively; hidden ones skipped), or a glob of either."""
     path = Path(location)
     if path.is_file():
         return [path]
-    if path.is_dir():
-        found = [p for p in sorted(path.rglob("*")) if p.is_file()]
-        found = [p for p in found if not any(part.startswith(".") for part in p.relative_to(path).parts)]
-    else:
-        found = [Path(p) for p in sorted(glob.glob(location, recursive=True)) if Path(p).is_file()]
+    found: list[Path] = []
+    for match in [path] if path.is_dir() else [Path(p) for p in sorted(glob.glob(location, recursive=True))]:
+        if match.is_file():
+            found.append(match)
+        elif match.is_dir():  # a folder (or a glob matching folders): its files, hidden ones skipped
+            inside = [p for p in sorted(match.rglob("*")) if p.is_file()]
+            found += [
+                p for p in inside if not any(part.startswith(".") for part in p.relative_to(match).parts)
+            ]
     if not found:
         raise DataError(f"nothing at {location}")
     return found

@@ -7,20 +7,35 @@ from typing import Any
 
 from metapt.errors import MetaptError
 
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[BLANK]"]  # [BLANK]: span selection's gap
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = True) -> Any:
-    """A BERT-style WordPiece fast tokenizer trained on `texts` (deterministic for the same texts)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A BERT-style WordPiece fast tokenizer whose vocabulary is built from `texts`, deterministically.
+
+    The vocabulary is the special tokens, every character seen (alone and as a ##continuation, so no
+    word is ever unknown), then the most frequent words, ties broken alphabetically. The tokenizers
+    library's own WordPiece trainer is not used because it breaks ties differently in every process
+    (huggingface/tokenizers#1794), which would make two runs with the same seed differ.
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL, show_progress=False)
-    tok.train_from_iterator(texts, trainer)
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    splitter = pre_tokenizers.BertPreTokenizer()
+    words: Counter[str] = Counter()
+    for text in texts:
+        words.update(w for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for w in words for c in w})
+    vocab = list(dict.fromkeys([*SPECIAL, *chars, *(f"##{c}" for c in chars)]))
+    ranked = sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))
+    vocab += [w for w, _ in ranked if w not in vocab][: max(0, vocab_size - len(vocab))]
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, splitter
+    tok.add_special_tokens(SPECIAL)
+    cls, sep = vocab.index("[CLS]"), vocab.index("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -28,8 +43,14 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = Tru
     )
     tok.decoder = decoders.WordPiece()
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        additional_special_tokens=["[BLANK]"],
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
 
 
@@ -40,8 +61,10 @@ def load_tokenizer(name_or_dir: str) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(name_or_dir)
     except (OSError, ValueError) as e:
-        raise MetaptError(f"cannot load a tokenizer from {name_or_dir!r}: {e}. Give a local folder "
-                          "with tokenizer files, or a hub id while online.") from None
+        raise MetaptError(
+            f"cannot load a tokenizer from {name_or_dir!r}: {e}. Give a local folder "
+            "with tokenizer files, or a hub id while online."
+        ) from None
     if not tok.is_fast:
         raise MetaptError(f"the tokenizer of {name_or_dir!r} is not a fast tokenizer (offsets are needed)")
     return tok

@@ -44,6 +44,8 @@ class Kind:
     predict: Callable[[torch.Tensor, Batch, Info], list[Any]]
     # Metrics over a whole split: (predictions in feature order, features, records) ->
     # ({metric: value}, per-record predictions ready for writing).
-    score: Callable[[list[Any], datasets.Dataset, datasets.Dataset, TaskSpec, Info], tuple[dict[str, float], list[Any]]]
+    score: Callable[
+        [list[Any], datasets.Dataset, datasets.Dataset, TaskSpec, Info], tuple[dict[str, float], list[Any]]
+    ]
     # Write per-record predictions in the field's own format (CoNLL props, SQuAD JSON, ...).
     write_predictions: Callable[[Path, list[Any], datasets.Dataset, Info], None]

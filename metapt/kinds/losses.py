@@ -15,8 +15,11 @@ def cross_entropy(logits: torch.Tensor, batch: Batch, smoothing: float) -> torch
     labels = batch["labels"]
     if logits.shape[:-1] != labels.shape:  # the MLM head scores only the masked positions
         labels = labels[labels != -100]
-    return F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=-100,
-                           label_smoothing=smoothing)
+    if not (labels != -100).any():  # nothing to learn here (e.g. no candidate matches): zero, not NaN
+        return logits.sum() * 0.0
+    return F.cross_entropy(
+        logits.flatten(0, -2).float(), labels.flatten(), ignore_index=-100, label_smoothing=smoothing
+    )
 
 
 def mse(logits: torch.Tensor, batch: Batch, smoothing: float) -> torch.Tensor:
@@ -33,8 +36,10 @@ def contrastive(logits: torch.Tensor, batch: Batch, smoothing: float) -> torch.T
 def span_cross_entropy(logits: torch.Tensor, batch: Batch, smoothing: float) -> torch.Tensor:
     """Mean of the start and end pointers' cross-entropies over (N, T, 2) logits."""
     start, end = logits.float().unbind(-1)  # (N, T) each
-    return (F.cross_entropy(start, batch["start_positions"], label_smoothing=smoothing)
-            + F.cross_entropy(end, batch["end_positions"], label_smoothing=smoothing)) / 2
+    return (
+        F.cross_entropy(start, batch["start_positions"], label_smoothing=smoothing)
+        + F.cross_entropy(end, batch["end_positions"], label_smoothing=smoothing)
+    ) / 2
 
 
 LOSSES: dict[str, Callable[[torch.Tensor, Batch, float], torch.Tensor]] = {

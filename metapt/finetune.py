@@ -1,0 +1,290 @@
+"""`metapt finetune` and `metapt evaluate`: train a head (and the encoder) on a downstream task, keep
+the best epoch by the task's main metric on validation, score test when it has labels, and write
+results, predictions in the field's own format, and the finetuned model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from metapt.catalog import KINDS
+from metapt.data.pipeline import TaskData, _seed, eval_batches, kind_of, load_task
+from metapt.data.tokenizer import load_tokenizer
+from metapt.engine import autocast_for, pick_device
+from metapt.errors import MetaptError
+from metapt.localdata import with_local_data
+from metapt.model import MultiTaskModel, batch_to, load_encoder
+from metapt.resolve import load_task as load_task_spec
+from metapt.spec import TaskSpec
+from metapt.train import accumulate, adamw, warmup_linear
+
+Callback = Callable[[str, dict[str, Any]], None]
+EXTENSIONS = {"srl": "props", "extractive_qa": "json", "classification": "tsv", "regression": "tsv"}
+
+
+def encoder_source(checkpoint: str) -> str:
+    """The folder (or hub id) holding the encoder: a metapt output dir's current checkpoint, or as given."""
+    path = Path(checkpoint)
+    if (path / "current").is_dir():
+        return str((path / "current").resolve())
+    if path.exists() and not (path / "config.json").is_file():
+        raise MetaptError(
+            f"{checkpoint}: not an encoder folder (no config.json); give a metapt checkpoint, "
+            "a Hugging Face model folder, or a hub id"
+        )
+    return checkpoint
+
+
+def task_spec(task: str, data: Path | None, overrides: dict[str, Any]) -> TaskSpec:
+    """The task's spec with --data and the CLI's finetune/batch overrides applied."""
+    spec = load_task_spec(task)
+    if data is not None:
+        spec = with_local_data(spec, data)
+    batch = {k: v for k, v in overrides.items() if k in ("size", "max_length") and v is not None}
+    ft = {k: v for k, v in overrides.items() if k in ("epochs", "lr") and v is not None}
+    return dataclasses.replace(
+        spec,
+        batch=dataclasses.replace(spec.batch, **batch),
+        finetune=dataclasses.replace(spec.finetune, **ft),
+    )
+
+
+def main_metric(spec: TaskSpec, metrics: dict[str, float]) -> str:
+    """The metric the task's benchmark reports (option main_metric, else the kind's first present)."""
+    wanted = spec.options.get("main_metric") or KINDS[spec.kind].metrics[0]
+    if wanted in metrics or not metrics:
+        return wanted
+    return next((m for m in KINDS[spec.kind].metrics if m in metrics), next(iter(metrics)))
+
+
+@torch.no_grad()
+def score(
+    model: MultiTaskModel,
+    task: TaskData,
+    tokenizer: Any,
+    split: str,
+    device: torch.device,
+    autocast: Callable,
+) -> tuple[dict[str, float], list[Any]]:
+    """(metrics, per-record predictions) of the model on one split; metrics are empty without labels."""
+    model.eval()
+    kind, predictions = kind_of(task.spec), []
+    for _, batch in eval_batches(task, tokenizer, split, task.spec.batch.size):
+        batch = batch_to(batch, device)
+        with autocast():
+            _, logits = model(task.name, batch)
+        predictions += kind.predict(logits.float(), batch, task.info)
+    return kind.score(predictions, task.features[split], task.records[split], task.spec, task.info)
+
+
+def write_outputs(out: Path, task: TaskData, split: str, record_predictions: list[Any]) -> Path:
+    """Predictions of one split in the field's format: predictions/SPLIT.EXT."""
+    path = out / "predictions" / f"{split}.{EXTENSIONS.get(task.spec.kind, 'jsonl')}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kind_of(task.spec).write_predictions(path, record_predictions, task.records[split], task.info)
+    return path
+
+
+def save_model(folder: Path, model: MultiTaskModel, tokenizer: Any, task: TaskData) -> None:
+    """A Hugging Face encoder folder plus head.safetensors and head.json (kind, spec, label facts)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.encoder.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    head = model.heads[task.name].state_dict()
+    save_file({k: v.detach().contiguous().cpu() for k, v in head.items()}, folder / "head.safetensors")
+    (folder / "head.json").write_text(
+        json.dumps(
+            {"task": task.name, "kind": task.spec.kind, "spec": task.spec.path, "info": task.info}, indent=2
+        )
+    )
+
+
+def build(encoder: torch.nn.Module, task: TaskData) -> MultiTaskModel:
+    """The encoder with the task's head and loss."""
+    spec = task.spec
+    head = kind_of(spec).head(encoder.config.hidden_size, spec, task.info)
+    loss = (spec.loss.type or KINDS[spec.kind].losses[0], spec.loss.label_smoothing)
+    return MultiTaskModel(encoder, {task.name: head}, {task.name: loss})
+
+
+def _splits(spec: TaskSpec) -> tuple[str, ...]:
+    splits = spec.data.splits()
+    if "train" not in splits:
+        raise MetaptError(f"task {spec.name!r} has no train split; set [data].train or pass --data")
+    if "validation" not in splits:
+        raise MetaptError(
+            f"task {spec.name!r} has no validation split to choose the best epoch; set "
+            "[data].validation or pass --data with a folder holding train and dev/validation files"
+        )
+    return splits
+
+
+def finetune_one(
+    checkpoint: str,
+    spec: TaskSpec,
+    seed: int,
+    out: Path,
+    device_name: str = "auto",
+    callback: Callback | None = None,
+) -> dict[str, Any]:
+    """Finetune one seed; write results.json, predictions/ and model/ under `out`."""
+    callback = callback or (lambda event, data: None)
+    start = time.perf_counter()
+    source = encoder_source(checkpoint)
+    tokenizer = load_tokenizer(source)
+    torch.manual_seed(seed)
+    encoder = load_encoder(source)
+    limit = encoder.config.max_position_embeddings - (2 if encoder.config.model_type == "roberta" else 0)
+    if spec.batch.max_length > limit:
+        spec = dataclasses.replace(spec, batch=dataclasses.replace(spec.batch, max_length=limit))
+    task = load_task(spec, tokenizer, _splits(spec))
+    device = pick_device(device_name)
+    autocast = autocast_for(device, "auto")
+    model = build(encoder, task).to(device)
+    ft, train = spec.finetune, task.features["train"]
+    steps_per_epoch = -(-len(train) // spec.batch.size)
+    optimizer = adamw(model.named_parameters(), ft.lr, ft.weight_decay)
+    schedule = warmup_linear(optimizer, ft.epochs * steps_per_epoch, ft.warmup_ratio)
+    kind, history, best = kind_of(spec), [], None
+    callback(
+        "start", {"task": spec.name, "epochs": ft.epochs, "steps": steps_per_epoch, "examples": len(train)}
+    )
+    for epoch in range(ft.epochs):
+        model.train()
+        order = torch.randperm(
+            len(train), generator=torch.Generator().manual_seed(_seed(seed, epoch))
+        ).tolist()
+        for step in range(steps_per_epoch):
+            cols = train[order[step * spec.batch.size : (step + 1) * spec.batch.size]]
+            rows = [dict(zip(cols, values)) for values in zip(*cols.values())]
+            g = torch.Generator().manual_seed(_seed(seed, epoch, step))
+            batch = batch_to(kind.collate(rows, tokenizer, spec, task.info, g), device)
+            loss = accumulate(lambda b: model(spec.name, b)[0], batch, 1, autocast)
+            if not torch.isfinite(loss):
+                raise MetaptError(
+                    f"task {spec.name!r}: the training loss became {float(loss)} at epoch "
+                    f"{epoch + 1}, step {step + 1}; lower --lr"
+                )
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            callback("step", {"epoch": epoch + 1, "step": step + 1, "loss": float(loss)})
+        metrics, _ = score(model, task, tokenizer, "validation", device, autocast)
+        main = main_metric(spec, metrics)
+        history.append({"epoch": epoch + 1, **metrics})
+        callback("epoch", {"epoch": epoch + 1, "metrics": metrics, "main": main})
+        if best is None or metrics.get(main, float("-inf")) > best[1]:
+            best = (epoch + 1, metrics.get(main, float("-inf")))
+            save_model(out / "model", model, tokenizer, task)
+    return _final(out, source, spec, seed, history, best, device, start)
+
+
+def _final(
+    out: Path,
+    source: str,
+    spec: TaskSpec,
+    seed: int,
+    history: list[dict],
+    best: tuple[int, float],
+    device: torch.device,
+    start: float,
+) -> dict[str, Any]:
+    """Reload the best epoch, score validation (and test) with it, and write results and predictions."""
+    tokenizer, model, task = load_finetuned(out / "model", spec, spec.data.splits())
+    model.to(device)
+    autocast = autocast_for(device, "auto")
+    results: dict[str, Any] = {
+        "task": spec.name,
+        "kind": spec.kind,
+        "checkpoint": source,
+        "seed": seed,
+        "epochs": spec.finetune.epochs,
+        "best_epoch": best[0],
+        "history": history,
+        "metrics": {},
+        "predictions": {},
+    }
+    for split in ("validation", "test"):
+        if split not in task.features:
+            continue
+        metrics, record_predictions = score(model, task, tokenizer, split, device, autocast)
+        results["predictions"][split] = str(
+            write_outputs(out, task, split, record_predictions).relative_to(out)
+        )
+        if metrics:  # an unlabelled test split gets predictions only
+            results["metrics"][split] = metrics
+    results["main_metric"] = main_metric(spec, results["metrics"].get("validation", {}))
+    results["wall_seconds"] = time.perf_counter() - start
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def load_finetuned(
+    folder: Path, spec: TaskSpec, splits: tuple[str, ...]
+) -> tuple[Any, MultiTaskModel, TaskData]:
+    """(tokenizer, model, task data) of a folder written by `save_model`; the head's saved label facts
+    are reused so predictions map to the labels it was trained with."""
+    head_file, info_file = folder / "head.safetensors", folder / "head.json"
+    if not head_file.is_file() or not info_file.is_file():
+        raise MetaptError(
+            f"{folder}: not a finetuned model (expected head.safetensors and head.json from "
+            "`metapt finetune`)"
+        )
+    saved = json.loads(info_file.read_text())
+    if saved["kind"] != spec.kind:
+        raise MetaptError(f"{folder} holds a {saved['kind']} head, but task {spec.name!r} is {spec.kind}")
+    tokenizer = load_tokenizer(str(folder))
+    task = load_task(spec, tokenizer, splits, info=saved["info"])
+    model = build(load_encoder(str(folder)), task)
+    try:
+        model.heads[spec.name].load_state_dict(load_file(head_file))
+    except Exception as e:
+        raise MetaptError(f"{head_file}: corrupt or mismatched head ({e})") from None
+    return tokenizer, model, task
+
+
+def evaluate(folder: Path, spec: TaskSpec, split: str, device_name: str = "auto") -> dict[str, Any]:
+    """Re-score a finetuned model (FOLDER or FOLDER/model) on a split; writes evaluation-SPLIT.json."""
+    folder = Path(folder)
+    model_dir = folder / "model" if (folder / "model" / "head.json").is_file() else folder
+    if split not in spec.data.splits():
+        raise MetaptError(
+            f"task {spec.name!r} has no {split} split; allowed: {', '.join(spec.data.splits())}"
+        )
+    tokenizer, model, task = load_finetuned(model_dir, spec, (split,))
+    device = pick_device(device_name)
+    metrics, record_predictions = score(
+        model.to(device), task, tokenizer, split, device, autocast_for(device, "auto")
+    )
+    out = model_dir.parent if model_dir.name == "model" else model_dir
+    path = write_outputs(out, task, split, record_predictions)
+    result = {
+        "task": spec.name,
+        "split": split,
+        "metrics": metrics,
+        "main_metric": main_metric(spec, metrics),
+        "predictions": str(path),
+    }
+    (out / f"evaluation-{split}.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and standard deviation over seeds of every metric of every split."""
+    out: dict[str, Any] = {}
+    for split in ("validation", "test"):
+        names = sorted({m for r in runs for m in r["metrics"].get(split, {})})
+        for m in names:
+            values = [r["metrics"][split][m] for r in runs if m in r["metrics"].get(split, {})]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            out.setdefault(split, {})[m] = {"mean": statistics.fmean(values), "std": sd, "values": values}
+    return out

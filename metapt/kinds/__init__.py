@@ -1,0 +1,31 @@
+"""Task kinds: one module per kind (data -> batches, head, predictions, metrics) and their registry."""
+
+from metapt.kinds import (
+    classification,
+    extractive_qa,
+    masked_lm,
+    multiple_choice,
+    relation_extraction,
+    response_selection,
+    sentence_distance,
+    sentence_reordering,
+    span_selection,
+    srl,
+    token_classification,
+)
+from metapt.kinds.base import Kind
+
+KINDS: dict[str, Kind] = {
+    "masked_lm": masked_lm.KIND,
+    "sentence_reordering": sentence_reordering.KIND,
+    "sentence_distance": sentence_distance.KIND,
+    "response_selection": response_selection.KIND,
+    "span_selection": span_selection.KIND,
+    "classification": classification.KIND,
+    "regression": classification.REGRESSION_KIND,
+    "token_classification": token_classification.KIND,
+    "srl": srl.KIND,
+    "relation_extraction": relation_extraction.KIND,
+    "extractive_qa": extractive_qa.KIND,
+    "multiple_choice": multiple_choice.KIND,
+}

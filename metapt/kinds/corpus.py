@@ -1,0 +1,105 @@
+"""Pieces the kinds share: the head builder and batched record mapping (all kinds); sentences of a
+document, batched tokenisation and JSON-lines predictions (the corpus-based source kinds)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import datasets
+from torch import nn
+
+from metapt.catalog import KINDS
+from metapt.kinds.heads import HEADS
+from metapt.spec import TaskSpec
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def sentences_of(sentences: list[str] | None, text: str | None) -> list[str]:
+    """A document's non-empty sentences: its `sentences`, else `text` split after . ! or ?."""
+    if sentences:
+        return [s for s in sentences if s and s.strip()]
+    return [s for s in _SENTENCE_END.split(text or "") if s.strip()]
+
+
+def documents(batch: dict[str, list]) -> list[list[str]]:
+    """The sentences of every record in a batched-map batch (records have `sentences` and/or `text`)."""
+    n = len(next(iter(batch.values())))
+    sents, texts = batch.get("sentences") or [None] * n, batch.get("text") or [None] * n
+    return [sentences_of(s, t) for s, t in zip(sents, texts, strict=True)]
+
+
+def tokenize_nested(tokenizer: Any, groups: list[list[str]]) -> list[list[list[int]]]:
+    """Token ids (no special tokens) of every string in every group, in one tokenizer call."""
+    flat = [s for g in groups for s in g]
+    ids = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+    out, i = [], 0
+    for g in groups:
+        out.append(ids[i : i + len(g)])
+        i += len(g)
+    return out
+
+
+def chunk_sentences(sentences: list[list[int]], budget: int) -> list[list[list[int]]]:
+    """Consecutive sentences grouped so each group has at most `budget` tokens (long ones are cut), so
+    a whole group fits one sequence and no shuffled or paired segment is lost to truncation."""
+    chunks: list[list[list[int]]] = [[]]
+    used = 0
+    for s in sentences:
+        s = s[:budget]
+        if chunks[-1] and used + len(s) > budget:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(s)
+        used += len(s)
+    return [c for c in chunks if c]
+
+
+def columns(dataset: datasets.Dataset | datasets.IterableDataset) -> list[str]:
+    """Column names, also for a streaming dataset whose features are not known up front."""
+    if dataset.column_names is not None:
+        return list(dataset.column_names)
+    return list(next(iter(dataset)).keys())
+
+
+def map_records(dataset: Any, fn: Callable[[dict[str, list]], dict[str, list]]) -> Any:
+    """Records -> feature rows by a batched map that drops the record columns (rows may multiply)."""
+    return dataset.map(fn, batched=True, remove_columns=columns(dataset))
+
+
+def sentence_features(dataset: Any, tokenizer: Any, budget: int, min_sentences: int) -> Any:
+    """Documents -> rows {"sentences": token ids per sentence}, chunked to `budget` tokens per row;
+    rows with fewer than `min_sentences` sentences are dropped."""
+
+    def fn(batch: dict[str, list]) -> dict[str, list]:
+        rows = []
+        for doc in tokenize_nested(tokenizer, documents(batch)):
+            rows += [c for c in chunk_sentences([s for s in doc if s], budget) if len(c) >= min_sentences]
+        return {"sentences": rows}
+
+    return map_records(dataset, fn)
+
+
+def build_head(hidden_size: int, spec: TaskSpec, num_labels: int) -> nn.Module:
+    """The spec's head, or the kind's default head, for `num_labels` outputs."""
+    return HEADS[spec.head.type or KINDS[spec.kind].heads[0]](hidden_size, num_labels, spec.head.dropout)
+
+
+@cache
+def special_ids(tokenizer: Any) -> tuple[int, ...]:
+    """Ids of the tokenizer's special tokens ([CLS], [SEP], [PAD], [MASK], ...)."""
+    return tuple(sorted(set(tokenizer.all_special_ids)))
+
+
+def write_jsonl(path: Path, predictions: list[Any], records: Any, info: dict) -> None:
+    """One JSON line per prediction (source kinds predict per feature row, not per record)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for p in predictions:
+            f.write(json.dumps(p, ensure_ascii=False) + "\n")

@@ -1,0 +1,160 @@
+"""Masked language modelling with dynamic 80/10/10 masking (BERT), optionally of whole words.
+
+encode concatenates the documents of each map batch (a [SEP] between documents) and cuts the
+stream into blocks of max_length - 2 tokens, as run_mlm.py's group_texts does, but keeps the short
+last block. Masking happens in collate, so every epoch (and every resume) sees fresh masks drawn
+from the generator.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metapt.errors import MetaptError
+from metapt.kinds.base import Batch, Info, Kind
+from metapt.kinds.common import encoder_inputs, join, pad
+from metapt.kinds.corpus import build_head, map_records, special_ids, write_jsonl
+from metapt.metrics import accuracy
+from metapt.spec import TaskSpec
+
+
+def prepare(spec: TaskSpec, train: datasets.Dataset | None) -> Info:
+    """Nothing to learn from the records. The head also needs info["vocab_size"] = len(tokenizer),
+    which the caller adds (prepare does not see the tokenizer)."""
+    return {}
+
+
+def encode(dataset: datasets.Dataset, tokenizer: Any, spec: TaskSpec, info: Info) -> datasets.Dataset:
+    """Documents -> blocks {"input_ids": [CLS] block [SEP], "word_starts": 1 where a word begins}."""
+    block = spec.batch.max_length - 2
+    sep = tokenizer.sep_token_id
+
+    def fn(batch: dict[str, list]) -> dict[str, list]:
+        n = len(next(iter(batch.values())))
+        texts, sentences = batch.get("text") or [None] * n, batch.get("sentences") or [None] * n
+        enc = tokenizer(
+            [t or " ".join(s or []) for t, s in zip(texts, sentences, strict=True)], add_special_tokens=False
+        )
+        ids: list[int] = []
+        starts: list[int] = []
+        for i, doc in enumerate(enc["input_ids"]):
+            if not doc:
+                continue
+            if ids:  # a separator between documents, never masked
+                ids.append(sep)
+                starts.append(1)
+            words = enc.word_ids(i)
+            ids += doc
+            starts += [int(j == 0 or w is None or w != words[j - 1]) for j, w in enumerate(words)]
+        out: dict[str, list] = {"input_ids": [], "word_starts": []}
+        for b in range(0, len(ids), block):
+            piece, flags = ids[b : b + block], starts[b : b + block]
+            flags[0] = 1  # a word cut by the block boundary starts afresh
+            out["input_ids"].append(join(tokenizer, piece, None, spec.batch.max_length)[0])
+            out["word_starts"].append([1, *flags, 1])
+        return out
+
+    return map_records(dataset, fn)
+
+
+def _select(
+    starts: torch.Tensor, candidate: torch.Tensor, p: float, whole_word: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """Bool (N, T): the positions to predict, at least one; whole words when `whole_word`."""
+    units = starts if whole_word else torch.ones_like(starts)  # where a maskable unit begins
+    positions = torch.arange(starts.shape[1]).expand_as(starts)
+    first = torch.cummax(torch.where(units, positions, 0), dim=1).values  # (N, T): its unit's start
+    picked = (torch.rand(starts.shape, generator=generator) < p) & units & candidate
+    if not picked.any():  # an empty selection would make the loss NaN
+        options = (units & candidate).nonzero()  # (K, 2)
+        row, col = options[torch.randint(len(options), (), generator=generator)].tolist()
+        picked[row, col] = True
+    return picked.gather(1, first) & candidate
+
+
+def collate(
+    rows: list[dict], tokenizer: Any, spec: TaskSpec, info: Info, generator: torch.Generator
+) -> Batch:
+    """Blocks -> input_ids, token_type_ids, attention_mask, labels (N, T); labels are -100 except at
+    the selected positions, of which 80% read [MASK], 10% a random token and 10% stay unchanged."""
+    batch = encoder_inputs(
+        [r["input_ids"] for r in rows], [[0] * len(r["input_ids"]) for r in rows], tokenizer.pad_token_id
+    )
+    ids = batch["input_ids"]  # (N, T)
+    starts = pad([r["word_starts"] for r in rows], 1).bool()  # (N, T)
+    candidate = ~torch.isin(ids, torch.tensor(special_ids(tokenizer))) & batch["attention_mask"].bool()
+    selected = _select(
+        starts, candidate, spec.option("mask_probability"), spec.option("whole_word_mask"), generator
+    )
+    labels = ids.masked_fill(~selected, -100)
+    roll = torch.rand(ids.shape, generator=generator)  # (N, T)
+    random_ids = torch.randint(len(tokenizer), ids.shape, generator=generator)
+    masked = ids.masked_fill(selected & (roll < 0.8), tokenizer.mask_token_id)
+    swap = selected & (roll >= 0.8) & (roll < 0.9)
+    batch["input_ids"] = torch.where(swap, random_ids, masked)
+    batch["labels"] = labels
+    return batch
+
+
+def head(hidden_size: int, spec: TaskSpec, info: Info) -> nn.Module:
+    """The MLM head over the tokenizer's vocabulary: info["vocab_size"] outputs (the rows of the
+    encoder's embedding matrix, to which the head is tied)."""
+    if "vocab_size" not in info:
+        raise MetaptError(
+            f"task {spec.name!r}: a masked_lm head needs info['vocab_size'] "
+            "(len(tokenizer)) to size its output"
+        )
+    return build_head(hidden_size, spec, info["vocab_size"])
+
+
+def predict(logits: torch.Tensor, batch: Batch, info: Info) -> list[dict]:
+    """Per sequence: {"predicted", "labels"} ids at its masked positions and "loss", their summed NLL."""
+    labels = batch["labels"]
+    gold = labels[labels != -100]  # (M,), the order of the head's rows
+    nll = F.cross_entropy(logits.float(), gold, reduction="none").tolist()
+    predicted = logits.argmax(-1).tolist()
+    counts = (labels != -100).sum(1).tolist()
+    out, i = [], 0
+    for n in counts:
+        out.append(
+            {
+                "predicted": predicted[i : i + n],
+                "labels": gold[i : i + n].tolist(),
+                "loss": math.fsum(nll[i : i + n]),
+            }
+        )
+        i += n
+    return out
+
+
+def score(
+    predictions: list[dict], features: datasets.Dataset, records: datasets.Dataset, spec: TaskSpec, info: Info
+) -> tuple[dict[str, float], list[dict]]:
+    """{"accuracy": % of masked tokens predicted right, "loss": mean NLL per masked token}."""
+    predicted = [t for p in predictions for t in p["predicted"]]
+    gold = [t for p in predictions for t in p["labels"]]
+    loss = math.fsum(p["loss"] for p in predictions) / max(len(gold), 1)
+    return {"accuracy": accuracy(predicted, gold), "loss": loss}, predictions
+
+
+def write_predictions(path: Path, predictions: list[dict], records: datasets.Dataset, info: Info) -> None:
+    """One JSON line per block: predicted and gold ids at the masked positions."""
+    write_jsonl(path, predictions, records, info)
+
+
+KIND = Kind(
+    prepare=prepare,
+    encode=encode,
+    collate=collate,
+    head=head,
+    predict=predict,
+    score=score,
+    write_predictions=write_predictions,
+)

@@ -1,0 +1,115 @@
+"""ERNIE 2.0 sentence distance: is a sentence pair adjacent (0), from the same document but apart (1),
+or from two documents (2)? Pairs are drawn fresh in every collate, classes balanced per batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from torch import nn
+
+from metapt.kinds.base import Batch, Info, Kind
+from metapt.kinds.common import encoder_inputs, join
+from metapt.kinds.corpus import build_head, sentence_features, write_jsonl
+from metapt.metrics import accuracy
+from metapt.spec import TaskSpec
+
+ADJACENT, SAME_DOCUMENT, OTHER_DOCUMENT = 0, 1, 2
+NUM_LABELS = 3
+# Long documents are kept in pieces of this many sequences' worth of tokens: a row stays small
+# while "same document" still spans far more than one sequence.
+_PIECE = 8
+
+
+def prepare(spec: TaskSpec, train: datasets.Dataset | None) -> Info:
+    """{"num_labels": 3}."""
+    return {"num_labels": NUM_LABELS}
+
+
+def encode(dataset: datasets.Dataset, tokenizer: Any, spec: TaskSpec, info: Info) -> datasets.Dataset:
+    """Documents -> rows {"sentences": token ids per sentence}; documents of one sentence are dropped
+    (every row must offer an adjacent pair)."""
+    return sentence_features(dataset, tokenizer, _PIECE * spec.batch.max_length, min_sentences=2)
+
+
+def _draw(n: int, generator: torch.Generator) -> int:
+    return int(torch.randint(n, (), generator=generator))
+
+
+def pair(
+    rows: list[dict], i: int, wanted: int, generator: torch.Generator
+) -> tuple[list[int], list[int], int]:
+    """(sentence a, sentence b, class) for row i; a class the row cannot offer falls back to adjacent."""
+    sents = rows[i]["sentences"]
+    n = len(sents)
+    if wanted == SAME_DOCUMENT and n >= 3:
+        # The r-th of the (n-1)(n-2)/2 pairs j < k - 1, in document order: uniform over pairs.
+        r, j = _draw((n - 1) * (n - 2) // 2, generator), 0
+        while r >= n - j - 2:
+            r -= n - j - 2
+            j += 1
+        return sents[j], sents[j + 2 + r], SAME_DOCUMENT
+    if wanted == OTHER_DOCUMENT and len(rows) >= 2:
+        other = _draw(len(rows) - 1, generator)
+        other += other >= i  # any row but i
+        theirs = rows[other]["sentences"]
+        return sents[_draw(n, generator)], theirs[_draw(len(theirs), generator)], OTHER_DOCUMENT
+    j = _draw(n - 1, generator)
+    return sents[j], sents[j + 1], ADJACENT
+
+
+def collate(
+    rows: list[dict], tokenizer: Any, spec: TaskSpec, info: Info, generator: torch.Generator
+) -> Batch:
+    """input_ids, token_type_ids, attention_mask (B, T): [CLS] a [SEP] b [SEP]; labels (B,) in 0..2."""
+    # Balanced: classes 0, 1, 2, 0, 1, ... handed out to the rows in a random order.
+    wanted = [c % NUM_LABELS for c in torch.randperm(len(rows), generator=generator).tolist()]
+    ids, types, labels = [], [], []
+    for i, c in enumerate(wanted):
+        a, b, label = pair(rows, i, c, generator)
+        x, t = join(tokenizer, a, b, spec.batch.max_length)
+        ids.append(x)
+        types.append(t)
+        labels.append(label)
+    batch = encoder_inputs(ids, types, tokenizer.pad_token_id)
+    batch["labels"] = torch.tensor(labels)
+    return batch
+
+
+def head(hidden_size: int, spec: TaskSpec, info: Info) -> nn.Module:
+    """A pooled 3-way classifier."""
+    return build_head(hidden_size, spec, NUM_LABELS)
+
+
+def predict(logits: torch.Tensor, batch: Batch, info: Info) -> list[dict]:
+    """Per example {"predicted": class, "label": the class of the pair drawn}."""
+    return [
+        {"predicted": p, "label": y}
+        for p, y in zip(logits.argmax(-1).tolist(), batch["labels"].tolist(), strict=True)
+    ]
+
+
+def score(
+    predictions: list[dict], features: datasets.Dataset, records: datasets.Dataset, spec: TaskSpec, info: Info
+) -> tuple[dict[str, float], list[dict]]:
+    """{"accuracy": % of pairs classified right}."""
+    preds, golds = [p["predicted"] for p in predictions], [p["label"] for p in predictions]
+    return {"accuracy": accuracy(preds, golds)}, predictions
+
+
+def write_predictions(path: Path, predictions: list[dict], records: datasets.Dataset, info: Info) -> None:
+    """One JSON line per example: predicted and drawn class."""
+    write_jsonl(path, predictions, records, info)
+
+
+KIND = Kind(
+    prepare=prepare,
+    encode=encode,
+    collate=collate,
+    head=head,
+    predict=predict,
+    score=score,
+    write_predictions=write_predictions,
+)

@@ -1,0 +1,80 @@
+"""`--data PATH`: point a task at a local copy of its data without editing its spec."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from metapt.errors import MetaptError
+from metapt.spec import LOCAL_FORMATS, TaskSpec
+
+# File or folder name prefixes of each split, as the public datasets name them.
+PREFIXES = {
+    "train": ("train",),
+    "validation": ("dev", "val", "valid", "validation", "devel"),
+    "test": ("test",),
+}
+BY_EXTENSION = {
+    ".tsv": "tsv",
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".txt": "text",
+}
+
+
+def _match(folder: Path, split: str) -> str:
+    """The entries of `folder` whose name has a word naming the split (train, dev, valid, test ...)."""
+    hits = sorted(
+        p
+        for p in folder.iterdir()
+        if not p.name.startswith(".") and set(re.split(r"[._\-\d]+", p.name.lower())) & set(PREFIXES[split])
+    )
+    if not hits:
+        return ""
+    if len(hits) == 1:
+        return str(hits[0])
+    return str(folder / _common(hits))
+
+
+def _common(paths: list[Path]) -> str:
+    """A glob matching every path (their common name prefix, then *)."""
+    names = [p.name for p in paths]
+    prefix = names[0]
+    for n in names[1:]:
+        while not n.startswith(prefix):
+            prefix = prefix[:-1]
+    return prefix + "*"
+
+
+def _format(spec: TaskSpec, path: Path) -> str:
+    if spec.data.format in LOCAL_FORMATS:
+        return spec.data.format
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        if f.suffix in BY_EXTENSION:
+            return BY_EXTENSION[f.suffix]
+    raise MetaptError(
+        f"--data {path}: cannot tell the format of a local copy of task {spec.name!r} "
+        f"(its spec reads format {spec.data.format!r}); use files ending in "
+        f"{', '.join(BY_EXTENSION)} or write a task spec with [data].format"
+    )
+
+
+def with_local_data(spec: TaskSpec, path: Path) -> TaskSpec:
+    """The spec reading `path`: a file becomes the train split; a folder's train*/dev*|val*/test*
+    entries become the splits (or, with none, the whole folder is the train split)."""
+    path = Path(path).absolute()
+    if not path.exists():
+        raise MetaptError(f"--data {path}: no such file or folder")
+    fmt = _format(spec, path)
+    if path.is_file():
+        splits = {"train": str(path), "validation": "", "test": ""}
+    else:
+        splits = {s: _match(path, s) for s in PREFIXES}
+        if not any(splits.values()):
+            splits = {"train": str(path), "validation": "", "test": ""}
+    data = dataclasses.replace(spec.data, format=fmt, base_dir="/", dataset="", **splits)
+    return dataclasses.replace(spec, data=data)

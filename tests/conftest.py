@@ -1,0 +1,47 @@
+"""Shared fixtures: every test runs offline, with metapt's cache in a per-session temporary folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+REPO = Path(__file__).resolve().parent.parent
+SPECS = Path(__file__).resolve().parent / "fixtures" / "specs"
+
+# Set before any test module imports `datasets` / `huggingface_hub`, which read these at import time.
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+os.environ.update(OFFLINE)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """METAPT_CACHE in a session tmp dir and the hub offline, so no test touches ~/.cache or the network."""
+    cache = tmp_path_factory.mktemp("metapt-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("METAPT_CACHE", str(cache))
+        for key, value in OFFLINE.items():
+            mp.setenv(key, value)
+        yield cache
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    """A CliRunner (typer 0.29: stdout and stderr are kept apart as result.stdout / result.stderr).
+
+    METAPT_DEBUG=0 is set for each invoke and restored afterwards, because `--debug` sets
+    METAPT_DEBUG=1 in os.environ and would otherwise leak tracebacks into later tests. A wide
+    COLUMNS keeps rich from folding long tmp paths in the output.
+    """
+    return CliRunner(env={"METAPT_DEBUG": "0", "COLUMNS": "400"})
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    """Write `text` to tmp_path/name (creating folders) and return the path."""
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path

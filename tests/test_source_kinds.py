@@ -1,0 +1,389 @@
+"""The source kinds end to end on a tiny corpus: encode -> collate -> encoder -> head -> loss, plus
+what each batch claims (masking rates, permutations, sentence distances, the diagonal, answer spans)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from types import ModuleType
+from typing import Any
+
+import datasets
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from metapt.catalog import KINDS
+from metapt.data.tokenizer import train_wordpiece
+from metapt.kinds import masked_lm, response_selection, sentence_distance, sentence_reordering, span_selection
+from metapt.kinds.losses import LOSSES
+from metapt.spec import BatchSpec, TaskSpec
+
+SENTENCES = [
+    [
+        "Alice Walker moved to Paris in 1990.",
+        "She wrote novels about Georgia.",
+        "Paris welcomed Alice Walker warmly.",
+        "Her books sold in many countries.",
+        "Critics praised her style.",
+    ],
+    [
+        "The river Thames flows through London.",
+        "London bridges cross the Thames at many points.",
+        "Boats sail there every morning.",
+        "Tourists admire the view.",
+    ],
+    [
+        "Marie Curie studied radium in Warsaw.",
+        "Radium glows faintly in the dark.",
+        "Curie won two Nobel prizes.",
+        "Her daughter also studied chemistry.",
+        "Warsaw honours Marie Curie today.",
+    ],
+    [
+        "The Amazon forest covers Brazil.",
+        "Brazil protects parts of the Amazon.",
+        "Many species live in the canopy.",
+        "Rain falls almost daily.",
+    ],
+    [
+        "Kenji Tanaka opened a bakery in Osaka.",
+        "The bakery sells melon bread.",
+        "Osaka residents queue before dawn.",
+        "Tanaka bakes 500 loaves each day.",
+    ],
+    [
+        "Volcanoes shape Iceland.",
+        "Iceland has geysers and glaciers.",
+        "Reykjavik is the capital.",
+        "Fishing supports the economy.",
+        "Winters are long and dark.",
+    ],
+]
+RECORDS = [{"id": f"d{i}", "text": " ".join(s), "sentences": s} for i, s in enumerate(SENTENCES)]
+DIALOGUES = [
+    {"id": "a", "turns": ["Hello there.", "Hi, how are you?", "Fine, thanks. And you?", "Great, thank you."]},
+    {
+        "id": "b",
+        "turns": ["Where is the station?", "Turn left at the bank.", "Is it far?", "Ten minutes walk."],
+    },
+    {"id": "c", "turns": ["Do you like tea?", "I prefer coffee.", "Why coffee?"]},
+]
+
+
+@pytest.fixture(scope="module")
+def tok() -> Any:
+    texts = [r["text"] for r in RECORDS] + [t for d in DIALOGUES for t in d["turns"]] + ["[BLANK]"]
+    return train_wordpiece(texts, vocab_size=400)
+
+
+def make_spec(kind: str, max_length: int = 64, **options) -> TaskSpec:
+    return TaskSpec(kind=kind, name=kind, batch=BatchSpec(size=4, max_length=max_length), options=options)
+
+
+def encode(
+    module: ModuleType, spec: TaskSpec, tok: Any, records: list[dict]
+) -> tuple[datasets.Dataset, dict]:
+    info = module.prepare(spec, None)
+    if spec.kind == "masked_lm":
+        info["vocab_size"] = len(tok)  # what the caller adds; prepare does not see the tokenizer
+    return module.encode(datasets.Dataset.from_list(records), tok, spec, info), info
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def content(ids: torch.Tensor, tok: Any) -> list[int]:
+    """A single sequence's ids between [CLS] and the last [SEP], padding removed."""
+    ids = [i for i in ids.tolist() if i != tok.pad_token_id]
+    return ids[1:-1]
+
+
+CASES = {
+    "masked_lm": (masked_lm, RECORDS),
+    "sentence_reordering": (sentence_reordering, RECORDS),
+    "sentence_distance": (sentence_distance, RECORDS),
+    "response_selection": (response_selection, DIALOGUES),
+    "span_selection": (span_selection, RECORDS),
+}
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_step_backpropagates_into_encoder_and_is_seeded(kind: str, tok: Any) -> None:
+    module, records = CASES[kind]
+    spec = make_spec(kind)
+    features, info = encode(module, spec, tok, records)
+    rows = list(features)[:4]
+    batch = module.collate(rows, tok, spec, info, gen(3))
+    again = module.collate(rows, tok, spec, info, gen(3))
+    assert batch.keys() == again.keys() and all(torch.equal(batch[k], again[k]) for k in batch)
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    encoder = BertModel(config, add_pooling_layer=False)
+    head = module.head(32, spec, info)
+    hidden = encoder(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        token_type_ids=batch["token_type_ids"],
+    ).last_hidden_state
+    logits = head(hidden, batch, encoder.embeddings.word_embeddings.weight)
+    loss = LOSSES[KINDS[kind].losses[0]](logits, batch, 0.0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    grad = encoder.encoder.layer[0].attention.self.query.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+
+    predictions = module.predict(logits.detach(), batch, info)
+    metrics, per_example = module.score(predictions, features.select(range(len(rows))), None, spec, info)
+    assert set(metrics) == set(KINDS[kind].metrics)
+    assert all(0.0 <= v <= 100.0 for k, v in metrics.items() if k != "loss")
+    assert len(per_example) == len(rows)
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_streaming_records_encode_alike(kind: str, tok: Any) -> None:
+    module, records = CASES[kind]
+    spec = make_spec(kind)
+    features, info = encode(module, spec, tok, records)
+    stream = datasets.IterableDataset.from_generator(lambda: iter(records))  # features unknown up front
+    assert list(module.encode(stream, tok, spec, info)) == list(features)
+
+
+# ------------------------------------------------------------------------------------- masked_lm
+def test_masked_lm_blocks_are_the_concatenated_documents(tok: Any) -> None:
+    spec = make_spec("masked_lm", max_length=16)
+    features, _ = encode(masked_lm, spec, tok, RECORDS)
+    docs = tok([r["text"] for r in RECORDS], add_special_tokens=False)["input_ids"]
+    stream = [t for i, d in enumerate(docs) for t in ([tok.sep_token_id] if i else []) + d]
+    assert len(features) == math.ceil(len(stream) / 14)
+    rows = list(features)
+    assert all(r["input_ids"][0] == tok.cls_token_id and r["input_ids"][-1] == tok.sep_token_id for r in rows)
+    assert [t for r in rows for t in r["input_ids"][1:-1]] == stream
+    assert all(len(r["word_starts"]) == len(r["input_ids"]) <= 16 for r in rows)
+
+
+def test_masked_lm_labels_mark_only_selected_tokens(tok: Any) -> None:
+    spec = make_spec("masked_lm")
+    features, info = encode(masked_lm, spec, tok, RECORDS)
+    rows = list(features)
+    batch = masked_lm.collate(rows, tok, spec, info, gen(0))
+    original = torch.full_like(batch["input_ids"], tok.pad_token_id)
+    for i, r in enumerate(rows):
+        original[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+    selected = batch["labels"] != -100
+    assert torch.equal(batch["labels"][selected], original[selected])
+    assert torch.equal(batch["input_ids"][~selected], original[~selected])  # only selected tokens change
+    special = torch.isin(original, torch.tensor(tok.all_special_ids))
+    assert not (selected & special).any()
+    assert 0.05 < int(selected.sum()) / int((~special).sum()) < 0.25
+
+
+def test_masked_lm_pinned_selection(tok: Any) -> None:
+    # Fixed ids, not tokenised text: the trained WordPiece vocabulary can differ between processes
+    # (huggingface/tokenizers#1794), the selection must not.
+    spec = make_spec("masked_lm")
+    rows = [
+        {"input_ids": [tok.cls_token_id, *range(10, 10 + n), tok.sep_token_id], "word_starts": [1] * (n + 2)}
+        for n in (40, 25, 60)
+    ]
+    batch = masked_lm.collate(rows, tok, spec, {"vocab_size": len(tok)}, gen(0))
+    selected = batch["labels"] != -100
+    assert int(selected.sum()) == 21  # of 125 candidates, for seed 0
+    assert not selected[:, 0].any() and not selected[0, 41:].any()  # [CLS], [SEP], padding
+    assert torch.equal(selected, masked_lm.collate(rows, tok, spec, {}, gen(0))["labels"] != -100)
+
+
+def test_masked_lm_80_10_10(tok: Any) -> None:
+    spec = make_spec("masked_lm")
+    g = torch.Generator().manual_seed(1)
+    rows = [
+        {
+            "input_ids": [
+                tok.cls_token_id,
+                *(5 + torch.randint(len(tok) - 5, (100,), generator=g)).tolist(),
+                tok.sep_token_id,
+            ],
+            "word_starts": [1] * 102,
+        }
+        for _ in range(200)
+    ]
+    batch = masked_lm.collate(rows, tok, spec, {"vocab_size": len(tok)}, gen(0))
+    original = torch.tensor([r["input_ids"] for r in rows])
+    selected = batch["labels"] != -100
+    n = int(selected.sum())
+    assert abs(n / 20_000 - 0.15) < 0.01
+    masked = (batch["input_ids"] == tok.mask_token_id) & selected
+    kept = (batch["input_ids"] == original) & selected
+    swapped = selected & ~masked & ~kept
+    assert abs(int(masked.sum()) / n - 0.8) < 0.03
+    assert abs(int(swapped.sum()) / n - 0.1) < 0.02
+    assert abs(int(kept.sum()) / n - 0.1) < 0.02
+
+
+def test_masked_lm_whole_words() -> None:
+    # A vocabulary of little more than the characters, so most words have several pieces.
+    tok = train_wordpiece([s for r in RECORDS for s in r["sentences"]], vocab_size=80)
+    spec = make_spec("masked_lm", whole_word_mask=True, mask_probability=0.4)
+    features, info = encode(masked_lm, spec, tok, RECORDS)
+    rows = list(features)
+    batch = masked_lm.collate(rows, tok, spec, info, gen(0))
+    selected = (batch["labels"] != -100).tolist()
+    multi = 0
+    for r, sel in zip(rows, selected, strict=True):
+        starts = r["word_starts"] + [1]
+        bounds = [i for i, s in enumerate(starts) if s]
+        for a, b in itertools.pairwise(bounds):
+            assert len(set(sel[a:b])) == 1, (a, b)  # a word is selected whole or not at all
+            multi += b - a > 1 and sel[a]
+    assert multi > 0  # some selected words really had several pieces
+
+
+def test_masked_lm_always_selects_one(tok: Any) -> None:
+    spec = make_spec("masked_lm", mask_probability=0.01)
+    rows = [{"input_ids": [tok.cls_token_id, 7, 8, tok.sep_token_id], "word_starts": [1, 1, 1, 1]}]
+    for seed in range(5):
+        batch = masked_lm.collate(rows, tok, spec, {"vocab_size": len(tok)}, gen(seed))
+        assert int((batch["labels"] != -100).sum()) >= 1
+
+
+# --------------------------------------------------------------------------- sentence_reordering
+def test_reordering_classes() -> None:
+    assert sentence_reordering.num_classes(3) == 9 and sentence_reordering.num_classes(4) == 33
+    perms = sentence_reordering.permutations(3)
+    assert perms[:4] == ((0,), (0, 1), (1, 0), (0, 1, 2)) and len(set(perms)) == 9
+
+
+def test_reordering_label_decodes_to_the_applied_permutation(tok: Any) -> None:
+    spec = make_spec("sentence_reordering", max_length=128)
+    features, info = encode(sentence_reordering, spec, tok, RECORDS)
+    rows = list(features)
+    assert info == {"num_labels": 9} and len(rows) == len(RECORDS)  # each document fits one sequence
+    seen = set()
+    for seed in range(4):
+        batch = sentence_reordering.collate(rows, tok, spec, info, gen(seed))
+        for row, ids, label in zip(rows, batch["input_ids"], batch["labels"].tolist(), strict=True):
+            perm = sentence_reordering.permutations(3)[label]
+            shown, n = content(ids, tok), len(row["sentences"])
+            found = False  # some cut into len(perm) segments, shown in `perm` order, gives the input
+            for cuts in itertools.combinations(range(1, n), len(perm) - 1):
+                bounds = [0, *cuts, n]
+                segments = [
+                    [t for s in row["sentences"][a:b] for t in s] for a, b in itertools.pairwise(bounds)
+                ]
+                found |= [t for j in perm for t in segments[j]] == shown
+            assert found, (label, perm)
+            seen.add(len(perm))
+    assert seen == {1, 2, 3}
+
+
+# ----------------------------------------------------------------------------- sentence_distance
+def test_distance_classes_are_what_they_claim(tok: Any) -> None:
+    spec = make_spec("sentence_distance", max_length=128)
+    features, info = encode(sentence_distance, spec, tok, RECORDS)
+    rows = list(features)
+    where = {tuple(s): (d, j) for d, r in enumerate(rows) for j, s in enumerate(r["sentences"])}
+    for seed in range(5):
+        batch = sentence_distance.collate(rows, tok, spec, info, gen(seed))
+        labels = batch["labels"].tolist()
+        assert sorted(labels) == [0, 0, 1, 1, 2, 2]  # balanced: every document has >= 3 sentences
+        for ids, types, label in zip(batch["input_ids"], batch["token_type_ids"], labels, strict=True):
+            n = int((ids != tok.pad_token_id).sum())
+            ids, types = ids[:n], types[:n]
+            a, b = ids[types == 0].tolist()[1:-1], ids[types == 1].tolist()[:-1]
+            (da, ja), (db, jb) = where[tuple(a)], where[tuple(b)]
+            if label == 0:
+                assert da == db and jb == ja + 1
+            elif label == 1:
+                assert da == db and jb >= ja + 2
+            else:
+                assert da != db
+
+
+# ---------------------------------------------------------------------------- response_selection
+def test_response_selection_batch(tok: Any) -> None:
+    spec = make_spec("response_selection", max_context_turns=2)
+    features, info = encode(response_selection, spec, tok, DIALOGUES)
+    assert features["id"] == ["a-1", "a-2", "a-3", "b-1", "b-2", "b-3", "c-1", "c-2"]
+    rows = list(features)[:5]
+    batch = response_selection.collate(rows, tok, spec, info, gen(0))
+    assert batch["input_ids"].shape[0] == 10 and torch.equal(batch["labels"], torch.arange(5))
+    turns = DIALOGUES[0]["turns"]
+    # a-3: the two turns before turn 3, joined by [SEP]; then its response turn 3 at row 5 + 2.
+    assert tok.decode(content(batch["input_ids"][2], tok)) == tok.decode(
+        tok(turns[1], turns[2], add_special_tokens=True)["input_ids"][1:-1]
+    )
+    assert tok.decode(content(batch["input_ids"][7], tok)) == turns[3].lower()
+    scores = torch.eye(5)
+    scores[1, 3] = 2.0  # context 1 prefers another response
+    predictions = response_selection.predict(scores, batch, info)
+    # A last evaluation batch of one example has no negatives: collated, but not counted.
+    single = response_selection.collate(list(features)[5:6], tok, spec, info, gen(0))
+    assert single["input_ids"].shape[0] == 2
+    predictions += response_selection.predict(torch.zeros(1, 1), single, info)
+    metrics, out = response_selection.score(predictions, features.select(range(6)), None, spec, info)
+    assert metrics == {"recall@1": 80.0}
+    assert [p["id"] for p in out] == ["a-1", "a-2", "a-3", "b-1", "b-2", "b-3"]
+
+
+# -------------------------------------------------------------------------------- span_selection
+def test_terms_prefer_names_that_occur_in_the_passage() -> None:
+    sentence = "Alice Walker moved to Paris in 1990."
+    names, numbers, content = span_selection.terms(sentence)
+    assert [sentence[a:b] for a, b in names] == ["Alice", "Alice Walker", "Walker", "Paris"]
+    assert [sentence[a:b] for a, b in numbers + content] == ["1990", "moved"]
+    passage = "Paris welcomed Alice Walker warmly."
+    # Repeated maximal names: "Alice Walker" and "Paris"; crc32("d") % 2 == 0, crc32("a") % 2 == 1.
+    assert span_selection.choose_term(sentence, passage, "d") == (0, 12, 15)
+    assert span_selection.choose_term(sentence, passage, "a") == (22, 27, 0)
+    assert span_selection.choose_term(sentence, "It was 1990 and she moved.", "a") == (31, 35, 7)
+    assert span_selection.choose_term(sentence, "She moved away.", "a") == (13, 18, 4)
+    assert span_selection.choose_term(sentence, "Nothing in common here.", "a") is None
+
+
+def test_span_positions_decode_to_the_blanked_term(tok: Any) -> None:
+    spec = make_spec("span_selection")
+    features, info = encode(span_selection, spec, tok, RECORDS)
+    rows = list(features)
+    assert len(rows) >= len(RECORDS)
+    for r in rows:
+        span = r["input_ids"][r["start_positions"] : r["end_positions"] + 1]
+        assert tok.decode(span) == r["answer"].lower()
+        query = r["input_ids"][1 : r["input_ids"].index(tok.sep_token_id)]
+        assert "[BLANK]" in tok.decode(query)  # one special token, not [ blank ] pieces
+        assert r["passage_start"] <= r["start_positions"] <= r["end_positions"]
+    first = next(r for r in rows if r["id"] == "d0-0")
+    assert first["answer"] == "Paris"  # of "Alice Walker" and "Paris", by crc32("d0-0") % 2 == 1
+
+    batch = span_selection.collate(rows, tok, spec, info, gen(0))
+    T = batch["input_ids"].shape[1]
+    logits = torch.zeros(len(rows), T, 2)
+    logits[torch.arange(len(rows)), batch["start_positions"], 0] = 10.0
+    logits[torch.arange(len(rows)), batch["end_positions"], 1] = 10.0
+    predictions = span_selection.predict(logits, batch, info)
+    metrics, out = span_selection.score(predictions, features, None, spec, info)
+    assert metrics == {"f1": 100.0, "exact_match": 100.0}
+    assert out[0]["predicted"] == out[0]["answer"]
+
+
+def test_span_selection_drops_and_counts_answers_past_max_length(
+    tok: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    long = "Critics in many countries praised her books and her style and her novels about Georgia."
+    record = {"id": "x", "text": "", "sentences": ["Georgia welcomed her.", long]}
+    spec = make_spec("span_selection", max_length=16)
+    with caplog.at_level(logging.INFO, logger="metapt"):
+        features, _ = encode(span_selection, spec, tok, [record])
+    # Query 0's term "Georgia" is the passage's last word, cut off; query 1 blanks "Georgia" too and
+    # finds it at the start of sentence 0, which fits.
+    assert features["id"] == ["x-1"]
+    assert "dropped 1 of 2" in caplog.text
