@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 
 from metapt import checkpoint, selection
 from metapt.catalog import KINDS
-from metapt.data.pipeline import BatchStream, TaskData, kind_of, load_task
+from metapt.data.pipeline import BatchStream, TaskData, kind_of, load_task, stream_for, train_size
 from metapt.data.tokenizer import load_tokenizer, train_wordpiece
 from metapt.errors import MetaptError, TrainingError
 from metapt.flops import FlopCounter, tokens
@@ -32,6 +33,7 @@ from metapt.spec import RunSpec
 from metapt.train import accumulate, adamw, warmup_linear
 
 Callback = Callable[[str, dict[str, Any]], None]
+TOKENIZER_SAMPLE = 100_000  # records of a streamed source read to build a vocabulary
 
 
 @dataclass
@@ -87,12 +89,14 @@ def _corpus_texts(tasks: list[TaskData]) -> list[str]:
     """The source tasks' training text, for training a WordPiece."""
     out: list[str] = []
     for task in tasks:
+        # A stream is sampled (its first records), not read whole, to build the vocabulary.
         records = task.records["train"]
-        for name in ("text", "turns", "tokens", "context", "sentences"):
-            if name in records.column_names:
-                for value in records[name]:
-                    out.extend(value if isinstance(value, list) else [value])
-                break
+        rows = records.take(TOKENIZER_SAMPLE) if isinstance(records, datasets.IterableDataset) else records
+        for row in rows:
+            for name in ("text", "turns", "tokens", "context"):
+                if name in row:
+                    out.extend(row[name] if isinstance(row[name], list) else [row[name]])
+                    break
     return out
 
 
@@ -109,12 +113,14 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
     out = Path(spec.run.output_dir)
     resume_dir = checkpoint.resolve(out) if resume else None
     device = pick_device(spec.run.device)
-    torch.manual_seed(spec.run.seed)
     meta = spec.meta
     # Records first: a trained tokenizer needs the sources' text before anything is encoded.
     raw = {t.name: load_task(t, None, ("train",), encode=False) for t in (*spec.sources, *spec.targets)}
     tokenizer = _tokenizer(spec, resume_dir, [raw[t.name] for t in spec.sources])
     tasks = {name: load_task(t.spec, tokenizer, ("train",), records=t.records) for name, t in raw.items()}
+    # Seeded after the data: encoding a task for the first time draws from the global RNG (a cache
+    # file name), and the weights must not depend on whether the feature cache was warm.
+    torch.manual_seed(spec.run.seed)
     if resume_dir is not None:
         encoder = load_encoder(str(resume_dir))
     elif spec.model.pretrained:
@@ -140,7 +146,7 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
     head_optimizer = torch.optim.AdamW(target_heads, lr=meta.head_lr) if target_heads else None
 
     def stream(name: str, salt: str) -> BatchStream:
-        return BatchStream(
+        return stream_for(
             tasks[name], tokenizer, tasks[name].spec.batch.size, spec.run.seed, salt, rank, world
         )
 
@@ -293,12 +299,16 @@ def _train(run: Run, task: str) -> tuple[float, int, int]:
     return sum(losses) / len(losses), flops, n_tokens
 
 
-def pretrain(spec: RunSpec, resume: bool = False, callback: Callback | None = None) -> dict[str, Any]:
-    """Run the episodes of a run spec; returns a summary. Ctrl-C finishes the episode, saves, and stops."""
+def pretrain(
+    spec: RunSpec, resume: bool = False, callback: Callback | None = None, max_flops: float | None = None
+) -> dict[str, Any]:
+    """Run the episodes of a run spec; returns a summary. Ctrl-C finishes the episode, saves, and stops.
+    With `max_flops`, the run also stops after the episode in which selection + training FLOPs reach it
+    (equal-compute comparisons: the meta scheduler's selection counts against its budget)."""
     callback = callback or (lambda event, data: None)
     run = setup(spec, resume)
     meta, total = spec.meta, spec.run.episodes
-    sizes = [len(run.tasks[s].features["train"]) for s in run.sources]
+    sizes = [train_size(run.tasks[s]) for s in run.sources]
     run.out.mkdir(parents=True, exist_ok=True)
     metrics_path = run.out / "metrics.jsonl"
     _truncate_metrics(metrics_path, run.episode)
@@ -316,7 +326,11 @@ def pretrain(spec: RunSpec, resume: bool = False, callback: Callback | None = No
         },
     )
     last_choice: str | None = run.history[-1] if run.history else None
-    while run.episode < total and not stop["set"]:
+
+    def spent() -> float:
+        return run.totals["selection_flops"] + run.totals["train_flops"]
+
+    while run.episode < total and not stop["set"] and (max_flops is None or spent() < max_flops):
         t0 = time.perf_counter()
         utilities: dict[str, float] = {}
         target_loss, sel_flops, explored, reused = None, 0, False, False
@@ -361,7 +375,13 @@ def pretrain(spec: RunSpec, resume: bool = False, callback: Callback | None = No
         with metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         callback("episode", record)
-        if run.episode % spec.run.checkpoint_every == 0 or run.episode == total or stop["set"]:
+        out_of_budget = max_flops is not None and spent() >= max_flops
+        if (
+            run.episode % spec.run.checkpoint_every == 0
+            or run.episode == total
+            or stop["set"]
+            or out_of_budget
+        ):
             save(run)
             callback("checkpoint", {"episode": run.episode, "path": str(run.out)})
     stop["restore"]()

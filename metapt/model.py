@@ -42,12 +42,15 @@ def load_encoder(name_or_dir: str) -> nn.Module:
     from transformers import AutoModel
 
     try:
-        return AutoModel.from_pretrained(name_or_dir)
+        encoder = AutoModel.from_pretrained(name_or_dir)
     except (OSError, ValueError) as e:
         raise MetaptError(
             f"cannot load an encoder from {name_or_dir!r}: {e}. Give a folder with config.json "
             "and model.safetensors (e.g. a metapt checkpoint), or a hub id while online."
         ) from None
+    if getattr(encoder, "pooler", None) is not None:  # heads pool themselves: an unused pooler
+        encoder.pooler = None  # would only add parameters that never get a gradient
+    return encoder
 
 
 class MultiTaskModel(nn.Module):

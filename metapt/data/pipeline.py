@@ -95,6 +95,8 @@ def encode_split(
     spec: TaskSpec, records: datasets.Dataset, split: str, tokenizer: Any, info: dict
 ) -> datasets.Dataset:
     """The split's features, from the cache when the same inputs were encoded before."""
+    if isinstance(records, datasets.IterableDataset):  # a stream is encoded as it is read, never cached
+        return kind_of(spec).encode(records, tokenizer, spec, info)
     path = features_dir() / f"{spec.name}-{split}-{_cache_key(spec, split, tokenizer, info)}"
     if path.is_dir():
         try:
@@ -135,6 +137,8 @@ def load_task(
         return TaskData(spec, info, {}, records)
     features = {s: encode_split(spec, records[s], s, tokenizer, info) for s in splits}
     for s, f in features.items():
+        if isinstance(f, datasets.IterableDataset):  # streamed: encoded lazily, size unknown
+            continue
         if len(f) == 0:
             raise MetaptError(
                 f"task {spec.name!r}: the {s} split has no usable examples after encoding "
@@ -203,6 +207,80 @@ class BatchStream:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.position, self.count = state["epoch"], state["position"], state["count"]
         self._order = self._permutation()
+
+
+class StreamingBatchStream(BatchStream):
+    """Batches of a streamed (larger than memory) corpus: a seeded shuffle buffer per pass, resumed by
+    skipping the examples already consumed in the current pass."""
+
+    BUFFER = 10_000
+
+    def __init__(
+        self,
+        task: TaskData,
+        tokenizer: Any,
+        batch_size: int,
+        seed: int,
+        salt: str,
+        rank: int = 0,
+        world: int = 1,
+        split: str = "train",
+    ):
+        self.task, self.tokenizer, self.batch_size = task, tokenizer, batch_size
+        self.features = task.features[split]
+        self.seed, self.salt, self.rank, self.world = seed, salt, rank, world
+        self.kind = kind_of(task.spec)
+        self.epoch, self.position, self.count = 0, 0, 0
+        self._rows = self._pass()
+
+    def _pass(self) -> Any:
+        order = self.features.shuffle(
+            seed=_seed(self.seed, self.task.name, self.salt, self.epoch), buffer_size=self.BUFFER
+        )
+        return iter(order.skip(self.position) if self.position else order)
+
+    def _indices(self) -> list[int]:  # not used: rows come from the stream itself
+        raise NotImplementedError
+
+    def next(self) -> dict[str, torch.Tensor]:
+        rows: list[dict] = []
+        while len(rows) < self.batch_size:
+            try:
+                rows.append(next(self._rows))
+                self.position += 1
+            except StopIteration:
+                if self.position == 0:
+                    raise MetaptError(f"task {self.task.name!r}: the stream yielded no examples") from None
+                self.epoch, self.position = self.epoch + 1, 0
+                self._rows = self._pass()
+        g = torch.Generator().manual_seed(_seed(self.seed, self.task.name, self.salt, "batch", self.count))
+        self.count += 1
+        return self.kind.collate(
+            rows[self.rank :: self.world], self.tokenizer, self.task.spec, self.task.info, g
+        )
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position, self.count = state["epoch"], state["position"], state["count"]
+        self._rows = self._pass()
+
+
+def stream_for(
+    task: TaskData, tokenizer: Any, batch_size: int, seed: int, salt: str, rank: int = 0, world: int = 1
+) -> BatchStream:
+    """A batch stream over a task's train features, streamed or in memory."""
+    cls = (
+        StreamingBatchStream if isinstance(task.features["train"], datasets.IterableDataset) else BatchStream
+    )
+    return cls(task, tokenizer, batch_size, seed, salt, rank, world)
+
+
+def train_size(task: TaskData) -> int:
+    """Training examples (for proportional sampling); a stream reports its split size when known, else 1."""
+    features = task.features["train"]
+    if not isinstance(features, datasets.IterableDataset):
+        return len(features)
+    split = (features.info.splits or {}).get("train") if features.info else None
+    return int(split.num_examples) if split is not None and split.num_examples else 1
 
 
 def eval_batches(task: TaskData, tokenizer: Any, split: str, batch_size: int) -> Any:

@@ -7,6 +7,8 @@ model passes it so tying also holds inside `torch.func.functional_call`.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -111,17 +113,20 @@ class SpanPointerHead(nn.Module):
 
 class DualEncoderHead(nn.Module):
     """In-batch ranking: the first half of the sequences are contexts, the second their responses.
-    Returns (B, B) scores; row i's correct column is i."""
+    Returns (B, B) cosine similarities times a learned inverse temperature (initially 20, as in
+    contrastive sentence encoders); row i's correct column is i."""
 
     def __init__(self, hidden: int, num_labels: int = 1, dropout: float = 0.1):
         super().__init__()
         self.context = nn.Linear(hidden, hidden)
         self.response = nn.Linear(hidden, hidden)
-        self.scale = hidden**-0.5
+        self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))
 
     def forward(self, hidden: torch.Tensor, batch: Batch, embedding: torch.Tensor) -> torch.Tensor:
         contexts, responses = hidden[:, 0].chunk(2)  # (B, H) each
-        return self.context(contexts) @ self.response(responses).t() * self.scale  # (B, B)
+        c = F.normalize(self.context(contexts), dim=-1)
+        r = F.normalize(self.response(responses), dim=-1)
+        return c @ r.t() * self.log_scale.exp().clamp(max=100.0)  # (B, B)
 
 
 class EntityPairHead(nn.Module):

@@ -1,0 +1,54 @@
+"""The README stays true: every module, test file, spec key and command it must list is there."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+
+from metapt import spec as S
+from metapt.catalog import KINDS
+from metapt.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_every_python_file_is_in_the_file_tree() -> None:
+    files = sorted(p.relative_to(ROOT) for p in [*ROOT.glob("metapt/**/*.py"), *ROOT.glob("tests/*.py")])
+    missing = [str(f) for f in files if f"{f.name} " not in README]
+    assert not missing, f"README file tree lacks: {missing}"
+
+
+def _keys(cls: type, prefix: str) -> list[str]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += _keys(hints[f.name], f"[{f.name}].")
+        else:
+            out.append(f"`{prefix}{f.name}`")
+    return out
+
+
+def test_every_toml_key_is_documented() -> None:
+    keys = _keys(S.TaskSpec, "") + _keys(S.RunSpec, "")
+    assert len(keys) > 60
+    missing = [k for k in keys if k not in README]
+    assert not missing, f"README TOML reference lacks: {missing}"
+
+
+def test_every_kind_option_is_documented() -> None:
+    missing = [
+        f"{k}.{o}" for k, info in KINDS.items() for o in info.options if f"| {k} | `{o}` |" not in README
+    ]
+    assert not missing
+
+
+def test_every_command_is_documented() -> None:
+    commands = [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands]
+    assert {"pretrain", "finetune", "evaluate", "inspect-tasks", "validate"} <= set(commands)
+    missing = [c for c in commands if f"metapt {c}" not in README]
+    assert not missing
