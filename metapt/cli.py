@@ -136,7 +136,9 @@ def inspect_tasks(
 @app.command()
 def pretrain(
     run_spec: str = typer.Argument(..., help="A run spec (TOML file, or a built-in name such as agnostic)."),
-    episodes: int = typer.Option(None, "--episodes", min=1, help="Override [run].episodes."),
+    episodes: int = typer.Option(
+        None, "--episodes", min=0, help="Override [run].episodes (0: save the initial weights only)."
+    ),
     output_dir: Path = typer.Option(None, "--output-dir", help="Override [run].output_dir."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in the output dir."),
     seed: int = typer.Option(None, "--seed", min=0, help="Override [run].seed."),
@@ -256,15 +258,68 @@ def bench() -> None:
 
 
 @app.command()
-def compare() -> None:
+def compare(
+    run_spec: str = typer.Argument(..., help="A run spec (TOML file, or a built-in name such as agnostic)."),
+    schedulers: str = typer.Option(
+        "meta,uniform,proportional,temperature,sequential,single",
+        "--schedulers",
+        help="Comma-separated schedulers to compare.",
+    ),
+    budget: float = typer.Option(
+        None, "--budget", help="FLOPs per run, e.g. 2e12; the meta scheduler's selection counts against it."
+    ),
+    episodes: int = typer.Option(None, "--episodes", min=1, help="Episodes per run instead of a budget."),
+    seeds: str = typer.Option(None, "--seeds", help="Seeds, e.g. 1,2,3 (default: the run spec's seed)."),
+    downstream: str = typer.Option(
+        None,
+        "--downstream",
+        help="Comma-separated tasks to finetune on (default: the targets of an aware run, else "
+        "conll2012-synthetic).",
+    ),
+    output_dir: Path = typer.Option(
+        None, "--output-dir", help="Default: the run spec's output_dir + '-compare'."
+    ),
+    device: str = typer.Option(
+        None, "--device", help="Instead of the run spec's device (auto, cpu, cuda, cuda:N)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final summary."),
+) -> None:
     """Pretrain with several schedulers at equal compute, finetune each, and write a results table."""
-    _not_yet("compare", 9)
+    _quiet_libraries()
+    from metapt.compare import compare as run_compare
+    from metapt.compare import describe, downstream_tasks, parse_schedulers
+    from metapt.resolve import find_run, parse_run
+    from metapt.runspec import override
+
+    names = parse_schedulers(schedulers)
+    spec = override(parse_run(find_run(run_spec)), device=device)
+    seed_list = _seeds(seeds) if seeds is not None else [spec.run.seed]
+    tasks = downstream_tasks(spec, downstream)
+    out = output_dir or Path(f"{spec.run.output_dir}-compare")
+
+    def show(event: str, data: dict) -> None:
+        line = None if quiet else describe(event, data)
+        if line:
+            console.print(line, highlight=False, soft_wrap=True)
+
+    run_compare(spec, names, seed_list, tasks, out, budget=budget, episodes=episodes, callback=show)
+    console.print((out / "results.md").read_text(), highlight=False, markup=False, soft_wrap=True)
+    console.print(
+        f"wrote {out / 'results.md'}, {out / 'results.json'} and {out / 'compare.png'}", highlight=False
+    )
 
 
 @app.command()
-def report() -> None:
+def report(
+    run_dir: Path = typer.Argument(..., help="A pretraining output folder (it holds metrics.jsonl)."),
+    output: Path = typer.Option(
+        None, "--output", "-o", help="FILE.png or FILE.html (default: RUN_DIR/report.png)."
+    ),
+) -> None:
     """Plot a run's metrics.jsonl: choices, utilities, losses and selection time."""
-    _not_yet("report", 9)
+    from metapt.report import report as draw
+
+    console.print(f"wrote {draw(run_dir, output)}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -313,78 +313,82 @@ def pretrain(
     metrics_path = run.out / "metrics.jsonl"
     _truncate_metrics(metrics_path, run.episode)
     stop = _interrupt_flag()
-    callback(
-        "start",
-        {
-            "sources": run.sources,
-            "targets": run.targets,
-            "episodes": total,
-            "start": run.episode,
-            "device": str(run.device),
-            "scheduler": meta.scheduler,
-            "setting": meta.setting,
-        },
-    )
-    last_choice: str | None = run.history[-1] if run.history else None
+    try:  # the previous SIGINT handler comes back however the loop ends (a NaN, a crash)
+        callback(
+            "start",
+            {
+                "sources": run.sources,
+                "targets": run.targets,
+                "episodes": total,
+                "start": run.episode,
+                "device": str(run.device),
+                "scheduler": meta.scheduler,
+                "setting": meta.setting,
+            },
+        )
+        last_choice: str | None = run.history[-1] if run.history else None
 
-    def spent() -> float:
-        return run.totals["selection_flops"] + run.totals["train_flops"]
+        def spent() -> float:
+            return run.totals["selection_flops"] + run.totals["train_flops"]
 
-    while run.episode < total and not stop["set"] and (max_flops is None or spent() < max_flops):
-        t0 = time.perf_counter()
-        utilities: dict[str, float] = {}
-        target_loss, sel_flops, explored, reused = None, 0, False, False
-        if meta.scheduler != "meta":
-            chosen = run.sources[
-                SCHEDULERS[meta.scheduler](run.episode, total, sizes, run.explore, meta.temperature)
-            ]
-        elif last_choice is not None and run.episode % meta.select_every:
-            chosen, reused = last_choice, True
-        else:
-            chosen, explored, utilities, target_loss, sel_flops = _select(run)
-        t1 = time.perf_counter()
-        train_loss, train_flops, n_tokens = _train(run, chosen)
-        t2 = time.perf_counter()
-        run.episode += 1
-        run.history.append(chosen)
-        last_choice = chosen
-        for key, value in (
-            ("selection_seconds", t1 - t0),
-            ("train_seconds", t2 - t1),
-            ("selection_flops", sel_flops),
-            ("train_flops", train_flops),
-            ("tokens", n_tokens),
-        ):
-            run.totals[key] += value
-        record = {
-            "episode": run.episode,
-            "chosen": chosen,
-            "explored": explored,
-            "reused": reused,
-            "utilities": utilities,
-            "train_loss": train_loss,
-            "target_loss": target_loss,
-            "lr": run.schedule.get_last_lr()[0],
-            "selection_seconds": t1 - t0,
-            "train_seconds": t2 - t1,
-            "selection_flops": sel_flops,
-            "train_flops": train_flops,
-            "tokens": n_tokens,
-            "counts": dict(Counter(run.history)),
-        }
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        callback("episode", record)
-        out_of_budget = max_flops is not None and spent() >= max_flops
-        if (
-            run.episode % spec.run.checkpoint_every == 0
-            or run.episode == total
-            or stop["set"]
-            or out_of_budget
-        ):
-            save(run)
-            callback("checkpoint", {"episode": run.episode, "path": str(run.out)})
-    stop["restore"]()
+        while run.episode < total and not stop["set"] and (max_flops is None or spent() < max_flops):
+            t0 = time.perf_counter()
+            utilities: dict[str, float] = {}
+            target_loss, sel_flops, explored, reused = None, 0, False, False
+            if meta.scheduler != "meta":
+                chosen = run.sources[
+                    SCHEDULERS[meta.scheduler](run.episode, total, sizes, run.explore, meta.temperature)
+                ]
+            elif last_choice is not None and run.episode % meta.select_every:
+                chosen, reused = last_choice, True
+            else:
+                chosen, explored, utilities, target_loss, sel_flops = _select(run)
+            t1 = time.perf_counter()
+            train_loss, train_flops, n_tokens = _train(run, chosen)
+            t2 = time.perf_counter()
+            run.episode += 1
+            run.history.append(chosen)
+            last_choice = chosen
+            for key, value in (
+                ("selection_seconds", t1 - t0),
+                ("train_seconds", t2 - t1),
+                ("selection_flops", sel_flops),
+                ("train_flops", train_flops),
+                ("tokens", n_tokens),
+            ):
+                run.totals[key] += value
+            record = {
+                "episode": run.episode,
+                "chosen": chosen,
+                "explored": explored,
+                "reused": reused,
+                "utilities": utilities,
+                "train_loss": train_loss,
+                "target_loss": target_loss,
+                "lr": run.schedule.get_last_lr()[0],
+                "selection_seconds": t1 - t0,
+                "train_seconds": t2 - t1,
+                "selection_flops": sel_flops,
+                "train_flops": train_flops,
+                "tokens": n_tokens,
+                "counts": dict(Counter(run.history)),
+            }
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            callback("episode", record)
+            out_of_budget = max_flops is not None and spent() >= max_flops
+            if (
+                run.episode % spec.run.checkpoint_every == 0
+                or run.episode == total
+                or stop["set"]
+                or out_of_budget
+            ):
+                save(run)
+                callback("checkpoint", {"episode": run.episode, "path": str(run.out)})
+    finally:
+        stop["restore"]()
+    if total == 0 and not resume:  # `--episodes 0`: the initial weights, a baseline for finetuning
+        save(run)
     done = run.episode >= total
     message = (
         f"{'finished' if done else 'stopped after'} {run.episode}/{total} episodes; checkpoint: {run.out} "

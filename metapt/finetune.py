@@ -140,12 +140,13 @@ def finetune_one(
     start = time.perf_counter()
     source = encoder_source(checkpoint)
     tokenizer = load_tokenizer(source)
-    torch.manual_seed(seed)
     encoder = load_encoder(source)
     limit = encoder.config.max_position_embeddings - (2 if encoder.config.model_type == "roberta" else 0)
     if spec.batch.max_length > limit:
         spec = dataclasses.replace(spec, batch=dataclasses.replace(spec.batch, max_length=limit))
     task = load_task(spec, tokenizer, _splits(spec))
+    # Seeded after load_task: a cold feature cache draws from torch's global RNG (pipeline.encode_split).
+    torch.manual_seed(seed)
     device = pick_device(device_name)
     autocast = autocast_for(device, "auto")
     model = build(encoder, task).to(device)

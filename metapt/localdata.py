@@ -12,7 +12,7 @@ from metapt.spec import LOCAL_FORMATS, TaskSpec
 # File or folder name prefixes of each split, as the public datasets name them.
 PREFIXES = {
     "train": ("train",),
-    "validation": ("dev", "val", "valid", "validation", "devel"),
+    "validation": ("dev", "val", "valid", "validation", "devel", "development"),
     "test": ("test",),
 }
 BY_EXTENSION = {
@@ -23,6 +23,8 @@ BY_EXTENSION = {
     ".parquet": "parquet",
     ".txt": "text",
 }
+# Hub datasets whose local copies are in a format of their own, not told by the file extension.
+BY_DATASET = {"super_glue": "superglue", "squad": "squad", "squad_v2": "squad"}
 
 
 def _match(folder: Path, split: str) -> str:
@@ -52,6 +54,8 @@ def _common(paths: list[Path]) -> str:
 def _format(spec: TaskSpec, path: Path) -> str:
     if spec.data.format in LOCAL_FORMATS:
         return spec.data.format
+    if spec.data.format == "hf" and spec.data.dataset.rsplit("/", 1)[-1] in BY_DATASET:
+        return BY_DATASET[spec.data.dataset.rsplit("/", 1)[-1]]
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for f in files:
         if f.suffix in BY_EXTENSION:

@@ -50,11 +50,14 @@ class DataSpec:
     test: str = _f("", help="as train")
     dataset: str = _f("", help="hf: hub id, e.g. nyu-mll/glue")
     subset: str = _f("", help="hf: config name; superglue: the task")
-    columns: dict[str, str] = _f({}, help="record field -> column name in the data")
+    columns: dict[str, str | list[str]] = _f(
+        {}, help="record field -> column name in the data (or a list of names: the first present wins)"
+    )
     streaming: bool = _f(False, help="read as an iterable dataset (corpus-based source kinds)")
     header: bool = _f(True, help="csv/tsv: the first row names the columns (else columns are 0, 1, ...)")
     corpus: str = _f("", choices=SYNTHETIC_CORPORA, help="synthetic: which generated corpus")
     size: int = _f(2000, low=1, high=10_000_000, help="synthetic: train examples (validation, test: size/5)")
+    eval_size: int = _f(0, low=0, high=10_000_000, help="synthetic: validation and test examples (0: size/5)")
     seed: int = _f(0, low=0, help="synthetic: seed of the generated world")
     obtain: str = _f("", help="how to get data that cannot be downloaded (shown when it is missing)")
     base_dir: str = field(default=".", metadata={"internal": True})
@@ -223,11 +226,12 @@ def _check_value(value: Any, hint: Any, meta: dict, key: str, problems: list[str
         if not isinstance(value, dict):
             problems.append(f"{key}: expected a table, got {value!r}")
             return None
-        if typing.get_args(hint)[1] is str:
-            bad = [k for k, v in value.items() if not isinstance(v, str)]
+        if typing.get_args(hint)[1] is not Any:  # column names: a string or a list of strings
+            bad = [k for k, v in value.items() if not isinstance(v, str)
+                   and not (isinstance(v, list) and v and all(isinstance(x, str) for x in v))]
             table_key = key.replace("].", ".", 1) + "]" if key.startswith("[") else f"[{key}]"
             for k in bad:
-                problems.append(f"{table_key}.{k}: expected a string (a column name), got {value[k]!r}")
+                problems.append(f"{table_key}.{k}: expected a column name or a list of them, got {value[k]!r}")
         return dict(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)

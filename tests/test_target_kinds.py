@@ -272,7 +272,7 @@ def test_regression(tok, tmp_path):
         tmp_path / "r.tsv",
     )
     assert metrics["spearman"] == pytest.approx(80.0)
-    assert (tmp_path / "r.tsv").read_text().splitlines()[:2] == ["index\tprediction", "0\t0.0000"]
+    assert (tmp_path / "r.tsv").read_text().splitlines()[:2] == ["index\tprediction", "0\t0.0"]
 
 
 # --------------------------------------------------------------------------- token classification

@@ -51,10 +51,11 @@ def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
 
 
 def blocks(path: Path) -> Iterator[Rows]:
-    """Sentences of a column file: runs of non-blank lines split on whitespace; '#' lines are skipped."""
+    """Sentences of a column file: runs of non-blank lines split on whitespace. gold_conll's
+    `#begin document` / `#end document` lines are skipped; a `#` token (WSJ's pound sign) is kept."""
     rows: Rows = []
     for n, line in numbered_lines(path):
-        if line.startswith("#"):
+        if line.startswith(("#begin", "#end")):
             continue
         if line.strip():
             rows.append((n, line.split()))

@@ -9,6 +9,7 @@ only on (seed, task, counters), so a resumed or distributed run sees exactly the
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import logging
 import zlib
@@ -59,7 +60,7 @@ def _data_key(spec: TaskSpec, split: str) -> str:
     if data.format == "synthetic":
         from metapt.data.synthetic import GENERATOR_VERSION
 
-        return f"synthetic:{GENERATOR_VERSION}:{data.corpus}:{data.size}:{data.seed}:{split}"
+        return f"synthetic:{GENERATOR_VERSION}:{data.corpus}:{data.size}:{data.eval_size}:{data.seed}:{split}"
     if data.format == "hf":
         return f"hf:{data.dataset}:{data.subset}:{getattr(data, split)}"
     from metapt.data.readers import resolve_files
@@ -104,7 +105,7 @@ def encode_split(
         except Exception:  # an unreadable cache entry is rebuilt, never trusted
             log.info("feature cache at %s unreadable; re-encoding", path)
     features = kind_of(spec).encode(records, tokenizer, spec, info)
-    tmp = path.with_name(path.name + f".tmp{torch.randint(1 << 30, ()).item()}")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # never torch's RNG: it seeds the weights
     features.save_to_disk(str(tmp))
     try:
         tmp.rename(path)
@@ -129,6 +130,7 @@ def load_task(
     from metapt.data.readers import read_split
 
     records = records or {s: read_split(spec.data, s) for s in splits}
+    _check_fields(spec, records)
     if info is None:
         info = kind_of(spec).prepare(spec, records.get("train"))
         if tokenizer is not None:
@@ -145,6 +147,23 @@ def load_task(
                 f"({len(records[s])} records read from {spec.data.location(s) or spec.data.format})"
             )
     return TaskData(spec, info, features, records)
+
+
+def _check_fields(spec: TaskSpec, records: dict[str, Any]) -> None:
+    """The fields the kind reads must be in the train split (test splits may lack labels)."""
+    from metapt.catalog import KINDS
+
+    train = records.get("train")
+    names = getattr(train, "column_names", None)
+    if not names:  # a stream without known columns is checked as it is read
+        return
+    missing = [f for f in KINDS[spec.kind].fields if f not in names]
+    if missing:
+        raise MetaptError(
+            f"task {spec.name!r}: its {spec.kind} records need the field(s) {', '.join(missing)}, but the train "
+            f"split has the columns {', '.join(names)}; map them in [data.columns], e.g. "
+            f'{missing[0]} = "{names[0]}"'
+        )
 
 
 def _seed(*parts: object) -> int:

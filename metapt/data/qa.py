@@ -224,7 +224,7 @@ def superglue_fields(task: str, r: dict) -> dict:
 
 def read_superglue(files: list[Path], data: DataSpec) -> datasets.Dataset:
     """SuperGLUE release jsonl, flattened as Hugging Face's super_glue, plus the kind's fields."""
-    task = data.subset.lower()
+    task = data.subset.lower().split(".")[0]  # the hub names the corrected WSC "wsc.fixed"
     if task not in TASKS:
         raise DataError(
             f"[data].subset: {data.subset!r} is not a SuperGLUE task; allowed: {', '.join(TASKS)}"

@@ -182,7 +182,7 @@ def read_split(data: DataSpec, split: str) -> datasets.Dataset | datasets.Iterab
     elif data.format == "synthetic":
         from metapt.data.synthetic import generate
 
-        fmt, path = generate(data.corpus, data.size, data.seed, split)
+        fmt, path = generate(data.corpus, data.size, data.seed, split, data.eval_size)
         ds, where = READERS[fmt]([Path(path)], data), str(path)
     elif data.format in READERS:
         files, where = _split_files(data, split), data.location(split)
@@ -225,29 +225,33 @@ def _from_hub(data: DataSpec, split: str) -> datasets.Dataset | datasets.Iterabl
             f"({type(e).__name__}: {e}). metapt runs offline unless HF_HUB_OFFLINE is unset; "
             "unset it to download, or pass --data PATH with a local copy."
         ) from None
-    task = data.subset.lower()
+    task = data.subset.lower().split(".")[0]  # the hub names the corrected WSC "wsc.fixed"
     if data.dataset.rsplit("/", 1)[-1] == "super_glue" and task in qa.TASKS:
         ds = ds.map(lambda r: qa.superglue_fields(task, r))
     return ds
 
 
 def rename_columns(
-    ds: datasets.Dataset | datasets.IterableDataset, columns: dict[str, str], where: str
+    ds: datasets.Dataset | datasets.IterableDataset, columns: dict[str, str | list[str]], where: str
 ) -> datasets.Dataset | datasets.IterableDataset:
-    """Rename source column -> record field for each `field = "column"` of [data.columns]."""
-    renames = {source: field for field, source in columns.items() if source != field}
-    if not renames:
-        return ds
+    """Rename source column -> record field for each `field = "column"` of [data.columns]; a list
+    of columns names alternatives (the hub's and the release files' names), the first present wins."""
     names = ds.column_names
     if names is None:  # a stream built from a generator: look at its first record
         names = list(next(iter(ds), {}))
-    missing = [s for s in renames if s not in names]
-    if missing:
-        field = next(f for f, s in columns.items() if s == missing[0])
-        raise DataError(
-            f"{where}: [data.columns].{field} names column {missing[0]!r}, which is not there; "
-            f"columns available: {', '.join(names)}"
-        )
+    chosen: dict[str, str] = {}
+    for field, source in columns.items():
+        options = [source] if isinstance(source, str) else list(source)
+        present = [o for o in options if o in names]
+        if not present:
+            raise DataError(
+                f"{where}: [data.columns].{field} names column {' or '.join(map(repr, options))}, which is "
+                f"not there; columns available: {', '.join(names)}"
+            )
+        chosen[field] = present[0]
+    renames = {source: field for field, source in chosen.items() if source != field}
+    if not renames:
+        return ds
     # An explicit mapping wins over a field of the same name that the reader already made.
     clash = [f for f in renames.values() if f in names and f not in renames]
     if clash:

@@ -35,12 +35,13 @@ class _Job:
     split: str
     size: int
     count: int
+    eval_count: int  # examples in validation (and in test): test starts after them
 
     def cycle(self, n: int) -> Iterator[int]:
         """Indices 0..n-1 in a per-corpus order; splits start at different places so they mostly differ."""
         order = list(range(n))
         random.Random(f"metapt:{self.seed}:{self.corpus}:order").shuffle(order)
-        start = {"train": 0, "validation": self.size, "test": self.size + max(1, self.size // 5)}[self.split]
+        start = {"train": 0, "validation": self.size, "test": self.size + self.eval_count}[self.split]
         for k in itertools.count(start):
             yield order[k % n]
 
@@ -335,12 +336,13 @@ def cache_dir() -> Path:
     return Path(xdg, "metapt") if xdg else Path.home() / ".cache" / "metapt"
 
 
-def split_count(size: int, split: str) -> int:
-    """Examples in a split: `size` for train, a fifth of it (at least one) for validation and test."""
-    return size if split == "train" else max(1, size // 5)
+def split_count(size: int, split: str, eval_size: int = 0) -> int:
+    """Examples in a split: `size` for train; `eval_size`, or a fifth of `size` (at least one), for
+    validation and test."""
+    return size if split == "train" else eval_size or max(1, size // 5)
 
 
-def generate(corpus: str, size: int, seed: int, split: str) -> tuple[str, Path]:
+def generate(corpus: str, size: int, seed: int, split: str, eval_size: int = 0) -> tuple[str, Path]:
     """Write (once; cached) the corpus split in its real format and return (format name, file path)."""
     if corpus not in CORPUS_FORMATS:
         raise DataError(f"unknown synthetic corpus {corpus!r}; allowed: {', '.join(CORPUS_FORMATS)}")
@@ -351,12 +353,13 @@ def generate(corpus: str, size: int, seed: int, split: str) -> tuple[str, Path]:
         )
     fmt, ext = CORPUS_FORMATS[corpus]
     path = (
-        cache_dir() / "synthetic" / f"v{GENERATOR_VERSION}" / f"{corpus}-seed{seed}-size{size}-{split}.{ext}"
+        cache_dir() / "synthetic" / f"v{GENERATOR_VERSION}" / f"{corpus}-seed{seed}-size{size}{f'-eval{eval_size}' if eval_size else ''}-{split}.{ext}"
     )
     if path.exists():
         return fmt, path
     rng = random.Random(f"metapt:{seed}:{corpus}:{split}")
-    job = _Job(W.build_world(seed), rng, seed, corpus, split, size, split_count(size, split))
+    count, eval_count = split_count(size, split, eval_size), split_count(size, "validation", eval_size)
+    job = _Job(W.build_world(seed), rng, seed, corpus, split, size, count, eval_count)
     data = WRITERS[corpus](job).encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
     # Temp file + rename: a concurrent or interrupted run never leaves a half-written file behind.

@@ -74,10 +74,16 @@ def encode(records: datasets.Dataset, tokenizer: Any, spec: TaskSpec, info: Info
 
     def fn(batch: dict[str, list]) -> dict[str, list]:
         out = _tokenize(batch, tokenizer, spec.batch.max_length)
-        out["labels"] = label_ids(info["labels"], batch["label"], spec.name)
+        labels = batch["label"] if "label" in batch else [-1] * len(batch["text"])  # unlabelled test split
+        out["labels"] = label_ids(info["labels"], labels, spec.name)
         return out
 
     return map_records(records, fn)
+
+
+def _labels(records: Any) -> list[Any]:
+    """Gold labels of a split; a split without a label column (GLUE test files) is unlabelled."""
+    return records["label"] if "label" in records.column_names else [None] * len(records)
 
 
 def _float_label(value: Any) -> float:
@@ -92,7 +98,8 @@ def encode_regression(
 
     def fn(batch: dict[str, list]) -> dict[str, list]:
         out = _tokenize(batch, tokenizer, spec.batch.max_length)
-        out["labels"] = [_float_label(v) for v in batch["label"]]
+        labels = batch["label"] if "label" in batch else [None] * len(batch["text"])  # unlabelled test split
+        out["labels"] = [_float_label(v) for v in labels]
         return out
 
     return map_records(records, fn)
@@ -149,7 +156,7 @@ def score(
     Per-record predictions are label names."""
     names = info["labels"]
     index = {n: i for i, n in enumerate(names)}
-    gold = [IGNORE if v in UNLABELLED else index.get(label_str(v), len(names)) for v in records["label"]]
+    gold = [IGNORE if v in UNLABELLED else index.get(label_str(v), len(names)) for v in _labels(records)]
     keep = [i for i, g in enumerate(gold) if g != IGNORE]
     written = [names[p] for p in predictions]
     if not keep:
@@ -171,7 +178,7 @@ def score_regression(
     info: Info,
 ) -> tuple[dict[str, float], list[float]]:
     """pearson and spearman over the labelled records (a split whose labels are all -1 is unlabelled)."""
-    gold = [_float_label(v) for v in records["label"]]
+    gold = [_float_label(v) for v in _labels(records)]
     keep = [i for i, g in enumerate(gold) if not math.isnan(g)]
     if not keep or all(gold[i] == -1 for i in keep):
         return {}, predictions
@@ -185,7 +192,7 @@ def write_predictions(path: Path, predictions: list[Any], records: datasets.Data
     with path.open("w", encoding="utf-8") as f:
         f.write("index\tprediction\n")
         for rid, p in zip(record_ids(records), predictions, strict=True):
-            f.write(f"{rid}\t{p:.4f}\n" if isinstance(p, float) else f"{rid}\t{p}\n")
+            f.write(f"{rid}\t{p!r}\n" if isinstance(p, float) else f"{rid}\t{p}\n")
 
 
 KIND = Kind(

@@ -1,0 +1,304 @@
+"""`metapt compare`: pretrain one encoder per scheduler (and seed) from the same initialisation under the
+same compute, finetune each on the downstream tasks, and write results.md, results.json and plots.
+
+Same initialisation: a run seeds torch before it builds the encoder and trains its WordPiece on the
+same sources, so every scheduler of one seed starts from identical weights and vocabulary. Equal
+compute: with a FLOPs budget every run stops after the episode in which selection + training FLOPs
+reach it, so the meta scheduler pays for its selection out of the budget it trains with. Model
+selection (the best finetuning epoch) uses validation only; test scores are reported, never used.
+
+Layout: OUT/<scheduler>/seed-<s>/ is a pretraining output dir with report.png and finetune/<task>/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from metapt import report
+from metapt.catalog import KINDS, SCHEDULERS
+from metapt.engine import pretrain
+from metapt.errors import MetaptError
+from metapt.finetune import aggregate, finetune_one, task_spec
+from metapt.runspec import override
+from metapt.spec import RunSpec, TaskSpec, _suggest
+
+Callback = Callable[[str, dict[str, Any]], None]
+DEFAULT_DOWNSTREAM = "conll2012-synthetic"  # agnostic runs: the synthetic world's SRL task
+# With a budget the episode count only sets the LR schedule's length (the budget stops the run): an
+# estimate from one probe episode, with room for episodes cheaper than the probe's.
+CAP_SLACK = 1.25
+
+
+def parse_schedulers(text: str) -> list[str]:
+    """Comma-separated scheduler names, checked against the known ones."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    allowed = ", ".join(SCHEDULERS)
+    if not names:
+        raise MetaptError(f"--schedulers {text!r}: name at least one scheduler; allowed: {allowed}")
+    for name in names:
+        if name not in SCHEDULERS:
+            raise MetaptError(
+                f"--schedulers: unknown scheduler {name!r}{_suggest(name, SCHEDULERS)}; allowed: {allowed}"
+            )
+    if len(set(names)) != len(names):
+        raise MetaptError(f"--schedulers {text!r}: each scheduler may appear once")
+    return names
+
+
+def downstream_tasks(spec: RunSpec, names: str | None) -> list[TaskSpec]:
+    """The --downstream tasks (names or spec files); default: an aware run's targets, else
+    conll2012-synthetic. Each needs a labelled train and validation split."""
+    if names is not None:
+        tasks = [task_spec(n.strip(), None, {}) for n in names.split(",") if n.strip()]
+        if not tasks:
+            raise MetaptError(f"--downstream {names!r}: name at least one task")
+    elif spec.meta.setting == "aware":
+        tasks = list(spec.targets)
+    else:
+        tasks = [task_spec(DEFAULT_DOWNSTREAM, None, {})]
+    for t in tasks:
+        if KINDS[t.kind].role == "source":
+            raise MetaptError(
+                f"--downstream: {t.name!r} is a {t.kind} task, a pretraining objective; "
+                "name labelled tasks (see `metapt inspect-tasks`)"
+            )
+        missing = [s for s in ("train", "validation") if s not in t.data.splits()]
+        if missing:
+            raise MetaptError(
+                f"--downstream: task {t.name!r} has no {' or '.join(missing)} split; finetuning keeps the "
+                "best epoch by validation, so both are needed"
+            )
+    if len({t.name for t in tasks}) != len(tasks):
+        raise MetaptError("--downstream: each task may appear once")
+    return tasks
+
+
+def with_scheduler(spec: RunSpec, scheduler: str) -> RunSpec:
+    """The run spec with another [meta].scheduler."""
+    return dataclasses.replace(spec, meta=dataclasses.replace(spec.meta, scheduler=scheduler))
+
+
+def episode_caps(
+    spec: RunSpec, schedulers: list[str], seed: int, budget: float, out: Path, device: str | None
+) -> dict[str, dict[str, float]]:
+    """Run one probe episode per scheduler: refuse a budget smaller than any first episode, and size
+    each run's LR schedule to the episodes the budget buys (selection spread over select_every)."""
+    probes: dict[str, dict[str, float]] = {}
+    try:
+        for s in schedulers:
+            where = out / ".probe" / s
+            summary = pretrain(
+                override(with_scheduler(spec, s), episodes=1, output_dir=where, seed=seed, device=device)
+            )
+            if not summary["complete"]:
+                raise KeyboardInterrupt  # Ctrl-C during the probe
+            sel, train = summary["totals"]["selection_flops"], summary["totals"]["train_flops"]
+            per_episode = train + sel / (spec.meta.select_every if s == "meta" else 1)
+            probes[s] = {
+                "first_episode_flops": sel + train,
+                "cap": max(1, math.ceil(CAP_SLACK * budget / per_episode)),
+            }
+    finally:
+        shutil.rmtree(out / ".probe", ignore_errors=True)
+    short = {s: p["first_episode_flops"] for s, p in probes.items() if p["first_episode_flops"] > budget}
+    if short:
+        needs = ", ".join(f"{s} needs {v:.3g}" for s, v in short.items())
+        least = max(p["first_episode_flops"] for p in probes.values())
+        raise MetaptError(
+            f"--budget {budget:.3g} FLOPs is smaller than one episode ({needs}); "
+            f"give at least {least:.3g}, or use --episodes"
+        )
+    return probes
+
+
+def pretrain_run(
+    spec: RunSpec,
+    scheduler: str,
+    seed: int,
+    run_dir: Path,
+    episodes: int,
+    budget: float | None,
+    device: str | None,
+    callback: Callback,
+) -> dict[str, Any]:
+    """Pretrain one (scheduler, seed) into run_dir and return its costs and task counts."""
+
+    def forward(event: str, data: dict[str, Any]) -> None:
+        if event == "episode":
+            callback("episode", {**data, "scheduler": scheduler, "seed": seed, "episodes": episodes})
+
+    run_spec = override(
+        with_scheduler(spec, scheduler), episodes=episodes, output_dir=run_dir, seed=seed, device=device
+    )
+    start = time.perf_counter()
+    summary = pretrain(run_spec, callback=forward, max_flops=budget)
+    totals = summary["totals"]
+    loop = totals["selection_seconds"] + totals["train_seconds"]
+    setup = time.perf_counter() - start - loop
+    total = totals["selection_flops"] + totals["train_flops"]
+    if not summary["complete"] and (budget is None or total < budget):
+        raise KeyboardInterrupt  # Ctrl-C stopped the run early: do not go on to the next one
+    return {
+        "seed": seed,
+        "dir": str(run_dir),
+        "episodes": summary["episodes"],
+        "episode_cap": episodes,
+        "selection_flops": totals["selection_flops"],
+        "train_flops": totals["train_flops"],
+        "total_flops": total,
+        "selection_seconds": totals["selection_seconds"],
+        "train_seconds": totals["train_seconds"],
+        "wall_seconds": loop,
+        "setup_seconds": setup,
+        "tokens": totals["tokens"],
+        "counts": {t.name: summary["counts"].get(t.name, 0) for t in spec.sources},
+        "budget_reached": budget is None or total >= budget,
+    }
+
+
+def finetune_run(
+    run_dir: Path, tasks: list[TaskSpec], seed: int, device: str, callback: Callback
+) -> dict[str, dict[str, Any]]:
+    """Finetune the encoder in run_dir on every downstream task: task -> finetune results."""
+    out = {}
+    for t in tasks:
+        out[t.name] = r = finetune_one(
+            str(run_dir), t, seed, run_dir / "finetune" / t.name, device_name=device
+        )
+        callback(
+            "finetuned",
+            {"seed": seed, "task": t.name, "main_metric": r["main_metric"], "metrics": r["metrics"]},
+        )
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values)
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(
+    runs: list[dict[str, Any]], finetuned: list[dict[str, dict]], tasks: list[str]
+) -> dict[str, Any]:
+    """One scheduler's entry of results.json: pretraining means over seeds and downstream mean/std."""
+    keys = (
+        "selection_flops",
+        "train_flops",
+        "total_flops",
+        "selection_seconds",
+        "train_seconds",
+        "wall_seconds",
+        "setup_seconds",
+    )
+    pre: dict[str, Any] = {k: _mean([r[k] for r in runs]) for k in keys}
+    pre["total_flops_std"] = _std([r["total_flops"] for r in runs])
+    pre["episodes"] = _mean([r["episodes"] for r in runs])
+    pre["counts"] = {t: _mean([r["counts"][t] for r in runs]) for t in runs[0]["counts"]}
+    return {
+        "seeds": [r["seed"] for r in runs],
+        "pretrain": pre,
+        "downstream": {t: aggregate([f[t] for f in finetuned]) for t in tasks},
+        "main_metric": {t: finetuned[0][t]["main_metric"] for t in tasks},
+        "runs": runs,
+    }
+
+
+def compare(
+    spec: RunSpec,
+    schedulers: list[str],
+    seeds: list[int],
+    tasks: list[TaskSpec],
+    out: Path,
+    budget: float | None = None,
+    episodes: int | None = None,
+    device: str | None = None,
+    callback: Callback | None = None,
+) -> dict[str, Any]:
+    """Pretrain, finetune and report every (scheduler, seed); write OUT/results.{md,json} and plots."""
+    callback = callback or (lambda event, data: None)
+    if budget is not None and episodes is not None:
+        raise MetaptError("--budget and --episodes both given; choose one (equal FLOPs or equal episodes)")
+    if budget is not None and not budget > 0:
+        raise MetaptError(f"--budget {budget}: expected a positive number of FLOPs such as 2e12")
+    report.require_matplotlib()
+    out = Path(out)
+    caps = episode_caps(spec, schedulers, seeds[0], budget, out, device) if budget is not None else {}
+    for s, probe in caps.items():
+        callback("probe", {"scheduler": s, **probe})
+    results: dict[str, Any] = {
+        "run_spec": spec.path,
+        "setting": spec.meta.setting,
+        "sources": [t.name for t in spec.sources],
+        "seeds": seeds,
+        "budget": budget,
+        "episodes": None if budget is not None else episodes or spec.run.episodes,
+        "downstream_tasks": [t.name for t in tasks],
+        "model_selection": "best finetuning epoch by the validation main metric; test is reported only",
+        "schedulers": {},
+    }
+    total, index = len(schedulers) * len(seeds), 0
+    for s in schedulers:
+        runs, finetuned = [], []
+        for seed in seeds:
+            index += 1
+            run_dir = out / s / f"seed-{seed}"
+            n = int(caps[s]["cap"]) if budget is not None else results["episodes"]
+            callback(
+                "run", {"scheduler": s, "seed": seed, "index": index, "total": total, "dir": str(run_dir)}
+            )
+            runs.append(pretrain_run(spec, s, seed, run_dir, n, budget, device, callback))
+            callback("pretrained", {"scheduler": s, **runs[-1]})
+            report.report(run_dir)
+            finetuned.append(finetune_run(run_dir, tasks, seed, device or spec.run.device, callback))
+            runs[-1]["finetune"] = {t.name: str(run_dir / "finetune" / t.name) for t in tasks}
+        results["schedulers"][s] = summarise(runs, finetuned, [t.name for t in tasks])
+    results["best"] = report.best_by_validation(results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(report.markdown(results))
+    report.compare_plot(results, out / "compare.png")
+    callback("done", {"dir": str(out)})
+    return results
+
+
+def describe(event: str, data: dict[str, Any]) -> str | None:
+    """One progress line for the CLI (None: nothing worth a line)."""
+    if event == "probe":
+        return (
+            f"probe {data['scheduler']}: first episode {data['first_episode_flops']:.3g} FLOPs, "
+            f"LR schedule over {int(data['cap'])} episodes"
+        )
+    if event == "run":
+        return (
+            f"[{data['index']}/{data['total']}] pretraining {data['scheduler']}, seed {data['seed']} "
+            f"-> {data['dir']}"
+        )
+    if event == "pretrained":
+        return (
+            f"  {_episodes(data['episodes'])}, {data['total_flops']:.3g} FLOPs (selection "
+            f"{data['selection_flops']:.3g}), {data['wall_seconds']:.1f}s; chosen "
+            + ", ".join(f"{t} {c}" for t, c in data["counts"].items())
+        )
+    if event == "finetuned":
+        shown = "  ".join(
+            f"{split} {data['main_metric']} {m[data['main_metric']]:.2f}"
+            for split, m in data["metrics"].items()
+            if data["main_metric"] in m
+        )
+        return f"  finetuned {data['task']}: {shown}"
+    return None
+
+
+def _episodes(n: float) -> str:
+    return f"{n:g} episode{'' if n == 1 else 's'}"

@@ -1,0 +1,357 @@
+"""`metapt report`: plot a run's metrics.jsonl (choices, utilities, losses, selection time) as one PNG
+or a self-contained HTML page; and what `metapt compare` shows: compare.png and results.md.
+
+matplotlib is an optional extra: it is imported inside the drawing functions, and figures are drawn
+on an Agg canvas directly (no pyplot), so nothing here touches a global backend or opens a window.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from metapt.errors import MetaptError
+
+FORMATS = (".png", ".html")
+
+
+def require_matplotlib() -> None:
+    """MetaptError when the `plot` extra (matplotlib) is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MetaptError(
+            'plots need matplotlib, which is not installed; install it with: pip install "metapt[plot]"'
+        ) from None
+
+
+def _figure(width: float, height: float) -> Any:
+    """A matplotlib Figure on an Agg canvas."""
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The episode records of RUN_DIR/metrics.jsonl, in episode order."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        what = "no such folder" if not Path(run_dir).is_dir() else "no metrics.jsonl in it"
+        raise MetaptError(
+            f"{run_dir}: {what}; give the output folder of `metapt pretrain` (it holds metrics.jsonl)"
+        )
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or "episode" not in record or "chosen" not in record:
+            raise MetaptError(
+                f"{path}:{number}: not an episode record (expected a JSON object with episode and chosen)"
+            )
+        records.append(record)
+    if not records:
+        raise MetaptError(f"{path}: no episodes recorded yet")
+    return sorted(records, key=lambda r: r["episode"])
+
+
+def _run_facts(run_dir: Path) -> tuple[str, list[str]]:
+    """(a title, the source tasks) from the checkpoint's metapt.json and heads.json when present, so a
+    baseline's plot lists the tasks it never chose too."""
+    title, sources = run_dir.resolve().name, []
+    try:
+        manifest = json.loads((run_dir / "metapt.json").read_text())
+        title = f"{manifest['scheduler']} scheduler, {manifest['setting']}, seed {manifest['seed']}"
+        heads = json.loads((run_dir / "heads.json").read_text())
+        sources = [name for name, head in heads.items() if head.get("role") == "source"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # metrics.jsonl alone is enough to draw
+    return title, sources
+
+
+def _tasks(records: list[dict[str, Any]], known: list[str] = ()) -> list[str]:
+    """Source tasks: the known ones, then any others in order of first appearance."""
+    seen: dict[str, None] = dict.fromkeys(known)
+    for r in records:
+        for name in (*r.get("utilities", {}), r["chosen"]):
+            seen.setdefault(name, None)
+    return list(seen)
+
+
+def draw_run(records: list[dict[str, Any]], title: str, sources: list[str] = ()) -> Any:
+    """One figure, four panels: choices over episodes, utilities, losses, and time spent selecting."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(12, 8.5)
+    (choice, utility), (loss, share) = fig.subplots(2, 2)
+    episodes = [r["episode"] for r in records]
+    for ax in (choice, utility, loss, share):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlim(episodes[0] - 0.5, episodes[-1] + 0.5)
+    tasks = _tasks(records, sources)
+    row = {t: i for i, t in enumerate(tasks)}
+
+    for kind, color, marker, label in (
+        ("chosen", "tab:blue", "s", "chosen"),
+        ("explored", "tab:red", "X", "explored"),
+        ("reused", "tab:gray", "s", "reused (no selection)"),
+    ):
+        picked = [r for r in records if _how(r) == kind]
+        if picked:
+            choice.scatter(
+                [r["episode"] for r in picked],
+                [row[r["chosen"]] for r in picked],
+                c=color,
+                marker=marker,
+                s=30,
+                label=label,
+            )
+    choice.set_yticks(range(len(tasks)), tasks)
+    choice.set_ylim(-0.5, len(tasks) - 0.5 + 0.6)  # headroom for the legend above the top task
+    choice.set(title="task chosen per episode", xlabel="episode")
+    choice.legend(loc="upper center", ncol=3, fontsize="small")
+
+    scored = [r for r in records if r.get("utilities")]
+    for t in tasks:
+        points = [(r["episode"], r["utilities"][t]) for r in scored if t in r["utilities"]]
+        if points:
+            utility.plot(*zip(*points), marker=".", label=t)
+    if scored:
+        utility.legend(fontsize="small")
+    else:
+        utility.text(0.5, 0.5, "no utilities: a baseline scheduler", ha="center", transform=utility.transAxes)
+        utility.set_xticks([])
+        utility.set_yticks([])
+    utility.set(title="utility of each source task", xlabel="episode", ylabel="utility")
+
+    loss.plot(episodes, [r["train_loss"] for r in records], marker=".", label="training loss (chosen task)")
+    targets = [(r["episode"], r["target_loss"]) for r in records if r.get("target_loss") is not None]
+    if targets:
+        loss.plot(*zip(*targets), marker=".", label="target loss (before the step)")
+    loss.set(title="losses", xlabel="episode", ylabel="loss")
+    loss.legend(fontsize="small")
+
+    sel = [r.get("selection_seconds", 0.0) for r in records]
+    train = [r.get("train_seconds", 0.0) for r in records]
+    per_episode = [s / max(1e-12, s + t) for s, t in zip(sel, train)]
+    cumulative, s_sum, t_sum = [], 0.0, 0.0
+    for s, t in zip(sel, train):
+        s_sum, t_sum = s_sum + s, t_sum + t
+        cumulative.append(s_sum / max(1e-12, s_sum + t_sum))
+    share.bar(episodes, per_episode, color="tab:orange", alpha=0.6, label="per episode")
+    share.plot(episodes, cumulative, color="black", marker=".", label="cumulative")
+    share.set_ylim(0, 1)
+    share.set(title="share of wall time spent selecting", xlabel="episode", ylabel="selection / total")
+    share.legend(fontsize="small")
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _how(record: dict[str, Any]) -> str:
+    return "explored" if record.get("explored") else "reused" if record.get("reused") else "chosen"
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def counts_table(records: list[dict[str, Any]], sources: list[str] = ()) -> list[dict[str, Any]]:
+    """Per source task: episodes chosen, of which explored, and the share of all episodes."""
+    rows = []
+    for t in _tasks(records, sources):
+        mine = [r for r in records if r["chosen"] == t]
+        rows.append(
+            {
+                "task": t,
+                "chosen": len(mine),
+                "explored": sum(1 for r in mine if r.get("explored")),
+                "share": len(mine) / len(records),
+            }
+        )
+    return rows
+
+
+def _html(png: bytes, title: str, rows: list[dict[str, Any]]) -> str:
+    body = "\n".join(
+        f"<tr><td>{html.escape(r['task'])}</td><td>{r['chosen']}</td><td>{r['explored']}</td>"
+        f"<td>{100 * r['share']:.0f}%</td></tr>"
+        for r in rows
+    )
+    image = base64.b64encode(png).decode("ascii")
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}td:first-child{{text-align:left}}</style>
+</head><body>
+<h1>{html.escape(title)}</h1>
+<img alt="choices, utilities, losses and selection time" src="data:image/png;base64,{image}">
+<h2>How often each source task was chosen</h2>
+<table><tr><th>task</th><th>episodes</th><th>explored</th><th>share</th></tr>
+{body}
+</table>
+</body></html>
+"""
+
+
+def report(run_dir: Path, output: Path | None = None) -> Path:
+    """Draw RUN_DIR/metrics.jsonl to OUTPUT (.png or .html; default RUN_DIR/report.png)."""
+    run_dir = Path(run_dir)
+    output = Path(output) if output is not None else run_dir / "report.png"
+    if output.suffix.lower() not in FORMATS:
+        raise MetaptError(f"--output {output}: unknown format {output.suffix!r}; allowed: .png, .html")
+    records = read_metrics(run_dir)
+    title, sources = _run_facts(run_dir)
+    title = f"{title}: {len(records)} episode{'' if len(records) == 1 else 's'} ({run_dir})"
+    png = _png(draw_run(records, title, sources))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix.lower() == ".png":
+        output.write_bytes(png)
+    else:
+        output.write_text(_html(png, title, counts_table(records, sources)), encoding="utf-8")
+    return output
+
+
+def compare_plot(results: dict[str, Any], output: Path) -> Path:
+    """Downstream main score against pretraining FLOPs per scheduler (mean ± std over seeds): one panel
+    per downstream task; filled markers validation, hollow markers test."""
+    tasks = results["downstream_tasks"]
+    fig = _figure(max(8.0, 5.5 * len(tasks)), 4.5)
+    axes = fig.subplots(1, max(1, len(tasks)), squeeze=False)[0]
+    colors = [f"C{i}" for i in range(10)]
+    for ax, task in zip(axes, tasks):
+        metric = None
+        for i, (name, entry) in enumerate(results["schedulers"].items()):
+            metric = entry["main_metric"][task]
+            x = entry["pretrain"]["total_flops"]
+            xerr = entry["pretrain"]["total_flops_std"]
+            for split, face in (("validation", colors[i % 10]), ("test", "none")):
+                score = entry["downstream"][task].get(split, {}).get(metric)
+                if score is None:
+                    continue
+                ax.errorbar(
+                    x,
+                    score["mean"],
+                    xerr=xerr,
+                    yerr=score["std"],
+                    fmt="o",
+                    color=colors[i % 10],
+                    markerfacecolor=face,
+                    capsize=3,
+                    label=name if split == "validation" else None,
+                )
+        ax.set(title=f"{task}: {metric}", xlabel="pretraining FLOPs (selection + training)")
+        ax.set_ylabel(metric or "score")
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+        ax.legend(fontsize="small")
+    if not tasks:
+        axes[0].text(0.5, 0.5, "no downstream tasks", ha="center", transform=axes[0].transAxes)
+    fig.suptitle(
+        "downstream score against pretraining compute, mean ± std over seeds\n"
+        "(filled: validation, hollow: test)",
+        fontsize="medium",
+    )
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(_png(fig))
+    return output
+
+
+def best_by_validation(results: dict[str, Any]) -> dict[str, list[str]]:
+    """Per downstream task, the schedulers with the highest validation mean of the main metric (ties
+    share it). Test scores play no part."""
+    best = {}
+    for t in results["downstream_tasks"]:
+        scores = {}
+        for s, entry in results["schedulers"].items():
+            v = entry["downstream"][t].get("validation", {}).get(entry["main_metric"][t])
+            if v is not None:
+                scores[s] = v["mean"]
+        if scores:
+            best[t] = [s for s, v in scores.items() if v == max(scores.values())]
+    return best
+
+
+def _score(entry: dict[str, Any], task: str, split: str) -> str:
+    v = entry["downstream"][task].get(split, {}).get(entry["main_metric"][task])
+    return "-" if v is None else f"{v['mean']:.2f} ± {v['std']:.2f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """results.md: the comparison table, how often each source was chosen, and what was run."""
+    schedulers, tasks = results["schedulers"], results["downstream_tasks"]
+    first = next(iter(schedulers.values()))
+    compute = (
+        f"a budget of {results['budget']:.3g} FLOPs per run (selection FLOPs count against it)"
+        if results["budget"] is not None
+        else f"{results['episodes']} episode{'' if results['episodes'] == 1 else 's'} per run"
+    )
+    lines = [
+        f"# Scheduler comparison: {results['run_spec']}",
+        "",
+        f"Setting {results['setting']}; sources {', '.join(results['sources'])}; seeds "
+        f"{', '.join(map(str, results['seeds']))}; {compute}. Scores are mean ± standard deviation over "
+        "seeds. Each finetuning run keeps its best epoch by the validation main metric; test scores are "
+        "reported, never used to choose. **Bold**: best validation mean per task.",
+        "",
+    ]
+    header = [
+        "scheduler",
+        "episodes",
+        "selection FLOPs",
+        "training FLOPs",
+        "total FLOPs",
+        "wall s (selection + training)",
+    ]
+    for t in tasks:
+        metric = first["main_metric"][t]
+        header += [f"{t} {metric} (validation)", f"{t} {metric} (test)"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for s, e in schedulers.items():
+        p = e["pretrain"]
+        row = [s, f"{p['episodes']:g}", f"{p['selection_flops']:.3g}", f"{p['train_flops']:.3g}"]
+        row += [
+            f"{p['total_flops']:.3g}",
+            f"{p['wall_seconds']:.1f} ({p['selection_seconds']:.1f} + {p['train_seconds']:.1f})",
+        ]
+        for t in tasks:
+            val = _score(e, t, "validation")
+            row += [f"**{val}**" if s in results["best"].get(t, ()) else val, _score(e, t, "test")]
+        lines.append("| " + " | ".join(row) + " |")
+    for s, e in schedulers.items():
+        for r in e["runs"]:
+            if not r["budget_reached"]:
+                lines.append(
+                    f"\nNote: {s}, seed {r['seed']} reached its episode cap ({r['episode_cap']}) with "
+                    f"{r['total_flops']:.3g} FLOPs, before the budget."
+                )
+    lines += ["", "## Source tasks chosen (episodes, mean over seeds)", ""]
+    sources = results["sources"]
+    lines += ["| scheduler | " + " | ".join(sources) + " |", "|" + "---|" * (len(sources) + 1)]
+    for s, e in schedulers.items():
+        counts, n = e["pretrain"]["counts"], max(1e-12, e["pretrain"]["episodes"])
+        lines.append(
+            f"| {s} | " + " | ".join(f"{counts[t]:g} ({100 * counts[t] / n:.0f}%)" for t in sources) + " |"
+        )
+    lines += [
+        "",
+        "Files: `<scheduler>/seed-<s>/` is each pretraining run (metrics.jsonl, report.png, checkpoint) "
+        "with `finetune/<task>/` inside; `compare.png` plots the downstream score against total "
+        "pretraining FLOPs.",
+        "",
+    ]
+    return "\n".join(lines)

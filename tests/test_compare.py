@@ -1,0 +1,262 @@
+"""`metapt compare` and `metapt report` on a tiny agnostic run (1-layer, 32-wide BERT, two 40-example
+masked-LM sources, 2 episodes of 1 batch) with a tiny synthetic CoNLL-2012 SRL task downstream."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import write
+from typer.testing import CliRunner
+
+from metapt.cli import app
+from metapt.errors import MetaptError
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "compare"
+RUN = FIXTURES / "run.toml"
+SRL = FIXTURES / "tasks" / "srl.toml"
+SOURCES = ["mlm", "mlm_shuffled"]
+PRETRAIN_KEYS = {"selection_flops", "train_flops", "total_flops", "wall_seconds", "episodes", "counts"}
+
+
+def _assert_drawn(path: Path) -> None:
+    """A real PNG with content: big enough, and not one flat colour."""
+    from matplotlib.image import imread
+
+    pixels = imread(path)  # (H, W, 3 or 4), floats in [0, 1]
+    assert pixels.ndim == 3 and pixels.shape[2] in (3, 4)
+    assert pixels.shape[0] > 200 and pixels.shape[1] > 200
+    assert pixels[..., :3].std() > 0.05
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`metapt compare` with meta and uniform, one seed, 2 episodes each, finetuned on SRL."""
+    out = tmp_path_factory.mktemp("compare") / "out"
+    result = CliRunner(env={"METAPT_DEBUG": "0", "COLUMNS": "400"}).invoke(
+        app,
+        ["compare", str(RUN), "--schedulers", "meta,uniform", "--seeds", "1"]
+        + ["--downstream", str(SRL), "--output-dir", str(out), "--quiet"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "| meta | 2 |" in result.stdout
+    return out
+
+
+def test_compare_writes_results_json_with_every_field(compared: Path) -> None:
+    results = json.loads((compared / "results.json").read_text())
+    assert list(results["schedulers"]) == ["meta", "uniform"]
+    assert results["downstream_tasks"] == ["srl-tiny"] and results["sources"] == SOURCES
+    assert results["episodes"] == 2 and results["budget"] is None and results["seeds"] == [1]
+    for name, entry in results["schedulers"].items():
+        assert entry["seeds"] == [1]
+        pre = entry["pretrain"]
+        assert PRETRAIN_KEYS <= set(pre)
+        assert pre["train_flops"] > 0 and pre["wall_seconds"] > 0
+        assert pre["total_flops"] == pre["selection_flops"] + pre["train_flops"]
+        assert pre["episodes"] == 2 and sum(pre["counts"].values()) == 2
+        assert set(pre["counts"]) == set(SOURCES)
+        assert entry["main_metric"] == {"srl-tiny": "f1"}
+        srl = entry["downstream"]["srl-tiny"]
+        assert set(srl) == {"validation", "test"}  # synthetic data has a labelled test split
+        for split in srl.values():
+            assert set(split) == {"precision", "recall", "f1"}
+            for score in split.values():
+                assert set(score) == {"mean", "std", "values"}
+                assert len(score["values"]) == 1 and score["std"] == 0.0
+                assert score["mean"] == score["values"][0]
+        run = compared / name / "seed-1"
+        finetuned = json.loads((run / "finetune" / "srl-tiny" / "results.json").read_text())
+        assert finetuned["metrics"]["test"]["f1"] == srl["test"]["f1"]["mean"]
+        assert (run / "metrics.jsonl").is_file() and (run / "report.png").is_file()
+    meta, uniform = results["schedulers"]["meta"]["pretrain"], results["schedulers"]["uniform"]["pretrain"]
+    assert meta["selection_flops"] > 0 and uniform["selection_flops"] == 0
+    # Same seed, same data, same first batches: training FLOPs are identical when the same tasks ran.
+    assert meta["total_flops"] > uniform["total_flops"]
+
+
+def test_compare_writes_a_markdown_table_and_a_plot(compared: Path) -> None:
+    text = (compared / "results.md").read_text()
+    assert "| scheduler | episodes | selection FLOPs | training FLOPs | total FLOPs |" in text
+    assert "srl-tiny f1 (validation)" in text and "srl-tiny f1 (test)" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| meta |", "| uniform |"))]
+    assert len(rows) == 4  # the scores table and the chosen-tasks table
+    assert "| uniform | 2 | 0 |" in text
+    _assert_drawn(compared / "compare.png")
+
+
+def test_schedulers_start_from_the_same_weights_and_vocabulary() -> None:
+    """The comparison is fair only if the run seed alone fixes the initial encoder and WordPiece."""
+    from metapt.compare import with_scheduler
+    from metapt.engine import setup
+    from metapt.resolve import parse_run
+    from metapt.runspec import override
+
+    spec = parse_run(RUN)
+
+    def initial(scheduler: str, seed: int) -> tuple[dict, dict]:
+        run = setup(override(with_scheduler(spec, scheduler), seed=seed), resume=False)
+        return run.model.encoder.state_dict(), run.tokenizer.get_vocab()
+
+    meta_weights, meta_vocab = initial("meta", 0)
+    for scheduler in ("uniform", "single"):
+        weights, vocab = initial(scheduler, 0)
+        assert vocab == meta_vocab
+        assert weights.keys() == meta_weights.keys()
+        assert all(weights[k].equal(meta_weights[k]) for k in weights)
+    other, _ = initial("meta", 1)
+    assert not other["embeddings.word_embeddings.weight"].equal(
+        meta_weights["embeddings.word_embeddings.weight"]
+    )
+
+
+def test_a_budget_stops_every_scheduler_at_about_the_same_flops(compared: Path, tmp_path: Path) -> None:
+    from metapt.compare import compare
+    from metapt.resolve import parse_run
+
+    first = json.loads((compared / "meta" / "seed-1" / "metrics.jsonl").read_text().splitlines()[0])
+    meta_episode = first["selection_flops"] + first["train_flops"]
+    budget = 2.5 * meta_episode
+    results = compare(parse_run(RUN), ["meta", "uniform"], [1], [], tmp_path / "out", budget=budget)
+    meta, uniform = (results["schedulers"][s]["pretrain"] for s in ("meta", "uniform"))
+    assert results["budget"] == budget and results["episodes"] is None
+    # The engine stops after the episode that reaches the budget: each total is in [budget, +1 episode).
+    assert budget <= meta["total_flops"] < budget + meta_episode
+    assert budget <= uniform["total_flops"] < budget + first["train_flops"] * 1.5
+    assert meta["episodes"] == 3  # selection counts: 2.5 meta episodes of budget buy 3 episodes
+    assert uniform["episodes"] > 2 * meta["episodes"]
+    assert sum(uniform["counts"].values()) == uniform["episodes"]
+    for entry in results["schedulers"].values():
+        assert entry["runs"][0]["budget_reached"] and entry["downstream"] == {}
+    assert not (tmp_path / "out" / ".probe").exists()
+    assert "a budget of" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_report_writes_a_png_and_an_html_page(compared: Path, runner: CliRunner, tmp_path: Path) -> None:
+    run = compared / "meta" / "seed-1"
+    png = tmp_path / "meta.png"
+    result = runner.invoke(app, ["report", str(run), "--output", str(png)])
+    assert result.exit_code == 0, result.output
+    _assert_drawn(png)
+    page = tmp_path / "meta.html"
+    result = runner.invoke(app, ["report", str(run), "--output", str(page)])
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    assert "data:image/png;base64," in html
+    counts = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["counts"]
+    for task in SOURCES:
+        assert f"<tr><td>{task}</td><td>{counts.get(task, 0)}</td>" in html
+
+
+def test_report_defaults_to_run_dir_report_png(compared: Path, runner: CliRunner, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text((compared / "uniform" / "seed-1" / "metrics.jsonl").read_text())
+    result = runner.invoke(app, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    _assert_drawn(run / "report.png")
+
+
+def test_report_without_metrics_exits_2(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "no metrics.jsonl" in result.stderr and "Traceback" not in result.output
+
+
+def test_report_on_a_malformed_line_names_it(runner: CliRunner, tmp_path: Path) -> None:
+    write(tmp_path, "metrics.jsonl", '{"episode": 1, "chosen": "mlm", "train_loss": 1.0}\nnot json\n')
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2
+    assert f"{tmp_path / 'metrics.jsonl'}:2: not an episode record" in result.stderr
+
+
+def test_report_refuses_an_unknown_format(runner: CliRunner, tmp_path: Path) -> None:
+    write(tmp_path, "metrics.jsonl", '{"episode": 1, "chosen": "mlm", "train_loss": 1.0}\n')
+    result = runner.invoke(app, ["report", str(tmp_path), "--output", str(tmp_path / "r.pdf")])
+    assert result.exit_code == 2
+    assert "unknown format '.pdf'; allowed: .png, .html" in result.stderr
+
+
+def test_report_without_matplotlib_says_how_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from metapt.report import report
+
+    write(tmp_path, "metrics.jsonl", '{"episode": 1, "chosen": "mlm", "train_loss": 1.0}\n')
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(MetaptError, match=r'pip install "metapt\[plot\]"'):
+        report(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--schedulers", "meta,unifrom"],
+            "unknown scheduler 'unifrom' (did you mean 'uniform'?); allowed: meta",
+        ),
+        (["--schedulers", "meta,meta"], "each scheduler may appear once"),
+        (["--seeds", "1,x"], "--seeds '1,x': expected comma-separated integers"),
+        (["--seeds", "2,2"], "expected distinct non-negative integers"),
+        (["--budget", "1e9", "--episodes", "2"], "--budget and --episodes both given"),
+        (["--budget", "0"], "--budget 0.0: expected a positive number of FLOPs"),
+        (
+            ["--downstream", str(FIXTURES / "tasks" / "mlm.toml")],
+            "'mlm' is a masked_lm task, a pretraining objective",
+        ),
+        (["--downstream", "no-such-task"], "unknown task 'no-such-task'"),
+    ],
+)
+def test_compare_bad_input_exits_2(runner: CliRunner, tmp_path: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["compare", str(RUN), "--output-dir", str(tmp_path), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert not (tmp_path / "meta").exists()  # refused before any pretraining
+
+
+def test_compare_a_budget_below_one_episode_exits_2(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "compare",
+            str(RUN),
+            "--schedulers",
+            "meta,uniform",
+            "--budget",
+            "1e6",
+            "--output-dir",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "--budget 1e+06 FLOPs is smaller than one episode (meta needs" in result.stderr
+    assert "uniform needs" in result.stderr and "or use --episodes" in result.stderr
+
+
+def test_markdown_bolds_every_scheduler_tied_on_validation_only() -> None:
+    from metapt.report import best_by_validation, markdown
+
+    def entry(val: float, test: float) -> dict:
+        pre = {"selection_flops": 0.0, "train_flops": 1e6, "total_flops": 1e6, "wall_seconds": 1.0}
+        pre |= {"selection_seconds": 0.0, "train_seconds": 1.0, "episodes": 2, "counts": {"a": 2}}
+        scores = {"validation": {"f1": {"mean": val, "std": 0.5, "values": []}}}
+        scores["test"] = {"f1": {"mean": test, "std": 0.0, "values": []}}
+        return {"pretrain": pre, "downstream": {"t": scores}, "main_metric": {"t": "f1"}, "runs": []}
+
+    results = {
+        "run_spec": "run.toml",
+        "setting": "agnostic",
+        "sources": ["a"],
+        "seeds": [1, 2],
+        "budget": None,
+        "episodes": 2,
+        "downstream_tasks": ["t"],
+        "schedulers": {"meta": entry(70.0, 10.0), "uniform": entry(70.0, 90.0), "single": entry(60.0, 99.0)},
+    }
+    results["best"] = best_by_validation(results)
+    assert results["best"] == {"t": ["meta", "uniform"]}  # the test score of single plays no part
+    text = markdown(results)
+    assert "| meta | 2 | 0 | 1e+06 | 1e+06 | 1.0 (0.0 + 1.0) | **70.00 ± 0.50** | 10.00 ± 0.00 |" in text
+    assert "| single | 2 | 0 | 1e+06 | 1e+06 | 1.0 (0.0 + 1.0) | 60.00 ± 0.50 | 99.00 ± 0.00 |" in text
+    assert "| meta | 2 (100%) |" in text
