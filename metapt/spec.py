@@ -227,11 +227,17 @@ def _check_value(value: Any, hint: Any, meta: dict, key: str, problems: list[str
             problems.append(f"{key}: expected a table, got {value!r}")
             return None
         if typing.get_args(hint)[1] is not Any:  # column names: a string or a list of strings
-            bad = [k for k, v in value.items() if not isinstance(v, str)
-                   and not (isinstance(v, list) and v and all(isinstance(x, str) for x in v))]
+            bad = [
+                k
+                for k, v in value.items()
+                if not isinstance(v, str)
+                and not (isinstance(v, list) and v and all(isinstance(x, str) for x in v))
+            ]
             table_key = key.replace("].", ".", 1) + "]" if key.startswith("[") else f"[{key}]"
             for k in bad:
-                problems.append(f"{table_key}.{k}: expected a column name or a list of them, got {value[k]!r}")
+                problems.append(
+                    f"{table_key}.{k}: expected a column name or a list of them, got {value[k]!r}"
+                )
         return dict(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)

@@ -24,7 +24,6 @@ from metapt.cli import app
 from metapt.data.conll import blocks, brackets_to_bio
 from metapt.data.readers import read_split
 from metapt.data.tokenizer import train_wordpiece
-from metapt.errors import DataError
 from metapt.finetune import finetune_one, task_spec
 from metapt.metrics import (
     accuracy,

@@ -9,9 +9,9 @@ only on (seed, task, counters), so a resumed or distributed run sees exactly the
 from __future__ import annotations
 
 import hashlib
-import os
 import json
 import logging
+import os
 import zlib
 from dataclasses import asdict, dataclass
 from functools import cache

@@ -353,7 +353,10 @@ def generate(corpus: str, size: int, seed: int, split: str, eval_size: int = 0) 
         )
     fmt, ext = CORPUS_FORMATS[corpus]
     path = (
-        cache_dir() / "synthetic" / f"v{GENERATOR_VERSION}" / f"{corpus}-seed{seed}-size{size}{f'-eval{eval_size}' if eval_size else ''}-{split}.{ext}"
+        cache_dir()
+        / "synthetic"
+        / f"v{GENERATOR_VERSION}"
+        / f"{corpus}-seed{seed}-size{size}{f'-eval{eval_size}' if eval_size else ''}-{split}.{ext}"
     )
     if path.exists():
         return fmt, path
