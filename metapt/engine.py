@@ -21,9 +21,17 @@ from typing import Any
 import datasets
 import torch
 
-from metapt import checkpoint, selection
+from metapt import checkpoint, distributed, selection
 from metapt.catalog import KINDS
-from metapt.data.pipeline import BatchStream, TaskData, kind_of, load_task, stream_for, train_size
+from metapt.data.pipeline import (
+    BatchStream,
+    TaskData,
+    _tokenizer_hash,
+    kind_of,
+    load_task,
+    stream_for,
+    train_size,
+)
 from metapt.data.tokenizer import load_tokenizer, train_wordpiece
 from metapt.errors import MetaptError, TrainingError
 from metapt.flops import FlopCounter, tokens
@@ -62,6 +70,8 @@ class Run:
             ("selection_seconds", "train_seconds", "selection_flops", "train_flops", "tokens"), 0.0
         )
     )
+    rank: int = 0  # under torchrun: this process's rank of `world`; only rank 0 writes
+    world: int = 1
 
 
 def pick_device(name: str) -> torch.device:
@@ -109,14 +119,23 @@ def _tokenizer(spec: RunSpec, resume_dir: Path | None, sources: list[TaskData]) 
 
 
 def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
-    """Read and encode the tasks, build the model and optimizers, and load the checkpoint on resume."""
+    """Read and encode the tasks, build the model and optimizers, and load the checkpoint on resume.
+
+    With `world` > 1 (torchrun) the process joins the group first, every rank builds the same run,
+    and the training streams deal each rank its share of every global batch."""
     out = Path(spec.run.output_dir)
-    resume_dir = checkpoint.resolve(out) if resume else None
     device = pick_device(spec.run.device)
+    if world > 1:
+        device = distributed.init(device)
+    resume_dir = checkpoint.resolve(out) if resume else None
+    if resume_dir is not None:  # every rank reads the checkpoint rank 0 wrote (a shared filesystem)
+        distributed.same_everywhere(resume_dir.name, f"the checkpoint to resume in {out}")
     meta = spec.meta
     # Records first: a trained tokenizer needs the sources' text before anything is encoded.
     raw = {t.name: load_task(t, None, ("train",), encode=False) for t in (*spec.sources, *spec.targets)}
     tokenizer = _tokenizer(spec, resume_dir, [raw[t.name] for t in spec.sources])
+    if world > 1:
+        distributed.same_everywhere(_tokenizer_hash(tokenizer), "the tokenizer (a hash of it)")
     tasks = {name: load_task(t.spec, tokenizer, ("train",), records=t.records) for name, t in raw.items()}
     # Seeded after the data: encoding a task for the first time draws from the global RNG (a cache
     # file name), and the weights must not depend on whether the feature cache was warm.
@@ -145,13 +164,15 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
     schedule = warmup_linear(optimizer, spec.run.episodes * meta.train_batches, meta.warmup_ratio)
     head_optimizer = torch.optim.AdamW(target_heads, lr=meta.head_lr) if target_heads else None
 
-    def stream(name: str, salt: str) -> BatchStream:
-        return stream_for(
-            tasks[name], tokenizer, tasks[name].spec.batch.size, spec.run.seed, salt, rank, world
-        )
+    def stream(name: str, salt: str, shares: int = 1) -> BatchStream:
+        r = rank if shares > 1 else 0
+        return stream_for(tasks[name], tokenizer, tasks[name].spec.batch.size, spec.run.seed, salt, r, shares)
 
+    # Training batches are split between the ranks; the meta step scores whole batches on every rank:
+    # a utility is nonlinear in the support batch's gradient (theta - alpha g), so averaging utilities
+    # of per-rank shares would score something else than one process does, and choose differently.
     streams = {
-        "train": {n: stream(n, "train") for n in sources},
+        "train": {n: stream(n, "train", world) for n in sources},
         "support": {n: stream(n, "support") for n in sources},
         "target": {n: stream(n, "target") for n in targets},
     }
@@ -172,9 +193,13 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
         head_optimizer,
         explore,
         FlopCounter(model),
+        rank=rank,
+        world=world,
     )
     if resume_dir is not None:
         _restore(run, resume_dir)
+    if world > 1:  # as DDP does: every rank starts from rank 0's weights
+        distributed.broadcast_parameters([model])
     return run
 
 
@@ -192,11 +217,24 @@ def _restore(run: Run, folder: Path) -> None:
     torch.set_rng_state(state["torch_rng"])
     if torch.cuda.is_available() and "cuda_rng" in state:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
+    ranks = state.get("rank_rng", [])
+    if run.world > 1 and len(ranks) == run.world:  # each rank's own dropout RNG (same world size only)
+        torch.set_rng_state(ranks[run.rank]["torch"])
+        if "cuda" in ranks[run.rank] and run.device.type == "cuda":
+            torch.cuda.set_rng_state(ranks[run.rank]["cuda"], run.device)
     run.episode, run.history, run.totals = state["episode"], list(state["history"]), dict(state["totals"])
 
 
 def save(run: Run) -> Path:
-    """Checkpoint the run after `run.episode` completed episodes."""
+    """Checkpoint the run after `run.episode` completed episodes. Every rank calls it; rank 0 writes
+    (with every rank's RNG state), and the others wait until the checkpoint is complete."""
+    rng = {"torch": torch.get_rng_state()}
+    if run.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(run.device)
+    ranks = distributed.gather(rng)
+    if run.rank != 0:
+        distributed.barrier("waiting for rank 0 to write the checkpoint")
+        return run.out / f"checkpoint-{run.episode:06d}"
     state = {
         "episode": run.episode,
         "history": run.history,
@@ -210,6 +248,8 @@ def save(run: Run) -> Path:
     }
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    if run.world > 1:
+        state["rank_rng"] = ranks
     heads_info = {
         n: {
             "kind": t.spec.kind,
@@ -226,9 +266,11 @@ def save(run: Run) -> Path:
         "seed": run.spec.run.seed,
         "episodes": run.spec.run.episodes,
     }
-    return checkpoint.save(
+    folder = checkpoint.save(
         run.out, run.episode, run.model.encoder, run.tokenizer, run.model.heads, heads_info, state, manifest
     )
+    distributed.barrier("writing the checkpoint")
+    return folder
 
 
 def _check(value: float, what: str, run: Run) -> None:
@@ -239,12 +281,43 @@ def _check(value: float, what: str, run: Run) -> None:
         )
 
 
+def _shares_targets(run: Run) -> bool:
+    """Agnostic first-order selection scores the sources' support gradients against each other
+    (`selection.shared_utilities`): no target batches. It needs M >= 2 support batches per source."""
+    meta = run.spec.meta
+    return (
+        meta.utility == "first_order"
+        and meta.setting == "agnostic"
+        and meta.support_batches >= 2
+        and run.targets == run.sources
+    )
+
+
+def _reuses_support(run: Run) -> bool:
+    """First-order selection leaves the chosen task's mean support gradient on the weights as its
+    first training step (one training batch fewer). Not under torchrun, where a training gradient must
+    be the ranks' average, nor with a single training batch (the episode would have no fresh one)."""
+    return run.spec.meta.utility == "first_order" and run.spec.meta.train_batches > 1 and run.world == 1
+
+
+def _step(run: Run) -> None:
+    """One AdamW step with the gradients on the weights, then clear them."""
+    if run.spec.meta.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.spec.meta.max_grad_norm)
+    run.optimizer.step()
+    run.schedule.step()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
 def _select(run: Run) -> tuple[str, bool, dict[str, float], float | None, int]:
-    """The meta step: (chosen task, explored, utilities, target loss at theta, FLOPs spent)."""
+    """The meta step: (chosen task, explored, utilities, target loss at theta, FLOPs spent).
+
+    First-order selection may leave the chosen task's support gradient on the weights for `_train`."""
     meta, model, dev = run.spec.meta, run.model, run.device
+    shared = _shares_targets(run)  # agnostic first-order: the support batches are the target batches
     targets = [
         (t, batch_to(run.streams["target"][t].next(), dev))
-        for t in run.targets
+        for t in ([] if shared else run.targets)
         for _ in range(meta.support_batches)
     ]
     support = {
@@ -252,19 +325,28 @@ def _select(run: Run) -> tuple[str, bool, dict[str, float], float | None, int]:
         for s in run.sources
     }
     model.eval()  # dropout off: otherwise the utilities are noise (DESIGN.md section 1)
-    base = selection.target_losses(model, selection.detached(model), targets, run.autocast)
     target_fwd = sum(run.flops.forward(t, b) for t, b in targets)
     support_train = sum(run.flops.train(s, b) for s, bs in support.items() for b in bs)
+    gradients: dict[str, selection.Params] = {}  # source -> summed support gradient (first-order)
     if meta.utility == "exact":
+        base = selection.target_losses(model, selection.detached(model), targets, run.autocast)
         utilities = selection.exact_utilities(
             model, support, targets, base, meta.inner_lr, meta.normalize, run.autocast
         )
         flops = target_fwd + support_train + target_fwd * sum(len(b) for b in support.values())
-    else:
-        utilities = selection.first_order_utilities(
-            model, support, targets, base, meta.inner_lr, meta.normalize, run.autocast
+    elif shared:
+        utilities, base, gradients = selection.shared_utilities(
+            model, support, meta.inner_lr, meta.normalize, run.autocast
         )
-        flops = target_fwd + 3 * target_fwd + support_train
+        flops = support_train
+    else:  # the target losses at theta come with the target gradient's forwards
+        g_target, base = selection.target_gradient_and_losses(
+            model, selection.detached(model), targets, meta.normalize, run.autocast
+        )
+        utilities, gradients = selection.first_order_scores(
+            model, support, targets, base, meta.inner_lr, meta.normalize, run.autocast, g_target
+        )
+        flops = 3 * target_fwd + support_train
     model.train()
     for u in utilities.values():
         _check(u, "a task utility", run)
@@ -276,27 +358,35 @@ def _select(run: Run) -> tuple[str, bool, dict[str, float], float | None, int]:
             flops += run.flops.forward(t, batch)
         run.head_optimizer.step()
         run.head_optimizer.zero_grad(set_to_none=True)
+    if _reuses_support(run):  # the gradient of the chosen task's mean support loss (dropout off)
+        for name, p in model.named_parameters():
+            if name in gradients[chosen]:
+                p.grad = gradients[chosen][name].div_(meta.support_batches)
     return chosen, explored, utilities, float(base.mean()), flops
 
 
 def _train(run: Run, task: str) -> tuple[float, int, int]:
-    """N AdamW steps on `task`: (mean loss, FLOPs, tokens)."""
+    """N AdamW steps on `task`: (mean loss, FLOPs, tokens) of the batches it draws.
+
+    A gradient already on the weights is the support gradient `_select` left: it is the first step
+    and N - 1 batches are drawn (its FLOPs are counted in selection; its loss and tokens are not here)."""
     meta, model = run.spec.meta, run.model
     parts = meta.grad_accumulation if KINDS[run.tasks[task].spec.kind].micro_batches else 1
     losses, flops, n_tokens = [], 0, 0
-    for _ in range(meta.train_batches):
+    steps = meta.train_batches
+    if any(p.grad is not None for p in model.parameters()):
+        _step(run)
+        steps -= 1
+    for _ in range(steps):
         batch = batch_to(run.streams["train"][task].next(), run.device)
         loss = accumulate(lambda b: model(task, b)[0], batch, parts, run.autocast)
+        loss = distributed.average_gradients(model, loss, batch)  # torchrun: the global batch's mean
         _check(float(loss), f"the training loss of {task!r}", run)
-        if meta.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), meta.max_grad_norm)
-        run.optimizer.step()
-        run.schedule.step()
-        run.optimizer.zero_grad(set_to_none=True)
+        _step(run)
         losses.append(float(loss))
         flops += run.flops.train(task, batch)
         n_tokens += tokens(batch)
-    return sum(losses) / len(losses), flops, n_tokens
+    return sum(losses) / max(1, len(losses)), flops, n_tokens
 
 
 def pretrain(
@@ -304,15 +394,20 @@ def pretrain(
 ) -> dict[str, Any]:
     """Run the episodes of a run spec; returns a summary. Ctrl-C finishes the episode, saves, and stops.
     With `max_flops`, the run also stops after the episode in which selection + training FLOPs reach it
-    (equal-compute comparisons: the meta scheduler's selection counts against its budget)."""
+    (equal-compute comparisons: the meta scheduler's selection counts against its budget).
+
+    Under torchrun every rank runs this loop and calls `callback`; the ranks agree on every episode's
+    task and on when to stop, and only rank 0 writes metrics.jsonl and checkpoints."""
     callback = callback or (lambda event, data: None)
-    run = setup(spec, resume)
+    run = setup(spec, resume, distributed.rank(), distributed.world())
     meta, total = spec.meta, spec.run.episodes
     sizes = [train_size(run.tasks[s]) for s in run.sources]
-    run.out.mkdir(parents=True, exist_ok=True)
     metrics_path = run.out / "metrics.jsonl"
-    _truncate_metrics(metrics_path, run.episode)
+    if run.rank == 0:
+        run.out.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(metrics_path, run.episode)
     stop = _interrupt_flag()
+    stopping = False  # stop["set"] as every rank agreed on it after the last episode
     try:  # the previous SIGINT handler comes back however the loop ends (a NaN, a crash)
         callback(
             "start",
@@ -324,6 +419,7 @@ def pretrain(
                 "device": str(run.device),
                 "scheduler": meta.scheduler,
                 "setting": meta.setting,
+                "world": run.world,
             },
         )
         last_choice: str | None = run.history[-1] if run.history else None
@@ -331,7 +427,7 @@ def pretrain(
         def spent() -> float:
             return run.totals["selection_flops"] + run.totals["train_flops"]
 
-        while run.episode < total and not stop["set"] and (max_flops is None or spent() < max_flops):
+        while run.episode < total and not stopping and (max_flops is None or spent() < max_flops):
             t0 = time.perf_counter()
             utilities: dict[str, float] = {}
             target_loss, sel_flops, explored, reused = None, 0, False, False
@@ -343,8 +439,17 @@ def pretrain(
                 chosen, reused = last_choice, True
             else:
                 chosen, explored, utilities, target_loss, sel_flops = _select(run)
+                if run.head_optimizer is not None and run.world > 1:
+                    # Every rank stepped its copy of the target heads on the same batches; rank 0's copy
+                    # wins, so per-rank dropout or CUDA kernels cannot make the copies drift apart.
+                    distributed.broadcast_parameters([run.model.heads[t] for t in run.targets])
+            chosen, explored, utilities = distributed.agree(chosen, explored, utilities, run.sources)
             t1 = time.perf_counter()
             train_loss, train_flops, n_tokens = _train(run, chosen)
+            # FLOPs and tokens of the whole global batch (each rank counted its share)
+            train_flops, n_tokens = distributed.sum_counts(
+                (train_flops, n_tokens), replicated=not run.streams["train"][chosen].sharded
+            )
             t2 = time.perf_counter()
             run.episode += 1
             run.history.append(chosen)
@@ -373,14 +478,16 @@ def pretrain(
                 "tokens": n_tokens,
                 "counts": dict(Counter(run.history)),
             }
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            if run.rank == 0:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
             callback("episode", record)
+            stopping = distributed.any_rank(stop["set"])
             out_of_budget = max_flops is not None and spent() >= max_flops
             if (
                 run.episode % spec.run.checkpoint_every == 0
                 or run.episode == total
-                or stop["set"]
+                or stopping
                 or out_of_budget
             ):
                 save(run)
@@ -401,7 +508,7 @@ def pretrain(
         "counts": dict(Counter(run.history)),
         "totals": run.totals,
         "message": message,
-        "rank": 0,
+        "rank": run.rank,
     }
     callback("end", summary)
     return summary

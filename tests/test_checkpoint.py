@@ -1,0 +1,182 @@
+"""Checkpoints (metapt/checkpoint.py): an output directory is a Hugging Face encoder folder, a write
+that dies midway leaves the previous checkpoint current and loadable, and a corrupt checkpoint is a
+CheckpointError (exit code 2 from `metapt pretrain --resume`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from metapt import checkpoint, engine
+from metapt.cli import app
+from metapt.errors import CheckpointError
+from metapt.resolve import parse_run
+from metapt.runspec import override
+from metapt.spec import RunSpec
+
+RUNS = Path(__file__).parent / "fixtures" / "runs"
+AGNOSTIC = RUNS / "agnostic.toml"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: on a busy 2-core machine two threads wait on each other for every op."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(out: Path, episodes: int, checkpoint_every: int = 2) -> RunSpec:
+    spec = override(parse_run(AGNOSTIC), output_dir=out, episodes=episodes)
+    return dataclasses.replace(spec, run=dataclasses.replace(spec.run, checkpoint_every=checkpoint_every))
+
+
+def episodes_in(out: Path) -> list[int]:
+    return [json.loads(line)["episode"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output directory of a complete 2-episode run (checkpoints after episodes 1 and 2)."""
+    out = tmp_path_factory.mktemp("checkpoint") / "out"
+    engine.pretrain(tiny(out, episodes=2, checkpoint_every=1))
+    return out
+
+
+def test_the_output_directory_is_a_hugging_face_model_folder(finished: Path) -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = checkpoint.resolve(finished)
+    assert folder == (finished / "checkpoint-000002").resolve()
+    assert sorted(p.name for p in finished.glob("checkpoint-*")) == ["checkpoint-000002"]  # older removed
+    assert not list(finished.glob(".*partial"))
+    encoder = AutoModel.from_pretrained(finished)
+    saved = load_file(folder / "model.safetensors")
+    for name, value in encoder.state_dict().items():
+        if name in saved:
+            assert torch.equal(value, saved[name]), name
+    assert "embeddings.word_embeddings.weight" in saved and encoder.config.hidden_size == 32
+    tokenizer = AutoTokenizer.from_pretrained(finished)
+    assert len(tokenizer) == saved["embeddings.word_embeddings.weight"].shape[0] == 300
+    ids = tokenizer("the capital")["input_ids"]
+    assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    manifest, heads, info, state = checkpoint.load_state(folder)
+    assert manifest["episode"] == 2 and manifest["complete"] is True and manifest["scheduler"] == "meta"
+    assert {n: i["role"] for n, i in info.items()} == {"mlm": "source", "mlm_shuffled": "source"}
+    assert {k.split(".")[0] for k in heads} == {"mlm", "mlm_shuffled"}
+    assert state["episode"] == 2 and len(state["history"]) == 2
+    assert {"optimizer", "schedule", "streams", "explore", "torch_rng"} <= state.keys()
+
+
+def kill_torch_save(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process dies while writing training_state.pt (the temp folder is half written)."""
+
+    save = torch.save
+
+    def die(obj: object, path: Path, *args: object, **kwargs: object) -> None:
+        if not Path(path).parent.name.endswith(".partial"):
+            return save(obj, path, *args, **kwargs)
+        Path(path).write_bytes(b"\x80half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.torch, "save", die)
+
+
+def kill_symlink(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process dies after the new folder is in place, before `current` is switched."""
+
+    def die(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "_atomic_symlink", die)
+
+
+@pytest.mark.parametrize("kill", [kill_torch_save, kill_symlink])
+def test_a_write_killed_midway_leaves_the_last_checkpoint(
+    finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kill: object
+) -> None:
+    from transformers import AutoModel
+
+    out = tmp_path / "out"
+    shutil.copytree(finished, out, symlinks=True)
+    before = load_file(out / "model.safetensors")
+    kill(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        engine.pretrain(tiny(out, episodes=4), resume=True)  # trains 3 and 4, dies saving 4
+    assert checkpoint.resolve(out) == (out / "checkpoint-000002").resolve()
+    # What the dead write left: a half temp folder (no manifest), or a finished folder not yet current.
+    left = out / (".checkpoint-000004.partial" if kill is kill_torch_save else "checkpoint-000004")
+    assert (left / "model.safetensors").is_file()
+    assert (left / checkpoint.MANIFEST).exists() == (kill is kill_symlink)
+    encoder = AutoModel.from_pretrained(out)
+    for name, value in encoder.state_dict().items():
+        if name in before:
+            assert torch.equal(value, before[name]), name
+    assert checkpoint.load_state(checkpoint.resolve(out))[3]["episode"] == 2
+    monkeypatch.undo()
+    summary = engine.pretrain(tiny(out, episodes=4), resume=True)
+    assert summary["complete"] and summary["episodes"] == 4
+    assert checkpoint.resolve(out) == (out / "checkpoint-000004").resolve()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-000004"]
+    assert not list(out.glob(".*partial"))
+    assert episodes_in(out) == [1, 2, 3, 4]  # the lost episodes' lines were dropped, then rewritten
+
+
+def truncate_state(folder: Path) -> None:
+    path = folder / checkpoint.STATE
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def delete_weights(folder: Path) -> None:
+    (folder / "model.safetensors").unlink()
+
+
+def garble_manifest(folder: Path) -> None:
+    (folder / checkpoint.MANIFEST).write_text("{not json")
+
+
+def unfinished_manifest(folder: Path) -> None:
+    path = folder / checkpoint.MANIFEST
+    path.write_text(json.dumps({**json.loads(path.read_text()), "complete": False}))
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (truncate_state, "corrupt checkpoint"),
+        (delete_weights, "incomplete checkpoint (missing model.safetensors)"),
+        (garble_manifest, "corrupt manifest"),
+        (unfinished_manifest, "incomplete checkpoint (missing completion mark)"),
+    ],
+)
+def test_a_corrupt_checkpoint_is_a_checkpoint_error(
+    finished: Path, tmp_path: Path, runner: CliRunner, corrupt: object, message: str
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(finished, out, symlinks=True)
+    corrupt(out / "checkpoint-000002")
+    with pytest.raises(CheckpointError) as caught:
+        engine.setup(tiny(out, episodes=4), resume=True)
+    assert message in str(caught.value) and "checkpoint-000002" in str(caught.value)
+    result = runner.invoke(app, ["pretrain", str(AGNOSTIC), "--output-dir", str(out), "--resume", "-q"])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_resume_without_a_checkpoint_is_a_checkpoint_error(tmp_path: Path, runner: CliRunner) -> None:
+    with pytest.raises(CheckpointError, match="no such checkpoint directory"):
+        engine.setup(tiny(tmp_path / "nothing", episodes=1), resume=True)
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(
+        app, ["pretrain", str(AGNOSTIC), "--output-dir", str(tmp_path / "empty"), "--resume", "-q"]
+    )
+    assert result.exit_code == 2 and "not a metapt checkpoint" in result.stderr

@@ -1,0 +1,66 @@
+"""The offline embedded default end to end, on a reduced size: pretrain 2 episodes, finetune 1 epoch."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from transformers import AutoModel, AutoTokenizer
+
+from metapt.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _reduced(tmp_path: Path, name: str) -> Path:
+    """The shipped run spec with a tiny model and short episodes (same sources, targets, scheduler)."""
+    text = (ROOT / "tasks" / name).read_text()
+    for key, value in {
+        "hidden_size": 32,
+        "num_layers": 1,
+        "intermediate_size": 64,
+        "train_batches": 2,
+        "support_batches": 1,
+        "vocab_size": 600,
+    }.items():
+        text = re.sub(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.M)
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_default_pretrain_then_finetune(runner, tmp_path: Path) -> None:
+    run = _reduced(tmp_path, "agnostic.toml")
+    out = tmp_path / "ckpt"
+    result = runner.invoke(app, ["pretrain", str(run), "--episodes", "2", "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "episode 2/2 chose" in result.stdout  # plain lines when not a terminal
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["episode"] for r in lines] == [1, 2]
+    sources = {"mlm", "span_selection", "response_selection", "mlm_shuffled"}
+    assert all(set(r["utilities"]) == sources and r["chosen"] in sources for r in lines)
+    assert AutoModel.from_pretrained(out).config.hidden_size == 32
+    assert len(AutoTokenizer.from_pretrained(out)) <= 600
+
+    result = runner.invoke(
+        app, ["finetune", "--task", "conll2012-synthetic", str(out), "--epochs", "1", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "finetune" / "conll2012-synthetic" / "results.json").read_text())
+    assert results["kind"] == "srl" and results["main_metric"] == "f1"
+    assert set(results["metrics"]) == {"validation", "test"}
+    assert 0.0 <= results["metrics"]["validation"]["f1"] <= 100.0
+    assert (out / "finetune" / "conll2012-synthetic" / "predictions" / "validation.props").is_file()
+
+
+def test_default_aware_run_trains_target_heads(runner, tmp_path: Path) -> None:
+    run = _reduced(tmp_path, "aware.toml")
+    out = tmp_path / "ckpt-aware"
+    result = runner.invoke(app, ["pretrain", str(run), "--episodes", "1", "--output-dir", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    (line,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert line["target_loss"] > 0 and line["selection_flops"] > 0
+    heads = json.loads((out / "heads.json").read_text())
+    targets = {"conll04-synthetic", "conll2012-synthetic", "pairs-synthetic", "squad-synthetic"}
+    assert {n for n, h in heads.items() if h["role"] == "target"} == targets
