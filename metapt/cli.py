@@ -147,6 +147,7 @@ def pretrain(
 ) -> None:
     """Pretrain an encoder, choosing the task of every episode (Algorithm 1 or a baseline)."""
     _quiet_libraries()
+    from metapt import distributed
     from metapt.engine import pretrain as run_pretrain
     from metapt.progress import pretrain_reporter
     from metapt.resolve import find_run, parse_run
@@ -155,7 +156,8 @@ def pretrain(
     spec = override(
         parse_run(find_run(run_spec)), episodes=episodes, output_dir=output_dir, seed=seed, device=device
     )
-    with pretrain_reporter(console, spec, quiet=quiet) as report:
+    # Under torchrun every rank runs the loop; rank 0 alone shows it.
+    with pretrain_reporter(console, spec, quiet=quiet, rank=distributed.rank()) as report:
         summary = run_pretrain(spec, resume=resume, callback=report)
     if summary.get("rank", 0) == 0:
         console.print(summary["message"], highlight=False)
@@ -182,6 +184,7 @@ def finetune(
 ) -> None:
     """Finetune a pretrained encoder on a downstream task and score it with the task's metric."""
     _quiet_libraries()
+    from metapt import distributed
     from metapt.finetune import aggregate, finetune_one, task_spec
     from metapt.progress import finetune_reporter
 
@@ -189,12 +192,14 @@ def finetune(
     seed_list = _seeds(seeds) if seeds else [seed]
     out = output_dir or Path(checkpoint) / "finetune" / spec.name
     runs = []
+    lead = distributed.rank() == 0  # under torchrun every rank trains; rank 0 alone prints and writes
     for s in seed_list:
         where = out / f"seed-{s}" if len(seed_list) > 1 else out
-        with finetune_reporter(console, quiet) as report:
+        with finetune_reporter(console, quiet or not lead) as report:
             runs.append(finetune_one(checkpoint, spec, s, where, callback=report))
-        _print_results(runs[-1], where)
-    if len(seed_list) > 1:
+        if lead:
+            _print_results(runs[-1], where)
+    if len(seed_list) > 1 and lead:
         summary = {
             "task": spec.name,
             "seeds": seed_list,
@@ -252,9 +257,29 @@ def evaluate(
 
 
 @app.command()
-def bench() -> None:
-    """Measure selection cost, training throughput, first-order agreement and MFU."""
-    _not_yet("bench", 7)
+def bench(
+    run_spec: str = typer.Argument("agnostic", help="A run spec (TOML file, or a built-in name)."),
+    episodes: int = typer.Option(
+        None, "--episodes", min=1, help="Episodes to time (default: 2 x select_every, 4 to the run's)."
+    ),
+    device: str = typer.Option(
+        None, "--device", help="Instead of the run spec's device (auto, cpu, cuda, cuda:N)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object for scripts."),
+) -> None:
+    """Measure selection cost, training throughput, first-order agreement, peak memory and MFU."""
+    _quiet_libraries()
+    from metapt.bench import bench as run_bench
+    from metapt.bench import table
+    from metapt.resolve import find_run, parse_run
+    from metapt.runspec import override
+
+    spec = override(parse_run(find_run(run_spec)), device=device)
+    result = run_bench(spec, episodes, say=lambda message: err.print(message, highlight=False))
+    if as_json:
+        print(json.dumps(result))
+    else:
+        console.print(table(result))
 
 
 @app.command()

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from metapt import distributed
 from metapt.catalog import KINDS
 from metapt.data.pipeline import TaskData, _seed, eval_batches, kind_of, load_task
 from metapt.data.tokenizer import load_tokenizer
@@ -135,8 +136,13 @@ def finetune_one(
     device_name: str = "auto",
     callback: Callback | None = None,
 ) -> dict[str, Any]:
-    """Finetune one seed; write results.json, predictions/ and model/ under `out`."""
+    """Finetune one seed; write results.json, predictions/ and model/ under `out`.
+
+    Under torchrun the ranks train data-parallel: each collates the global batch and keeps its share
+    (the whole batch for kinds whose examples interact), and gradients are averaged as one process
+    would compute them. Every rank scores validation; rank 0 alone writes and scores the best epoch."""
     callback = callback or (lambda event, data: None)
+    rank, world = distributed.rank(), distributed.world()
     start = time.perf_counter()
     source = encoder_source(checkpoint)
     tokenizer = load_tokenizer(source)
@@ -147,9 +153,11 @@ def finetune_one(
     task = load_task(spec, tokenizer, _splits(spec))
     # Seeded after load_task: a cold feature cache draws from torch's global RNG (pipeline.encode_split).
     torch.manual_seed(seed)
-    device = pick_device(device_name)
+    device = distributed.init(pick_device(device_name))
     autocast = autocast_for(device, "auto")
     model = build(encoder, task).to(device)
+    distributed.broadcast_parameters([model])
+    sharded = world > 1 and KINDS[spec.kind].micro_batches
     ft, train = spec.finetune, task.features["train"]
     steps_per_epoch = -(-len(train) // spec.batch.size)
     optimizer = adamw(model.named_parameters(), ft.lr, ft.weight_decay)
@@ -167,8 +175,10 @@ def finetune_one(
             cols = train[order[step * spec.batch.size : (step + 1) * spec.batch.size]]
             rows = [dict(zip(cols, values)) for values in zip(*cols.values())]
             g = torch.Generator().manual_seed(_seed(seed, epoch, step))
-            batch = batch_to(kind.collate(rows, tokenizer, spec, task.info, g), device)
+            batch = kind.collate(rows, tokenizer, spec, task.info, g)  # the global batch, on every rank
+            batch = batch_to(distributed.shard(batch, rank, world) if sharded else batch, device)
             loss = accumulate(lambda b: model(spec.name, b)[0], batch, 1, autocast)
+            loss = distributed.average_gradients(model, loss, batch)
             if not torch.isfinite(loss):
                 raise MetaptError(
                     f"task {spec.name!r}: the training loss became {float(loss)} at epoch "
@@ -185,8 +195,14 @@ def finetune_one(
         callback("epoch", {"epoch": epoch + 1, "metrics": metrics, "main": main})
         if best is None or metrics.get(main, float("-inf")) > best[1]:
             best = (epoch + 1, metrics.get(main, float("-inf")))
-            save_model(out / "model", model, tokenizer, task)
-    return _final(out, source, spec, seed, history, best, device, start)
+            if rank == 0:
+                save_model(out / "model", model, tokenizer, task)
+    if rank != 0:  # rank 0 reloads the best epoch, scores it and writes; the others wait for it
+        distributed.barrier("waiting for rank 0's final evaluation")
+        return {"task": spec.name, "seed": seed, "rank": rank, "best_epoch": best[0], "history": history}
+    results = _final(out, source, spec, seed, history, best, device, start)
+    distributed.barrier("the final evaluation")
+    return results
 
 
 def _final(

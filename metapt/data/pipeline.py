@@ -21,6 +21,7 @@ from typing import Any
 import datasets
 import torch
 
+from metapt.distributed import shard
 from metapt.errors import MetaptError
 from metapt.spec import TaskSpec
 
@@ -174,8 +175,10 @@ def _seed(*parts: object) -> int:
 class BatchStream:
     """Endless batches of one task's features in a seeded order; resumable from `state_dict()`.
 
-    With `world` > 1 every rank draws the same global batch of `batch_size` examples and keeps its
-    own share (rows rank, rank + world, ...), so K processes see what one process would.
+    With `world` > 1 every rank draws and collates the same global batch of `batch_size` examples (so
+    masks, shuffles and negatives are drawn as one process draws them) and keeps its contiguous share
+    of the examples (`distributed.shard`): K processes see what one process would. Kinds whose
+    examples interact (in-batch negatives: `micro_batches` False) keep the whole batch on every rank.
     """
 
     def __init__(
@@ -193,6 +196,7 @@ class BatchStream:
         self.features = task.features[split]
         self.seed, self.salt, self.rank, self.world = seed, salt, rank, world
         self.kind = kind_of(task.spec)
+        self.sharded = _sharded(task.spec, world)
         self.epoch, self.position, self.count = 0, 0, 0
         self._order = self._permutation()
 
@@ -209,16 +213,22 @@ class BatchStream:
             take = self._order[self.position : self.position + self.batch_size - len(out)]
             out += take
             self.position += len(take)
-        return out[self.rank :: self.world]
+        return out
 
     def next(self) -> dict[str, torch.Tensor]:
         """The next batch (this rank's share of it)."""
         idx = self._indices()
         cols = self.features[idx]
         rows = [dict(zip(cols, values)) for values in zip(*cols.values())]
+        return self._collate(rows)
+
+    def _collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        """The global batch collated with the global seed, then cut to this rank's share: a row's
+        draws (masks, negatives) and the padded width do not depend on the number of processes."""
         g = torch.Generator().manual_seed(_seed(self.seed, self.task.name, self.salt, "batch", self.count))
         self.count += 1
-        return self.kind.collate(rows, self.tokenizer, self.task.spec, self.task.info, g)
+        batch = self.kind.collate(rows, self.tokenizer, self.task.spec, self.task.info, g)
+        return shard(batch, self.rank, self.world) if self.sharded else batch
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position, "count": self.count}
@@ -249,6 +259,7 @@ class StreamingBatchStream(BatchStream):
         self.features = task.features[split]
         self.seed, self.salt, self.rank, self.world = seed, salt, rank, world
         self.kind = kind_of(task.spec)
+        self.sharded = _sharded(task.spec, world)
         self.epoch, self.position, self.count = 0, 0, 0
         self._rows = self._pass()
 
@@ -272,15 +283,18 @@ class StreamingBatchStream(BatchStream):
                     raise MetaptError(f"task {self.task.name!r}: the stream yielded no examples") from None
                 self.epoch, self.position = self.epoch + 1, 0
                 self._rows = self._pass()
-        g = torch.Generator().manual_seed(_seed(self.seed, self.task.name, self.salt, "batch", self.count))
-        self.count += 1
-        return self.kind.collate(
-            rows[self.rank :: self.world], self.tokenizer, self.task.spec, self.task.info, g
-        )
+        return self._collate(rows)
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.position, self.count = state["epoch"], state["position"], state["count"]
         self._rows = self._pass()
+
+
+def _sharded(spec: TaskSpec, world: int) -> bool:
+    """Whether K > 1 ranks split this task's batches (not when its examples interact)."""
+    from metapt.catalog import KINDS
+
+    return world > 1 and KINDS[spec.kind].micro_batches
 
 
 def stream_for(
