@@ -163,11 +163,6 @@ def pretrain(
         console.print(summary["message"], highlight=False)
 
 
-def _not_yet(command: str, issue: int) -> None:
-    err.print(f"error: `metapt {command}` is not available in this version yet (tracked as issue #{issue})")
-    raise typer.Exit(2)
-
-
 @app.command()
 def finetune(
     checkpoint: str = typer.Argument(..., help="A metapt checkpoint, Hugging Face encoder folder or hub id."),
@@ -265,16 +260,23 @@ def bench(
     device: str = typer.Option(
         None, "--device", help="Instead of the run spec's device (auto, cpu, cuda, cuda:N)."
     ),
+    threads: int = typer.Option(
+        None, "--threads", min=1, help="torch intra-op threads (default: torch's; 1 steadies a busy machine)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object for scripts."),
 ) -> None:
     """Measure selection cost, training throughput, first-order agreement, peak memory and MFU."""
     _quiet_libraries()
+    import torch
+
     from metapt.bench import bench as run_bench
     from metapt.bench import table
     from metapt.resolve import find_run, parse_run
     from metapt.runspec import override
 
     spec = override(parse_run(find_run(run_spec)), device=device)
+    if threads is not None:
+        torch.set_num_threads(threads)
     result = run_bench(spec, episodes, say=lambda message: err.print(message, highlight=False))
     if as_json:
         print(json.dumps(result))

@@ -300,6 +300,23 @@ def _reuses_support(run: Run) -> bool:
     return run.spec.meta.utility == "first_order" and run.spec.meta.train_batches > 1 and run.world == 1
 
 
+def _prefetched(stream: BatchStream, n: int) -> Any:
+    """A generator of the stream's next `n` batches, each collated in a background thread while the
+    one before it trains (on CPU collation is ~4% of a step). It never draws more than `n`, so the
+    stream ends where drawing them one by one leaves it, with the same batches."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if n <= 0:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        upcoming = pool.submit(stream.next)
+        for i in range(n):
+            batch = upcoming.result()
+            if i + 1 < n:
+                upcoming = pool.submit(stream.next)
+            yield batch
+
+
 def _step(run: Run) -> None:
     """One AdamW step with the gradients on the weights, then clear them."""
     if run.spec.meta.max_grad_norm > 0:
@@ -377,8 +394,8 @@ def _train(run: Run, task: str) -> tuple[float, int, int]:
     if any(p.grad is not None for p in model.parameters()):
         _step(run)
         steps -= 1
-    for _ in range(steps):
-        batch = batch_to(run.streams["train"][task].next(), run.device)
+    for batch in _prefetched(run.streams["train"][task], steps):
+        batch = batch_to(batch, run.device)
         loss = accumulate(lambda b: model(task, b)[0], batch, parts, run.autocast)
         loss = distributed.average_gradients(model, loss, batch)  # torchrun: the global batch's mean
         _check(float(loss), f"the training loss of {task!r}", run)

@@ -23,8 +23,11 @@ def _reduced(tmp_path: Path, name: str) -> Path:
         "train_batches": 2,
         "support_batches": 1,
         "vocab_size": 600,
+        "select_every": 1,  # every episode selects, so every line has utilities
     }.items():
-        text = re.sub(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.M)
+        text, n = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.M)
+        if not n:
+            text = text.replace("[meta]\n", f"[meta]\n{key} = {value}\n")
     path = tmp_path / name
     path.write_text(text)
     return path
