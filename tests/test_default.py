@@ -6,6 +6,8 @@ import json
 import re
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file as safetensors_load
 from transformers import AutoModel, AutoTokenizer
 
 from metapt.cli import app
@@ -67,3 +69,40 @@ def test_default_aware_run_trains_target_heads(runner, tmp_path: Path) -> None:
     heads = json.loads((out / "heads.json").read_text())
     targets = {"conll04-synthetic", "conll2012-synthetic", "pairs-synthetic", "squad-synthetic"}
     assert {n for n, h in heads.items() if h["role"] == "target"} == targets
+
+
+def test_a_streamed_corpus_trains_and_resumes_like_an_uninterrupted_run(tmp_path: Path) -> None:
+    from metapt import engine
+    from metapt.resolve import parse_run
+    from metapt.runspec import override
+
+    text = "\n\n".join(
+        f"Sentence {i} of document {d} is about item {i * d} .\n" * 3 for d in range(30) for i in (1,)
+    )
+    (tmp_path / "corpus.txt").write_text(text)
+    (tmp_path / "stream.toml").write_text(
+        'kind = "masked_lm"\n[data]\nformat = "text"\ntrain = "corpus.txt"\nstreaming = true\n'
+        "[batch]\nsize = 4\nmax_length = 32\n"
+    )
+    (tmp_path / "run.toml").write_text(
+        "[run]\nseed = 3\n[model]\nhidden_size = 32\nnum_layers = 1\nintermediate_size = 64\nmax_length = 64\n"
+        '[tokenizer]\nvocab_size = 300\n[meta]\nsources = ["stream.toml", "mlm"]\nepsilon = 0.5\n'
+        "train_batches = 2\nsupport_batches = 1\n"
+    )
+    spec = parse_run(tmp_path / "run.toml")
+
+    def run(out: str, resume: bool = False, max_flops: float | None = None) -> list[str]:
+        engine.pretrain(
+            override(spec, episodes=3, output_dir=tmp_path / out), resume=resume, max_flops=max_flops
+        )
+        return [json.loads(x)["chosen"] for x in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
+
+    whole = run("whole")
+    # Stop after episode 1 (a budget of 1 FLOP; same LR schedule as the whole run), then resume: the
+    # stream must skip what it consumed, so the rest of the run is the uninterrupted one.
+    assert len(run("parts", max_flops=1)) == 1
+    assert run("parts", resume=True) == whole
+    a, b = (safetensors_load(tmp_path / d / "model.safetensors") for d in ("whole", "parts"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    state = json.loads((tmp_path / "whole" / "heads.json").read_text())
+    assert state["stream"]["kind"] == "masked_lm"

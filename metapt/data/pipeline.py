@@ -198,6 +198,10 @@ class BatchStream:
         self.kind = kind_of(task.spec)
         self.sharded = _sharded(task.spec, world)
         self.epoch, self.position, self.count = 0, 0, 0
+        self._start()
+
+    def _start(self) -> None:
+        """Begin the current pass (after construction or a restored state)."""
         self._order = self._permutation()
 
     def _permutation(self) -> list[int]:
@@ -235,7 +239,7 @@ class BatchStream:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.position, self.count = state["epoch"], state["position"], state["count"]
-        self._order = self._permutation()
+        self._start()
 
 
 class StreamingBatchStream(BatchStream):
@@ -244,23 +248,7 @@ class StreamingBatchStream(BatchStream):
 
     BUFFER = 10_000
 
-    def __init__(
-        self,
-        task: TaskData,
-        tokenizer: Any,
-        batch_size: int,
-        seed: int,
-        salt: str,
-        rank: int = 0,
-        world: int = 1,
-        split: str = "train",
-    ):
-        self.task, self.tokenizer, self.batch_size = task, tokenizer, batch_size
-        self.features = task.features[split]
-        self.seed, self.salt, self.rank, self.world = seed, salt, rank, world
-        self.kind = kind_of(task.spec)
-        self.sharded = _sharded(task.spec, world)
-        self.epoch, self.position, self.count = 0, 0, 0
+    def _start(self) -> None:
         self._rows = self._pass()
 
     def _pass(self) -> Any:
@@ -284,10 +272,6 @@ class StreamingBatchStream(BatchStream):
                 self.epoch, self.position = self.epoch + 1, 0
                 self._rows = self._pass()
         return self._collate(rows)
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.position, self.count = state["epoch"], state["position"], state["count"]
-        self._rows = self._pass()
 
 
 def _sharded(spec: TaskSpec, world: int) -> bool:
