@@ -216,15 +216,3 @@ def parse_any(path: Path) -> RunSpec | TaskSpec:
     """A run spec or a task spec, whichever the file is."""
     table = read_toml(Path(path))
     return parse_run(Path(path)) if is_run_spec(table) else parse_task(Path(path), table)
-
-
-__all__ = [
-    "builtin_dir",
-    "find_task",
-    "load_task",
-    "parse_any",
-    "parse_run",
-    "search_roots",
-    "task_files",
-    "_split",
-]

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import torch
 from torch import nn
 
 from metapt.catalog import KINDS
 from metapt.kinds.heads import HEADS
+from metapt.metrics import accuracy
 from metapt.spec import TaskSpec
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -103,3 +105,20 @@ def write_jsonl(path: Path, predictions: list[Any], records: Any, info: dict) ->
     with path.open("w", encoding="utf-8") as f:
         for p in predictions:
             f.write(json.dumps(p, ensure_ascii=False) + "\n")
+
+
+def predict_drawn_class(logits: torch.Tensor, batch: dict[str, torch.Tensor], info: dict) -> list[dict]:
+    """Per example {"predicted": class, "label": the class collate drew} (sentence reordering and
+    distance draw their labels in collate, so the gold travels with the prediction)."""
+    return [
+        {"predicted": p, "label": y}
+        for p, y in zip(logits.argmax(-1).tolist(), batch["labels"].tolist(), strict=True)
+    ]
+
+
+def score_drawn_class(
+    predictions: list[dict], features: datasets.Dataset, records: datasets.Dataset, spec: TaskSpec, info: dict
+) -> tuple[dict[str, float], list[dict]]:
+    """{"accuracy": % of examples whose drawn class was predicted}."""
+    preds, golds = [p["predicted"] for p in predictions], [p["label"] for p in predictions]
+    return {"accuracy": accuracy(preds, golds)}, predictions

@@ -9,7 +9,6 @@ from the generator.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import datasets
@@ -144,11 +143,6 @@ def score(
     return {"accuracy": accuracy(predicted, gold), "loss": loss}, predictions
 
 
-def write_predictions(path: Path, predictions: list[dict], records: datasets.Dataset, info: Info) -> None:
-    """One JSON line per block: predicted and gold ids at the masked positions."""
-    write_jsonl(path, predictions, records, info)
-
-
 KIND = Kind(
     prepare=prepare,
     encode=encode,
@@ -156,5 +150,5 @@ KIND = Kind(
     head=head,
     predict=predict,
     score=score,
-    write_predictions=write_predictions,
+    write_predictions=write_jsonl,  # one JSON line per feature row
 )

@@ -3,7 +3,6 @@ should rank its own response first among the batch's responses (in-batch negativ
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import datasets
@@ -83,11 +82,6 @@ def score(
     return {"recall@1": accuracy(preds, golds)}, named
 
 
-def write_predictions(path: Path, predictions: list[dict], records: datasets.Dataset, info: Info) -> None:
-    """One JSON line per context: its id, the chosen column, the right one and the number of candidates."""
-    write_jsonl(path, predictions, records, info)
-
-
 KIND = Kind(
     prepare=prepare,
     encode=encode,
@@ -95,5 +89,5 @@ KIND = Kind(
     head=head,
     predict=predict,
     score=score,
-    write_predictions=write_predictions,
+    write_predictions=write_jsonl,  # one JSON line per feature row
 )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import math
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import datasets
@@ -19,8 +18,13 @@ from torch import nn
 
 from metapt.kinds.base import Batch, Info, Kind
 from metapt.kinds.common import encoder_inputs, join
-from metapt.kinds.corpus import build_head, sentence_features, write_jsonl
-from metapt.metrics import accuracy
+from metapt.kinds.corpus import (
+    build_head,
+    predict_drawn_class,
+    score_drawn_class,
+    sentence_features,
+    write_jsonl,
+)
 from metapt.spec import TaskSpec
 
 
@@ -85,33 +89,12 @@ def head(hidden_size: int, spec: TaskSpec, info: Info) -> nn.Module:
     return build_head(hidden_size, spec, num_classes(spec.option("max_segments")))
 
 
-def predict(logits: torch.Tensor, batch: Batch, info: Info) -> list[dict]:
-    """Per example {"predicted": class, "label": the permutation actually applied}."""
-    return [
-        {"predicted": p, "label": y}
-        for p, y in zip(logits.argmax(-1).tolist(), batch["labels"].tolist(), strict=True)
-    ]
-
-
-def score(
-    predictions: list[dict], features: datasets.Dataset, records: datasets.Dataset, spec: TaskSpec, info: Info
-) -> tuple[dict[str, float], list[dict]]:
-    """{"accuracy": % of permutations named right}."""
-    preds, golds = [p["predicted"] for p in predictions], [p["label"] for p in predictions]
-    return {"accuracy": accuracy(preds, golds)}, predictions
-
-
-def write_predictions(path: Path, predictions: list[dict], records: datasets.Dataset, info: Info) -> None:
-    """One JSON line per example: predicted and applied permutation class."""
-    write_jsonl(path, predictions, records, info)
-
-
 KIND = Kind(
     prepare=prepare,
     encode=encode,
     collate=collate,
     head=head,
-    predict=predict,
-    score=score,
-    write_predictions=write_predictions,
+    predict=predict_drawn_class,
+    score=score_drawn_class,
+    write_predictions=write_jsonl,
 )
