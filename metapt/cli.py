@@ -161,6 +161,8 @@ def pretrain(
         summary = run_pretrain(spec, resume=resume, callback=report)
     if summary.get("rank", 0) == 0:
         console.print(summary["message"], highlight=False)
+        if summary.get("noise"):
+            err.print(f"[yellow]warning:[/] {escape(summary['noise'])}", highlight=False, soft_wrap=True)
 
 
 @app.command()

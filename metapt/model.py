@@ -82,6 +82,8 @@ class MultiTaskModel(nn.Module):
         else:
             hidden = self.encode(batch)
         embedding = self.encoder.get_input_embeddings().weight  # (V, H): tied MLM decoder
+        if detach_encoder:  # the tied decoder is the encoder's too: a head-only step must not train it
+            embedding = embedding.detach()
         logits = self.heads[task](hidden, batch, embedding)
         loss_type, smoothing = self.losses[task]
         return LOSSES[loss_type](logits, batch, smoothing), logits
