@@ -169,7 +169,8 @@ class Writers:
         self.open: list[Writer] = []
 
     def start(self, first_step: int) -> None:
-        self.open = [WRITERS[n](self.target, self.resume, first_step) for n in self.names]
+        for n in self.names:  # one by one: if W&B cannot start, `closing` still closes TensorBoard
+            self.open.append(WRITERS[n](self.target, self.resume, first_step))
 
     def log(self, values: dict[str, float], step: int) -> None:
         for w in self.open:
