@@ -4,7 +4,7 @@ Layout of an output directory:
 
     OUTPUT_DIR/
       checkpoint-000010/    config.json, model.safetensors, tokenizer files, heads.safetensors,
-                            heads.json, training_state.pt, metapt.json (written last)
+                            heads.json, training_state.pt, mixture.json, metapt.json (written last)
       current -> checkpoint-000010        (a symlink, replaced atomically)
       config.json -> current/config.json  (and every other file: so OUTPUT_DIR itself loads with
                                            AutoModel.from_pretrained / AutoTokenizer.from_pretrained)
@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from metapt.errors import CheckpointError
+from metapt.model import saved_state
 
 MANIFEST = "metapt.json"
 STATE = "training_state.pt"
@@ -58,18 +59,22 @@ def save(
     heads_info: dict[str, Any],
     state: dict[str, Any],
     manifest: dict[str, Any],
+    files: dict[str, str] | None = None,
 ) -> Path:
-    """Write checkpoint-<episode> and make it current; older checkpoints are removed afterwards."""
+    """Write checkpoint-<episode> and make it current; older checkpoints are removed afterwards.
+    `files` (name -> text, e.g. mixture.json) are written into it too."""
     output_dir.mkdir(parents=True, exist_ok=True)
     name = f"checkpoint-{episode:06d}"
     final, tmp = output_dir / name, output_dir / f".{name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    encoder.save_pretrained(tmp, safe_serialization=True)
+    encoder.save_pretrained(tmp, safe_serialization=True, state_dict=saved_state(encoder))
     tokenizer.save_pretrained(tmp)
     save_file({k: v.detach().contiguous().cpu() for k, v in heads.state_dict().items()}, tmp / HEADS)
     (tmp / HEADS_INFO).write_text(json.dumps(heads_info, indent=2))
     torch.save(state, tmp / STATE)
+    for file, text in (files or {}).items():
+        (tmp / file).write_text(text)
     (tmp / MANIFEST).write_text(json.dumps({**manifest, "episode": episode, "complete": True}, indent=2))
     for f in tmp.iterdir():
         with open(f, "rb") as fh:

@@ -17,6 +17,7 @@ from metapt.errors import MetaptError, TrainingError
 
 console = Console()
 err = Console(stderr=True)
+REPORT_TO_HELP = "Also log scalars to: tensorboard, wandb (comma-separated), or none."
 
 
 def _debug() -> bool:
@@ -144,21 +145,32 @@ def pretrain(
     seed: int = typer.Option(None, "--seed", min=0, help="Override [run].seed."),
     device: str = typer.Option(None, "--device", help="Override [run].device (auto, cpu, cuda, cuda:N)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final summary."),
+    report_to: str = typer.Option(None, "--report-to", help=REPORT_TO_HELP + " Overrides [run].report_to."),
 ) -> None:
     """Pretrain an encoder, choosing the task of every episode (Algorithm 1 or a baseline)."""
     _quiet_libraries()
-    from metapt import distributed
+    from metapt import distributed, reporting
     from metapt.engine import pretrain as run_pretrain
     from metapt.progress import pretrain_reporter
     from metapt.resolve import find_run, parse_run
     from metapt.runspec import override
 
     spec = override(
-        parse_run(find_run(run_spec)), episodes=episodes, output_dir=output_dir, seed=seed, device=device
+        parse_run(find_run(run_spec)),
+        episodes=episodes,
+        output_dir=output_dir,
+        seed=seed,
+        device=device,
+        report_to=None if report_to is None else reporting.parse(report_to),
     )
-    # Under torchrun every rank runs the loop; rank 0 alone shows it.
-    with pretrain_reporter(console, spec, quiet=quiet, rank=distributed.rank()) as report:
-        summary = run_pretrain(spec, resume=resume, callback=report)
+    reporting.require(spec.run.report_to)
+    # Under torchrun every rank runs the loop; rank 0 alone shows and logs it.
+    rank = distributed.rank()
+    with (  # the logger outside: W&B's closing summary prints after the live view ends
+        reporting.pretrain_logger(spec, resume, rank) as log,
+        pretrain_reporter(console, spec, quiet=quiet, rank=rank) as report,
+    ):
+        summary = run_pretrain(spec, resume=resume, callback=reporting.chain(report, log))
     if summary.get("rank", 0) == 0:
         console.print(summary["message"], highlight=False)
 
@@ -176,22 +188,31 @@ def finetune(
     seeds: str = typer.Option(None, "--seeds", help="Several seeds, e.g. 1,2,3: mean and std are reported."),
     output_dir: Path = typer.Option(None, "--output-dir", help="Default: CKPT/finetune/TASK."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    report_to: str = typer.Option(None, "--report-to", help=REPORT_TO_HELP),
 ) -> None:
     """Finetune a pretrained encoder on a downstream task and score it with the task's metric."""
     _quiet_libraries()
-    from metapt import distributed
+    from metapt import distributed, reporting
     from metapt.finetune import aggregate, finetune_one, task_spec
     from metapt.progress import finetune_reporter
 
+    names = reporting.parse(report_to) if report_to is not None else ()
+    reporting.require(names)
     spec = task_spec(task, data, {"epochs": epochs, "lr": lr, "size": batch_size, "max_length": max_length})
     seed_list = _seeds(seeds) if seeds else [seed]
     out = output_dir or Path(checkpoint) / "finetune" / spec.name
     runs = []
-    lead = distributed.rank() == 0  # under torchrun every rank trains; rank 0 alone prints and writes
+    rank = distributed.rank()
+    lead = rank == 0  # under torchrun every rank trains; rank 0 alone prints and writes
     for s in seed_list:
         where = out / f"seed-{s}" if len(seed_list) > 1 else out
-        with finetune_reporter(console, quiet or not lead) as report:
-            runs.append(finetune_one(checkpoint, spec, s, where, callback=report))
+        name = f"{spec.name}/seed-{s}" if len(seed_list) > 1 else spec.name
+        config = reporting.finetune_config(checkpoint, spec, s)
+        with (
+            reporting.finetune_logger(names, where, config, rank, name) as log,
+            finetune_reporter(console, quiet or not lead) as report,
+        ):
+            runs.append(finetune_one(checkpoint, spec, s, where, callback=reporting.chain(report, log)))
         if lead:
             _print_results(runs[-1], where)
     if len(seed_list) > 1 and lead:
@@ -310,16 +331,24 @@ def compare(
         None, "--device", help="Instead of the run spec's device (auto, cpu, cuda, cuda:N)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final summary."),
+    report_to: str = typer.Option(
+        None,
+        "--report-to",
+        help=REPORT_TO_HELP + " For every pretraining and finetuning; overrides [run].report_to.",
+    ),
 ) -> None:
     """Pretrain with several schedulers at equal compute, finetune each, and write a results table."""
     _quiet_libraries()
+    from metapt import reporting
     from metapt.compare import compare as run_compare
     from metapt.compare import describe, downstream_tasks, parse_schedulers
     from metapt.resolve import find_run, parse_run
     from metapt.runspec import override
 
     names = parse_schedulers(schedulers)
-    spec = override(parse_run(find_run(run_spec)), device=device)
+    backends = None if report_to is None else reporting.parse(report_to)
+    spec = override(parse_run(find_run(run_spec)), device=device, report_to=backends)
+    reporting.require(spec.run.report_to)
     seed_list = _seeds(seeds) if seeds is not None else [spec.run.seed]
     tasks = downstream_tasks(spec, downstream)
     out = output_dir or Path(f"{spec.run.output_dir}-compare")

@@ -21,7 +21,7 @@ from typing import Any
 import datasets
 import torch
 
-from metapt import checkpoint, distributed, selection
+from metapt import checkpoint, distributed, mixture, selection
 from metapt.catalog import KINDS
 from metapt.data.pipeline import (
     BatchStream,
@@ -266,8 +266,18 @@ def save(run: Run) -> Path:
         "seed": run.spec.run.seed,
         "episodes": run.spec.run.episodes,
     }
+    records = mixture.read_records(run.out / "metrics.jsonl", run.episode)
+    mix = {mixture.FILE: json.dumps(mixture.summarise(run.sources, run.history, records), indent=2)}
     folder = checkpoint.save(
-        run.out, run.episode, run.model.encoder, run.tokenizer, run.model.heads, heads_info, state, manifest
+        run.out,
+        run.episode,
+        run.model.encoder,
+        run.tokenizer,
+        run.model.heads,
+        heads_info,
+        state,
+        manifest,
+        mix,
     )
     distributed.barrier("writing the checkpoint")
     return folder
@@ -419,6 +429,7 @@ def pretrain(
     run = setup(spec, resume, distributed.rank(), distributed.world())
     meta, total = spec.meta, spec.run.episodes
     sizes = [train_size(run.tasks[s]) for s in run.sources]
+    shares = mixture.shares_for(spec.path, meta, run.sources)  # the mixture scheduler's; else None
     metrics_path = run.out / "metrics.jsonl"
     if run.rank == 0:
         run.out.mkdir(parents=True, exist_ok=True)
@@ -450,7 +461,9 @@ def pretrain(
             target_loss, sel_flops, explored, reused = None, 0, False, False
             if meta.scheduler != "meta":
                 chosen = run.sources[
-                    SCHEDULERS[meta.scheduler](run.episode, total, sizes, run.explore, meta.temperature)
+                    SCHEDULERS[meta.scheduler](
+                        run.episode, total, sizes, run.explore, meta.temperature, shares
+                    )
                 ]
             elif last_choice is not None and run.episode % meta.select_every:
                 chosen, reused = last_choice, True

@@ -22,7 +22,7 @@ from metapt.data.tokenizer import load_tokenizer
 from metapt.engine import autocast_for, pick_device
 from metapt.errors import MetaptError
 from metapt.localdata import with_local_data
-from metapt.model import MultiTaskModel, batch_to, load_encoder
+from metapt.model import MultiTaskModel, batch_to, load_encoder, saved_state
 from metapt.resolve import load_task as load_task_spec
 from metapt.spec import TaskSpec
 from metapt.train import accumulate, adamw, warmup_linear
@@ -97,7 +97,7 @@ def write_outputs(out: Path, task: TaskData, split: str, record_predictions: lis
 def save_model(folder: Path, model: MultiTaskModel, tokenizer: Any, task: TaskData) -> None:
     """A Hugging Face encoder folder plus head.safetensors and head.json (kind, spec, label facts)."""
     folder.mkdir(parents=True, exist_ok=True)
-    model.encoder.save_pretrained(folder)
+    model.encoder.save_pretrained(folder, state_dict=saved_state(model.encoder))
     tokenizer.save_pretrained(folder)
     head = model.heads[task.name].state_dict()
     save_file({k: v.detach().contiguous().cpu() for k, v in head.items()}, folder / "head.safetensors")
