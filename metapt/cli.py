@@ -3,6 +3,7 @@ and exits (with progress.py, which it drives)."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import sys
@@ -15,8 +16,19 @@ from typer.core import TyperGroup
 
 from metapt.errors import MetaptError, TrainingError
 
-console = Console()
-err = Console(stderr=True)
+# emoji off: a file name such as `a:x:b` must print as written, not with an emoji in it.
+console = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
+# Usage errors are click's exceptions: typer >= 0.20 raises those of its bundled copy of click
+# (typer._click), older typers those of the click package. typer.BadParameter is one of them on
+# every version, so its module names the right ones.
+_CLICK_ERRORS = sys.modules[typer.BadParameter.__module__]
+
+
+def _usage_error(e: BaseException) -> bool:
+    """A click usage error (bad or missing option or argument, unknown command), which typer's own
+    handler prints with the command's usage line and exits 2."""
+    return isinstance(e, _CLICK_ERRORS.ClickException)
 
 
 def _debug() -> bool:
@@ -26,6 +38,17 @@ def _debug() -> bool:
 class Boundary(TyperGroup):
     """The one place errors become messages: bad input exits 2, anything else 1; a traceback only
     with --debug or METAPT_DEBUG=1."""
+
+    def resolve_command(self, ctx: typer.Context, args: list[str]) -> tuple:
+        """The command named first in `args`; an unknown one gets a did-you-mean on every typer
+        version (typer < 0.20 does not suggest one)."""
+        try:
+            return super().resolve_command(ctx, args)
+        except _CLICK_ERRORS.UsageError as e:
+            close = difflib.get_close_matches(args[0] if args else "", self.list_commands(ctx), n=1)
+            if close and "did you mean" not in e.message.lower():
+                e.message = f"{e.message} Did you mean {close[0]!r}?"
+            raise
 
     def invoke(self, ctx: typer.Context) -> object:
         try:
@@ -46,7 +69,7 @@ class Boundary(TyperGroup):
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as e:  # a bug: say what, and how to see where
-            if _debug() or not isinstance(e, Exception) or type(e).__module__.startswith("click"):
+            if _debug() or _usage_error(e):  # typer prints usage errors with the usage and exits 2
                 raise
             err.print(
                 f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))} "
@@ -61,6 +84,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help="Meta-learned multi-task pretraining of transformer encoders (Luo et al. 2021).",
 )
 
@@ -122,15 +146,26 @@ def inspect_tasks(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """List every task spec found: name, kind, roles, data, head, loss (and example counts)."""
-    from metapt.inspect import describe_tasks, table
+    from metapt.inspect import describe_tasks, invalid, plain_lines, table
 
     if count:
         _quiet_libraries()
     rows = describe_tasks(paths or None, count=count)
     if as_json:
         print(json.dumps(rows, indent=2))
-    else:
+    elif console.is_terminal and console.measure(table(rows, count)).maximum <= console.width:
         console.print(table(rows, count))
+    else:  # piped, or a terminal too narrow for the table: whole lines, no word broken by a fold
+        print("\n".join(plain_lines(rows, count)))
+    if bad := invalid(rows):
+        names = ", ".join(r["name"] for r in bad)
+        err.print(
+            f"error: {len(bad)} of {len(rows)} task specs {'is' if len(bad) == 1 else 'are'} invalid "
+            f"or {'has' if len(bad) == 1 else 'have'} unreadable data: {escape(names)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -168,14 +203,24 @@ def finetune(
     checkpoint: str = typer.Argument(..., help="A metapt checkpoint, Hugging Face encoder folder or hub id."),
     task: str = typer.Option(..., "--task", help="A task name or task spec file."),
     data: Path = typer.Option(None, "--data", help="A local copy of the task's data (file or folder)."),
-    epochs: int = typer.Option(None, "--epochs", min=1),
-    lr: float = typer.Option(None, "--lr", min=0.0),
-    batch_size: int = typer.Option(None, "--batch-size", min=1),
-    max_length: int = typer.Option(None, "--max-length", min=8),
-    seed: int = typer.Option(0, "--seed", min=0),
+    epochs: int = typer.Option(
+        None, "--epochs", min=1, help="Passes over the train split (default: the spec's [finetune].epochs)."
+    ),
+    lr: float = typer.Option(
+        None, "--lr", min=0.0, help="AdamW learning rate (default: the spec's [finetune].lr)."
+    ),
+    batch_size: int = typer.Option(
+        None, "--batch-size", min=1, help="Examples per batch (default: the spec's [batch].size)."
+    ),
+    max_length: int = typer.Option(
+        None, "--max-length", min=8, help="Tokens per sequence (default: the spec's [batch].max_length)."
+    ),
+    seed: int = typer.Option(
+        0, "--seed", min=0, help="Seed of the head's initialisation, data order and dropout."
+    ),
     seeds: str = typer.Option(None, "--seeds", help="Several seeds, e.g. 1,2,3: mean and std are reported."),
     output_dir: Path = typer.Option(None, "--output-dir", help="Default: CKPT/finetune/TASK."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final metrics."),
 ) -> None:
     """Finetune a pretrained encoder on a downstream task and score it with the task's metric."""
     _quiet_libraries()
@@ -236,8 +281,8 @@ def _print_results(results: dict, where: Path) -> None:
 def evaluate(
     finetuned_dir: Path = typer.Argument(..., help="A folder written by `metapt finetune`."),
     task: str = typer.Option(..., "--task", help="A task name or task spec file."),
-    split: str = typer.Option("validation", "--split"),
-    data: Path = typer.Option(None, "--data"),
+    split: str = typer.Option("validation", "--split", help="The split to score: validation or test."),
+    data: Path = typer.Option(None, "--data", help="A local copy of the task's data (file or folder)."),
 ) -> None:
     """Re-score a finetuned model on a split and write its metrics and predictions."""
     _quiet_libraries()

@@ -17,7 +17,7 @@ import datasets
 
 from metapt.data import conll, qa
 from metapt.data.conll import json_lines, load_json, numbered_lines, open_text
-from metapt.errors import DataError
+from metapt.errors import DataError, MissingDataError
 from metapt.spec import DataSpec
 
 Reader = Callable[[list[Path], DataSpec], datasets.Dataset]
@@ -207,7 +207,7 @@ def _split_files(data: DataSpec, split: str) -> list[Path]:
             pass  # reported below with the split, the format and how to fix it
     obtain = f" {data.obtain}" if data.obtain else ""
     at = location or f"(no path: [data].{split} is not set)"
-    raise DataError(
+    raise MissingDataError(
         f"task data: split {split!r} of format {data.format!r}: nothing at {at}.{obtain} "
         f"Pass --data PATH or edit [data].{split}."
     )
@@ -220,7 +220,7 @@ def _from_hub(data: DataSpec, split: str) -> datasets.Dataset | datasets.Iterabl
             data.dataset, data.subset or None, split=getattr(data, split), streaming=data.streaming
         )
     except Exception as e:  # offline, unknown id or config, missing split: all mean "not available"
-        raise DataError(
+        raise MissingDataError(
             f"{name}: split {getattr(data, split)!r} could not be loaded from the hub "
             f"({type(e).__name__}: {e}). metapt runs offline unless HF_HUB_OFFLINE is unset; "
             "unset it to download, or pass --data PATH with a local copy."
