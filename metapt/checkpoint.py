@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from metapt import outdir
 from metapt.errors import CheckpointError
 
 MANIFEST = "metapt.json"
@@ -59,36 +60,69 @@ def save(
     state: dict[str, Any],
     manifest: dict[str, Any],
 ) -> Path:
-    """Write checkpoint-<episode> and make it current; older checkpoints are removed afterwards."""
+    """Write checkpoint-<episode> and make it current; older checkpoints metapt wrote are removed
+    afterwards. A write that fails (a full disk) removes its temporary folder and raises a
+    CheckpointError; the previous checkpoint stays current."""
     output_dir.mkdir(parents=True, exist_ok=True)
     name = f"checkpoint-{episode:06d}"
     final, tmp = output_dir / name, output_dir / f".{name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(tmp, encoder, tokenizer, heads, heads_info, state, {**manifest, "episode": episode})
+    except Exception as e:  # ENOSPC surfaces as OSError, or as torch's / safetensors' own errors
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(output_dir).free
+        raise CheckpointError(
+            f"{output_dir}: cannot write {name} ({type(e).__name__}: {_first_line(e)}); "
+            f"{free / 2**20:.0f} MiB free on that disk. Nothing was lost: the previous checkpoint "
+            "is still current. Free some space and run again with --resume."
+        ) from None
+    links = [f.name for f in tmp.iterdir()]
+    outdir.claim(output_dir, name, "current", *links)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _atomic_symlink(name, output_dir / "current")
+    for f in links:  # stable top-level links so OUTPUT_DIR itself is a model folder
+        link = output_dir / f
+        if link.is_symlink():
+            continue
+        if link.exists():  # outdir.check refuses such a folder before a run starts
+            raise CheckpointError(f"{link}: metapt did not write this file and will not replace it")
+        os.symlink(Path("current") / f, link)
+    _fsync_dir(output_dir)
+    mine = outdir.owned(output_dir)
+    for old in output_dir.glob("checkpoint-*"):
+        if old.name != name and old.name in mine:  # never a checkpoint-500/ of another tool
+            shutil.rmtree(old, ignore_errors=True)
+            outdir.disown(output_dir, old.name)
+    return final
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0]
+
+
+def _write(
+    tmp: Path,
+    encoder: Any,
+    tokenizer: Any,
+    heads: torch.nn.ModuleDict,
+    heads_info: dict[str, Any],
+    state: dict[str, Any],
+    manifest: dict[str, Any],
+) -> None:
+    """Every file of a checkpoint into `tmp`, the manifest last, all fsynced."""
     tmp.mkdir()
     encoder.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     save_file({k: v.detach().contiguous().cpu() for k, v in heads.state_dict().items()}, tmp / HEADS)
     (tmp / HEADS_INFO).write_text(json.dumps(heads_info, indent=2))
     torch.save(state, tmp / STATE)
-    (tmp / MANIFEST).write_text(json.dumps({**manifest, "episode": episode, "complete": True}, indent=2))
+    (tmp / MANIFEST).write_text(json.dumps({**manifest, "complete": True}, indent=2))
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     _fsync_dir(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    _atomic_symlink(name, output_dir / "current")
-    for f in final.iterdir():  # stable top-level links so OUTPUT_DIR itself is a model folder
-        link = output_dir / f.name
-        if not link.is_symlink():
-            if link.exists():
-                link.unlink()
-            os.symlink(Path("current") / f.name, link)
-    _fsync_dir(output_dir)
-    for old in output_dir.glob("checkpoint-*"):
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def resolve(path: Path) -> Path:

@@ -3,25 +3,35 @@ and exits (with progress.py, which it drives)."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from metapt import outdir
 from metapt.errors import MetaptError, TrainingError
 
 # emoji off: a file name such as `a:x:b` must print as written, not with an emoji in it.
 console = Console(emoji=False)
 err = Console(stderr=True, emoji=False)
+
+
 # Usage errors are click's exceptions: typer >= 0.20 raises those of its bundled copy of click
 # (typer._click), older typers those of the click package. typer.BadParameter is one of them on
 # every version, so its module names the right ones.
+def _say(text: str) -> None:
+    """Print plain text as written: no markup, emoji or highlighting, no wrap at the width."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 _CLICK_ERRORS = sys.modules[typer.BadParameter.__module__]
 
 
@@ -176,6 +186,9 @@ def pretrain(
     ),
     output_dir: Path = typer.Option(None, "--output-dir", help="Override [run].output_dir."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in the output dir."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Start again in a used output dir: removes only metapt's own files there."
+    ),
     seed: int = typer.Option(None, "--seed", min=0, help="Override [run].seed."),
     device: str = typer.Option(None, "--device", help="Override [run].device (auto, cpu, cuda, cuda:N)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final summary."),
@@ -193,9 +206,13 @@ def pretrain(
     )
     # Under torchrun every rank runs the loop; rank 0 alone shows it.
     with pretrain_reporter(console, spec, quiet=quiet, rank=distributed.rank()) as report:
-        summary = run_pretrain(spec, resume=resume, callback=report)
+        summary = run_pretrain(spec, resume=resume, callback=report, overwrite=overwrite)
     if summary.get("rank", 0) == 0:
-        console.print(summary["message"], highlight=False)
+        _say(summary["message"])
+    if not summary["complete"]:  # stopped early by a signal: 128 + its number, as a shell reports it
+        if summary.get("rank", 0) == 0:
+            err.print("stopped early; continue with --resume", markup=False, highlight=False)
+        raise typer.Exit(128 + (summary.get("signal") or 2))
 
 
 @app.command()
@@ -220,21 +237,41 @@ def finetune(
     ),
     seeds: str = typer.Option(None, "--seeds", help="Several seeds, e.g. 1,2,3: mean and std are reported."),
     output_dir: Path = typer.Option(None, "--output-dir", help="Default: CKPT/finetune/TASK."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an earlier finetuning in the output dir (only metapt's files)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final metrics."),
 ) -> None:
     """Finetune a pretrained encoder on a downstream task and score it with the task's metric."""
     _quiet_libraries()
     from metapt import distributed
-    from metapt.finetune import aggregate, finetune_one, task_spec
-    from metapt.progress import finetune_reporter
+    from metapt.data.tokenizer import load_tokenizer
+    from metapt.finetune import encoder_source, task_spec
 
     spec = task_spec(task, data, {"epochs": epochs, "lr": lr, "size": batch_size, "max_length": max_length})
     seed_list = _seeds(seeds) if seeds else [seed]
     out = output_dir or Path(checkpoint) / "finetune" / spec.name
-    runs = []
     lead = distributed.rank() == 0  # under torchrun every rank trains; rank 0 alone prints and writes
+    load_tokenizer(encoder_source(checkpoint))  # a bad CKPT fails before any folder is made in it
+    if lead and output_dir is None:
+        outdir.claim_if_ours(Path(checkpoint), "finetune")
+    guard = outdir.run_folder(out, "finetune", "metapt finetune", False, overwrite) if lead else None
+    with guard or contextlib.nullcontext():
+        _finetune_seeds(checkpoint, spec, seed_list, out, quiet, lead)
+
+
+def _finetune_seeds(
+    checkpoint: str, spec: Any, seed_list: list[int], out: Path, quiet: bool, lead: bool
+) -> None:
+    """Finetune every seed into `out` (seed-N/ each when there are several, and their summary)."""
+    from metapt.finetune import aggregate, finetune_one
+    from metapt.progress import finetune_reporter
+
+    runs = []
     for s in seed_list:
         where = out / f"seed-{s}" if len(seed_list) > 1 else out
+        if lead and where != out:
+            outdir.claim(out, where.name)
         with finetune_reporter(console, quiet or not lead) as report:
             runs.append(finetune_one(checkpoint, spec, s, where, callback=report))
         if lead:
@@ -247,12 +284,12 @@ def finetune(
             "metrics": aggregate(runs),
             "runs": [str(out / f"seed-{s}") for s in seed_list],
         }
-        out.mkdir(parents=True, exist_ok=True)
+        outdir.claim(out, "results.json")
         (out / "results.json").write_text(json.dumps(summary, indent=2))
         for split, metrics in summary["metrics"].items():
             shown = "  ".join(f"{k} {v['mean']:.2f} ± {v['std']:.2f}" for k, v in metrics.items())
-            console.print(f"{split} over {len(seed_list)} seeds: {shown}", highlight=False)
-        console.print(f"results: {out / 'results.json'}", highlight=False)
+            _say(f"{split} over {len(seed_list)} seeds: {shown}")
+        _say(f"results: {out / 'results.json'}")
 
 
 def _seeds(text: str) -> list[int]:
@@ -270,11 +307,8 @@ def _seeds(text: str) -> list[int]:
 def _print_results(results: dict, where: Path) -> None:
     for split, metrics in results["metrics"].items():
         shown = "  ".join(f"{k} {v:.2f}" for k, v in metrics.items())
-        console.print(f"{split}: {shown}", highlight=False)
-    console.print(
-        f"best epoch {results['best_epoch']}, main metric {results['main_metric']}; wrote {where}",
-        highlight=False,
-    )
+        _say(f"{split}: {shown}")
+    _say(f"best epoch {results['best_epoch']}, main metric {results['main_metric']}; wrote {where}")
 
 
 @app.command()
@@ -292,8 +326,8 @@ def evaluate(
     spec = task_spec(task, data, {})
     result = run_evaluate(finetuned_dir, spec, split)
     shown = "  ".join(f"{k} {v:.2f}" for k, v in result["metrics"].items()) or "no labels: predictions only"
-    console.print(f"{split}: {shown}", highlight=False)
-    console.print(f"predictions: {result['predictions']}", highlight=False)
+    _say(f"{split}: {shown}")
+    _say(f"predictions: {result['predictions']}")
 
 
 @app.command()
@@ -354,6 +388,9 @@ def compare(
     device: str = typer.Option(
         None, "--device", help="Instead of the run spec's device (auto, cpu, cuda, cuda:N)."
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an earlier comparison in the output dir (only metapt's files)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final summary."),
 ) -> None:
     """Pretrain with several schedulers at equal compute, finetune each, and write a results table."""
@@ -372,13 +409,21 @@ def compare(
     def show(event: str, data: dict) -> None:
         line = None if quiet else describe(event, data)
         if line:
-            console.print(line, highlight=False, soft_wrap=True)
+            _say(line)
 
-    run_compare(spec, names, seed_list, tasks, out, budget=budget, episodes=episodes, callback=show)
-    console.print((out / "results.md").read_text(), highlight=False, markup=False, soft_wrap=True)
-    console.print(
-        f"wrote {out / 'results.md'}, {out / 'results.json'} and {out / 'compare.png'}", highlight=False
+    run_compare(
+        spec,
+        names,
+        seed_list,
+        tasks,
+        out,
+        budget=budget,
+        episodes=episodes,
+        callback=show,
+        overwrite=overwrite,
     )
+    _say((out / "results.md").read_text())
+    _say(f"wrote {out / 'results.md'}, {out / 'results.json'} and {out / 'compare.png'}")
 
 
 @app.command()
@@ -391,7 +436,7 @@ def report(
     """Plot a run's metrics.jsonl: choices, utilities, losses and selection time."""
     from metapt.report import report as draw
 
-    console.print(f"wrote {draw(run_dir, output)}", highlight=False, soft_wrap=True)
+    _say(f"wrote {draw(run_dir, output)}")
 
 
 def main() -> None:

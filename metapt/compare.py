@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metapt import report
+from metapt import outdir, report
 from metapt.catalog import KINDS, SCHEDULERS
 from metapt.engine import pretrain
 from metapt.errors import MetaptError
@@ -169,6 +169,7 @@ def finetune_run(
 ) -> dict[str, dict[str, Any]]:
     """Finetune the encoder in run_dir on every downstream task: task -> finetune results."""
     out = {}
+    outdir.claim(run_dir, "finetune")
     for t in tasks:
         out[t.name] = r = finetune_one(
             str(run_dir), t, seed, run_dir / "finetune" / t.name, device_name=device
@@ -224,8 +225,10 @@ def compare(
     episodes: int | None = None,
     device: str | None = None,
     callback: Callback | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Pretrain, finetune and report every (scheduler, seed); write OUT/results.{md,json} and plots."""
+    """Pretrain, finetune and report every (scheduler, seed); write OUT/results.{md,json} and plots.
+    OUT must be empty or absent, or `overwrite` removes metapt's own files there first."""
     callback = callback or (lambda event, data: None)
     if budget is not None and episodes is not None:
         raise MetaptError("--budget and --episodes both given; choose one (equal FLOPs or equal episodes)")
@@ -233,6 +236,23 @@ def compare(
         raise MetaptError(f"--budget {budget}: expected a positive number of FLOPs such as 2e12")
     report.require_matplotlib()
     out = Path(out)
+    with outdir.run_folder(out, "compare", "metapt compare", False, overwrite):
+        outdir.claim(out, ".probe", *schedulers, "results.json", "results.md", "compare.png")
+        return _compare(spec, schedulers, seeds, tasks, out, budget, episodes, device, callback)
+
+
+def _compare(
+    spec: RunSpec,
+    schedulers: list[str],
+    seeds: list[int],
+    tasks: list[TaskSpec],
+    out: Path,
+    budget: float | None,
+    episodes: int | None,
+    device: str | None,
+    callback: Callback,
+) -> dict[str, Any]:
+    """The body of `compare`, in a folder that is checked and locked."""
     caps = episode_caps(spec, schedulers, seeds[0], budget, out, device) if budget is not None else {}
     for s, probe in caps.items():
         callback("probe", {"scheduler": s, **probe})

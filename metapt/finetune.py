@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from metapt import distributed
+from metapt import distributed, outdir
 from metapt.catalog import KINDS
 from metapt.data.pipeline import TaskData, _seed, eval_batches, kind_of, load_task
 from metapt.data.tokenizer import load_tokenizer
@@ -144,6 +144,8 @@ def finetune_one(
     callback = callback or (lambda event, data: None)
     rank, world = distributed.rank(), distributed.world()
     start = time.perf_counter()
+    if rank == 0:  # the callers check the folder first (metapt finetune, compare)
+        outdir.claim(out, "model", "predictions", "results.json", kind="finetune")
     source = encoder_source(checkpoint)
     tokenizer = load_tokenizer(source)
     encoder = load_encoder(source)
@@ -283,6 +285,7 @@ def evaluate(folder: Path, spec: TaskSpec, split: str, device_name: str = "auto"
         model.to(device), task, tokenizer, split, device, autocast_for(device, "auto")
     )
     out = model_dir.parent if model_dir.name == "model" else model_dir
+    outdir.claim_if_ours(out, "predictions", f"evaluation-{split}.json")
     path = write_outputs(out, task, split, record_predictions)
     result = {
         "task": spec.name,
