@@ -22,7 +22,7 @@ from typing import Any
 import datasets
 import torch
 
-from metapt import checkpoint, distributed, outdir, resuming, selection
+from metapt import checkpoint, distributed, outdir, pointless, resuming, selection
 from metapt.catalog import KINDS
 from metapt.data.pipeline import (
     BatchStream,
@@ -209,6 +209,8 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
         resuming.reapply(rates, schedule, optimizer, head_optimizer)
     if world > 1:  # as DDP does: every rank starts from rank 0's weights
         distributed.broadcast_parameters([model])
+    run.notes += [w for t in tasks.values() for w in t.warnings]
+    run.notes += pointless.run_warnings(spec, {n: train_size(t) for n, t in tasks.items()}, run.episode)
     return run
 
 
@@ -453,6 +455,7 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
         run.out.mkdir(parents=True, exist_ok=True)
         outdir.claim(run.out, metrics_path.name)
         _truncate_metrics(metrics_path, run.episode)
+    watch = pointless.Divergence.from_metrics(metrics_path)
     stop = _interrupt_flag()
     stopping = False  # stop["set"] as every rank agreed on it after the last episode
     try:  # the previous SIGINT handler comes back however the loop ends (a NaN, a crash)
@@ -529,6 +532,8 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
             callback("episode", record)
+            if warning := watch.observe(chosen, run.episode, train_loss, meta.lr, meta.max_grad_norm):
+                callback("warning", {"message": warning})
             stopping = distributed.any_rank(stop["set"])
             out_of_budget = max_flops is not None and spent() >= max_flops
             if (

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from metapt import distributed, outdir
+from metapt import distributed, outdir, pointless
 from metapt.catalog import KINDS
 from metapt.data.pipeline import TaskData, _seed, eval_batches, kind_of, load_task
 from metapt.data.tokenizer import load_tokenizer
@@ -168,6 +168,11 @@ def finetune_one(
     callback(
         "start", {"task": spec.name, "epochs": ft.epochs, "steps": steps_per_epoch, "examples": len(train)}
     )
+    warnings = task.warnings + pointless.finetune_warnings(
+        ft.lr, ft.epochs * steps_per_epoch, ft.warmup_ratio
+    )
+    for warning in warnings if rank == 0 else []:  # also in results.json
+        callback("warning", {"message": warning})
     for epoch in range(ft.epochs):
         model.train()
         order = torch.randperm(
@@ -202,7 +207,7 @@ def finetune_one(
     if rank != 0:  # rank 0 reloads the best epoch, scores it and writes; the others wait for it
         distributed.barrier("waiting for rank 0's final evaluation")
         return {"task": spec.name, "seed": seed, "rank": rank, "best_epoch": best[0], "history": history}
-    results = _final(out, source, spec, seed, history, best, device, start)
+    results = _final(out, source, spec, seed, history, best, device, start, warnings)
     distributed.barrier("the final evaluation")
     return results
 
@@ -216,6 +221,7 @@ def _final(
     best: tuple[int, float],
     device: torch.device,
     start: float,
+    warnings: list[str],
 ) -> dict[str, Any]:
     """Reload the best epoch, score validation (and test) with it, and write results and predictions."""
     tokenizer, model, task = load_finetuned(out / "model", spec, spec.data.splits())
@@ -231,6 +237,7 @@ def _final(
         "history": history,
         "metrics": {},
         "predictions": {},
+        "warnings": warnings,  # labels the head cannot learn, pointless settings
     }
     for split in ("validation", "test"):
         if split not in task.features:
@@ -293,6 +300,7 @@ def evaluate(folder: Path, spec: TaskSpec, split: str, device_name: str = "auto"
         "metrics": metrics,
         "main_metric": main_metric(spec, metrics),
         "predictions": str(path),
+        "warnings": task.warnings,
     }
     (out / f"evaluation-{split}.json").write_text(json.dumps(result, indent=2))
     return result

@@ -79,7 +79,7 @@ def claim(folder: Path, *names: str, kind: str = "") -> None:
     """Record `names` as metapt's own in `folder`, before they are created (written atomically)."""
     record = _read(folder) or {"kind": kind, "entries": sorted(_legacy(folder))}
     entries = set(record["entries"])
-    if set(names) <= entries and (record.get("kind") or not kind):
+    if (folder / RECORD).is_file() and set(names) <= entries and (record.get("kind") or not kind):
         return
     record["kind"] = record.get("kind") or kind
     record["entries"] = sorted(entries | set(names))
@@ -113,8 +113,11 @@ def split(folder: Path) -> tuple[list[str], list[str]]:
     return mine, [n for n in names if n not in mine]
 
 
-def _shown(folder: Path, names: list[str]) -> str:
-    return ", ".join(n + ("/" if (folder / n).is_dir() else "") for n in names)
+def _shown(folder: Path, names: list[str], most: int = 8) -> str:
+    """Names as `ls -F` shows folders, the first `most` of them."""
+    shown = [n + ("/" if (folder / n).is_dir() and not (folder / n).is_symlink() else "") for n in names]
+    more = f" and {len(shown) - most} more" if len(shown) > most else ""
+    return ", ".join(shown[:most]) + more
 
 
 def check_writable(folder: Path) -> None:
@@ -154,15 +157,19 @@ def check(folder: Path, kind: str, overwrite: bool) -> None:
         )
     if overwrite or not (mine or theirs):
         return
-    held = f"metapt's {_describe(folder)}: {_shown(folder, mine)}" if mine else ""
-    other = f"{len(theirs)} entries metapt did not write: {_shown(folder, theirs)}" if theirs else ""
-    remove = f"removes only {_shown(folder, mine)}" if mine else "removes nothing"
-    keep = f" and keeps {_shown(folder, theirs)}" if theirs else ""
-    again = "continue it with --resume, " if kind == "pretrain" and mine else ""
+    held = [f"metapt's {_describe(folder)}: {_shown(folder, mine, 4)}"] if mine else []
+    held += [f"{len(theirs)} entries metapt did not write: {_shown(folder, theirs, 12)}"] if theirs else []
+    ways = ["continue the run:  --resume"] if kind == "pretrain" and mine else []
+    keep = f"; keeps {_shown(folder, theirs, 12)}" if theirs else ""
+    ways += [
+        "write elsewhere:   --output-dir DIR",
+        f"start again here:  --overwrite (removes metapt's {len(mine)} entries only{keep})",
+    ]
     raise MetaptError(
-        f"{folder} is not empty; it holds {'; and '.join(x for x in (held, other) if x)}. A fresh "
-        f"{kind} run would write over it. To go on: {again}write elsewhere with --output-dir DIR, "
-        f"or start again here with --overwrite ({remove}{keep})."
+        f"{folder} is not empty. It holds:\n  "
+        + "\n  ".join(held)
+        + f"\nA fresh {kind} run would write over it. To go on:\n  "
+        + "\n  ".join(ways)
     )
 
 

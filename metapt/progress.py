@@ -159,6 +159,9 @@ def finetune_reporter(console: Console, quiet: bool = False) -> Iterator[Callbac
     state: dict[str, Any] = {}
 
     def callback(event: str, data: dict[str, Any]) -> None:
+        if event == "warning":  # shown even with --quiet
+            console.print(f"warning: {data['message']}", markup=False, highlight=False, soft_wrap=True)
+            return
         if quiet:
             return
         if event == "start":

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ class TaskData:
     info: dict[str, Any]
     features: dict[str, datasets.Dataset]
     records: dict[str, datasets.Dataset]
+    warnings: list[str] = field(default_factory=list)  # e.g. labels the head cannot learn, with counts
 
     @property
     def name(self) -> str:
@@ -136,8 +137,11 @@ def load_task(
         info = kind_of(spec).prepare(spec, records.get("train"))
         if tokenizer is not None:
             info = {**info, "vocab_size": len(tokenizer)}
+    from metapt.data.labels import unknown_labels
+
+    warnings = unknown_labels(spec, info, records)
     if not encode:
-        return TaskData(spec, info, {}, records)
+        return TaskData(spec, info, {}, records, warnings)
     features = {s: encode_split(spec, records[s], s, tokenizer, info) for s in splits}
     for s, f in features.items():
         if isinstance(f, datasets.IterableDataset):  # streamed: encoded lazily, size unknown
@@ -147,7 +151,7 @@ def load_task(
                 f"task {spec.name!r}: the {s} split has no usable examples after encoding "
                 f"({len(records[s])} records read from {spec.data.location(s) or spec.data.format})"
             )
-    return TaskData(spec, info, features, records)
+    return TaskData(spec, info, features, records, warnings)
 
 
 def _check_fields(spec: TaskSpec, records: dict[str, Any]) -> None:
