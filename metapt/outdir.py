@@ -120,6 +120,10 @@ def _shown(folder: Path, names: list[str], most: int = 8) -> str:
     return ", ".join(shown[:most]) + more
 
 
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
 def check_writable(folder: Path) -> None:
     """MetaptError unless `folder` is (or can become) a writable folder."""
     if folder.exists() and not folder.is_dir():
@@ -128,7 +132,7 @@ def check_writable(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MetaptError(f"{folder}: cannot create the output folder ({e.strerror})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not _writable(folder):
         raise MetaptError(f"{folder}: the output folder is not writable; give another with --output-dir")
 
 
@@ -193,6 +197,29 @@ class Lock:
         self.folder, self.command, self.fd = folder, command, -1
         self.warning = ""
 
+    def _busy(self, fd: int) -> MetaptError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+        return MetaptError(
+            f"{self.folder} is in use by {holder}; wait for it to finish, or write elsewhere with --output-dir"
+        )
+
+    def probe(self) -> None:
+        """MetaptError when another process holds the lock now; writes nothing."""
+        try:
+            import fcntl
+
+            fd = os.open(self.folder / LOCK, os.O_RDONLY)
+        except (ImportError, OSError):  # no lock file: nobody holds it
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise self._busy(fd) from None
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
     def __enter__(self) -> Lock:
         try:
             import fcntl
@@ -203,12 +230,9 @@ class Lock:
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(self.fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            busy = self._busy(self.fd)
             os.close(self.fd)
-            raise MetaptError(
-                f"{self.folder} is in use by {holder}; wait for it to finish, or write elsewhere "
-                "with --output-dir"
-            ) from None
+            raise busy from None
         except OSError as e:  # a filesystem without locks (some network mounts)
             self.warning = f"{self.folder}: cannot lock the folder ({e.strerror}); run one metapt per folder"
             return self
@@ -246,6 +270,7 @@ def run_folder(folder: Path, kind: str, command: str, resume: bool, overwrite: b
     here are removed again when the block fails before writing anything into them."""
     if resume and overwrite:
         raise MetaptError("--resume and --overwrite: choose one (continue the run, or start it again)")
+    Lock(folder, command).probe()  # a run in progress: say so, rather than that the folder is used
     if not resume:
         check(folder, kind, overwrite)
     made = _first_missing(folder)
