@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import json
 import os
 import sys
@@ -51,7 +52,7 @@ class Boundary(TyperGroup):
 
     def resolve_command(self, ctx: typer.Context, args: list[str]) -> tuple:
         """The command named first in `args`; an unknown one gets a did-you-mean on every typer
-        version (typer < 0.20 does not suggest one)."""
+        version (older typers do not suggest one)."""
         try:
             return super().resolve_command(ctx, args)
         except _CLICK_ERRORS.UsageError as e:
@@ -78,13 +79,20 @@ class Boundary(TyperGroup):
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
-        except Exception as e:  # a bug: say what, and how to see where
-            if _debug() or _usage_error(e):  # typer prints usage errors with the usage and exits 2
-                raise
-            err.print(
+        except Exception as e:
+            if _debug() or _usage_error(e) or getattr(e, "errno", None) == errno.EPIPE:
+                raise  # typer prints usage errors with the usage line (exit 2), and handles EPIPE
+            if isinstance(e, OSError) and e.filename:  # a file the system refused: disk full, permission
+                full = " (the disk is full: free some space)" if e.errno == errno.ENOSPC else ""
+                err.print(
+                    f"error: {e.filename}: {e.strerror}{full}", markup=False, highlight=False, soft_wrap=True
+                )
+                raise typer.Exit(2) from None
+            err.print(  # a bug: say what, and how to see where
                 f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))} "
                 "(run with --debug or METAPT_DEBUG=1 for the traceback)",
                 highlight=False,
+                soft_wrap=True,
             )
             raise typer.Exit(1) from None
 

@@ -96,11 +96,12 @@ def write_outputs(out: Path, task: TaskData, split: str, record_predictions: lis
 
 def save_model(folder: Path, model: MultiTaskModel, tokenizer: Any, task: TaskData) -> None:
     """A Hugging Face encoder folder plus head.safetensors and head.json (kind, spec, label facts)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    model.encoder.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    head = model.heads[task.name].state_dict()
-    save_file({k: v.detach().contiguous().cpu() for k, v in head.items()}, folder / "head.safetensors")
+    with outdir.writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        model.encoder.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        head = model.heads[task.name].state_dict()
+        save_file({k: v.detach().contiguous().cpu() for k, v in head.items()}, folder / "head.safetensors")
     (folder / "head.json").write_text(
         json.dumps(
             {"task": task.name, "kind": task.spec.kind, "spec": task.spec.path, "info": task.info}, indent=2

@@ -251,6 +251,23 @@ class Lock:
             self.fd = -1
 
 
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn a failed write of `path` into a MetaptError saying how much space is left: a full disk
+    surfaces as OSError, or as torch's and safetensors' own errors."""
+    try:
+        yield
+    except MetaptError:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        where = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+        free = shutil.disk_usage(where).free / 2**20
+        raise MetaptError(
+            f"{path}: cannot write it ({type(e).__name__}: {first}); {free:.0f} MiB free on that disk"
+        ) from None
+
+
 def _first_missing(folder: Path) -> Path | None:
     """The outermost folder of `folder`'s path that does not exist yet (None: it exists)."""
     missing = None

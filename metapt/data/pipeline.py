@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import zlib
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -21,6 +22,7 @@ from typing import Any
 import datasets
 import torch
 
+from metapt import outdir
 from metapt.distributed import shard
 from metapt.errors import MetaptError
 from metapt.spec import TaskSpec
@@ -67,7 +69,7 @@ def _data_key(spec: TaskSpec, split: str) -> str:
         return f"hf:{data.dataset}:{data.subset}:{getattr(data, split)}"
     from metapt.data.readers import resolve_files
 
-    files = resolve_files(data.location(split))
+    files = resolve_files(data.location(split), data.format)
     return ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
 
 
@@ -108,7 +110,12 @@ def encode_split(
             log.info("feature cache at %s unreadable; re-encoding", path)
     features = kind_of(spec).encode(records, tokenizer, spec, info)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # never torch's RNG: it seeds the weights
-    features.save_to_disk(str(tmp))
+    try:
+        with outdir.writing(tmp):  # a full disk: say so (METAPT_CACHE moves the cache)
+            features.save_to_disk(str(tmp))
+    except MetaptError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         tmp.rename(path)
     except OSError:  # another process finished first; its copy is identical
