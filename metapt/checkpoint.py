@@ -9,9 +9,11 @@ Layout of an output directory:
       config.json -> current/config.json  (and every other file: so OUTPUT_DIR itself loads with
                                            AutoModel.from_pretrained / AutoTokenizer.from_pretrained)
       metrics.jsonl
+      .metapt-owned.json, .metapt.lock    (what metapt wrote here; the run's lock: metapt/outdir.py)
 
 A new checkpoint is written to a temporary folder, renamed into place, and only then is `current`
 switched with one atomic rename; a crash at any point leaves the previous checkpoint as it was.
+Only checkpoints metapt recorded as its own are ever removed, and no file it did not write is replaced.
 """
 
 from __future__ import annotations

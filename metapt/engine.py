@@ -287,9 +287,11 @@ def save(run: Run) -> Path:
 
 def _check(value: float, what: str, run: Run) -> None:
     if value != value or value in (float("inf"), float("-inf")):
+        saved = (run.out / "current").exists()
+        state = f"the last checkpoint in {run.out} is intact" if saved else "no checkpoint was written yet"
         raise TrainingError(
-            f"episode {run.episode + 1}: {what} is {value}; the last checkpoint in {run.out} "
-            "is intact. Lower [meta].lr or [meta].inner_lr and --resume."
+            f"episode {run.episode + 1}: {what} is {value}; {state}. Lower [meta].lr or [meta].inner_lr "
+            f"(or look for extreme values in the data) and {'--resume' if saved else 'run again'}."
         )
 
 

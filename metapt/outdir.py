@@ -136,6 +136,10 @@ def check_writable(folder: Path) -> None:
         raise MetaptError(f"{folder}: the output folder is not writable; give another with --output-dir")
 
 
+def _entries(n: int) -> str:
+    return f"{n} entr{'y' if n == 1 else 'ies'}"
+
+
 def _describe(folder: Path) -> str:
     """What metapt's entries in a folder are, in words (a pretraining run's progress when known)."""
     try:
@@ -162,12 +166,12 @@ def check(folder: Path, kind: str, overwrite: bool) -> None:
     if overwrite or not (mine or theirs):
         return
     held = [f"metapt's {_describe(folder)}: {_shown(folder, mine, 4)}"] if mine else []
-    held += [f"{len(theirs)} entries metapt did not write: {_shown(folder, theirs, 12)}"] if theirs else []
+    held += [f"{_entries(len(theirs))} metapt did not write: {_shown(folder, theirs, 12)}"] if theirs else []
     ways = ["continue the run:  --resume"] if kind == "pretrain" and mine else []
     keep = f"; keeps {_shown(folder, theirs, 12)}" if theirs else ""
     ways += [
         "write elsewhere:   --output-dir DIR",
-        f"start again here:  --overwrite (removes metapt's {len(mine)} entries only{keep})",
+        f"start again here:  --overwrite (removes metapt's {_entries(len(mine))} only{keep})",
     ]
     raise MetaptError(
         f"{folder} is not empty. It holds:\n  "

@@ -187,6 +187,22 @@ def test_finetune_refuses_its_earlier_output_without_overwrite(tmp_path: Path) -
         outdir.check(tmp_path / "theirs", "finetune", overwrite=True)
 
 
+def test_compare_refuses_a_used_folder_before_it_trains(tmp_path: Path, runner: CliRunner) -> None:
+    out = tmp_path / "cmp"
+    write(out, "results.md", "my table")
+    spec = Path(__file__).parent / "fixtures" / "compare" / "run.toml"
+    args = ["compare", str(spec), "--episodes", "1", "--seeds", "1", "--output-dir", str(out), "-q"]
+    result = runner.invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 2, result.output
+    assert "holds results.md, which metapt did not write and a compare run writes" in result.stderr
+    (out / "results.md").unlink()
+    write(out, "notes.txt", "mine")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "1 entry metapt did not write: notes.txt" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
 # ----------------------------------------------------------------------------------- the lock
 HOLD = """
 import sys, time
@@ -217,10 +233,10 @@ def test_a_locked_folder_exits_2_naming_the_holder_and_a_killed_holder_leaves_no
 
 
 def test_two_pretrain_processes_on_one_folder(tmp_path: Path) -> None:
-    """The second exits 2 saying who holds the folder; the first writes its 4 episodes alone."""
+    """The second exits 2 saying who holds the folder; the first writes its 2 episodes alone."""
     env = {k: v for k, v in os.environ.items() if k != "METAPT_DEBUG"}
     out = tmp_path / "run"
-    cmd = [str(SCRIPT), "pretrain", str(AGNOSTIC), "--output-dir", str(out), "-q"]
+    cmd = [str(SCRIPT), "pretrain", str(AGNOSTIC), "--episodes", "2", "--output-dir", str(out), "-q"]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 60
     while not ((out / outdir.LOCK).is_file() and (out / outdir.LOCK).read_text()):
@@ -231,7 +247,7 @@ def test_two_pretrain_processes_on_one_folder(tmp_path: Path) -> None:
     assert f"{out} is in use by metapt pretrain (pid {first.pid}" in second.stderr
     assert first.wait(timeout=300) == 0, first.communicate()
     episodes = [json.loads(x)["episode"] for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert episodes == [1, 2, 3, 4]
+    assert episodes == [1, 2]
 
 
 # ------------------------------------------------------------------------------------- report
