@@ -113,6 +113,13 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."))
         os.environ["METAPT_DEBUG"] = "1"
 
 
+def _natural_width(renderable: object) -> int:
+    """The width a table takes when nothing has to fold."""
+    from rich.measure import Measurement
+
+    return Measurement.get(console, console.options.update_width(1 << 20), renderable).maximum
+
+
 def _quiet_libraries() -> None:
     """Hide the libraries' own progress bars and load reports; metapt reports what matters."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -171,8 +178,8 @@ def inspect_tasks(
     rows = describe_tasks(paths or None, count=count)
     if as_json:
         print(json.dumps(rows, indent=2))
-    elif console.is_terminal and console.measure(table(rows, count)).maximum <= console.width:
-        console.print(table(rows, count))
+    elif console.is_terminal and _natural_width(shown := table(rows, count)) <= console.width:
+        console.print(shown)
     else:  # piped, or a terminal too narrow for the table: whole lines, no word broken by a fold
         print("\n".join(plain_lines(rows, count)))
     if bad := invalid(rows):

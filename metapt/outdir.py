@@ -17,7 +17,7 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from metapt.catalog import SCHEDULERS
@@ -26,9 +26,7 @@ from metapt.errors import MetaptError
 RECORD = ".metapt-owned.json"
 LOCK = ".metapt.lock"
 # metapt's own temporary names (a checkpoint being written, the `current` link being switched).
-_TEMPORARY = re.compile(
-    r"\.checkpoint-\d{6}\.partial|\.current\.tmp|\.metrics\.jsonl\.tmp|\.metapt-owned\.json\.tmp"
-)
+_TEMPORARY = re.compile(r"\.checkpoint-\d{6}\.partial|\.current\.tmp|\.metrics\.jsonl\.tmp")
 # Top-level names each kind of run writes: a file of one of these names that metapt did not write
 # blocks even --overwrite. Pretraining links every checkpoint file (Hugging Face's names) to the top.
 _HF_FILES = (
@@ -75,18 +73,41 @@ def owned(folder: Path) -> set[str]:
     return names | {RECORD, LOCK}
 
 
-def claim(folder: Path, *names: str, kind: str = "") -> None:
-    """Record `names` as metapt's own in `folder`, before they are created (written atomically)."""
-    record = _read(folder) or {"kind": kind, "entries": sorted(_legacy(folder))}
-    entries = set(record["entries"])
-    if (folder / RECORD).is_file() and set(names) <= entries and (record.get("kind") or not kind):
-        return
-    record["kind"] = record.get("kind") or kind
-    record["entries"] = sorted(entries | set(names))
+def _update(folder: Path, change: Callable[[dict], dict]) -> None:
+    """Read, change and rewrite the record under a lock on the record file itself, so two processes
+    that write one folder (a run and `metapt report`) never lose each other's entries. A record cut
+    short by a crash reads as absent, and an older run's entries are then recognised again."""
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{RECORD}.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, folder / RECORD)
+    fd = os.open(folder / RECORD, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        with contextlib.suppress(ImportError, OSError):
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd is closed
+        try:
+            record = json.loads(os.pread(fd, 1 << 20, 0) or b"{}")
+        except ValueError:
+            record = {}
+        if not record:
+            record = {"kind": "", "entries": sorted(_legacy(folder))}
+        new = change(dict(record))
+        if new != record or not os.fstat(fd).st_size:
+            data = json.dumps(new, indent=1).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+    finally:
+        os.close(fd)
+
+
+def claim(folder: Path, *names: str, kind: str = "") -> None:
+    """Record `names` as metapt's own in `folder`, before they are created."""
+    record = _read(folder)
+    if record and set(names) <= set(record.get("entries", [])) and (record.get("kind") or not kind):
+        return
+    _update(
+        folder,
+        lambda r: {"kind": r.get("kind") or kind, "entries": sorted({*r.get("entries", []), *names})},
+    )
 
 
 def claim_if_ours(folder: Path, *names: str) -> None:
@@ -98,9 +119,8 @@ def claim_if_ours(folder: Path, *names: str) -> None:
 def disown(folder: Path, *names: str) -> None:
     """Forget entries metapt has removed."""
     record = _read(folder)
-    if record and set(names) & set(record["entries"]):
-        record["entries"] = sorted(set(record["entries"]) - set(names))
-        (folder / RECORD).write_text(json.dumps(record, indent=1))
+    if record and set(names) & set(record.get("entries", [])):
+        _update(folder, lambda r: {**r, "entries": sorted(set(r.get("entries", [])) - set(names))})
 
 
 def split(folder: Path) -> tuple[list[str], list[str]]:
@@ -291,6 +311,8 @@ def run_folder(folder: Path, kind: str, command: str, resume: bool, overwrite: b
     here are removed again when the block fails before writing anything into them."""
     if resume and overwrite:
         raise MetaptError("--resume and --overwrite: choose one (continue the run, or start it again)")
+    if resume and not folder.is_dir():
+        raise MetaptError(f"{folder}: no such folder to resume; run without --resume to start there")
     Lock(folder, command).probe()  # a run in progress: say so, rather than that the folder is used
     if not resume:
         check(folder, kind, overwrite)
