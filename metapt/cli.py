@@ -271,7 +271,9 @@ def finetune(
     if lead and output_dir is None:
         outdir.claim_if_ours(Path(checkpoint), "finetune")
     guard = outdir.run_folder(out, "finetune", "metapt finetune", False, overwrite) if lead else None
-    with guard or contextlib.nullcontext():
+    with guard or contextlib.nullcontext() as lock:
+        if lock is not None and lock.warning:
+            _say(f"warning: {lock.warning}")
         _finetune_seeds(checkpoint, spec, seed_list, out, quiet, lead)
 
 
