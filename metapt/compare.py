@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metapt import distributed, mixture, report, reporting
+from metapt import distributed, mixture, outdir, report, reporting
 from metapt.catalog import KINDS, SCHEDULERS
 from metapt.engine import pretrain
 from metapt.errors import MetaptError
@@ -176,6 +176,7 @@ def finetune_run(
 ) -> dict[str, dict[str, Any]]:
     """Finetune the encoder in run_dir on every downstream task: task -> finetune results."""
     out = {}
+    outdir.claim(run_dir, "finetune")
     for t in tasks:
         where, config = run_dir / "finetune" / t.name, reporting.finetune_config(str(run_dir), t, seed)
         name = f"{run_dir.parent.name}/{run_dir.name}/{t.name}"  # scheduler/seed-S/task
@@ -244,8 +245,10 @@ def compare(
     episodes: int | None = None,
     device: str | None = None,
     callback: Callback | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Pretrain, finetune and report every (scheduler, seed); write OUT/results.{md,json} and plots."""
+    """Pretrain, finetune and report every (scheduler, seed); write OUT/results.{md,json} and plots.
+    OUT must be empty or absent, or `overwrite` removes metapt's own files there first."""
     callback = callback or (lambda event, data: None)
     if budget is not None and episodes is not None:
         raise MetaptError("--budget and --episodes both given; choose one (equal FLOPs or equal episodes)")
@@ -254,6 +257,23 @@ def compare(
     report.require_matplotlib()
     out = Path(out)
     schedulers = mixture.run_order(schedulers, spec)
+    with outdir.run_folder(out, "compare", "metapt compare", False, overwrite):
+        outdir.claim(out, ".probe", *schedulers, "results.json", "results.md", "compare.png")
+        return _compare(spec, schedulers, seeds, tasks, out, budget, episodes, device, callback)
+
+
+def _compare(
+    spec: RunSpec,
+    schedulers: list[str],
+    seeds: list[int],
+    tasks: list[TaskSpec],
+    out: Path,
+    budget: float | None,
+    episodes: int | None,
+    device: str | None,
+    callback: Callback,
+) -> dict[str, Any]:
+    """The body of `compare`, in a folder that is checked and locked."""
     replays = "mixture" in schedulers and "meta" in schedulers  # that seed's meta run's mixture.json
     probed = [s for s in schedulers if not (replays and s == "mixture")]  # its cap follows meta's run
     caps = episode_caps(spec, probed, seeds[0], budget, out, device) if budget is not None else {}

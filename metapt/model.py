@@ -49,6 +49,11 @@ def load_encoder(name_or_dir: str) -> nn.Module:
             f"cannot load an encoder from {name_or_dir!r}: {e}. Give a folder with config.json "
             "and model.safetensors (e.g. a metapt checkpoint), or a hub id while online."
         ) from None
+    except Exception as e:  # safetensors' and torch's own errors for a truncated or corrupt file
+        raise MetaptError(
+            f"cannot load an encoder from {name_or_dir!r}: its weights are corrupt or truncated "
+            f"({type(e).__name__}: {e}). Restore model.safetensors, or use another checkpoint."
+        ) from None
     if getattr(encoder, "pooler", None) is not None:  # heads pool themselves: an unused pooler
         # would only add parameters that never get a gradient; its weights are kept aside (a plain
         # dict, not parameters) so that a checkpoint saves them back unchanged

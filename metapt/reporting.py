@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from metapt import outdir
 from metapt.catalog import REPORT_TO
 from metapt.errors import MetaptError
 from metapt.spec import RunSpec, TaskSpec, _suggest
@@ -170,6 +171,7 @@ class Writers:
 
     def start(self, first_step: int) -> None:
         for n in self.names:  # one by one: if W&B cannot start, `closing` still closes TensorBoard
+            outdir.claim(self.target.folder, n)  # OUT/tensorboard, OUT/wandb: metapt's, for --overwrite
             self.open.append(WRITERS[n](self.target, self.resume, first_step))
 
     def log(self, values: dict[str, float], step: int) -> None:

@@ -138,6 +138,12 @@ def parse_run(path: Path) -> RunSpec:
                 f"{spec.model.num_heads} does not divide hidden_size = {spec.model.hidden_size}",
             )
         )
+    if not spec.run.output_dir.strip():  # "" would be the working folder, whatever is in it
+        problems.append(
+            Problem(
+                str(path), "[run].output_dir", 'empty; name a folder such as "ckpt" (or "." for this one)'
+            )
+        )
     if not _valid_device(spec.run.device):
         problems.append(
             Problem(
