@@ -227,7 +227,9 @@ SCHEDULERS: tuple[str, ...] = (
     "sequential",
     "round_robin",
     "single",
+    "mixture",
 )
+REPORT_TO: tuple[str, ...] = ("tensorboard", "wandb")  # metapt/reporting.py's WRITERS
 SOURCE_KINDS: tuple[str, ...] = tuple(k for k, v in KINDS.items() if v.role == "source")
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metapt import report
+from metapt import distributed, mixture, outdir, report, reporting
 from metapt.catalog import KINDS, SCHEDULERS
 from metapt.engine import pretrain
 from metapt.errors import MetaptError
@@ -139,7 +139,9 @@ def pretrain_run(
         with_scheduler(spec, scheduler), episodes=episodes, output_dir=run_dir, seed=seed, device=device
     )
     start = time.perf_counter()
-    summary = pretrain(run_spec, callback=forward, max_flops=budget)
+    name, rank = f"{scheduler}/seed-{seed}", distributed.rank()
+    with reporting.pretrain_logger(run_spec, False, rank, name, run_dir.parent.parent.name) as log:
+        summary = pretrain(run_spec, callback=reporting.chain(forward, log), max_flops=budget)
     totals = summary["totals"]
     loop = totals["selection_seconds"] + totals["train_seconds"]
     setup = time.perf_counter() - start - loop
@@ -165,14 +167,23 @@ def pretrain_run(
 
 
 def finetune_run(
-    run_dir: Path, tasks: list[TaskSpec], seed: int, device: str, callback: Callback
+    run_dir: Path,
+    tasks: list[TaskSpec],
+    seed: int,
+    device: str,
+    callback: Callback,
+    report_to: tuple[str, ...] = (),
 ) -> dict[str, dict[str, Any]]:
     """Finetune the encoder in run_dir on every downstream task: task -> finetune results."""
     out = {}
+    outdir.claim(run_dir, "finetune")
     for t in tasks:
-        out[t.name] = r = finetune_one(
-            str(run_dir), t, seed, run_dir / "finetune" / t.name, device_name=device
-        )
+        where, config = run_dir / "finetune" / t.name, reporting.finetune_config(str(run_dir), t, seed)
+        name = f"{run_dir.parent.name}/{run_dir.name}/{t.name}"  # scheduler/seed-S/task
+        with reporting.finetune_logger(
+            report_to, where, config, distributed.rank(), name, run_dir.parent.parent.name
+        ) as log:
+            out[t.name] = r = finetune_one(str(run_dir), t, seed, where, device_name=device, callback=log)
         callback(
             "finetuned",
             {"seed": seed, "task": t.name, "main_metric": r["main_metric"], "metrics": r["metrics"]},
@@ -214,6 +225,16 @@ def summarise(
     }
 
 
+def _cap(caps: dict[str, dict[str, float]], scheduler: str, meta_run: dict | None, budget: float) -> int:
+    """A run's episode cap under a budget: its probe's, or for a replay of meta's mixture (not
+    probed: the file did not exist yet) what meta's training FLOPs per episode make of the budget."""
+    if scheduler in caps:
+        return int(caps[scheduler]["cap"])
+    assert meta_run is not None, "a replay runs after its seed's meta run"
+    per_episode = meta_run["train_flops"] / max(1, meta_run["episodes"])
+    return max(1, math.ceil(CAP_SLACK * budget / per_episode))
+
+
 def compare(
     spec: RunSpec,
     schedulers: list[str],
@@ -224,8 +245,10 @@ def compare(
     episodes: int | None = None,
     device: str | None = None,
     callback: Callback | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Pretrain, finetune and report every (scheduler, seed); write OUT/results.{md,json} and plots."""
+    """Pretrain, finetune and report every (scheduler, seed); write OUT/results.{md,json} and plots.
+    OUT must be empty or absent, or `overwrite` removes metapt's own files there first."""
     callback = callback or (lambda event, data: None)
     if budget is not None and episodes is not None:
         raise MetaptError("--budget and --episodes both given; choose one (equal FLOPs or equal episodes)")
@@ -233,7 +256,27 @@ def compare(
         raise MetaptError(f"--budget {budget}: expected a positive number of FLOPs such as 2e12")
     report.require_matplotlib()
     out = Path(out)
-    caps = episode_caps(spec, schedulers, seeds[0], budget, out, device) if budget is not None else {}
+    schedulers = mixture.run_order(schedulers, spec)
+    with outdir.run_folder(out, "compare", "metapt compare", False, overwrite):
+        outdir.claim(out, ".probe", *schedulers, "results.json", "results.md", "compare.png")
+        return _compare(spec, schedulers, seeds, tasks, out, budget, episodes, device, callback)
+
+
+def _compare(
+    spec: RunSpec,
+    schedulers: list[str],
+    seeds: list[int],
+    tasks: list[TaskSpec],
+    out: Path,
+    budget: float | None,
+    episodes: int | None,
+    device: str | None,
+    callback: Callback,
+) -> dict[str, Any]:
+    """The body of `compare`, in a folder that is checked and locked."""
+    replays = "mixture" in schedulers and "meta" in schedulers  # that seed's meta run's mixture.json
+    probed = [s for s in schedulers if not (replays and s == "mixture")]  # its cap follows meta's run
+    caps = episode_caps(spec, probed, seeds[0], budget, out, device) if budget is not None else {}
     for s, probe in caps.items():
         callback("probe", {"scheduler": s, **probe})
     results: dict[str, Any] = {
@@ -247,20 +290,28 @@ def compare(
         "model_selection": "best finetuning epoch by the validation main metric; test is reported only",
         "schedulers": {},
     }
-    total, index = len(schedulers) * len(seeds), 0
+    total, index, meta_runs = len(schedulers) * len(seeds), 0, {}
     for s in schedulers:
         runs, finetuned = [], []
         for seed in seeds:
             index += 1
             run_dir = out / s / f"seed-{seed}"
-            n = int(caps[s]["cap"]) if budget is not None else results["episodes"]
+            replay = replays and s == "mixture"
+            base = mixture.replaying(spec, out / "meta" / f"seed-{seed}") if replay else spec
+            n = results["episodes"] if budget is None else _cap(caps, s, meta_runs.get(seed), budget)
             callback(
                 "run", {"scheduler": s, "seed": seed, "index": index, "total": total, "dir": str(run_dir)}
             )
-            runs.append(pretrain_run(spec, s, seed, run_dir, n, budget, device, callback))
+            runs.append(pretrain_run(base, s, seed, run_dir, n, budget, device, callback))
+            if s == "meta":
+                meta_runs[seed] = runs[-1]
+            if s == "mixture":
+                runs[-1]["mixture"] = str(mixture.location(spec.path, base.meta.mixture))
             callback("pretrained", {"scheduler": s, **runs[-1]})
             report.report(run_dir)
-            finetuned.append(finetune_run(run_dir, tasks, seed, device or spec.run.device, callback))
+            finetuned.append(
+                finetune_run(run_dir, tasks, seed, device or spec.run.device, callback, spec.run.report_to)
+            )
             runs[-1]["finetune"] = {t.name: str(run_dir / "finetune" / t.name) for t in tasks}
         results["schedulers"][s] = summarise(runs, finetuned, [t.name for t in tasks])
     results["best"] = report.best_by_validation(results)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import time
 from collections import Counter
@@ -21,7 +22,7 @@ from typing import Any
 import datasets
 import torch
 
-from metapt import checkpoint, distributed, policies, selection
+from metapt import checkpoint, distributed, mixture, outdir, pointless, policies, resuming, selection
 from metapt.catalog import KINDS
 from metapt.data.pipeline import (
     BatchStream,
@@ -73,6 +74,7 @@ class Run:
     )
     rank: int = 0  # under torchrun: this process's rank of `world`; only rank 0 writes
     world: int = 1
+    notes: list[str] = field(default_factory=list)  # resume: settings kept or changed, for the log
 
 
 def pick_device(name: str) -> torch.device:
@@ -129,8 +131,10 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
     if world > 1:
         device = distributed.init(device)
     resume_dir = checkpoint.resolve(out) if resume else None
+    notes: list[str] = []
     if resume_dir is not None:  # every rank reads the checkpoint rank 0 wrote (a shared filesystem)
         distributed.same_everywhere(resume_dir.name, f"the checkpoint to resume in {out}")
+        spec, notes = resuming.reconcile(spec, resume_dir)  # before anything is read or loaded
     meta = spec.meta
     # Records first: a trained tokenizer needs the sources' text before anything is encoded.
     raw = {t.name: load_task(t, None, ("train",), encode=False) for t in (*spec.sources, *spec.targets)}
@@ -138,6 +142,8 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
     if world > 1:
         distributed.same_everywhere(_tokenizer_hash(tokenizer), "the tokenizer (a hash of it)")
     tasks = {name: load_task(t.spec, tokenizer, ("train",), records=t.records) for name, t in raw.items()}
+    if resume_dir is not None:
+        resuming.check_heads(resume_dir, tasks)
     # Seeded after the data: encoding a task for the first time draws from the global RNG (a cache
     # file name), and the weights must not depend on whether the feature cache was warm.
     torch.manual_seed(spec.run.seed)
@@ -200,10 +206,15 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
         rank=rank,
         world=world,
     )
-    if resume_dir is not None:
+    run.notes = notes
+    if resume_dir is not None:  # the checkpoint's state, with the run spec's learning rates
+        rates = resuming.rates(optimizer, head_optimizer)
         _restore(run, resume_dir)
+        resuming.reapply(rates, schedule, optimizer, head_optimizer)
     if world > 1:  # as DDP does: every rank starts from rank 0's weights
         distributed.broadcast_parameters([model])
+    run.notes += [w for t in tasks.values() for w in t.warnings]
+    run.notes += pointless.run_warnings(spec, {n: train_size(t) for n, t in tasks.items()}, run.episode)
     return run
 
 
@@ -271,9 +282,20 @@ def save(run: Run) -> Path:
         "scheduler": run.spec.meta.scheduler,
         "seed": run.spec.run.seed,
         "episodes": run.spec.run.episodes,
+        "spec": resuming.fingerprint(run.spec),  # what --resume compares the run spec with
     }
+    records = mixture.read_records(run.out / "metrics.jsonl", run.episode)
+    mix = {mixture.FILE: json.dumps(mixture.summarise(run.sources, run.history, records), indent=2)}
     folder = checkpoint.save(
-        run.out, run.episode, run.model.encoder, run.tokenizer, run.model.heads, heads_info, state, manifest
+        run.out,
+        run.episode,
+        run.model.encoder,
+        run.tokenizer,
+        run.model.heads,
+        heads_info,
+        state,
+        manifest,
+        mix,
     )
     distributed.barrier("writing the checkpoint")
     return folder
@@ -281,9 +303,11 @@ def save(run: Run) -> Path:
 
 def _check(value: float, what: str, run: Run) -> None:
     if value != value or value in (float("inf"), float("-inf")):
+        saved = (run.out / "current").exists()
+        state = f"the last checkpoint in {run.out} is intact" if saved else "no checkpoint was written yet"
         raise TrainingError(
-            f"episode {run.episode + 1}: {what} is {value}; the last checkpoint in {run.out} "
-            "is intact. Lower [meta].lr or [meta].inner_lr and --resume."
+            f"episode {run.episode + 1}: {what} is {value}; {state}. Lower [meta].lr or [meta].inner_lr "
+            f"(or look for extreme values in the data) and {'--resume' if saved else 'run again'}."
         )
 
 
@@ -504,22 +528,44 @@ def _train(run: Run, task: str, gradient: selection.Params | None = None) -> tup
 
 
 def pretrain(
-    spec: RunSpec, resume: bool = False, callback: Callback | None = None, max_flops: float | None = None
+    spec: RunSpec,
+    resume: bool = False,
+    callback: Callback | None = None,
+    max_flops: float | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Run the episodes of a run spec; returns a summary. Ctrl-C finishes the episode, saves, and stops.
-    With `max_flops`, the run also stops after the episode in which selection + training FLOPs reach it
-    (equal-compute comparisons: the meta scheduler's selection counts against its budget).
+    """Run the episodes of a run spec; returns a summary. Ctrl-C or SIGTERM finishes the episode,
+    saves, and stops. With `max_flops`, the run also stops after the episode in which selection +
+    training FLOPs reach it (equal-compute comparisons: the meta scheduler's selection counts).
 
-    Under torchrun every rank runs this loop and calls `callback`; the ranks agree on every episode's
+    The output folder must be empty or absent unless `resume` (continue its checkpoint) or
+    `overwrite` (remove metapt's own files there first); rank 0 holds its lock while the run writes.
+    Under torchrun every rank runs the loop and calls `callback`; the ranks agree on every episode's
     task and on when to stop, and only rank 0 writes metrics.jsonl and checkpoints."""
     callback = callback or (lambda event, data: None)
+    if distributed.rank() != 0:
+        return _episodes(spec, resume, callback, max_flops)
+    folder = Path(spec.run.output_dir)
+    with outdir.run_folder(folder, "pretrain", "metapt pretrain", resume, overwrite) as lock:
+        if lock.warning:
+            callback("warning", {"message": lock.warning})
+        return _episodes(spec, resume, callback, max_flops)
+
+
+def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float | None) -> dict[str, Any]:
+    """The episode loop of `pretrain`, in a folder that is checked (and locked on rank 0)."""
     run = setup(spec, resume, distributed.rank(), distributed.world())
+    for note in run.notes:  # what --resume kept from the checkpoint, and what changed
+        callback("warning", {"message": note})
     meta, total = spec.meta, spec.run.episodes
     sizes = [train_size(run.tasks[s]) for s in run.sources]
+    shares = mixture.shares_for(spec.path, meta, run.sources)  # the mixture scheduler's; else None
     metrics_path = run.out / "metrics.jsonl"
     if run.rank == 0:
         run.out.mkdir(parents=True, exist_ok=True)
+        outdir.claim(run.out, metrics_path.name)
         _truncate_metrics(metrics_path, run.episode)
+    watch = pointless.Divergence.from_metrics(metrics_path)
     stop = _interrupt_flag()
     stopping = False  # stop["set"] as every rank agreed on it after the last episode
     try:  # the previous SIGINT handler comes back however the loop ends (a NaN, a crash)
@@ -556,7 +602,9 @@ def pretrain(
             explored, reused = False, False
             if meta.scheduler != "meta":
                 chosen = run.sources[
-                    SCHEDULERS[meta.scheduler](run.episode, total, sizes, run.explore, meta.temperature)
+                    SCHEDULERS[meta.scheduler](
+                        run.episode, total, sizes, run.explore, meta.temperature, shares
+                    )
                 ]
             elif last_choice is not None and run.episode % meta.select_every:
                 chosen, reused = last_choice, True
@@ -615,6 +663,8 @@ def pretrain(
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
             callback("episode", record)
+            if warning := watch.observe(chosen, run.episode, train_loss, meta.lr, meta.max_grad_norm):
+                callback("warning", {"message": warning})
             stopping = distributed.any_rank(stop["set"])
             out_of_budget = max_flops is not None and spent() >= max_flops
             if (
@@ -644,6 +694,7 @@ def pretrain(
         "totals": run.totals,
         "message": message,
         "rank": run.rank,
+        "signal": stop["signal"],  # the signal that stopped the run early (0: none)
     }
     callback("end", summary)
     return summary
@@ -685,32 +736,52 @@ def noise_verdict(totals: dict[str, float], policy: str) -> str | None:
 
 
 def _truncate_metrics(path: Path, episodes_done: int) -> None:
-    """Drop metric lines of episodes after the checkpoint being resumed (their work was lost)."""
+    """Drop metric lines of episodes after the checkpoint being resumed (their work was lost), and a
+    last line cut short by a kill mid-write. The file is replaced atomically."""
     if not path.exists():
         return
     if episodes_done == 0:
         path.unlink()
         return
-    keep = [
-        line
-        for line in path.read_text().splitlines()
-        if line and json.loads(line)["episode"] <= episodes_done
-    ]
-    path.write_text("".join(line + "\n" for line in keep))
+    lines = path.read_text(errors="replace").splitlines()
+    keep = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            episode = json.loads(line)["episode"]
+        except (ValueError, KeyError, TypeError):
+            if number == len(lines):  # the line being written when the process died
+                continue
+            raise MetaptError(
+                f"{path}:{number}: not an episode record; metapt writes one JSON object per line. "
+                "Remove or fix that line, then --resume again."
+            ) from None
+        if episode <= episodes_done:
+            keep.append(line)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
 
 
 def _interrupt_flag() -> dict[str, Any]:
-    """The first Ctrl-C asks the loop to finish its episode and save; a second one stops at once."""
-    flag: dict[str, Any] = {"set": False, "restore": lambda: None}
+    """The first Ctrl-C or SIGTERM (what torchrun and Slurm send) asks the loop to finish its episode
+    and save; a second one stops at once. flag["signal"] is the number of the first one."""
+    flag: dict[str, Any] = {"set": False, "signal": 0, "restore": lambda: None}
     try:
-        previous = signal.getsignal(signal.SIGINT)
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
         def handler(signum: int, frame: Any) -> None:
-            flag["set"] = True
-            signal.signal(signal.SIGINT, previous)
+            flag["set"], flag["signal"] = True, flag["signal"] or signum
+            signal.signal(signum, previous[signum])
 
-        signal.signal(signal.SIGINT, handler)
-        flag["restore"] = lambda: signal.signal(signal.SIGINT, previous)
+        def restore() -> None:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+        for s in previous:
+            signal.signal(s, handler)
+        flag["restore"] = restore
     except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
         pass
     return flag

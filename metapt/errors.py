@@ -37,6 +37,10 @@ class DataError(MetaptError):
     """Data that is missing or malformed; the message names the file (and line) and how to fix it."""
 
 
+class MissingDataError(DataError):
+    """Data that is not there (not downloaded, not obtained yet, offline), as opposed to malformed."""
+
+
 class CheckpointError(MetaptError):
     """A checkpoint directory that is missing, incomplete or corrupt."""
 

@@ -15,14 +15,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from metapt import distributed
+from metapt import distributed, outdir, pointless
 from metapt.catalog import KINDS
 from metapt.data.pipeline import TaskData, _seed, eval_batches, kind_of, load_task
 from metapt.data.tokenizer import load_tokenizer
 from metapt.engine import autocast_for, pick_device
 from metapt.errors import MetaptError
 from metapt.localdata import with_local_data
-from metapt.model import MultiTaskModel, batch_to, load_encoder
+from metapt.model import MultiTaskModel, batch_to, load_encoder, saved_state
 from metapt.resolve import load_task as load_task_spec
 from metapt.spec import TaskSpec
 from metapt.train import accumulate, adamw, warmup_linear
@@ -96,11 +96,12 @@ def write_outputs(out: Path, task: TaskData, split: str, record_predictions: lis
 
 def save_model(folder: Path, model: MultiTaskModel, tokenizer: Any, task: TaskData) -> None:
     """A Hugging Face encoder folder plus head.safetensors and head.json (kind, spec, label facts)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    model.encoder.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    head = model.heads[task.name].state_dict()
-    save_file({k: v.detach().contiguous().cpu() for k, v in head.items()}, folder / "head.safetensors")
+    with outdir.writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        model.encoder.save_pretrained(folder, state_dict=saved_state(model.encoder))
+        tokenizer.save_pretrained(folder)
+        head = model.heads[task.name].state_dict()
+        save_file({k: v.detach().contiguous().cpu() for k, v in head.items()}, folder / "head.safetensors")
     (folder / "head.json").write_text(
         json.dumps(
             {"task": task.name, "kind": task.spec.kind, "spec": task.spec.path, "info": task.info}, indent=2
@@ -144,6 +145,8 @@ def finetune_one(
     callback = callback or (lambda event, data: None)
     rank, world = distributed.rank(), distributed.world()
     start = time.perf_counter()
+    if rank == 0:  # the callers check the folder first (metapt finetune, compare)
+        outdir.claim(out, "model", "predictions", "results.json", kind="finetune")
     source = encoder_source(checkpoint)
     tokenizer = load_tokenizer(source)
     encoder = load_encoder(source)
@@ -166,6 +169,11 @@ def finetune_one(
     callback(
         "start", {"task": spec.name, "epochs": ft.epochs, "steps": steps_per_epoch, "examples": len(train)}
     )
+    warnings = task.warnings + pointless.finetune_warnings(
+        ft.lr, ft.epochs * steps_per_epoch, ft.warmup_ratio
+    )
+    for warning in warnings if rank == 0 else []:  # also in results.json
+        callback("warning", {"message": warning})
     for epoch in range(ft.epochs):
         model.train()
         order = torch.randperm(
@@ -200,7 +208,7 @@ def finetune_one(
     if rank != 0:  # rank 0 reloads the best epoch, scores it and writes; the others wait for it
         distributed.barrier("waiting for rank 0's final evaluation")
         return {"task": spec.name, "seed": seed, "rank": rank, "best_epoch": best[0], "history": history}
-    results = _final(out, source, spec, seed, history, best, device, start)
+    results = _final(out, source, spec, seed, history, best, device, start, warnings)
     distributed.barrier("the final evaluation")
     return results
 
@@ -214,6 +222,7 @@ def _final(
     best: tuple[int, float],
     device: torch.device,
     start: float,
+    warnings: list[str],
 ) -> dict[str, Any]:
     """Reload the best epoch, score validation (and test) with it, and write results and predictions."""
     tokenizer, model, task = load_finetuned(out / "model", spec, spec.data.splits())
@@ -229,6 +238,7 @@ def _final(
         "history": history,
         "metrics": {},
         "predictions": {},
+        "warnings": warnings,  # labels the head cannot learn, pointless settings
     }
     for split in ("validation", "test"):
         if split not in task.features:
@@ -283,6 +293,7 @@ def evaluate(folder: Path, spec: TaskSpec, split: str, device_name: str = "auto"
         model.to(device), task, tokenizer, split, device, autocast_for(device, "auto")
     )
     out = model_dir.parent if model_dir.name == "model" else model_dir
+    outdir.claim_if_ours(out, "predictions", f"evaluation-{split}.json")
     path = write_outputs(out, task, split, record_predictions)
     result = {
         "task": spec.name,
@@ -290,6 +301,7 @@ def evaluate(folder: Path, spec: TaskSpec, split: str, device_name: str = "auto"
         "metrics": metrics,
         "main_metric": main_metric(spec, metrics),
         "predictions": str(path),
+        "warnings": task.warnings,
     }
     (out / f"evaluation-{split}.json").write_text(json.dumps(result, indent=2))
     return result

@@ -12,6 +12,7 @@ from metapt.kinds.losses import LOSSES
 from metapt.spec import ModelSpec
 
 Batch = dict[str, torch.Tensor]
+POOLER = "metapt_pooler"  # encoder attribute: the pooler weights it was loaded with (see saved_state)
 
 
 def new_encoder(spec: ModelSpec, vocab_size: int, pad_id: int) -> nn.Module:
@@ -48,9 +49,40 @@ def load_encoder(name_or_dir: str) -> nn.Module:
             f"cannot load an encoder from {name_or_dir!r}: {e}. Give a folder with config.json "
             "and model.safetensors (e.g. a metapt checkpoint), or a hub id while online."
         ) from None
+    except Exception as e:  # safetensors' and torch's own errors for a truncated or corrupt file
+        raise MetaptError(
+            f"cannot load an encoder from {name_or_dir!r}: its weights are corrupt or truncated "
+            f"({type(e).__name__}: {e}). Restore model.safetensors, or use another checkpoint."
+        ) from None
     if getattr(encoder, "pooler", None) is not None:  # heads pool themselves: an unused pooler
-        encoder.pooler = None  # would only add parameters that never get a gradient
+        # would only add parameters that never get a gradient; its weights are kept aside (a plain
+        # dict, not parameters) so that a checkpoint saves them back unchanged
+        setattr(
+            encoder,
+            POOLER,
+            {f"pooler.{k}": v.detach().cpu().clone() for k, v in encoder.pooler.state_dict().items()},
+        )
+        encoder.pooler = None
     return encoder
+
+
+def saved_state(encoder: nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint writes of an encoder: its weights plus the pooler its architecture expects,
+    so `AutoModel.from_pretrained` finds every weight. The pooler is the one the encoder was loaded
+    with, else an untrained one as the architecture initialises it (normal(0, initializer_range)
+    weight, zero bias; seeded, so saving twice writes the same)."""
+    state = encoder.state_dict()
+    if not hasattr(encoder, "pooler") or encoder.pooler is not None:  # no pooler slot, or it is saved
+        return state
+    if kept := getattr(encoder, POOLER, None):
+        return {**state, **kept}
+    config = encoder.config
+    if config.model_type not in ("bert", "roberta"):  # pooler.dense is BERT's and RoBERTa's layout
+        return state
+    h = config.hidden_size
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(h, h, generator=g) * config.initializer_range  # (H, H)
+    return {**state, "pooler.dense.weight": weight, "pooler.dense.bias": torch.zeros(h)}
 
 
 class MultiTaskModel(nn.Module):

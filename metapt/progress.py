@@ -111,7 +111,12 @@ def pretrain_reporter(
     )
 
     def callback(event: str, data: dict[str, Any]) -> None:
-        if quiet or rank != 0:
+        if rank != 0:
+            return
+        if event == "warning":  # shown even with --quiet, as the libraries' warnings are
+            console.print(f"warning: {data['message']}", markup=False, highlight=False, soft_wrap=True)
+            return
+        if quiet:
             return
         if event == "start":
             view.sources, view.first_episode = data["sources"], data["start"]
@@ -121,14 +126,21 @@ def pretrain_reporter(
                     f"pretraining {', '.join(data['sources'])} ({data['setting']}, scheduler "
                     f"{data['scheduler']}) on {data['device']}, episodes {data['start'] + 1}-"
                     f"{data['episodes']}",
+                    markup=False,
                     highlight=False,
+                    soft_wrap=True,
                 )
         elif event == "episode":
             view.last = data
-            if live is None:
-                console.print(view.line(data), highlight=False)
+            if live is None:  # one line per episode, however long: no wrap at the console's width
+                console.print(view.line(data), markup=False, highlight=False, soft_wrap=True)
         elif event == "checkpoint" and live is None:
-            console.print(f"checkpoint after episode {data['episode']} in {data['path']}", highlight=False)
+            console.print(
+                f"checkpoint after episode {data['episode']} in {data['path']}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         if live is not None:
             live.update(view.render())
 
@@ -157,6 +169,9 @@ def finetune_reporter(console: Console, quiet: bool = False) -> Iterator[Callbac
     state: dict[str, Any] = {}
 
     def callback(event: str, data: dict[str, Any]) -> None:
+        if event == "warning":  # shown even with --quiet
+            console.print(f"warning: {data['message']}", markup=False, highlight=False, soft_wrap=True)
+            return
         if quiet:
             return
         if event == "start":
@@ -164,6 +179,7 @@ def finetune_reporter(console: Console, quiet: bool = False) -> Iterator[Callbac
             console.print(
                 f"finetuning {data['task']}: {data['examples']} training features, {data['epochs']} "
                 f"epochs of {data['steps']} steps",
+                markup=False,
                 highlight=False,
             )
         elif event == "step":
@@ -177,7 +193,9 @@ def finetune_reporter(console: Console, quiet: bool = False) -> Iterator[Callbac
                 bar.remove_task(state.pop("bar"))
             shown = "  ".join(f"{k} {v:.2f}" for k, v in data["metrics"].items())
             console.print(
-                f"epoch {data['epoch']}: validation {shown}  (main: {data['main']})", highlight=False
+                f"epoch {data['epoch']}: validation {shown}  (main: {data['main']})",
+                markup=False,
+                highlight=False,
             )
 
     with bar:

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from metapt import outdir
 from metapt.errors import MetaptError
 
 FORMATS = (".png", ".html")
@@ -48,22 +49,32 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         raise MetaptError(
             f"{run_dir}: {what}; give the output folder of `metapt pretrain` (it holds metrics.jsonl)"
         )
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             record = None
-        if not isinstance(record, dict) or "episode" not in record or "chosen" not in record:
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("episode"), int)
+            or "chosen" not in record
+        ):
             raise MetaptError(
                 f"{path}:{number}: not an episode record (expected a JSON object with episode and chosen)"
+            )
+        if records and not record["episode"] > records[-1]["episode"]:  # two runs wrote one file
+            raise MetaptError(
+                f"{path}:{number}: episode {record['episode']} after episode {records[-1]['episode']}; "
+                "the episodes of one run increase line by line, so two runs wrote this file. Keep one "
+                "run's lines, or rerun into separate --output-dir folders."
             )
         records.append(record)
     if not records:
         raise MetaptError(f"{path}: no episodes recorded yet")
-    return sorted(records, key=lambda r: r["episode"])
+    return records
 
 
 def _run_facts(run_dir: Path) -> tuple[str, list[str]]:
@@ -243,10 +254,19 @@ td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}td:first-child{{
 def report(run_dir: Path, output: Path | None = None) -> Path:
     """Draw RUN_DIR/metrics.jsonl to OUTPUT (.png or .html; default RUN_DIR/report.png)."""
     run_dir = Path(run_dir)
-    output = Path(output) if output is not None else run_dir / "report.png"
+    if output is None:  # the default file: never one that metapt did not write
+        output = run_dir / "report.png"
+        if output.exists() and output.name in outdir.split(run_dir)[1]:
+            raise MetaptError(
+                f"{output}: metapt did not write this file and will not replace it; "
+                "give another file with --output"
+            )
+    output = Path(output)
     if output.suffix.lower() not in FORMATS:
         raise MetaptError(f"--output {output}: unknown format {output.suffix!r}; allowed: .png, .html")
     records = read_metrics(run_dir)
+    if output.parent == run_dir and output.name == "report.png":
+        outdir.claim(run_dir, output.name)
     title, sources = _run_facts(run_dir)
     title = f"{title}: {len(records)} episode{'' if len(records) == 1 else 's'} ({run_dir})"
     png = _png(draw_run(records, title, sources))

@@ -10,9 +10,20 @@ import dataclasses
 from functools import cache
 from pathlib import Path
 
+from metapt import mixture
 from metapt.catalog import KINDS
 from metapt.errors import Problem, SpecError
-from metapt.spec import RunSpec, TaskSpec, _build, _split, _suggest, is_run_spec, parse_task, read_toml
+from metapt.spec import (
+    MetaSpec,
+    RunSpec,
+    TaskSpec,
+    _build,
+    _split,
+    _suggest,
+    is_run_spec,
+    parse_task,
+    read_toml,
+)
 
 
 def builtin_dir() -> Path:
@@ -127,6 +138,12 @@ def parse_run(path: Path) -> RunSpec:
                 f"{spec.model.num_heads} does not divide hidden_size = {spec.model.hidden_size}",
             )
         )
+    if not spec.run.output_dir.strip():  # "" would be the working folder, whatever is in it
+        problems.append(
+            Problem(
+                str(path), "[run].output_dir", 'empty; name a folder such as "ckpt" (or "." for this one)'
+            )
+        )
     if not _valid_device(spec.run.device):
         problems.append(
             Problem(
@@ -172,9 +189,22 @@ def parse_run(path: Path) -> RunSpec:
                 f"{meta.single_task!r} is not a source; allowed: {', '.join(meta.sources)}",
             )
         )
+    if meta.scheduler == "mixture" and len(sources) == len(meta.sources):  # names known: check the file
+        problems += [Problem(str(path), "[meta].mixture", m) for m in _mixture_problems(path, meta, sources)]
     if problems:
         raise SpecError(problems)
     return dataclasses.replace(spec, path=str(path), sources=tuple(sources), targets=tuple(targets))
+
+
+def _mixture_problems(path: Path, meta: MetaSpec, sources: list[TaskSpec]) -> list[str]:
+    """What keeps the mixture scheduler from replaying [meta].mixture over these sources."""
+    if not meta.mixture:
+        return [
+            "missing; scheduler = 'mixture' replays the shares of a mixture.json, e.g. the "
+            "OUTPUT_DIR/mixture.json of a meta run"
+        ]
+    where = mixture.location(str(path), meta.mixture)
+    return mixture.load(where, [t.name for t in sources], meta.mixture_phases)[1]
 
 
 def _valid_device(device: str) -> bool:

@@ -17,6 +17,7 @@ def override(
     output_dir: Path | None = None,
     seed: int | None = None,
     device: str | None = None,
+    report_to: tuple[str, ...] | None = None,
 ) -> RunSpec:
     """A copy of `spec` with the given [run] values replaced."""
     if device is not None and not _valid_device(device):
@@ -24,7 +25,9 @@ def override(
             [Problem("--device", "", f"{device!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")]
         )
     changes = {
-        k: v for k, v in {"episodes": episodes, "seed": seed, "device": device}.items() if v is not None
+        k: v
+        for k, v in {"episodes": episodes, "seed": seed, "device": device, "report_to": report_to}.items()
+        if v is not None
     }
     if output_dir is not None:
         changes["output_dir"] = str(output_dir)

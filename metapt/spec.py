@@ -18,7 +18,7 @@ from typing import Any
 
 import tomli
 
-from metapt.catalog import FORMATS, HEADS, KINDS, LOSSES, SCHEDULERS, SYNTHETIC_CORPORA
+from metapt.catalog import FORMATS, HEADS, KINDS, LOSSES, REPORT_TO, SCHEDULERS, SYNTHETIC_CORPORA
 from metapt.errors import Problem, SpecError
 
 LOCAL_FORMATS = tuple(f for f in FORMATS if f not in ("hf", "synthetic"))
@@ -137,6 +137,9 @@ class RunSection:
     device: str = _f("auto", help="auto | cpu | cuda | cuda:N")
     precision: str = _f("auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto: bf16 on CUDA")
     checkpoint_every: int = _f(10, low=1, help="episodes between checkpoints (and one at the end)")
+    report_to: tuple[str, ...] = _f(
+        (), choices=REPORT_TO, help="also log every episode's scalars to these (see Logging)"
+    )
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,8 @@ class MetaSpec:
         choices=("sgd", "normalized"),
         help="theta - alpha g, or theta - alpha g / |g_encoder| (every task steps the same distance)",
     )
+    mixture: str = _f("", help="mixture scheduler: a mixture.json to replay (relative to this file)")
+    mixture_phases: bool = _f(False, help="mixture: replay each phase's shares, not the overall ones")
 
 
 @dataclass(frozen=True)
@@ -251,6 +256,12 @@ def _check_value(value: Any, hint: Any, meta: dict, key: str, problems: list[str
     if origin is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             problems.append(f"{key}: expected a list of strings, got {value!r}")
+            return None
+        if bad := [v for v in value if meta.get("choices") and v not in meta["choices"]]:
+            problems += [
+                f"{key}: {v!r} is not allowed{_suggest(v, meta['choices'])}; allowed: {_allowed(meta['choices'])}"
+                for v in bad
+            ]
             return None
         return tuple(value)
     if origin is dict:

@@ -180,3 +180,78 @@ def test_resume_without_a_checkpoint_is_a_checkpoint_error(tmp_path: Path, runne
         app, ["pretrain", str(AGNOSTIC), "--output-dir", str(tmp_path / "empty"), "--resume", "-q"]
     )
     assert result.exit_code == 2 and "not a metapt checkpoint" in result.stderr
+
+
+def load_report(folder: Path) -> tuple[str, torch.nn.Module]:
+    """(everything transformers logs or warns, the model) while AutoModel.from_pretrained loads `folder`."""
+    import io
+    import logging
+    import warnings
+
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = hf_logging.get_logger("transformers")  # the library's root logger; it does not propagate
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()  # the CLI sets error, which would hide the report
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = AutoModel.from_pretrained(folder)
+    finally:
+        logger.removeHandler(handler)
+        hf_logging.set_verbosity(verbosity)
+    return stream.getvalue() + "".join(str(w.message) for w in caught), model
+
+
+def test_checkpoints_and_finetuned_models_load_without_a_load_report(finished: Path, tmp_path: Path) -> None:
+    from metapt.finetune import finetune_one, task_spec
+
+    report, model = load_report(finished)
+    assert report == "" and model.pooler is not None
+    # the pooler is the architecture's untrained one: normal(0, 0.02) weights, zero bias
+    assert abs(float(model.pooler.dense.weight.detach().std()) - 0.02) < 0.004
+    assert torch.equal(model.pooler.dense.bias, torch.zeros(32))
+    srl = task_spec(str(Path(__file__).parent / "fixtures" / "compare" / "tasks" / "srl.toml"), None, {})
+    finetune_one(str(finished), srl, 0, tmp_path / "ft")
+    report, tuned = load_report(tmp_path / "ft" / "model")
+    assert report == ""
+    assert torch.equal(tuned.pooler.dense.weight, model.pooler.dense.weight)  # carried through, untouched
+
+
+def test_a_checkpoint_without_a_pooler_still_resumes_and_gets_one(finished: Path, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    old = tmp_path / "old"
+    shutil.copytree(finished, old, symlinks=True)
+    weights = old / "current" / "model.safetensors"
+    save_file({k: v for k, v in load_file(weights).items() if not k.startswith("pooler.")}, weights)
+    report, _ = load_report(old)
+    assert "pooler.dense.weight" in report and "MISSING" in report  # what checkpoints printed before
+    summary = engine.pretrain(tiny(old, episodes=3), resume=True)
+    assert summary["episodes"] == 3 and episodes_in(old) == [1, 2, 3]
+    assert load_report(old)[0] == ""
+
+
+def test_a_pretrained_pooler_is_saved_back_unchanged(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertModel
+
+    from metapt.model import load_encoder, new_encoder, saved_state
+    from metapt.spec import ModelSpec
+
+    config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    original = BertModel(config)  # with a pooler, as hub BERTs have
+    original.save_pretrained(tmp_path / "bert")
+    encoder = load_encoder(str(tmp_path / "bert"))
+    assert encoder.pooler is None  # metapt's heads pool themselves
+    state = saved_state(encoder)
+    assert torch.equal(state["pooler.dense.weight"], original.pooler.dense.weight)
+    roberta = new_encoder(
+        ModelSpec(architecture="roberta", hidden_size=32, num_heads=2, num_layers=1), 300, 1
+    )
+    roberta.save_pretrained(tmp_path / "roberta", state_dict=saved_state(roberta))
+    report, loaded = load_report(tmp_path / "roberta")
+    assert report == "" and loaded.pooler.dense.weight.shape == (32, 32)

@@ -185,6 +185,11 @@ def read_conll2012(files: list[Path], data: DataSpec) -> datasets.Dataset:
                 )
             if not first[1].isdigit():
                 raise DataError(f"{path}:{n}: part {first[1]!r} is not a number (column 2)")
+            for m, cells in rows:  # the words (column 4) are read before _srl checks the widths
+                if len(cells) != len(first):
+                    raise DataError(
+                        f"{path}:{m}: {len(cells)} columns (expected {len(first)}, as on line {n})"
+                    )
             doc, part = first[0], int(first[1])
             k = counts[doc, part] = counts.get((doc, part), -1) + 1
             # SRL columns sit between the NE column (11th) and the coreference column (last).
@@ -256,22 +261,46 @@ def read_spert(files: list[Path], data: DataSpec) -> datasets.Dataset:
                 ]
                 pairs = [{"head": r["head"], "tail": r["tail"], "type": r["type"]} for r in doc["relations"]]
                 rid, tokens = str(doc.get("orig_id", f"{path.stem}:{k}")), list(doc["tokens"])
-            except (KeyError, TypeError) as e:
+            except (KeyError, TypeError, AttributeError) as e:
                 raise DataError(
                     f"{path}: record {k}: missing or malformed {e} (expected tokens, entities "
                     "[{type, start, end}], relations [{type, head, tail}])"
                 ) from None
-            records.append({"id": rid, "tokens": tokens, "entities": entities, "relations": pairs})
+            record = {"id": rid, "tokens": tokens, "entities": entities, "relations": pairs}
+            if problem := check_relations(record):
+                raise DataError(f"{path}: record {k} ({rid}): {problem}")
+            records.append(record)
     return datasets.Dataset.from_list(records)
 
 
+def check_relations(record: dict) -> str:
+    """What is wrong with a relation record's indices ("" when nothing): entity spans inside the
+    sentence (start < end <= len(tokens)), relation ends naming existing entities."""
+    n, entities = len(record["tokens"]), record["entities"]
+    for i, e in enumerate(entities):
+        s, t = e["start"], e["end"]
+        if not (isinstance(s, int) and isinstance(t, int) and 0 <= s < t <= n):
+            return f"entity {i} spans tokens [{s}, {t}) but the sentence has {n} tokens (0 <= start < end <= {n})"
+    for i, r in enumerate(record["relations"]):
+        for end in ("head", "tail"):
+            if not (isinstance(r[end], int) and 0 <= r[end] < len(entities)):
+                return f"relation {i}: {end} = {r[end]!r} but there are {len(entities)} entities (0..{len(entities) - 1})"
+    return ""
+
+
 def load_json(path: Path) -> object:
-    """A whole JSON file; a syntax error names the file and line."""
-    with open_text(path) as f:
-        try:
+    """A whole JSON file; a syntax error names the file and line, bytes that are not UTF-8 their offset."""
+    try:
+        with open_text(path) as f:
             return json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); is it a JSON file?"
+        ) from None
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot be read ({e})") from None
 
 
 def json_lines(path: Path) -> Iterator[tuple[int, object]]:
@@ -300,6 +329,8 @@ def _dygie_sentences(doc: dict) -> Iterator[tuple[dict, int]]:
             "entities": entities,
             "relations": kept,
         }
+        if problem := check_relations(record):  # document offsets outside this sentence
+            raise ValueError(f"sentence {k}: {problem}")
         yield record, len(ends) - len(kept)
         offset += len(tokens)
 

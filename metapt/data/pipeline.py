@@ -12,8 +12,9 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import datasets
 import torch
 
+from metapt import outdir
 from metapt.distributed import shard
 from metapt.errors import MetaptError
 from metapt.spec import TaskSpec
@@ -37,6 +39,7 @@ class TaskData:
     info: dict[str, Any]
     features: dict[str, datasets.Dataset]
     records: dict[str, datasets.Dataset]
+    warnings: list[str] = field(default_factory=list)  # e.g. labels the head cannot learn, with counts
 
     @property
     def name(self) -> str:
@@ -66,7 +69,7 @@ def _data_key(spec: TaskSpec, split: str) -> str:
         return f"hf:{data.dataset}:{data.subset}:{getattr(data, split)}"
     from metapt.data.readers import resolve_files
 
-    files = resolve_files(data.location(split))
+    files = resolve_files(data.location(split), data.format)
     return ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
 
 
@@ -107,7 +110,12 @@ def encode_split(
             log.info("feature cache at %s unreadable; re-encoding", path)
     features = kind_of(spec).encode(records, tokenizer, spec, info)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # never torch's RNG: it seeds the weights
-    features.save_to_disk(str(tmp))
+    try:
+        with outdir.writing(tmp):  # a full disk: say so (METAPT_CACHE moves the cache)
+            features.save_to_disk(str(tmp))
+    except MetaptError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         tmp.rename(path)
     except OSError:  # another process finished first; its copy is identical
@@ -136,8 +144,11 @@ def load_task(
         info = kind_of(spec).prepare(spec, records.get("train"))
         if tokenizer is not None:
             info = {**info, "vocab_size": len(tokenizer)}
+    from metapt.data.labels import unknown_labels
+
+    warnings = unknown_labels(spec, info, records)
     if not encode:
-        return TaskData(spec, info, {}, records)
+        return TaskData(spec, info, {}, records, warnings)
     features = {s: encode_split(spec, records[s], s, tokenizer, info) for s in splits}
     for s, f in features.items():
         if isinstance(f, datasets.IterableDataset):  # streamed: encoded lazily, size unknown
@@ -147,7 +158,7 @@ def load_task(
                 f"task {spec.name!r}: the {s} split has no usable examples after encoding "
                 f"({len(records[s])} records read from {spec.data.location(s) or spec.data.format})"
             )
-    return TaskData(spec, info, features, records)
+    return TaskData(spec, info, features, records, warnings)
 
 
 def _check_fields(spec: TaskSpec, records: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import csv
 import glob
 import itertools
 import random
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,28 +19,61 @@ import datasets
 
 from metapt.data import conll, qa
 from metapt.data.conll import json_lines, load_json, numbered_lines, open_text
-from metapt.errors import DataError
+from metapt.errors import DataError, MissingDataError
 from metapt.spec import DataSpec
 
 Reader = Callable[[list[Path], DataSpec], datasets.Dataset]
 
 
-def resolve_files(location: str) -> list[Path]:
-    """A file, a folder (its files, sorted, recursively; hidden ones skipped), or a glob of either."""
+# The file names each format reads when a split names a folder: README, LICENSE and the like are
+# skipped (an explicitly named file or a glob of files is read whatever its name). .gz is allowed.
+NAMES: dict[str, str] = {
+    "json": r"\.json",
+    "squad": r"\.json",
+    "spert": r"\.json",
+    "jsonl": r"\.jsonl?",
+    "nq": r"\.jsonl?",
+    "superglue": r"\.jsonl?",
+    "dygie": r"\.jsonl?",
+    "csv": r"\.csv",
+    "tsv": r"\.tsv",
+    "parquet": r"\.parquet",
+    "text": r"\.(txt|tokens|raw|text)",
+    "dailydialog": r"\.txt",
+    "conll2005": r"\.(props|words|txt|conll)|-set",
+    "conll2012": r"_conll",
+    "conll04": r"\.corp",
+}
+
+
+def resolve_files(location: str, fmt: str = "") -> list[Path]:
+    """A file, a folder (its files of format `fmt`, sorted, recursively; hidden ones skipped), or a
+    glob of either."""
     path = Path(location)
     if path.is_file():
         return [path]
+    names = re.compile(f"(?:{NAMES[fmt]})(?:\\.gz)?$") if fmt in NAMES else None
     found: list[Path] = []
+    skipped: list[str] = []
     for match in [path] if path.is_dir() else [Path(p) for p in sorted(glob.glob(location, recursive=True))]:
         if match.is_file():
             found.append(match)
         elif match.is_dir():  # a folder (or a glob matching folders): its files, hidden ones skipped
             inside = [p for p in sorted(match.rglob("*")) if p.is_file()]
-            found += [
+            visible = [
                 p for p in inside if not any(part.startswith(".") for part in p.relative_to(match).parts)
             ]
+            found += [p for p in visible if names is None or names.search(p.name)]
+            skipped += [
+                str(p.relative_to(match)) for p in visible if names is not None and not names.search(p.name)
+            ]
+    if not found and skipped:
+        raise DataError(
+            f"{location}: no {fmt} files in this folder (names ending in {NAMES[fmt]}, optionally .gz); "
+            f"it holds {', '.join(skipped[:8])}{' ...' if len(skipped) > 8 else ''}"
+        )
     if not found:
-        raise DataError(f"nothing at {location}")
+        raise MissingDataError(f"nothing at {location}")
     return found
 
 
@@ -196,6 +230,11 @@ def read_split(data: DataSpec, split: str) -> datasets.Dataset | datasets.Iterab
         raise DataError(
             f"[data].format: {data.format!r} has no reader; allowed: hf, synthetic, " + ", ".join(READERS)
         )
+    if isinstance(ds, datasets.Dataset) and len(ds) == 0:
+        raise DataError(
+            f"{where}: no records in the {split} split (an empty file, or none in the {data.format} "
+            "format); check the file, or [data].format"
+        )
     ds = rename_columns(ds, data.columns, where)
     return word_salad(ds, data.seed, split) if data.shuffle_words else ds
 
@@ -234,12 +273,12 @@ def _split_files(data: DataSpec, split: str) -> list[Path]:
     location = data.location(split)
     if location:
         try:
-            return resolve_files(location)
-        except DataError:
+            return resolve_files(location, data.format)
+        except MissingDataError:
             pass  # reported below with the split, the format and how to fix it
     obtain = f" {data.obtain}" if data.obtain else ""
     at = location or f"(no path: [data].{split} is not set)"
-    raise DataError(
+    raise MissingDataError(
         f"task data: split {split!r} of format {data.format!r}: nothing at {at}.{obtain} "
         f"Pass --data PATH or edit [data].{split}."
     )
@@ -252,7 +291,7 @@ def _from_hub(data: DataSpec, split: str) -> datasets.Dataset | datasets.Iterabl
             data.dataset, data.subset or None, split=getattr(data, split), streaming=data.streaming
         )
     except Exception as e:  # offline, unknown id or config, missing split: all mean "not available"
-        raise DataError(
+        raise MissingDataError(
             f"{name}: split {getattr(data, split)!r} could not be loaded from the hub "
             f"({type(e).__name__}: {e}). metapt runs offline unless HF_HUB_OFFLINE is unset; "
             "unset it to download, or pass --data PATH with a local copy."
