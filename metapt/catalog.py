@@ -84,6 +84,9 @@ def _check_masking(options: dict[str, Any]) -> list[str]:
     ]
 
 
+# Per-token binary tagging kinds: heads, losses, metrics, fields.
+_WORD_TAGS = (("token_classification",), ("cross_entropy",), ("f1", "accuracy"), ("text",))
+_REPLACEMENTS = ("uniform", "unigram", "bigram")
 _LABELS = Option([], "label names in order; empty: the sorted labels found in the train split")
 _MAIN = Option("", "metric used to pick the best epoch; empty: the kind's first metric")
 
@@ -149,23 +152,15 @@ KINDS: dict[str, KindInfo] = {
     ),
     "capitalization_prediction": KindInfo(
         "source",
-        ("token_classification",),
-        ("cross_entropy",),
-        ("f1", "accuracy"),
-        ("text",),
+        *_WORD_TAGS,
         {},
         "ERNIE 2.0 word-aware: from lowercased text, predict per word whether it was capitalised",
     ),
     "token_document_relation": KindInfo(
         "source",
-        ("token_classification",),
-        ("cross_entropy",),
-        ("f1", "accuracy"),
-        ("text",),
+        *_WORD_TAGS,
         {
-            "segment_sentences": Option(
-                1, "sentences per segment (one segment per sequence)", low=1, high=64
-            ),
+            "segment_sentences": Option(1, "sentences per segment (one sequence each)", low=1, high=64),
             "ignore_stopwords": Option(True, "stop words get no label (punctuation never has one)"),
         },
         "ERNIE 2.0 word-aware: per word of a segment, does it occur in another segment of the document?",
@@ -181,20 +176,12 @@ KINDS: dict[str, KindInfo] = {
     ),
     "replaced_token_detection": KindInfo(
         "source",
-        ("token_classification",),
-        ("cross_entropy",),
-        ("f1", "accuracy"),
-        ("text",),
+        *_WORD_TAGS,
         {
             "replace_probability": Option(0.15, "share of tokens replaced", low=0.01, high=0.9),
-            "replacement": Option(
-                "bigram",
-                "where replacements come from: tokens that follow the same token in the batch, "
-                "any token of the batch, or any vocabulary entry",
-                choices=("bigram", "unigram", "uniform"),
-            ),
+            "replacement": Option("uniform", "where replacements come from", choices=_REPLACEMENTS),
         },
-        "ELECTRA-style: per token, was it replaced? (replacements sampled from the batch's bigrams)",
+        "ELECTRA-style: per token, was it replaced? (replacements without a generator network)",
     ),
     "classification": KindInfo(
         "target",

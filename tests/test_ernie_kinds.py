@@ -287,7 +287,7 @@ def test_replaced_tokens_are_the_labels(tok: Any) -> None:
 def test_bigram_replacements_follow_the_same_token_in_the_batch(tok: Any) -> None:
     # Token 30 is followed by 40 and 41, token 31 by 42 only, token 32 by 50 only.
     rows = _rows([[30, 40, 31, 42, 30, 41, 32, 50]] * 4, tok)
-    spec = spec_of("replaced_token_detection", replace_probability=0.5)
+    spec = spec_of("replaced_token_detection", replace_probability=0.5, replacement="bigram")
     original = torch.tensor([r["input_ids"] for r in rows])
     followers = {30: {40, 41}, 31: {42}, 32: {50}}
     checked = 0

@@ -2,13 +2,13 @@
 encoder predicts, for every token, whether it was replaced (1) or is the original (0).
 
 ELECTRA samples the replacements from a small masked LM trained jointly with the encoder. metapt
-uses a cheaper corruption with no second network (see the README for the measurement behind the
+uses a cheaper corruption with no second network (see the README for the measurements behind the
 default), chosen by the option `replacement`:
-- "bigram" (default): a token that follows the same previous token somewhere in the batch, so the
-  left neighbour of every replacement is a pair seen in real text; where the batch offers none
-  other than the original, a "unigram" draw.
+- "uniform" (default): any non-special vocabulary entry, as BERT's 10% random tokens.
 - "unigram": a token drawn from the batch's real tokens (the corpus frequency distribution).
-- "uniform": any non-special vocabulary entry, as BERT's 10% random tokens.
+- "bigram": a token that follows the same previous token somewhere in the batch, so the left
+  neighbour of every replacement is a pair seen in real text; where the batch offers none other
+  than the original, a "unigram" draw.
 A replacement always differs from the original when the source offers such a token (8 draws), so
 labels are exactly "was changed". Positions are drawn per token with `replace_probability` (at
 least one per batch), from the generator: fresh corruptions every batch. encode is masked LM's.
