@@ -6,6 +6,7 @@ The kind implementations (metapt/kinds/) import torch; validation only needs the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,8 +58,35 @@ class KindInfo:
     options: dict[str, Option] = field(default_factory=dict)
     help: str = ""
     micro_batches: bool = True  # False when examples interact (in-batch negatives): never split
+    # Checks across options, (the spec's [options] table) -> problems "[options].key: why".
+    check: Callable[[dict[str, Any]], list[str]] | None = None
 
 
+MASKING = ("token", "whole_word", "phrase", "entity")
+
+
+def masking_of(options: dict[str, Any]) -> str:
+    """masked_lm's effective masking: `masking` when given, else its older alias `whole_word_mask`."""
+    if "masking" in options:
+        return options["masking"]
+    return "whole_word" if options.get("whole_word_mask") is True else "token"
+
+
+def _check_masking(options: dict[str, Any]) -> list[str]:
+    """`masking` and its alias `whole_word_mask` may both be given only when they agree."""
+    masking, alias = options.get("masking"), options.get("whole_word_mask")
+    if masking not in MASKING or not isinstance(alias, bool) or alias == (masking != "token"):
+        return []
+    return [
+        f"[options].whole_word_mask: {str(alias).lower()} contradicts masking = {masking!r} "
+        "(whole_word_mask is the older alias: true means whole words, false means single tokens); "
+        "give `masking` alone"
+    ]
+
+
+# Per-token binary tagging kinds: heads, losses, metrics, fields.
+_WORD_TAGS = (("token_classification",), ("cross_entropy",), ("f1", "accuracy"), ("text",))
+_REPLACEMENTS = ("uniform", "unigram", "bigram")
 _LABELS = Option([], "label names in order; empty: the sorted labels found in the train split")
 _MAIN = Option("", "metric used to pick the best epoch; empty: the kind's first metric")
 
@@ -71,9 +99,15 @@ KINDS: dict[str, KindInfo] = {
         ("text",),
         {
             "mask_probability": Option(0.15, "share of tokens selected for prediction", low=0.01, high=0.9),
-            "whole_word_mask": Option(False, "mask every sub-word of a selected word together"),
+            "masking": Option(
+                "token",
+                "the masked unit: a token, a whole word, or a phrase / entity span with every sub-word",
+                choices=MASKING,
+            ),
+            "whole_word_mask": Option(False, 'older alias: true means masking = "whole_word"'),
         },
-        "masked language modelling with dynamic 80/10/10 masking",
+        "masked language modelling with dynamic 80/10/10 masking; ERNIE knowledge masking",
+        check=_check_masking,
     ),
     "sentence_reordering": KindInfo(
         "source",
@@ -115,6 +149,39 @@ KINDS: dict[str, KindInfo] = {
         ("sentences",),
         {"blank_token": Option("[BLANK]", "the word that replaces the answer term in the query")},
         "masked passage retrieval (Glass et al. 2020): find the blanked term's span in a passage",
+    ),
+    "capitalization_prediction": KindInfo(
+        "source",
+        *_WORD_TAGS,
+        {},
+        "ERNIE 2.0 word-aware: from lowercased text, predict per word whether it was capitalised",
+    ),
+    "token_document_relation": KindInfo(
+        "source",
+        *_WORD_TAGS,
+        {
+            "segment_sentences": Option(1, "sentences per segment (one sequence each)", low=1, high=64),
+            "ignore_stopwords": Option(True, "stop words get no label (punctuation never has one)"),
+        },
+        "ERNIE 2.0 word-aware: per word of a segment, does it occur in another segment of the document?",
+    ),
+    "ir_relevance": KindInfo(
+        "source",
+        ("sequence_classification",),
+        ("cross_entropy",),
+        ("accuracy",),
+        ("text",),
+        {"passage_sentences": Option(2, "sentences per passage", low=1, high=64)},
+        "ERNIE 2.0 semantic-aware: title (or first sentence) vs passage: strong / weak / no relevance",
+    ),
+    "replaced_token_detection": KindInfo(
+        "source",
+        *_WORD_TAGS,
+        {
+            "replace_probability": Option(0.15, "share of tokens replaced", low=0.01, high=0.9),
+            "replacement": Option("uniform", "where replacements come from", choices=_REPLACEMENTS),
+        },
+        "ELECTRA-style: per token, was it replaced? (replacements without a generator network)",
     ),
     "classification": KindInfo(
         "target",
@@ -194,6 +261,7 @@ FORMATS: dict[str, str] = {
     "tsv": "tab-separated (GLUE files, no quoting)",
     "parquet": "Apache Parquet",
     "text": "plain text: one sentence per line, documents separated by blank lines",
+    "wikitext": "WikiText files: articles with titles from their ` = Title = ` headings",
     "squad": "SQuAD v1.1 / v2.0 JSON",
     "conll2005": "CoNLL-2005 words + props columns (or the release's words/ and props/ files)",
     "conll2012": "OntoNotes 5.0 *_gold_conll files",
@@ -214,6 +282,7 @@ SYNTHETIC_CORPORA: tuple[str, ...] = (
     "conll2012",
     "pairs",
     "squad",
+    "articles",
 )
 
 HEADS: tuple[str, ...] = tuple(dict.fromkeys(h for k in KINDS.values() for h in k.heads))

@@ -110,6 +110,7 @@ def _corpus_texts(tasks: list[TaskData]) -> list[str]:
                 if name in row:
                     out.extend(row[name] if isinstance(row[name], list) else [row[name]])
                     break
+            out += [row["title"]] if isinstance(row.get("title"), str) else []  # ir_relevance queries
     return out
 
 

@@ -402,6 +402,8 @@ def _check_kind(spec: TaskSpec, table: dict) -> list[str]:
             )
         elif (why := info.options[key].check(value)) is not None:
             problems.append(f"[options].{key}: {why}")
+    if info.check is not None and isinstance(options, dict):  # options that must agree with each other
+        problems += info.check(options)
     main = spec.options.get("main_metric", "")
     if isinstance(main, str) and main and main not in info.metrics:
         problems.append(

@@ -32,6 +32,11 @@ SYNTHETIC_KINDS = {
     "sentence_reordering": "sentence_reordering",
     "span_selection": "span_selection",
     "squad-synthetic": "extractive_qa",
+    "mlm_entity": "masked_lm",
+    "capitalization_prediction": "capitalization_prediction",
+    "token_document_relation": "token_document_relation",
+    "ir_relevance": "ir_relevance",
+    "replaced_token_detection": "replaced_token_detection",
 }
 
 

@@ -109,7 +109,7 @@ def test_file_names_carry_the_cache_key(cache: Path) -> None:
         == cache / "synthetic" / f"v{synthetic.GENERATOR_VERSION}" / "conll2012-seed7-size20-test.gold_conll"
     )
     formats = [generate(c, 20, 0, "train")[0] for c in CORPORA]
-    assert formats == ["text", "text", "dailydialog", "conll04", "conll2012", "tsv", "squad"]
+    assert formats == ["text", "text", "dailydialog", "conll04", "conll2012", "tsv", "squad", "jsonl"]
 
 
 def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import datasets
 
-from metapt.data import conll, qa
+from metapt.data import conll, qa, wikitext
 from metapt.data.conll import json_lines, load_json, numbered_lines, open_text
 from metapt.errors import DataError, MissingDataError
 from metapt.spec import DataSpec
@@ -191,6 +191,7 @@ READERS: dict[str, Reader] = {
     "tsv": read_tsv,
     "parquet": read_parquet,
     "text": read_text,
+    "wikitext": wikitext.read_wikitext,
     "squad": qa.read_squad,
     "nq": qa.read_nq,
     "superglue": qa.read_superglue,
@@ -201,7 +202,8 @@ READERS: dict[str, Reader] = {
     "spert": conll.read_spert,
     "dygie": conll.read_dygie,
 }
-_STREAMS = {"text": _text_documents, "jsonl": _jsonl_records}  # formats that can stream from disk
+# Formats that can stream from disk.
+_STREAMS = {"text": _text_documents, "jsonl": _jsonl_records, "wikitext": wikitext.documents}
 
 
 # ------------------------------------------------------------------------------------ the entry

@@ -1,17 +1,21 @@
 """Task kinds: one module per kind (data -> batches, head, predictions, metrics) and their registry."""
 
 from metapt.kinds import (
+    capitalization_prediction,
     classification,
     extractive_qa,
+    ir_relevance,
     masked_lm,
     multiple_choice,
     relation_extraction,
+    replaced_token_detection,
     response_selection,
     sentence_distance,
     sentence_reordering,
     span_selection,
     srl,
     token_classification,
+    token_document_relation,
 )
 from metapt.kinds.base import Kind
 
@@ -21,6 +25,10 @@ KINDS: dict[str, Kind] = {
     "sentence_distance": sentence_distance.KIND,
     "response_selection": response_selection.KIND,
     "span_selection": span_selection.KIND,
+    "capitalization_prediction": capitalization_prediction.KIND,
+    "token_document_relation": token_document_relation.KIND,
+    "ir_relevance": ir_relevance.KIND,
+    "replaced_token_detection": replaced_token_detection.KIND,
     "classification": classification.KIND,
     "regression": classification.REGRESSION_KIND,
     "token_classification": token_classification.KIND,

@@ -20,6 +20,15 @@ from metapt.metrics import accuracy
 from metapt.spec import TaskSpec
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# English function words: never a span-selection term, an entity or a phrase word, or a key word.
+STOPWORDS = frozenset(
+    """a about above after again against all also am an and any are as at be because been before
+being below between both but by can could did do does doing down during each few for from further had has have
+having he her here hers herself him himself his how i if in into is it its itself just me more most my myself no
+nor not now of off on once only or other our ours out over own same she should so some such than that the their
+theirs them then there these they this those through to too under until up very was we were what when where which
+while who whom why will with would you your yours yes one two many much may might must shall upon yet""".split()
+)
 
 
 def sentences_of(sentences: list[str] | None, text: str | None) -> list[str]:

@@ -22,7 +22,7 @@ from torch import nn
 
 from metapt.kinds.base import Batch, Info, Kind
 from metapt.kinds.common import encoder_inputs, join
-from metapt.kinds.corpus import build_head, documents, map_records, tokenize_nested, write_jsonl
+from metapt.kinds.corpus import STOPWORDS, build_head, documents, map_records, tokenize_nested, write_jsonl
 from metapt.metrics import squad_exact, squad_f1
 from metapt.spec import TaskSpec
 
@@ -30,14 +30,6 @@ log = logging.getLogger("metapt")
 
 MAX_ANSWER_TOKENS = 30
 _WORD = re.compile(r"\w+(?:[-']\w+)*")
-_STOP = frozenset(
-    """a about above after again against all also am an and any are as at be because been before
-being below between both but by can could did do does doing down during each few for from further had has have
-having he her here hers herself him himself his how i if in into is it its itself just me more most my myself no
-nor not now of off on once only or other our ours out over own same she should so some such than that the their
-theirs them then there these they this those through to too under until up very was we were what when where which
-while who whom why will with would you your yours yes one two many much may might must shall upon yet""".split()
-)
 
 
 def terms(sentence: str) -> tuple[list[tuple[int, int]], ...]:
@@ -48,7 +40,7 @@ def terms(sentence: str) -> tuple[list[tuple[int, int]], ...]:
     names, numbers, content = [], [], []
     i = 0
     while i < len(words):
-        if text[i][0].isupper() and len(text[i]) > 1 and text[i].lower() not in _STOP:
+        if text[i][0].isupper() and len(text[i]) > 1 and text[i].lower() not in STOPWORDS:
             j = i  # a run of capitalised words separated by single spaces, as "New York City"
             while (
                 j + 1 < len(words)
@@ -63,7 +55,7 @@ def terms(sentence: str) -> tuple[list[tuple[int, int]], ...]:
             continue
         if any(c.isdigit() for c in text[i]):
             numbers.append(words[i])
-        elif len(text[i]) >= 4 and text[i].lower() not in _STOP:
+        elif len(text[i]) >= 4 and text[i].lower() not in STOPWORDS:
             content.append(words[i])
         i += 1
     return sorted(names), numbers, content
