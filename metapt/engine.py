@@ -184,7 +184,7 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
         "support": {n: stream(n, "support") for n in sources},
         "target": {n: stream(n, "target") for n in targets},
         # fitting the target heads draws its own batches, so the scoring batches stay the same
-        "fit": {n: stream(n, "fit") for n in targets if n not in sources},
+        "fit": {n: stream(n, "fit") for n in dict.fromkeys([*targets, *sources])},
     }
     explore = torch.Generator().manual_seed(spec.run.seed)
     run = Run(
@@ -463,40 +463,80 @@ def _head_step(run: Run, targets: selection.TargetBatches) -> int:
     return flops
 
 
-FIT_WINDOW = 10  # head-fitting steps per window; fitting stops when a window's mean loss is not
-FIT_GAIN = 0.01  # 1% below the best window's
+FIT_BATCHES = 16  # batches of every target the heads are fitted on; the last FIT_HELD check progress
+FIT_HELD = 4
+FIT_GAIN = 0.001  # fitting stops when a pass lowers the held-out batches' loss by less than this share
 
 
 def fit_target_heads(run: Run) -> tuple[int, int, float]:
+    """`fit_heads` for the aware targets' own heads."""
+    return fit_heads(run, [t for t in run.targets if t not in run.sources], run.head_optimizer)
+
+
+def fit_all_heads(run: Run) -> dict[str, Any]:
+    """Before the first selection: the aware target heads, then the sources' heads, each fitted on the
+    frozen encoder. A source's utility is the effect of a step through its own head: with a random
+    head (a warm-started encoder brings none, and an unchosen source's head never trains) that step
+    follows the head's initialisation, and the first choices lock in whichever source it favoured.
+    The sources' heads are fitted with a separate AdamW (`head_lr`), so the training optimizer's state
+    starts as without fitting."""
+    steps, flops, loss = fit_target_heads(run)
+    heads = [p for s in run.sources for p in run.model.heads[s].parameters()]
+    s_steps, s_flops, s_loss = fit_heads(run, run.sources, torch.optim.AdamW(heads, lr=run.spec.meta.head_lr))
+    return {
+        "steps": steps,
+        "loss": loss,
+        "source_steps": s_steps,
+        "source_loss": s_loss,
+        "flops": flops + s_flops,
+    }
+
+
+def fit_heads(run: Run, fitted: list[str], optimizer: torch.optim.Optimizer | None) -> tuple[int, int, float]:
     """Fit the aware target heads on the frozen encoder before the first selection, so that a target's
-    loss says how well the encoder serves it, not how random its head is. Head-only steps on batches
-    of every target (their own stream) until a window of steps no longer lowers the summed loss by
-    FIT_GAIN, or `head_fit_steps`. Returns (steps, FLOPs, the last window's mean loss)."""
-    steps, flops, losses, best = 0, 0, [], float("inf")
-    fitted = [t for t in run.targets if t in run.streams["fit"]]
-    run.model.eval()  # as in scoring: dropout off
+    loss says how well the encoder serves it, not how random its head is. The encoder's hidden states
+    of FIT_BATCHES batches of every target (their own stream) are computed once; head-only AdamW steps
+    (`head_lr`) go over the first FIT_BATCHES - FIT_HELD, one batch of every target per step, and after
+    each pass the summed loss of the last FIT_HELD decides: fitting stops when a pass lowers it by less
+    than FIT_GAIN (or raises it), or after `head_fit_steps` steps. Returns (steps, FLOPs, held-out loss)."""
+    limit = run.spec.meta.head_fit_steps
+    if not fitted or limit == 0 or optimizer is None:
+        return 0, 0, float("nan")
+    model, flops = run.model, 0
+    model.eval()  # as in scoring: dropout off
     try:
-        while steps < run.spec.meta.head_fit_steps and fitted:
-            batches = [(t, batch_to(run.streams["fit"][t].next(), run.device)) for t in fitted]
-            total = 0.0
-            for t, batch in batches:
-                loss, _ = run.model(t, batch, detach_encoder=True)
-                loss.backward()
-                total += float(loss.detach())
-                flops += run.flops.forward(t, batch)
-            run.head_optimizer.step()
-            run.model.zero_grad(set_to_none=True)
-            steps += 1
-            losses.append(total)
-            if steps % FIT_WINDOW == 0:
-                window = sum(losses[-FIT_WINDOW:]) / FIT_WINDOW
-                if window > best * (1 - FIT_GAIN):
+        cached: dict[str, list] = {}
+        with torch.no_grad():
+            for t in fitted:
+                batches = [batch_to(run.streams["fit"][t].next(), run.device) for _ in range(FIT_BATCHES)]
+                cached[t] = [(b, model.encode(b)) for b in batches]  # (batch, hidden (N, T, H))
+                flops += sum(run.flops.forward(t, b) for b in batches)
+
+        def held() -> float:
+            with torch.no_grad():
+                return sum(float(model(t, b, hidden=h)[0]) for t in fitted for b, h in cached[t][-FIT_HELD:])
+
+        steps, best = 0, held()
+        while steps < limit:
+            for i in range(FIT_BATCHES - FIT_HELD):
+                for t in fitted:
+                    batch, hidden = cached[t][i]
+                    model(t, batch, hidden=hidden)[0].backward()
+                    flops += 3 * run.flops.head(t, batch)
+                optimizer.step()
+                model.zero_grad(set_to_none=True)
+                steps += 1
+                if steps == limit:
                     break
-                best = window
+            now = held()
+            flops += sum(run.flops.head(t, b) for t in fitted for b, _ in cached[t][-FIT_HELD:])
+            if now > best * (1 - FIT_GAIN):
+                best = min(best, now)
+                break
+            best = now
     finally:
-        run.model.train()
-    last = sum(losses[-FIT_WINDOW:]) / max(1, len(losses[-FIT_WINDOW:]))
-    return steps, flops, last
+        model.train()
+    return steps, flops, best / (FIT_HELD * len(fitted))
 
 
 def _train(run: Run, task: str, gradient: selection.Params | None = None) -> tuple[float, int, int]:
@@ -589,13 +629,13 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
             return run.totals["selection_flops"] + run.totals["train_flops"]
 
         fit_seconds, fit_flops = 0.0, 0  # charged to the first selection
-        if meta.scheduler == "meta" and run.head_optimizer is not None and run.episode == 0:
+        if meta.scheduler == "meta" and run.episode == 0:
             t = time.perf_counter()
-            steps, fit_flops, fit_loss = fit_target_heads(run)
-            fit_seconds = time.perf_counter() - t
+            fitted = fit_all_heads(run)
+            fit_seconds, fit_flops = time.perf_counter() - t, fitted["flops"]
             if run.world > 1:
-                distributed.broadcast_parameters([run.model.heads[t] for t in run.targets])
-            callback("heads", {"steps": steps, "loss": fit_loss, "flops": fit_flops, "seconds": fit_seconds})
+                distributed.broadcast_parameters([run.model.heads])
+            callback("heads", {**fitted, "seconds": fit_seconds})
 
         while run.episode < total and not stopping and (max_flops is None or spent() < max_flops):
             t0 = time.perf_counter() - fit_seconds

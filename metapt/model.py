@@ -105,10 +105,13 @@ class MultiTaskModel(nn.Module):
         return out.last_hidden_state
 
     def forward(
-        self, task: str, batch: Batch, detach_encoder: bool = False
+        self, task: str, batch: Batch, detach_encoder: bool = False, hidden: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, logits) of one task on one batch; `detach_encoder` trains the head alone."""
-        if detach_encoder:
+        """(loss, logits) of one task on one batch; `detach_encoder` trains the head alone, on the
+        encoder's `hidden` states (N, T, H) when they were computed before."""
+        if hidden is not None:
+            detach_encoder = True
+        elif detach_encoder:
             with torch.no_grad():
                 hidden = self.encode(batch)
         else:

@@ -45,7 +45,11 @@ def _f(
 @dataclass(frozen=True)
 class DataSpec:
     format: str = _f("", choices=tuple(FORMATS), help="how the data is stored", required=True)
-    train: str = _f("", help="local: file, folder or glob relative to the spec; hf: split name")
+    train: str = _f(
+        "",
+        help="local: file, folder or glob relative to the spec; hf: split name; "
+        "synthetic: the generated split that serves as train (default train)",
+    )
     validation: str = _f("", help="as train")
     test: str = _f("", help="as train")
     dataset: str = _f("", help="hf: hub id, e.g. nyu-mll/glue")
@@ -75,6 +79,11 @@ class DataSpec:
             return value
         value = value.replace("${METAPT_DATA}", os.environ.get("METAPT_DATA", "data"))
         return str(Path(self.base_dir, os.path.expanduser(value)))
+
+    def synthetic_split(self, split: str) -> str:
+        """synthetic: the generated split that serves as `split` ([data].train = "validation" makes a
+        task of held-out documents of the same world)."""
+        return getattr(self, split) or split
 
     def splits(self) -> tuple[str, ...]:
         """The splits this spec names (synthetic data always has all three)."""
@@ -423,6 +432,13 @@ def _check_data(data: DataSpec, check_files: bool, raw: dict) -> list[str]:
         problems.append(
             f"[data].corpus: missing; format = 'synthetic' needs one of {_allowed(SYNTHETIC_CORPORA)}"
         )
+    if data.format == "synthetic":
+        for split in SPLITS:
+            if getattr(data, split) and getattr(data, split) not in SPLITS:
+                problems.append(
+                    f"[data].{split}: {getattr(data, split)!r} is not a generated split; "
+                    f"synthetic data allows {_allowed(SPLITS)}"
+                )
     if data.shuffle_words and data.streaming:
         problems.append(
             "[data].shuffle_words: needs the whole split; it cannot be combined with streaming = true"

@@ -219,7 +219,7 @@ def read_split(data: DataSpec, split: str) -> datasets.Dataset | datasets.Iterab
     elif data.format == "synthetic":
         from metapt.data.synthetic import generate
 
-        fmt, path = generate(data.corpus, data.size, data.seed, split, data.eval_size)
+        fmt, path = generate(data.corpus, data.size, data.seed, data.synthetic_split(split), data.eval_size)
         ds, where = READERS[fmt]([Path(path)], data), str(path)
     elif data.format in READERS:
         files, where = _split_files(data, split), data.location(split)
