@@ -195,9 +195,9 @@ def _draw_utilities(ax: Any, scored: list[dict[str, Any]], tasks: list[str]) -> 
             ax.plot(x, [r["policy_scores"][t] for r in rows], linestyle="--", color=color, linewidth=1.2)
     ax.axhline(0.0, color="gray", linewidth=0.5)
     ax.legend(fontsize="small")
-    note = "; dashed: the bandit's running mean" if bandit else ""
+    note = "; dashed: bandit's mean" if bandit else ""
     ax.set(
-        title=f"utility minus the mean over sources (band: 1 standard error{note})",
+        title=f"utility - mean over sources (band: 1 s.e.{note})",
         xlabel="episode",
         ylabel="utility",
     )

@@ -369,6 +369,11 @@ def test_a_bandit_run_logs_its_estimates_and_resumes_bitwise(tmp_path: Path) -> 
     engine.pretrain(half, resume=True)
     assert [r["chosen"] for r in lines(tmp_path / "half")] == [r["chosen"] for r in records]
     assert [r["policy_scores"] for r in lines(tmp_path / "half")] == [r["policy_scores"] for r in records]
+    # `metapt report` draws the utilities with their standard-error bands and the bandit's means
+    from metapt import report
+
+    png = report.report(tmp_path / "full", tmp_path / "report.png")
+    assert png.stat().st_size > 20_000
     assert_same_weights(tmp_path / "full", tmp_path / "half")
 
 
