@@ -98,7 +98,7 @@ def episode_caps(
             fitting: list[float] = []  # the meta scheduler fits its heads once, before the first selection
             summary = pretrain(
                 override(with_scheduler(spec, s), episodes=1, output_dir=where, seed=seed, device=device),
-                callback=lambda e, d: fitting.append(d["flops"]) if e == "heads" else None,
+                callback=lambda e, d, fitting=fitting: fitting.append(d["flops"]) if e == "heads" else None,
             )
             if not summary["complete"]:
                 raise KeyboardInterrupt  # Ctrl-C during the probe
