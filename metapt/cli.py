@@ -238,6 +238,8 @@ def pretrain(
         )
     if summary.get("rank", 0) == 0:
         _say(summary["message"])
+        if summary.get("noise"):
+            err.print(f"warning: {summary['noise']}", markup=False, highlight=False, soft_wrap=True)
     if not summary["complete"]:  # stopped early by a signal: 128 + its number, as a shell reports it
         if summary.get("rank", 0) == 0:
             err.print("stopped early; continue with --resume", markup=False, highlight=False)

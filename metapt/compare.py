@@ -95,16 +95,19 @@ def episode_caps(
     try:
         for s in schedulers:
             where = out / ".probe" / s
+            fitting: list[float] = []  # the meta scheduler fits its heads once, before the first selection
             summary = pretrain(
-                override(with_scheduler(spec, s), episodes=1, output_dir=where, seed=seed, device=device)
+                override(with_scheduler(spec, s), episodes=1, output_dir=where, seed=seed, device=device),
+                callback=lambda e, d, fitting=fitting: fitting.append(d["flops"]) if e == "heads" else None,
             )
             if not summary["complete"]:
                 raise KeyboardInterrupt  # Ctrl-C during the probe
             sel, train = summary["totals"]["selection_flops"], summary["totals"]["train_flops"]
-            per_episode = train + sel / (spec.meta.select_every if s == "meta" else 1)
+            once = sum(fitting)
+            per_episode = train + (sel - once) / (spec.meta.select_every if s == "meta" else 1)
             probes[s] = {
                 "first_episode_flops": sel + train,
-                "cap": max(1, math.ceil(CAP_SLACK * budget / per_episode)),
+                "cap": max(1, math.ceil(CAP_SLACK * (budget - once) / per_episode)),
             }
     finally:
         shutil.rmtree(out / ".probe", ignore_errors=True)

@@ -22,7 +22,7 @@ from typing import Any
 import datasets
 import torch
 
-from metapt import checkpoint, distributed, mixture, outdir, pointless, resuming, selection
+from metapt import checkpoint, distributed, mixture, outdir, pointless, policies, resuming, selection
 from metapt.catalog import KINDS
 from metapt.data.pipeline import (
     BatchStream,
@@ -64,6 +64,7 @@ class Run:
     head_optimizer: torch.optim.Optimizer | None
     explore: torch.Generator
     flops: FlopCounter
+    policy: Any = None  # metapt.policies: turns a selection's estimates into the task (meta scheduler)
     episode: int = 0
     history: list[str] = field(default_factory=list)
     totals: dict[str, float] = field(
@@ -182,6 +183,8 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
         "train": {n: stream(n, "train", world) for n in sources},
         "support": {n: stream(n, "support") for n in sources},
         "target": {n: stream(n, "target") for n in targets},
+        # fitting the target heads draws its own batches, so the scoring batches stay the same
+        "fit": {n: stream(n, "fit") for n in dict.fromkeys([*targets, *sources])},
     }
     explore = torch.Generator().manual_seed(spec.run.seed)
     run = Run(
@@ -200,6 +203,7 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
         head_optimizer,
         explore,
         FlopCounter(model),
+        policies.POLICIES[meta.policy](meta.epsilon, meta.discount),
         rank=rank,
         world=world,
     )
@@ -226,6 +230,7 @@ def _restore(run: Run, folder: Path) -> None:
         for name, s in streams.items():
             s.load_state_dict(state["streams"][group][name])
     run.explore.set_state(state["explore"])
+    run.policy.load_state_dict(state.get("policy", {}))
     torch.set_rng_state(state["torch_rng"])
     if torch.cuda.is_available() and "cuda_rng" in state:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -256,6 +261,7 @@ def save(run: Run) -> Path:
         "head_optimizer": run.head_optimizer.state_dict() if run.head_optimizer else {},
         "streams": {g: {n: s.state_dict() for n, s in ss.items()} for g, ss in run.streams.items()},
         "explore": run.explore.get_state(),
+        "policy": run.policy.state_dict(),
         "torch_rng": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -351,72 +357,203 @@ def _step(run: Run) -> None:
     run.optimizer.zero_grad(set_to_none=True)
 
 
-def _select(run: Run) -> tuple[str, bool, dict[str, float], float | None, int]:
-    """The meta step: (chosen task, explored, utilities, target loss at theta, FLOPs spent).
+@dataclass
+class Selection:
+    """One meta step: the task chosen, the evidence it was chosen on, and what it cost."""
 
-    First-order selection may leave the chosen task's support gradient on the weights for `_train`."""
-    meta, model, dev = run.spec.meta, run.model, run.device
-    shared = _shares_targets(run)  # agnostic first-order: the support batches are the target batches
+    chosen: str
+    explored: bool
+    utilities: dict[str, float]  # u(s) as Algorithm 1 sums them
+    utility_se: dict[str, float | None]  # their standard errors (None with one support batch)
+    lead_z: float | None  # how far the chosen task leads the runner-up, in standard errors
+    policy_scores: dict[str, float]  # what the policy ranked by (greedy: the utilities)
+    floor: float | None  # rounding resolution of a utility (exact)
+    target_loss: float  # mean target loss at theta
+    flops: int
+    gradient: selection.Params | None  # the chosen task's mean support gradient (first-order reuse)
+
+
+def _draw(run: Run, shared: bool) -> tuple[selection.TargetBatches, dict[str, list]]:
+    """This selection's target batches (M of every target, shared by every candidate) and M support
+    batches of every source."""
+    m, dev = run.spec.meta.support_batches, run.device
+    j = run.spec.meta.target_batches or m
     targets = [
         (t, batch_to(run.streams["target"][t].next(), dev))
         for t in ([] if shared else run.targets)
-        for _ in range(meta.support_batches)
+        for _ in range(j)
     ]
-    support = {
-        s: [batch_to(run.streams["support"][s].next(), dev) for _ in range(meta.support_batches)]
-        for s in run.sources
-    }
-    model.eval()  # dropout off: otherwise the utilities are noise (DESIGN.md section 1)
+    support = {s: [batch_to(run.streams["support"][s].next(), dev) for _ in range(m)] for s in run.sources}
+    return targets, support
+
+
+def _estimate(run: Run) -> tuple[selection.Estimate, selection.TargetBatches, int]:
+    """Score every source (dropout off): (the estimate, the target batches it used, its FLOPs)."""
+    meta, model = run.spec.meta, run.model
+    shared = _shares_targets(run)  # agnostic first-order: the support batches are the target batches
+    targets, support = _draw(run, shared)
     target_fwd = sum(run.flops.forward(t, b) for t, b in targets)
     support_train = sum(run.flops.train(s, b) for s, bs in support.items() for b in bs)
-    gradients: dict[str, selection.Params] = {}  # source -> summed support gradient (first-order)
-    if meta.utility == "exact":
-        base = selection.target_losses(model, selection.detached(model), targets, run.autocast)
-        utilities = selection.exact_utilities(
-            model, support, targets, base, meta.inner_lr, meta.normalize, run.autocast
-        )
-        flops = target_fwd + support_train + target_fwd * sum(len(b) for b in support.values())
-    elif shared:
-        utilities, base, gradients = selection.shared_utilities(
-            model, support, meta.inner_lr, meta.normalize, run.autocast
-        )
-        flops = support_train
-    else:  # the target losses at theta come with the target gradient's forwards
-        g_target, base = selection.target_gradient_and_losses(
-            model, selection.detached(model), targets, meta.normalize, run.autocast
-        )
-        utilities, gradients = selection.first_order_scores(
-            model, support, targets, base, meta.inner_lr, meta.normalize, run.autocast, g_target
-        )
-        flops = 3 * target_fwd + support_train
-    model.train()
-    for u in utilities.values():
+    args = (meta.inner_lr, meta.normalize, run.autocast, meta.inner_step)
+    model.eval()  # dropout off: otherwise the utilities are noise (DESIGN.md section 1)
+    try:
+        if meta.utility == "exact":
+            estimate = selection.exact(model, support, targets, *args)
+            flops = target_fwd + support_train + target_fwd * sum(len(b) for b in support.values())
+        elif shared:
+            estimate = selection.shared(model, support, *args)
+            flops = support_train
+        else:  # the target losses at theta come with the target gradients' forwards
+            estimate = selection.first_order(model, support, targets, *args)
+            flops = 3 * target_fwd + support_train
+    finally:
+        model.train()
+    return estimate, targets, flops
+
+
+def select_task(run: Run) -> Selection:
+    """The meta step: estimate every source's utility, let the policy choose, and keep the aware
+    target heads fitted on this selection's target batches (the encoder frozen)."""
+    meta = run.spec.meta
+    estimate, targets, flops = _estimate(run)
+    for u in estimate.values.values():
         _check(u, "a task utility", run)
-    chosen, explored = selection.choose(utilities, meta.epsilon, run.explore)
-    if run.head_optimizer is not None:  # aware: target heads learn on the target batches, encoder frozen
-        for t, batch in targets:
-            loss, _ = model(t, batch, detach_encoder=True)
-            loss.backward()
-            flops += run.flops.forward(t, batch)
-        run.head_optimizer.step()
-        run.head_optimizer.zero_grad(set_to_none=True)
+    # torchrun: every rank scored the same batches; the average makes the policies' inputs identical
+    values = distributed.average(estimate.values)
+    choice = run.policy.choose(values, run.explore)
+    se = {s: estimate.se(s) for s in values}
+    if meta.policy == "greedy":
+        runner = (
+            policies.argmax({s: v for s, v in values.items() if s != choice.chosen})
+            if len(values) > 1
+            else None
+        )
+        gap = None if runner is None else estimate.gap_se(choice.chosen, runner)
+        lead = None if gap is None or gap == 0 else (values[choice.chosen] - values[runner]) / gap
+    else:
+        lead = policies.lead(choice.scores, choice.score_se, choice.chosen)
+    if run.head_optimizer is not None:
+        flops += _head_step(run, targets)
+    gradient = None
     if _reuses_support(run):  # the gradient of the chosen task's mean support loss (dropout off)
-        for name, p in model.named_parameters():
-            if name in gradients[chosen]:
-                p.grad = gradients[chosen][name].div_(meta.support_batches)
-    return chosen, explored, utilities, float(base.mean()), flops
+        gradient = {n: g.div_(meta.support_batches) for n, g in estimate.gradients[choice.chosen].items()}
+    return Selection(
+        choice.chosen,
+        choice.explored,
+        values,
+        se,
+        lead,
+        choice.scores,
+        estimate.floor,
+        estimate.target_loss,
+        flops,
+        gradient,
+    )
 
 
-def _train(run: Run, task: str) -> tuple[float, int, int]:
+def _head_step(run: Run, targets: selection.TargetBatches) -> int:
+    """One head-only AdamW step of the aware target heads on `targets`; returns its FLOPs."""
+    flops = 0
+    for t, batch in targets:
+        loss, _ = run.model(t, batch, detach_encoder=True)
+        loss.backward()
+        flops += run.flops.forward(t, batch)
+    run.head_optimizer.step()
+    run.model.zero_grad(set_to_none=True)  # nothing of the target update reaches the training step
+    return flops
+
+
+FIT_BATCHES = 16  # batches of every target the heads are fitted on; the last FIT_HELD check progress
+FIT_HELD = 4
+FIT_GAIN = 0.001  # fitting stops when a pass lowers the held-out batches' loss by less than this share
+
+
+def fit_target_heads(run: Run) -> tuple[int, int, float]:
+    """`fit_heads` for the aware targets' own heads."""
+    return fit_heads(run, [t for t in run.targets if t not in run.sources], run.head_optimizer)
+
+
+def fit_all_heads(run: Run) -> dict[str, Any]:
+    """Before the first selection: the aware target heads, then the sources' heads, each fitted on the
+    frozen encoder. A source's utility is the effect of a step through its own head: with a random
+    head (a warm-started encoder brings none, and an unchosen source's head never trains) that step
+    follows the head's initialisation, and the first choices lock in whichever source it favoured.
+    The sources' heads are fitted with a separate AdamW (`head_lr`), so the training optimizer's state
+    starts as without fitting."""
+    steps, flops, loss = fit_target_heads(run)
+    heads = [p for s in run.sources for p in run.model.heads[s].parameters()]
+    s_steps, s_flops, s_loss = fit_heads(run, run.sources, torch.optim.AdamW(heads, lr=run.spec.meta.head_lr))
+    return {
+        "steps": steps,
+        "loss": loss,
+        "source_steps": s_steps,
+        "source_loss": s_loss,
+        "flops": flops + s_flops,
+    }
+
+
+def fit_heads(run: Run, fitted: list[str], optimizer: torch.optim.Optimizer | None) -> tuple[int, int, float]:
+    """Fit the aware target heads on the frozen encoder before the first selection, so that a target's
+    loss says how well the encoder serves it, not how random its head is. The encoder's hidden states
+    of FIT_BATCHES batches of every target (their own stream) are computed once; head-only AdamW steps
+    (`head_lr`) go over the first FIT_BATCHES - FIT_HELD, one batch of every target per step, and after
+    each pass the summed loss of the last FIT_HELD decides: fitting stops when a pass lowers it by less
+    than FIT_GAIN (or raises it), or after `head_fit_steps` steps. Returns (steps, FLOPs, held-out loss)."""
+    limit = run.spec.meta.head_fit_steps
+    if not fitted or limit == 0 or optimizer is None:
+        return 0, 0, float("nan")
+    model, flops = run.model, 0
+    model.eval()  # as in scoring: dropout off
+    try:
+        cached: dict[str, list] = {}
+        with torch.no_grad():
+            for t in fitted:
+                batches = [batch_to(run.streams["fit"][t].next(), run.device) for _ in range(FIT_BATCHES)]
+                cached[t] = [(b, model.encode(b)) for b in batches]  # (batch, hidden (N, T, H))
+                flops += sum(run.flops.forward(t, b) for b in batches)
+
+        def held() -> float:
+            with torch.no_grad():
+                return sum(float(model(t, b, hidden=h)[0]) for t in fitted for b, h in cached[t][-FIT_HELD:])
+
+        steps, best = 0, held()
+        while steps < limit:
+            for i in range(FIT_BATCHES - FIT_HELD):
+                for t in fitted:
+                    batch, hidden = cached[t][i]
+                    model(t, batch, hidden=hidden)[0].backward()
+                    flops += 3 * run.flops.head(t, batch)
+                optimizer.step()
+                model.zero_grad(set_to_none=True)
+                steps += 1
+                if steps == limit:
+                    break
+            now = held()
+            flops += sum(run.flops.head(t, b) for t in fitted for b, _ in cached[t][-FIT_HELD:])
+            if now > best * (1 - FIT_GAIN):
+                best = min(best, now)
+                break
+            best = now
+    finally:
+        model.train()
+    return steps, flops, best / (FIT_HELD * len(fitted))
+
+
+def _train(run: Run, task: str, gradient: selection.Params | None = None) -> tuple[float, int, int]:
     """N AdamW steps on `task`: (mean loss, FLOPs, tokens) of the batches it draws.
 
-    A gradient already on the weights is the support gradient `_select` left: it is the first step
-    and N - 1 batches are drawn (its FLOPs are counted in selection; its loss and tokens are not here)."""
+    With `gradient` (the chosen task's mean support gradient from first-order selection) that is the
+    first step and N - 1 batches are drawn (its FLOPs are counted in selection; its loss and tokens
+    are not here)."""
     meta, model = run.spec.meta, run.model
     parts = meta.grad_accumulation if KINDS[run.tasks[task].spec.kind].micro_batches else 1
     losses, flops, n_tokens = [], 0, 0
     steps = meta.train_batches
-    if any(p.grad is not None for p in model.parameters()):
+    model.zero_grad(set_to_none=True)
+    if gradient is not None:
+        for name, p in model.named_parameters():
+            if name in gradient:
+                p.grad = gradient[name]
         _step(run)
         steps -= 1
     for batch in _prefetched(run.streams["train"][task], steps):
@@ -491,10 +628,19 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
         def spent() -> float:
             return run.totals["selection_flops"] + run.totals["train_flops"]
 
+        fit_seconds, fit_flops = 0.0, 0  # charged to the first selection
+        if meta.scheduler == "meta" and run.episode == 0:
+            t = time.perf_counter()
+            fitted = fit_all_heads(run)
+            fit_seconds, fit_flops = time.perf_counter() - t, fitted["flops"]
+            if run.world > 1:
+                distributed.broadcast_parameters([run.model.heads])
+            callback("heads", {**fitted, "seconds": fit_seconds})
+
         while run.episode < total and not stopping and (max_flops is None or spent() < max_flops):
-            t0 = time.perf_counter()
-            utilities: dict[str, float] = {}
-            target_loss, sel_flops, explored, reused = None, 0, False, False
+            t0 = time.perf_counter() - fit_seconds
+            picked: Selection | None = None
+            explored, reused = False, False
             if meta.scheduler != "meta":
                 chosen = run.sources[
                     SCHEDULERS[meta.scheduler](
@@ -504,14 +650,18 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
             elif last_choice is not None and run.episode % meta.select_every:
                 chosen, reused = last_choice, True
             else:
-                chosen, explored, utilities, target_loss, sel_flops = _select(run)
+                picked = select_task(run)
+                chosen, explored = picked.chosen, picked.explored
                 if run.head_optimizer is not None and run.world > 1:
                     # Every rank stepped its copy of the target heads on the same batches; rank 0's copy
                     # wins, so per-rank dropout or CUDA kernels cannot make the copies drift apart.
                     distributed.broadcast_parameters([run.model.heads[t] for t in run.targets])
+            utilities = picked.utilities if picked else {}
             chosen, explored, utilities = distributed.agree(chosen, explored, utilities, run.sources)
+            sel_flops = (picked.flops if picked else 0) + fit_flops
+            fit_seconds, fit_flops = 0.0, 0
             t1 = time.perf_counter()
-            train_loss, train_flops, n_tokens = _train(run, chosen)
+            train_loss, train_flops, n_tokens = _train(run, chosen, picked.gradient if picked else None)
             # FLOPs and tokens of the whole global batch (each rank counted its share)
             train_flops, n_tokens = distributed.sum_counts(
                 (train_flops, n_tokens), replicated=not run.streams["train"][chosen].sharded
@@ -520,6 +670,8 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
             run.episode += 1
             run.history.append(chosen)
             last_choice = chosen
+            if picked is not None:
+                _count_noise(run.totals, picked.lead_z)
             for key, value in (
                 ("selection_seconds", t1 - t0),
                 ("train_seconds", t2 - t1),
@@ -534,8 +686,12 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
                 "explored": explored,
                 "reused": reused,
                 "utilities": utilities,
+                "utility_se": picked.utility_se if picked else {},
+                "lead_z": picked.lead_z if picked else None,
+                "policy_scores": picked.policy_scores if picked else {},
+                "utility_floor": picked.floor if picked else None,
                 "train_loss": train_loss,
-                "target_loss": target_loss,
+                "target_loss": picked.target_loss if picked else None,
                 "lr": run.schedule.get_last_lr()[0],
                 "selection_seconds": t1 - t0,
                 "train_seconds": t2 - t1,
@@ -569,7 +725,9 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
         f"{'finished' if done else 'stopped after'} {run.episode}/{total} episodes; checkpoint: {run.out} "
         f"(selection {run.totals['selection_seconds']:.1f}s, training {run.totals['train_seconds']:.1f}s)"
     )
+    noise = noise_verdict(run.totals, meta.policy)
     summary = {
+        "noise": noise,
         "episodes": run.episode,
         "complete": done,
         "output_dir": str(run.out),
@@ -581,6 +739,41 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
     }
     callback("end", summary)
     return summary
+
+
+SURE = 2.0  # a choice is above noise when it leads the runner-up by more than this many standard errors
+
+
+def _count_noise(totals: dict[str, float], lead: float | None) -> None:
+    """Count a selection, and whether its lead was within noise or had no error bar."""
+    totals["selections"] = totals.get("selections", 0) + 1
+    if lead is None:
+        totals["selections_without_se"] = totals.get("selections_without_se", 0) + 1
+    elif abs(lead) <= SURE:
+        totals["selections_within_noise"] = totals.get("selections_within_noise", 0) + 1
+
+
+def noise_verdict(totals: dict[str, float], policy: str) -> str | None:
+    """A one-line warning when most selections could not tell their tasks apart, else None."""
+    n = int(totals.get("selections", 0))
+    within, unknown = (
+        int(totals.get("selections_within_noise", 0)),
+        int(totals.get("selections_without_se", 0)),
+    )
+    if n == 0:
+        return None
+    if unknown * 2 > n:
+        return (
+            f"{unknown} of {n} selections had no standard error (one support batch per source): nothing "
+            'shows whether the choices beat noise; use support_batches >= 2 or policy = "bandit"'
+        )
+    if within * 2 > n:
+        what = "its running estimates" if policy == "bandit" else "the utilities"
+        return (
+            f"{within} of {n} selections chose within {SURE:g} standard errors of the runner-up by {what}: "
+            "most choices were not distinguishable from noise"
+        )
+    return None
 
 
 def _truncate_metrics(path: Path, episodes_done: int) -> None:

@@ -105,15 +105,20 @@ class MultiTaskModel(nn.Module):
         return out.last_hidden_state
 
     def forward(
-        self, task: str, batch: Batch, detach_encoder: bool = False
+        self, task: str, batch: Batch, detach_encoder: bool = False, hidden: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, logits) of one task on one batch; `detach_encoder` trains the head alone."""
-        if detach_encoder:
+        """(loss, logits) of one task on one batch; `detach_encoder` trains the head alone, on the
+        encoder's `hidden` states (N, T, H) when they were computed before."""
+        if hidden is not None:
+            detach_encoder = True
+        elif detach_encoder:
             with torch.no_grad():
                 hidden = self.encode(batch)
         else:
             hidden = self.encode(batch)
         embedding = self.encoder.get_input_embeddings().weight  # (V, H): tied MLM decoder
+        if detach_encoder:  # the tied decoder is the encoder's too: a head-only step must not train it
+            embedding = embedding.detach()
         logits = self.heads[task](hidden, batch, embedding)
         loss_type, smoothing = self.losses[task]
         return LOSSES[loss_type](logits, batch, smoothing), logits

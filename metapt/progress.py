@@ -43,10 +43,15 @@ class PretrainView:
     def line(self, r: dict[str, Any]) -> str:
         """One plain line per episode (logs, CI, pipes)."""
         how = " (explored)" if r["explored"] else " (reused)" if r["reused"] else ""
-        utils = " ".join(f"{k}={v:.4g}" for k, v in r["utilities"].items())
+        errors = r.get("utility_se") or {}
+        utils = " ".join(
+            f"{k}={v:.4g}" + (f"+-{errors[k]:.2g}" if errors.get(k) is not None else "")
+            for k, v in r["utilities"].items()
+        )
         target = f" target_loss {r['target_loss']:.4f}" if r["target_loss"] is not None else ""
+        lead = f" lead {r['lead_z']:.1f}se" if r.get("lead_z") is not None else ""
         return (
-            f"episode {r['episode']}/{self.total} chose {r['chosen']}{how} train_loss {r['train_loss']:.4f}"
+            f"episode {r['episode']}/{self.total} chose {r['chosen']}{how}{lead} train_loss {r['train_loss']:.4f}"
             f"{target}{' utilities ' + utils if utils else ''} select {r['selection_seconds']:.2f}s "
             f"train {r['train_seconds']:.2f}s eta {self.eta()}"
         )
@@ -65,17 +70,22 @@ class PretrainView:
             f"{r['train_loss']:.4f}"
             + (f"   target loss {r['target_loss']:.4f}" if r["target_loss"] is not None else "")
         )
+        if r.get("lead_z") is not None:
+            chose.append(f"   leads the runner-up by {r['lead_z']:.1f} standard errors")
         table = Table(box=None, pad_edge=False)
-        for col in ("source task", "utility", "chosen", "share"):
+        for col in ("source task", "utility", "+- se", "policy", "chosen", "share"):
             table.add_column(col, justify="left" if col == "source task" else "right")
         n = max(1, r["episode"])
         best = max(r["utilities"], key=r["utilities"].get) if r["utilities"] else None
+        errors, scores = r.get("utility_se") or {}, r.get("policy_scores") or {}
         for s in self.sources:
-            u = r["utilities"].get(s)
+            u, se, score = r["utilities"].get(s), errors.get(s), scores.get(s)
             mark = "[bold green]" if s == best else ""
             table.add_row(
                 f"{mark}{escape(s)}",
                 "-" if u is None else f"{u:.5g}",
+                "-" if se is None else f"{se:.2g}",
+                "-" if score is None or score == u else f"{score:.3g}",
                 str(r["counts"].get(s, 0)),
                 f"{100 * r['counts'].get(s, 0) / n:.0f}%",
             )

@@ -134,17 +134,13 @@ def draw_run(records: list[dict[str, Any]], title: str, sources: list[str] = ())
     choice.legend(loc="upper center", ncol=3, fontsize="small")
 
     scored = [r for r in records if r.get("utilities")]
-    for t in tasks:
-        points = [(r["episode"], r["utilities"][t]) for r in scored if t in r["utilities"]]
-        if points:
-            utility.plot(*zip(*points), marker=".", label=t)
     if scored:
-        utility.legend(fontsize="small")
+        _draw_utilities(utility, scored, tasks)
     else:
         utility.text(0.5, 0.5, "no utilities: a baseline scheduler", ha="center", transform=utility.transAxes)
         utility.set_xticks([])
         utility.set_yticks([])
-    utility.set(title="utility of each source task", xlabel="episode", ylabel="utility")
+        utility.set(title="utility of each source task", xlabel="episode", ylabel="utility")
 
     loss.plot(episodes, [r["train_loss"] for r in records], marker=".", label="training loss (chosen task)")
     targets = [(r["episode"], r["target_loss"]) for r in records if r.get("target_loss") is not None]
@@ -169,6 +165,42 @@ def draw_run(records: list[dict[str, Any]], title: str, sources: list[str] = ())
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _draw_utilities(ax: Any, scored: list[dict[str, Any]], tasks: list[str]) -> None:
+    """Each source's utility minus the selection's mean over sources (what the choice compares; the
+    part all sources share, e.g. -L_T(theta), drops out), with a band of one standard error where
+    the selection had one; a bandit's running means dashed in the same colour."""
+    bandit = any(r.get("policy_scores") and r["policy_scores"] != r["utilities"] for r in scored)
+    for i, t in enumerate(tasks):
+        rows = [r for r in scored if t in r["utilities"]]
+        if not rows:
+            continue
+        color = f"C{i % 10}"
+        x = [r["episode"] for r in rows]
+        centre = [sum(r["utilities"].values()) / len(r["utilities"]) for r in rows]
+        y = [r["utilities"][t] - c for r, c in zip(rows, centre)]
+        ax.plot(x, y, marker=".", color=color, label=t, linewidth=0.8)
+        band = [
+            (e, v, se)
+            for e, v, r in zip(x, y, rows)
+            if (se := (r.get("utility_se") or {}).get(t)) is not None
+        ]
+        if band:
+            e, v, se = zip(*band)
+            ax.fill_between(
+                e, [a - b for a, b in zip(v, se)], [a + b for a, b in zip(v, se)], color=color, alpha=0.2
+            )
+        if bandit:
+            ax.plot(x, [r["policy_scores"][t] for r in rows], linestyle="--", color=color, linewidth=1.2)
+    ax.axhline(0.0, color="gray", linewidth=0.5)
+    ax.legend(fontsize="small")
+    note = "; dashed: bandit's mean" if bandit else ""
+    ax.set(
+        title=f"utility - mean over sources (band: 1 s.e.{note})",
+        xlabel="episode",
+        ylabel="utility",
+    )
 
 
 def _how(record: dict[str, Any]) -> str:

@@ -45,7 +45,11 @@ def _f(
 @dataclass(frozen=True)
 class DataSpec:
     format: str = _f("", choices=tuple(FORMATS), help="how the data is stored", required=True)
-    train: str = _f("", help="local: file, folder or glob relative to the spec; hf: split name")
+    train: str = _f(
+        "",
+        help="local: file, folder or glob relative to the spec; hf: split name; "
+        "synthetic: the generated split that serves as train (default train)",
+    )
     validation: str = _f("", help="as train")
     test: str = _f("", help="as train")
     dataset: str = _f("", help="hf: hub id, e.g. nyu-mll/glue")
@@ -54,6 +58,11 @@ class DataSpec:
         {}, help="record field -> column name in the data (or a list of names: the first present wins)"
     )
     streaming: bool = _f(False, help="read as an iterable dataset (corpus-based source kinds)")
+    shuffle_words: bool = _f(
+        False,
+        help="a control corpus: every sentence's words replaced by seeded draws from the split's words "
+        "(same vocabulary, counts and lengths; no syntax, no facts)",
+    )
     header: bool = _f(True, help="csv/tsv: the first row names the columns (else columns are 0, 1, ...)")
     corpus: str = _f("", choices=SYNTHETIC_CORPORA, help="synthetic: which generated corpus")
     size: int = _f(2000, low=1, high=10_000_000, help="synthetic: train examples (validation, test: size/5)")
@@ -70,6 +79,11 @@ class DataSpec:
             return value
         value = value.replace("${METAPT_DATA}", os.environ.get("METAPT_DATA", "data"))
         return str(Path(self.base_dir, os.path.expanduser(value)))
+
+    def synthetic_split(self, split: str) -> str:
+        """synthetic: the generated split that serves as `split` ([data].train = "validation" makes a
+        task of held-out documents of the same world)."""
+        return getattr(self, split) or split
 
     def splits(self) -> tuple[str, ...]:
         """The splits this spec names (synthetic data always has all three)."""
@@ -171,6 +185,12 @@ class MetaSpec:
     inner_lr: float = _f(1e-3, low=0.0, high=10.0, help="alpha, the inner SGD step")
     lr: float = _f(1e-4, low=0.0, high=1.0, help="lambda, the AdamW learning rate")
     support_batches: int = _f(2, low=1, high=1024, help="M: support batches per source and target batches")
+    target_batches: int = _f(
+        0,
+        low=0,
+        high=1024,
+        help="batches of every target per selection, shared by all sources (0: M, as Algorithm 1)",
+    )
     train_batches: int = _f(16, low=1, high=100_000, help="N: training batches per episode")
     epsilon: float = _f(0.1, low=0.0, high=1.0, help="probability of exploring a random task")
     grad_accumulation: int = _f(1, low=1, high=1024, help="micro-batches per batch")
@@ -181,6 +201,26 @@ class MetaSpec:
     single_task: str = _f("", help="single scheduler: the task to train (default: the first source)")
     select_every: int = _f(1, low=1, high=100_000, help="meta: re-select every k episodes")
     head_lr: float = _f(1e-3, low=0.0, high=1.0, help="aware: lr of the head-only target update")
+    head_fit_steps: int = _f(
+        200,
+        low=0,
+        high=100_000,
+        help="aware: at most this many head-only steps fit the target heads on the frozen encoder "
+        "before the first selection (stops early when the loss stops falling; 0: none)",
+    )
+    policy: str = _f(
+        "greedy",
+        choices=("greedy", "bandit"),
+        help="meta: greedy (Algorithm 1: argmax of each selection) or bandit (discounted Thompson sampling)",
+    )
+    discount: float = _f(
+        0.95, low=0.0, high=0.9999, help="bandit: weight of the evidence of the selection before"
+    )
+    inner_step: str = _f(
+        "sgd",
+        choices=("sgd", "normalized"),
+        help="theta - alpha g, or theta - alpha g / |g_encoder| (every task steps the same distance)",
+    )
     mixture: str = _f("", help="mixture scheduler: a mixture.json to replay (relative to this file)")
     mixture_phases: bool = _f(False, help="mixture: replay each phase's shares, not the overall ones")
 
@@ -391,6 +431,17 @@ def _check_data(data: DataSpec, check_files: bool, raw: dict) -> list[str]:
     if data.format == "synthetic" and not data.corpus and not raw.get("corpus"):
         problems.append(
             f"[data].corpus: missing; format = 'synthetic' needs one of {_allowed(SYNTHETIC_CORPORA)}"
+        )
+    if data.format == "synthetic":
+        for split in SPLITS:
+            if getattr(data, split) and getattr(data, split) not in SPLITS:
+                problems.append(
+                    f"[data].{split}: {getattr(data, split)!r} is not a generated split; "
+                    f"synthetic data allows {_allowed(SPLITS)}"
+                )
+    if data.shuffle_words and data.streaming:
+        problems.append(
+            "[data].shuffle_words: needs the whole split; it cannot be combined with streaming = true"
         )
     if data.format == "superglue" and not data.subset:
         problems.append("[data].subset: missing; format = 'superglue' needs the task, e.g. 'boolq'")

@@ -64,7 +64,8 @@ def _data_key(spec: TaskSpec, split: str) -> str:
     if data.format == "synthetic":
         from metapt.data.synthetic import GENERATOR_VERSION
 
-        return f"synthetic:{GENERATOR_VERSION}:{data.corpus}:{data.size}:{data.eval_size}:{data.seed}:{split}"
+        which = data.synthetic_split(split)
+        return f"synthetic:{GENERATOR_VERSION}:{data.corpus}:{data.size}:{data.eval_size}:{data.seed}:{which}"
     if data.format == "hf":
         return f"hf:{data.dataset}:{data.subset}:{getattr(data, split)}"
     from metapt.data.readers import resolve_files

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import glob
 import itertools
+import random
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -218,7 +219,7 @@ def read_split(data: DataSpec, split: str) -> datasets.Dataset | datasets.Iterab
     elif data.format == "synthetic":
         from metapt.data.synthetic import generate
 
-        fmt, path = generate(data.corpus, data.size, data.seed, split, data.eval_size)
+        fmt, path = generate(data.corpus, data.size, data.seed, data.synthetic_split(split), data.eval_size)
         ds, where = READERS[fmt]([Path(path)], data), str(path)
     elif data.format in READERS:
         files, where = _split_files(data, split), data.location(split)
@@ -236,7 +237,38 @@ def read_split(data: DataSpec, split: str) -> datasets.Dataset | datasets.Iterab
             f"{where}: no records in the {split} split (an empty file, or none in the {data.format} "
             "format); check the file, or [data].format"
         )
-    return rename_columns(ds, data.columns, where)
+    ds = rename_columns(ds, data.columns, where)
+    return word_salad(ds, data.seed, split) if data.shuffle_words else ds
+
+
+def word_salad(records: datasets.Dataset, seed: int, split: str) -> datasets.Dataset:
+    """`[data].shuffle_words`: each sentence (or text) keeps its length in words, but its words are
+    seeded draws from all words of the split, so the corpus keeps its vocabulary and unigram
+    frequencies and loses its syntax and facts (a junk control source, like the synthetic `shuffled`)."""
+    fields = [f for f in ("sentences", "text") if f in records.column_names]
+    if not fields:
+        raise DataError(
+            f"[data].shuffle_words: the records have no text or sentences field to shuffle "
+            f"(columns: {', '.join(records.column_names)})"
+        )
+    pool = [
+        w
+        for text in records[fields[0]]
+        for s in (text if fields[0] == "sentences" else [text])
+        for w in s.split()
+    ]
+    rng = random.Random(f"salad/{seed}/{split}")
+
+    def salad(text: str) -> str:
+        return " ".join(rng.choices(pool, k=len(text.split())))
+
+    def row(record: dict) -> dict:
+        if "sentences" in record:
+            sentences = [salad(s) for s in record["sentences"]]
+            return {"sentences": sentences, **({"text": " ".join(sentences)} if "text" in record else {})}
+        return {"text": salad(record["text"])}
+
+    return datasets.Dataset.from_list([{**r, **row(r)} for r in records]) if pool else records
 
 
 def _split_files(data: DataSpec, split: str) -> list[Path]:
