@@ -764,8 +764,9 @@ def noise_verdict(totals: dict[str, float], policy: str) -> str | None:
         return None
     if unknown * 2 > n:
         return (
-            f"{unknown} of {n} selections had no standard error (one support batch per source): nothing "
-            'shows whether the choices beat noise; use support_batches >= 2 or policy = "bandit"'
+            f"{unknown} of {n} selections had no standard error (one support batch per source, or two "
+            "with the agnostic shared estimate): nothing shows whether the choices beat noise; use "
+            'support_batches >= 2 (>= 3 for the shared estimate) or policy = "bandit"'
         )
     if within * 2 > n:
         what = "its running estimates" if policy == "bandit" else "the utilities"
