@@ -34,6 +34,7 @@ from metapt.data.pipeline import (
     train_size,
 )
 from metapt.data.tokenizer import load_tokenizer, train_wordpiece
+from metapt.device import autocast_for, pick_device
 from metapt.errors import MetaptError, TrainingError
 from metapt.flops import FlopCounter, tokens
 from metapt.model import MultiTaskModel, batch_to, load_encoder, new_encoder
@@ -75,27 +76,6 @@ class Run:
     rank: int = 0  # under torchrun: this process's rank of `world`; only rank 0 writes
     world: int = 1
     notes: list[str] = field(default_factory=list)  # resume: settings kept or changed, for the log
-
-
-def pick_device(name: str) -> torch.device:
-    """`auto`: CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MetaptError(f"[run].device = {name!r} but no CUDA device is available; use 'cpu' or 'auto'")
-    return torch.device(name)
-
-
-def autocast_for(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
-    """bf16 autocast on CUDA by default; fp32 elsewhere unless asked."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext
-    if precision == "fp16" and device.type != "cuda":
-        raise MetaptError("[run].precision = 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 def _corpus_texts(tasks: list[TaskData]) -> list[str]:

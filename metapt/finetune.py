@@ -19,7 +19,7 @@ from metapt import distributed, outdir, pointless
 from metapt.catalog import KINDS
 from metapt.data.pipeline import TaskData, _seed, eval_batches, kind_of, load_task
 from metapt.data.tokenizer import load_tokenizer
-from metapt.engine import autocast_for, pick_device
+from metapt.device import autocast_for, pick_device
 from metapt.errors import MetaptError
 from metapt.localdata import with_local_data
 from metapt.model import MultiTaskModel, batch_to, load_encoder, saved_state
