@@ -13,36 +13,14 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Option:
-    """One key of a task spec's `[options]` table: its default, type and allowed values."""
+    """One key of a task spec's `[options]` table: its default (and so its type) and allowed values;
+    metapt/validation.py checks a value against them."""
 
     default: Any
     help: str
     choices: tuple[Any, ...] = ()
     low: float | None = None  # inclusive bounds for numbers
     high: float | None = None
-
-    def check(self, value: Any) -> str | None:
-        """Return what is wrong with `value`, or None when it is allowed."""
-        want = type(self.default) if self.default is not None else None
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if want is not None and not isinstance(value, want) or isinstance(value, bool) and want is not bool:
-            return f"expected {_type_name(want)}, got {value!r}"
-        if value != value:  # NaN passes the range checks below
-            return "nan is not a number"
-        if want is list and not all(isinstance(v, str) for v in value):
-            return f"expected a list of strings, got {value!r}"
-        if self.choices and value not in self.choices:
-            return f"{value!r} is not one of {', '.join(map(repr, self.choices))}"
-        if self.low is not None and value < self.low or self.high is not None and value > self.high:
-            return f"{value!r} is out of range [{self.low}, {self.high}]"
-        return None
-
-
-def _type_name(t: type | None) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}.get(
-        t, str(t)
-    )
 
 
 @dataclass(frozen=True)

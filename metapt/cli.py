@@ -138,7 +138,8 @@ def validate(files: list[Path] = typer.Argument(..., help="Run specs or task spe
     """Check specs (and every task a run spec references) without loading any model."""
     from metapt.errors import SpecError
     from metapt.resolve import parse_any
-    from metapt.spec import RunSpec, missing_data
+    from metapt.spec import RunSpec
+    from metapt.validation import missing_data
 
     problems = []
     for path in files:
@@ -206,7 +207,9 @@ def pretrain(
         False, "--overwrite", help="Start again in a used output dir: removes only metapt's own files there."
     ),
     seed: int = typer.Option(None, "--seed", min=0, help="Override [run].seed."),
-    device: str = typer.Option(None, "--device", help="Override [run].device (auto, cpu, cuda, cuda:N)."),
+    device: str = typer.Option(
+        None, "--device", help="Override [run].device (auto, cpu, cuda, cuda:N, mps)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final summary."),
     report_to: str = typer.Option(None, "--report-to", help=REPORT_TO_HELP + " Overrides [run].report_to."),
 ) -> None:
@@ -387,7 +390,7 @@ def bench(
         None, "--episodes", min=1, help="Episodes to time (default: 2 x select_every, 4 to the run's)."
     ),
     device: str = typer.Option(
-        None, "--device", help="Instead of the run spec's device (auto, cpu, cuda, cuda:N)."
+        None, "--device", help="Instead of the run spec's device (auto, cpu, cuda, cuda:N, mps)."
     ),
     threads: int = typer.Option(
         None, "--threads", min=1, help="torch intra-op threads (default: torch's; 1 steadies a busy machine)."
@@ -436,7 +439,7 @@ def compare(
         None, "--output-dir", help="Default: the run spec's output_dir + '-compare'."
     ),
     device: str = typer.Option(
-        None, "--device", help="Instead of the run spec's device (auto, cpu, cuda, cuda:N)."
+        None, "--device", help="Instead of the run spec's device (auto, cpu, cuda, cuda:N, mps)."
     ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an earlier comparison in the output dir (only metapt's files)."

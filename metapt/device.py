@@ -20,6 +20,8 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise MetaptError(f"[run].device = {name!r} but no CUDA device is available; use 'cpu' or 'auto'")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise MetaptError("[run].device = 'mps' but no Apple GPU (MPS) is available; use 'cpu' or 'auto'")
     return torch.device(name)
 
 

@@ -24,8 +24,8 @@ from typing import Any, Protocol
 
 from metapt import outdir
 from metapt.catalog import REPORT_TO
-from metapt.errors import MetaptError
-from metapt.spec import RunSpec, TaskSpec, _suggest
+from metapt.errors import MetaptError, suggest
+from metapt.spec import RunSpec, TaskSpec
 
 Callback = Callable[[str, dict[str, Any]], None]
 
@@ -123,7 +123,7 @@ def parse(text: str) -> tuple[str, ...]:
     for name in names:
         if name not in REPORT_TO:
             raise MetaptError(
-                f"--report-to: {name!r} is not allowed{_suggest(name, REPORT_TO)}; allowed: "
+                f"--report-to: {name!r} is not allowed{suggest(name, REPORT_TO)}; allowed: "
                 f"{', '.join(REPORT_TO)}, or none"
             )
     return names

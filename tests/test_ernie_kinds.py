@@ -33,7 +33,8 @@ from metapt.kinds import (
 from metapt.kinds.losses import LOSSES
 from metapt.resolve import parse_run
 from metapt.runspec import override
-from metapt.spec import BatchSpec, DataSpec, TaskSpec, parse_task
+from metapt.spec import BatchSpec, DataSpec, TaskSpec
+from metapt.validation import parse_task
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DOCS = [
