@@ -27,10 +27,10 @@ from metapt.catalog import KINDS
 from metapt.data.pipeline import (
     BatchStream,
     TaskData,
-    _tokenizer_hash,
     kind_of,
     load_task,
     stream_for,
+    tokenizer_hash,
     train_size,
 )
 from metapt.data.tokenizer import load_tokenizer, train_wordpiece
@@ -121,7 +121,7 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
     raw = {t.name: load_task(t, None, ("train",), encode=False) for t in (*spec.sources, *spec.targets)}
     tokenizer = _tokenizer(spec, resume_dir, [raw[t.name] for t in spec.sources])
     if world > 1:
-        distributed.same_everywhere(_tokenizer_hash(tokenizer), "the tokenizer (a hash of it)")
+        distributed.same_everywhere(tokenizer_hash(tokenizer), "the tokenizer (a hash of it)")
     tasks = {name: load_task(t.spec, tokenizer, ("train",), records=t.records) for name, t in raw.items()}
     if resume_dir is not None:
         resuming.check_heads(resume_dir, tasks)

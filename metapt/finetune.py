@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from metapt import distributed, outdir, pointless
 from metapt.catalog import KINDS
-from metapt.data.pipeline import TaskData, _seed, eval_batches, kind_of, load_task
+from metapt.data.pipeline import TaskData, eval_batches, kind_of, load_task, stable_seed
 from metapt.data.tokenizer import load_tokenizer
 from metapt.device import autocast_for, pick_device
 from metapt.errors import MetaptError
@@ -177,12 +177,12 @@ def finetune_one(
     for epoch in range(ft.epochs):
         model.train()
         order = torch.randperm(
-            len(train), generator=torch.Generator().manual_seed(_seed(seed, epoch))
+            len(train), generator=torch.Generator().manual_seed(stable_seed(seed, epoch))
         ).tolist()
         for step in range(steps_per_epoch):
             cols = train[order[step * spec.batch.size : (step + 1) * spec.batch.size]]
             rows = [dict(zip(cols, values)) for values in zip(*cols.values())]
-            g = torch.Generator().manual_seed(_seed(seed, epoch, step))
+            g = torch.Generator().manual_seed(stable_seed(seed, epoch, step))
             batch = kind.collate(rows, tokenizer, spec, task.info, g)  # the global batch, on every rank
             batch = batch_to(distributed.shard(batch, rank, world) if sharded else batch, device)
             loss = accumulate(lambda b: model(spec.name, b)[0], batch, 1, autocast)
