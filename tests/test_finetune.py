@@ -20,8 +20,9 @@ from conftest import write
 from transformers import BertConfig, BertModel
 from typer.testing import CliRunner
 
+from metapt.brackets import brackets_to_bio
 from metapt.cli import app
-from metapt.data.conll import blocks, brackets_to_bio
+from metapt.data.conll import blocks
 from metapt.data.readers import read_split
 from metapt.data.tokenizer import train_wordpiece
 from metapt.finetune import finetune_one, task_spec

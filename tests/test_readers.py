@@ -10,7 +10,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from metapt.data.conll import bio_to_brackets, brackets_to_bio
+from metapt.brackets import bio_to_brackets, brackets_to_bio
 from metapt.data.readers import READERS, read_split, resolve_files
 from metapt.errors import DataError
 from metapt.spec import DataSpec

@@ -1,5 +1,6 @@
 """The seams between modules, read from the package's own imports (nothing is run): no module reaches
-into another's private names."""
+into another's private names, and imports run down the layers (kinds/ below data/, finetuning beside
+pretraining, not on top of it)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,17 @@ def private_uses(path: Path) -> set[str]:
     return found
 
 
+def _imports(path: Path) -> set[str]:
+    """Every metapt module or name `path` imports, dotted."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("metapt"):
+            out |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("metapt")}
+    return out
+
+
 def test_the_checker_finds_both_ways_in(tmp_path: Path) -> None:
     planted = tmp_path / "planted.py"
     planted.write_text(
@@ -76,3 +88,23 @@ def test_no_module_uses_another_modules_private_names() -> None:
     }
     assert found - set(KNOWN) == set(), "a module reaches into another's private names"
     assert set(KNOWN) - found == set(), "a KNOWN exception is gone: remove it"
+
+
+def test_imports_run_down_the_layers() -> None:
+    """kinds/ is below data/ (the pipeline calls the kinds, not the other way round); finetuning and the
+    pretraining engine share device.py and model.py, neither imports the other."""
+    rules = [
+        ("kinds/", "metapt.data", "a kind reads records it is given; data/ calls the kinds"),
+        ("data/", "metapt.engine", "data/ serves the engine"),
+        ("data/", "metapt.finetune", "data/ serves finetuning"),
+        ("finetune.py", "metapt.engine", "finetuning does not need the pretraining engine"),
+        ("engine.py", "metapt.finetune", "pretraining does not need finetuning"),
+    ]
+    broken = [
+        f"{path.relative_to(PACKAGE)} imports {name}: {why}"
+        for place, forbidden, why in rules
+        for path in sorted(PACKAGE.glob(f"{place}**/*.py" if place.endswith("/") else place))
+        for name in sorted(_imports(path))
+        if name == forbidden or name.startswith(forbidden + ".")
+    ]
+    assert broken == []

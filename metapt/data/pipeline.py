@@ -245,7 +245,9 @@ class BatchStream:
     def _collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         """The global batch collated with the global seed, then cut to this rank's share: a row's
         draws (masks, negatives) and the padded width do not depend on the number of processes."""
-        g = torch.Generator().manual_seed(stable_seed(self.seed, self.task.name, self.salt, "batch", self.count))
+        g = torch.Generator().manual_seed(
+            stable_seed(self.seed, self.task.name, self.salt, "batch", self.count)
+        )
         self.count += 1
         batch = self.kind.collate(rows, self.tokenizer, self.task.spec, self.task.info, g)
         return shard(batch, self.rank, self.world) if self.sharded else batch

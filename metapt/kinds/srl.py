@@ -16,7 +16,7 @@ import datasets
 import torch
 from torch import nn
 
-from metapt.data.conll import bio_to_brackets
+from metapt.brackets import bio_to_brackets
 from metapt.errors import DataError
 from metapt.kinds.base import Batch, Info, Kind
 from metapt.kinds.common import encoder_inputs
