@@ -311,13 +311,13 @@ def _finetune_seeds(
     """Finetune every seed into `out` (seed-N/ each when there are several, and their summary),
     logging to the `names` backends."""
     from metapt import distributed, reporting
-    from metapt.finetune import aggregate, finetune_one
+    from metapt.finetune import finetune_one, seed_folder, summarise_seeds
     from metapt.progress import finetune_reporter
 
     runs = []
     rank = distributed.rank()
     for s in seed_list:
-        where = out / f"seed-{s}" if len(seed_list) > 1 else out
+        where = seed_folder(out, s, seed_list)
         if lead and where != out:
             outdir.claim(out, where.name)
         name = f"{spec.name}/seed-{s}" if len(seed_list) > 1 else spec.name
@@ -330,15 +330,7 @@ def _finetune_seeds(
         if lead:
             _print_results(runs[-1], where)
     if len(seed_list) > 1 and lead:
-        summary = {
-            "task": spec.name,
-            "seeds": seed_list,
-            "main_metric": runs[0]["main_metric"],
-            "metrics": aggregate(runs),
-            "runs": [str(out / f"seed-{s}") for s in seed_list],
-        }
-        outdir.claim(out, "results.json")
-        (out / "results.json").write_text(json.dumps(summary, indent=2))
+        summary = summarise_seeds(spec, seed_list, runs, out)
         for split, metrics in summary["metrics"].items():
             shown = "  ".join(f"{k} {v['mean']:.2f} ± {v['std']:.2f}" for k, v in metrics.items())
             _say(f"{split} over {len(seed_list)} seeds: {shown}")

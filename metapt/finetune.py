@@ -317,3 +317,25 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             out.setdefault(split, {})[m] = {"mean": statistics.fmean(values), "std": sd, "values": values}
     return out
+
+
+def seed_folder(out: Path, seed: int, seeds: list[int]) -> Path:
+    """Where one seed's finetuning goes: `out` itself, or out/seed-N/ when there are several seeds."""
+    return out / f"seed-{seed}" if len(seeds) > 1 else out
+
+
+def summarise_seeds(
+    spec: TaskSpec, seeds: list[int], runs: list[dict[str, Any]], out: Path
+) -> dict[str, Any]:
+    """Write out/results.json for several seeds' `runs` (mean, std and values of every metric, and where
+    each seed's own results are) and return it."""
+    summary = {
+        "task": spec.name,
+        "seeds": seeds,
+        "main_metric": runs[0]["main_metric"],
+        "metrics": aggregate(runs),
+        "runs": [str(seed_folder(out, s, seeds)) for s in seeds],
+    }
+    outdir.claim(out, "results.json")
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    return summary
