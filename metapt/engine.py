@@ -85,12 +85,12 @@ def _corpus_texts(tasks: list[TaskData]) -> list[str]:
         # A stream is sampled (its first records), not read whole, to build the vocabulary.
         records = task.records["train"]
         rows = records.take(TOKENIZER_SAMPLE) if isinstance(records, datasets.IterableDataset) else records
+        fields = KINDS[task.spec.kind].text
         for row in rows:
-            for name in ("text", "turns", "tokens", "context"):
-                if name in row:
-                    out.extend(row[name] if isinstance(row[name], list) else [row[name]])
-                    break
-            out += [row["title"]] if isinstance(row.get("title"), str) else []  # ir_relevance queries
+            if (name := next((f for f in fields if row.get(f)), None)) is not None:
+                out.extend(row[name] if isinstance(row[name], list) else [row[name]])
+            # a document's title is text of it too (and the query of ir_relevance)
+            out += [row["title"]] if isinstance(row.get("title"), str) else []
     return out
 
 

@@ -28,7 +28,6 @@ from metapt.spec import TaskSpec
 from metapt.train import accumulate, adamw, warmup_linear
 
 Callback = Callable[[str, dict[str, Any]], None]
-EXTENSIONS = {"srl": "props", "extractive_qa": "json", "classification": "tsv", "regression": "tsv"}
 
 
 def encoder_source(checkpoint: str) -> str:
@@ -88,7 +87,7 @@ def score(
 
 def write_outputs(out: Path, task: TaskData, split: str, record_predictions: list[Any]) -> Path:
     """Predictions of one split in the field's format: predictions/SPLIT.EXT."""
-    path = out / "predictions" / f"{split}.{EXTENSIONS.get(task.spec.kind, 'jsonl')}"
+    path = out / "predictions" / f"{split}.{KINDS[task.spec.kind].suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)
     kind_of(task.spec).write_predictions(path, record_predictions, task.records[split], task.info)
     return path
