@@ -282,8 +282,8 @@ SYNTHETIC_CORPORA: tuple[str, ...] = (
     "articles",
 )
 
-HEADS: tuple[str, ...] = tuple(dict.fromkeys(h for k in KINDS.values() for h in k.heads))
-LOSSES: tuple[str, ...] = tuple(dict.fromkeys(x for k in KINDS.values() for x in k.losses))
+HEAD_TYPES: tuple[str, ...] = tuple(dict.fromkeys(h for k in KINDS.values() for h in k.heads))
+LOSS_TYPES: tuple[str, ...] = tuple(dict.fromkeys(x for k in KINDS.values() for x in k.losses))
 
 SCHEDULERS: tuple[str, ...] = (
     "meta",
@@ -295,7 +295,7 @@ SCHEDULERS: tuple[str, ...] = (
     "single",
     "mixture",
 )
-REPORT_TO: tuple[str, ...] = ("tensorboard", "wandb")  # metapt/reporting.py's WRITERS
+REPORT_TO: tuple[str, ...] = ("tensorboard", "wandb")  # metapt/reporting.py's BACKENDS
 SOURCE_KINDS: tuple[str, ...] = tuple(k for k, v in KINDS.items() if v.role == "source")
 
 

@@ -38,7 +38,7 @@ from metapt.device import autocast_for, pick_device
 from metapt.errors import MetaptError, TrainingError
 from metapt.flops import FlopCounter, tokens
 from metapt.model import MultiTaskModel, batch_to, load_encoder, new_encoder
-from metapt.schedulers import SCHEDULERS
+from metapt.schedulers import BASELINES
 from metapt.spec import RunSpec
 from metapt.train import accumulate, adamw, warmup_linear
 
@@ -623,7 +623,7 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
             explored, reused = False, False
             if meta.scheduler != "meta":
                 chosen = run.sources[
-                    SCHEDULERS[meta.scheduler](
+                    BASELINES[meta.scheduler](
                         run.episode, total, sizes, run.explore, meta.temperature, shares
                     )
                 ]

@@ -112,7 +112,7 @@ class Wandb:
         self.run.finish(exit_code=1 if failed else 0)
 
 
-WRITERS: dict[str, Callable[[Target, bool, int], Writer]] = {"tensorboard": TensorBoard, "wandb": Wandb}
+BACKENDS: dict[str, Callable[[Target, bool, int], Writer]] = {"tensorboard": TensorBoard, "wandb": Wandb}
 
 
 def parse(text: str) -> tuple[str, ...]:
@@ -172,7 +172,7 @@ class Writers:
     def start(self, first_step: int) -> None:
         for n in self.names:  # one by one: if W&B cannot start, `closing` still closes TensorBoard
             outdir.claim(self.target.folder, n)  # OUT/tensorboard, OUT/wandb: metapt's, for --overwrite
-            self.open.append(WRITERS[n](self.target, self.resume, first_step))
+            self.open.append(BACKENDS[n](self.target, self.resume, first_step))
 
     def log(self, values: dict[str, float], step: int) -> None:
         for w in self.open:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metapt.catalog import FORMATS, HEADS, KINDS, LOSSES, REPORT_TO, SCHEDULERS, SYNTHETIC_CORPORA
+from metapt.catalog import FORMATS, HEAD_TYPES, KINDS, LOSS_TYPES, REPORT_TO, SCHEDULERS, SYNTHETIC_CORPORA
 from metapt.errors import suggest
 
 _suggest = suggest  # the old name, still imported by compare.py (issue 16, second part: errors.suggest)
@@ -90,13 +90,13 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class HeadSpec:
-    type: str = _f("", choices=HEADS, help="head module; empty: the kind's default")
+    type: str = _f("", choices=HEAD_TYPES, help="head module; empty: the kind's default")
     dropout: float = _f(0.1, low=0.0, high=0.9, help="dropout before the head's classifier")
 
 
 @dataclass(frozen=True)
 class LossSpec:
-    type: str = _f("", choices=LOSSES, help="loss function; empty: the kind's default")
+    type: str = _f("", choices=LOSS_TYPES, help="loss function; empty: the kind's default")
     label_smoothing: float = _f(0.0, low=0.0, high=0.5, help="cross-entropy label smoothing")
 
 

@@ -21,8 +21,8 @@ from metapt.data.readers import read_split
 from metapt.data.synthetic import generate
 from metapt.data.tokenizer import train_wordpiece
 from metapt.errors import DataError, SpecError
-from metapt.kinds import KINDS as IMPLEMENTATIONS
 from metapt.kinds import (
+    IMPLEMENTATIONS,
     capitalization_prediction,
     ir_relevance,
     knowledge,

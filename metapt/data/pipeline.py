@@ -48,9 +48,9 @@ class TaskData:
 
 def kind_of(spec: TaskSpec) -> Any:
     """The implementation of a task's kind."""
-    from metapt.kinds import KINDS
+    from metapt.kinds import IMPLEMENTATIONS
 
-    return KINDS[spec.kind]
+    return IMPLEMENTATIONS[spec.kind]
 
 
 @cache

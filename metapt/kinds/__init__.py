@@ -1,4 +1,5 @@
-"""Task kinds: one module per kind (data -> batches, head, predictions, metrics) and their registry."""
+"""Task kinds: one module per kind (data -> batches, head, predictions, metrics) and the registry of their
+implementations. What a spec may say about a kind (its heads, losses, options ...) is catalog.KINDS."""
 
 from metapt.kinds import (
     capitalization_prediction,
@@ -19,7 +20,7 @@ from metapt.kinds import (
 )
 from metapt.kinds.base import Kind
 
-KINDS: dict[str, Kind] = {
+IMPLEMENTATIONS: dict[str, Kind] = {
     "masked_lm": masked_lm.KIND,
     "sentence_reordering": sentence_reordering.KIND,
     "sentence_distance": sentence_distance.KIND,

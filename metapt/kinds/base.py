@@ -1,7 +1,7 @@
 """The contract every task kind implements: data in, batches out, a head, predictions, metrics.
 
 A kind module (metapt/kinds/<kind>.py) defines module-level functions with these signatures and
-is listed in `metapt.kinds.KINDS` as `Kind(...)`. Records are what the readers produce (field
+is listed in `metapt.kinds.IMPLEMENTATIONS` as `Kind(...)`. Records are what the readers produce (field
 names fixed per kind, see metapt/catalog.py `fields`); features are tokenised rows (plain lists
 of ints, so they live in a `datasets.Dataset` and are cached); batches are dicts of tensors.
 
