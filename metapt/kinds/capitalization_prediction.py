@@ -15,7 +15,7 @@ import datasets
 
 from metapt.kinds import word_tags
 from metapt.kinds.base import Info, Kind
-from metapt.kinds.corpus import documents, map_records, write_jsonl
+from metapt.kinds.corpus import documents, map_records, write_rows
 from metapt.kinds.labelled import IGNORE
 from metapt.spec import TaskSpec
 
@@ -58,5 +58,5 @@ KIND = Kind(
     head=word_tags.head,
     predict=word_tags.predict,
     score=word_tags.score,
-    write_predictions=write_jsonl,  # one JSON line per feature row
+    write_predictions=write_rows,  # one JSON line per feature row
 )

@@ -29,7 +29,7 @@ from metapt.kinds.corpus import (
     predict_drawn_class,
     score_drawn_class,
     tokenize_nested,
-    write_jsonl,
+    write_rows,
 )
 from metapt.spec import TaskSpec
 
@@ -126,5 +126,5 @@ KIND = Kind(
     head=head,
     predict=predict_drawn_class,
     score=score_drawn_class,
-    write_predictions=write_jsonl,
+    write_predictions=write_rows,
 )

@@ -22,7 +22,7 @@ from metapt.errors import MetaptError
 from metapt.kinds import knowledge
 from metapt.kinds.base import Batch, Info, Kind
 from metapt.kinds.common import encoder_inputs, join, pad
-from metapt.kinds.corpus import build_head, map_records, special_ids, write_jsonl
+from metapt.kinds.corpus import build_head, map_records, special_ids, write_rows
 from metapt.metrics import accuracy
 from metapt.spec import TaskSpec
 
@@ -166,5 +166,5 @@ KIND = Kind(
     head=head,
     predict=predict,
     score=score,
-    write_predictions=write_jsonl,  # one JSON line per feature row
+    write_predictions=write_rows,  # one JSON line per feature row
 )

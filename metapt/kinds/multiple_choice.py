@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from metapt.kinds.base import Batch, Info, Kind
-from metapt.kinds.common import encoder_inputs
+from metapt.kinds.common import encoder_inputs, write_jsonl
 from metapt.kinds.corpus import build_head, map_records
-from metapt.kinds.labelled import IGNORE, UNLABELLED, record_ids, token_types, write_jsonl
+from metapt.kinds.labelled import IGNORE, UNLABELLED, record_ids, token_types
 from metapt.metrics import accuracy, normalize_answer, record_scores
 from metapt.spec import TaskSpec
 

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from metapt.kinds.base import Batch, Info, Kind
-from metapt.kinds.common import encoder_inputs
+from metapt.kinds.common import encoder_inputs, write_jsonl
 from metapt.kinds.corpus import build_head
-from metapt.kinds.labelled import LOG, label_ids, record_ids, token_types, write_jsonl
+from metapt.kinds.labelled import LOG, label_ids, record_ids, token_types
 from metapt.metrics import relation_scores
 from metapt.spec import TaskSpec
 

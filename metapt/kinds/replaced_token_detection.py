@@ -25,7 +25,7 @@ import torch
 from metapt.kinds import word_tags
 from metapt.kinds.base import Batch, Info, Kind
 from metapt.kinds.common import encoder_inputs
-from metapt.kinds.corpus import special_ids, write_jsonl
+from metapt.kinds.corpus import special_ids, write_rows
 from metapt.kinds.labelled import IGNORE
 from metapt.kinds.masked_lm import blocks, select_units
 from metapt.spec import TaskSpec
@@ -122,5 +122,5 @@ KIND = Kind(
     head=word_tags.head,
     predict=word_tags.predict,
     score=word_tags.score,
-    write_predictions=write_jsonl,  # one JSON line per feature row
+    write_predictions=write_rows,  # one JSON line per feature row
 )

@@ -11,7 +11,7 @@ from torch import nn
 
 from metapt.kinds.base import Batch, Info, Kind
 from metapt.kinds.common import encoder_inputs, join
-from metapt.kinds.corpus import build_head, map_records, tokenize_nested, write_jsonl
+from metapt.kinds.corpus import build_head, map_records, tokenize_nested, write_rows
 from metapt.metrics import accuracy
 from metapt.spec import TaskSpec
 
@@ -89,5 +89,5 @@ KIND = Kind(
     head=head,
     predict=predict,
     score=score,
-    write_predictions=write_jsonl,  # one JSON line per feature row
+    write_predictions=write_rows,  # one JSON line per feature row
 )

@@ -23,7 +23,7 @@ from metapt.kinds.corpus import (
     predict_drawn_class,
     score_drawn_class,
     sentence_features,
-    write_jsonl,
+    write_rows,
 )
 from metapt.spec import TaskSpec
 
@@ -96,5 +96,5 @@ KIND = Kind(
     head=head,
     predict=predict_drawn_class,
     score=score_drawn_class,
-    write_predictions=write_jsonl,
+    write_predictions=write_rows,
 )

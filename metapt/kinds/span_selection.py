@@ -22,7 +22,7 @@ from torch import nn
 
 from metapt.kinds.base import Batch, Info, Kind
 from metapt.kinds.common import encoder_inputs, join
-from metapt.kinds.corpus import STOPWORDS, build_head, documents, map_records, tokenize_nested, write_jsonl
+from metapt.kinds.corpus import STOPWORDS, build_head, documents, map_records, tokenize_nested, write_rows
 from metapt.metrics import squad_exact, squad_f1
 from metapt.spec import TaskSpec
 
@@ -264,7 +264,7 @@ def score(
 
 def write_predictions(path: Path, predictions: list[dict], records: datasets.Dataset, info: Info) -> None:
     """One JSON line per query: its id, the predicted span text and the blanked term."""
-    write_jsonl(path, predictions, records, info)
+    write_rows(path, predictions, records, info)
 
 
 KIND = Kind(

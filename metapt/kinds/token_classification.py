@@ -17,7 +17,7 @@ from torch import nn
 
 from metapt.errors import DataError
 from metapt.kinds.base import Batch, Info, Kind
-from metapt.kinds.common import encoder_inputs
+from metapt.kinds.common import encoder_inputs, write_jsonl
 from metapt.kinds.corpus import build_head, map_records
 from metapt.kinds.labelled import (
     LOG,
@@ -29,7 +29,6 @@ from metapt.kinds.labelled import (
     tag_batch,
     token_types,
     words_cut,
-    write_jsonl,
 )
 from metapt.metrics import bio_spans, entity_scores
 from metapt.spec import TaskSpec
