@@ -18,7 +18,7 @@ from torch import nn
 
 from metapt.errors import DataError
 from metapt.kinds.base import Batch, Info, Kind
-from metapt.kinds.common import encoder_inputs
+from metapt.kinds.common import feature_inputs
 from metapt.kinds.corpus import build_head, map_records
 from metapt.kinds.labelled import (
     IGNORE,
@@ -105,17 +105,14 @@ def encode_regression(
     return map_records(records, fn)
 
 
-def _inputs(rows: list[dict], tokenizer: Any) -> Batch:
-    return encoder_inputs(
-        [r["input_ids"] for r in rows], [r["token_type_ids"] for r in rows], tokenizer.pad_token_id
-    )
-
-
 def collate(
     rows: list[dict], tokenizer: Any, spec: TaskSpec, info: Info, generator: torch.Generator
 ) -> Batch:
     """input_ids, token_type_ids, attention_mask (B, T); labels (B,) long."""
-    return {**_inputs(rows, tokenizer), "labels": torch.tensor([r["labels"] for r in rows], dtype=torch.long)}
+    return {
+        **feature_inputs(rows, tokenizer.pad_token_id),
+        "labels": torch.tensor([r["labels"] for r in rows], dtype=torch.long),
+    }
 
 
 def collate_regression(
@@ -123,7 +120,7 @@ def collate_regression(
 ) -> Batch:
     """input_ids, token_type_ids, attention_mask (B, T); labels (B,) float."""
     return {
-        **_inputs(rows, tokenizer),
+        **feature_inputs(rows, tokenizer.pad_token_id),
         "labels": torch.tensor([r["labels"] for r in rows], dtype=torch.float),
     }
 

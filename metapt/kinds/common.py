@@ -51,6 +51,13 @@ def encoder_inputs(ids: list[list[int]], types: list[list[int]], pad_id: int) ->
     }
 
 
+def feature_inputs(rows: list[dict], pad_id: int) -> Batch:
+    """`encoder_inputs` of feature rows: their input_ids, and their token_type_ids (zeros for rows
+    without any, as single-segment kinds store none)."""
+    types = [r["token_type_ids"] if "token_type_ids" in r else [0] * len(r["input_ids"]) for r in rows]
+    return encoder_inputs([r["input_ids"] for r in rows], types, pad_id)
+
+
 def write_jsonl(path: Path, rows: Iterable[Any]) -> None:
     """One JSON value per line (the parent folders are made)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from torch import nn
 
 from metapt.errors import MetaptError
 from metapt.kinds.base import Batch, Info, Kind
-from metapt.kinds.common import encoder_inputs
+from metapt.kinds.common import feature_inputs
 from metapt.kinds.corpus import build_head
 from metapt.kinds.labelled import LOG, record_ids, token_types
 from metapt.metrics import squad_scores
@@ -133,9 +133,7 @@ def collate(
     rows: list[dict], tokenizer: Any, spec: TaskSpec, info: Info, generator: torch.Generator
 ) -> Batch:
     """input_ids, token_type_ids, attention_mask (N, T); start_positions, end_positions (N,)."""
-    batch = encoder_inputs(
-        [r["input_ids"] for r in rows], [r["token_type_ids"] for r in rows], tokenizer.pad_token_id
-    )
+    batch = feature_inputs(rows, tokenizer.pad_token_id)
     for key in ("start_positions", "end_positions"):
         batch[key] = torch.tensor([r[key] for r in rows], dtype=torch.long)
     return batch

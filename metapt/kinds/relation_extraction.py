@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from metapt.kinds.base import Batch, Info, Kind
-from metapt.kinds.common import encoder_inputs, write_jsonl
+from metapt.kinds.common import feature_inputs, write_jsonl
 from metapt.kinds.corpus import build_head
 from metapt.kinds.labelled import LOG, label_ids, record_ids, token_types
 from metapt.metrics import relation_scores
@@ -130,9 +130,7 @@ def collate(
     rows: list[dict], tokenizer: Any, spec: TaskSpec, info: Info, generator: torch.Generator
 ) -> Batch:
     """input_ids, token_type_ids, attention_mask (N, T); head_positions, tail_positions, labels (N,)."""
-    batch = encoder_inputs(
-        [r["input_ids"] for r in rows], [r["token_type_ids"] for r in rows], tokenizer.pad_token_id
-    )
+    batch = feature_inputs(rows, tokenizer.pad_token_id)
     for key, field in (
         ("head_positions", "head_position"),
         ("tail_positions", "tail_position"),

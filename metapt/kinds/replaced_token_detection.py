@@ -24,7 +24,7 @@ import torch
 
 from metapt.kinds import word_tags
 from metapt.kinds.base import Batch, Info, Kind
-from metapt.kinds.common import encoder_inputs
+from metapt.kinds.common import feature_inputs
 from metapt.kinds.corpus import special_ids, write_rows
 from metapt.kinds.labelled import IGNORE
 from metapt.kinds.masked_lm import blocks, select_units
@@ -100,9 +100,7 @@ def collate(
 ) -> Batch:
     """input_ids (corrupted), token_type_ids, attention_mask, labels (N, T): 1 replaced, 0 original,
     -100 at special tokens and padding."""
-    batch = encoder_inputs(
-        [r["input_ids"] for r in rows], [[0] * len(r["input_ids"]) for r in rows], tokenizer.pad_token_id
-    )
+    batch = feature_inputs(rows, tokenizer.pad_token_id)
     ids = batch["input_ids"]  # (N, T)
     candidate = ~torch.isin(ids, torch.tensor(special_ids(tokenizer))) & batch["attention_mask"].bool()
     selected = select_units(candidate, candidate, spec.option("replace_probability"), False, generator)

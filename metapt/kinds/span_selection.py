@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from metapt.kinds.base import Batch, Info, Kind
-from metapt.kinds.common import encoder_inputs, join
+from metapt.kinds.common import feature_inputs, join
 from metapt.kinds.corpus import STOPWORDS, build_head, documents, map_records, tokenize_nested, write_rows
 from metapt.metrics import squad_exact, squad_f1
 from metapt.spec import TaskSpec
@@ -212,9 +212,7 @@ def collate(
 ) -> Batch:
     """input_ids, token_type_ids, attention_mask, context_mask (B, T: the passage tokens);
     start_positions, end_positions (B,). No randomness: the examples are fixed by encode."""
-    batch = encoder_inputs(
-        [r["input_ids"] for r in rows], [r["token_type_ids"] for r in rows], tokenizer.pad_token_id
-    )
+    batch = feature_inputs(rows, tokenizer.pad_token_id)
     context = torch.zeros(batch["input_ids"].shape, dtype=torch.bool)  # (B, T)
     for i, r in enumerate(rows):
         context[i, r["passage_start"] : r["passage_start"] + len(r["passage_offsets"])] = True

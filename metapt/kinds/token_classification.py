@@ -17,7 +17,7 @@ from torch import nn
 
 from metapt.errors import DataError
 from metapt.kinds.base import Batch, Info, Kind
-from metapt.kinds.common import encoder_inputs, write_jsonl
+from metapt.kinds.common import feature_inputs, write_jsonl
 from metapt.kinds.corpus import build_head, map_records
 from metapt.kinds.labelled import (
     LOG,
@@ -86,9 +86,7 @@ def collate(
     rows: list[dict], tokenizer: Any, spec: TaskSpec, info: Info, generator: torch.Generator
 ) -> Batch:
     """input_ids, token_type_ids, attention_mask, labels, word_index (N, T); num_words (N,)."""
-    batch = encoder_inputs(
-        [r["input_ids"] for r in rows], [r["token_type_ids"] for r in rows], tokenizer.pad_token_id
-    )
+    batch = feature_inputs(rows, tokenizer.pad_token_id)
     return {**batch, **tag_batch(rows)}
 
 
