@@ -54,3 +54,20 @@ def test_every_source_kind_says_where_its_text_is() -> None:
         "srl": "props",
         "extractive_qa": "json",
     }
+
+
+def test_a_kind_is_its_modules_functions_by_name() -> None:
+    """Kind.of reads the contract's functions off a module; a module missing one is refused by name."""
+    from types import ModuleType
+
+    from metapt.kinds import word_tags
+    from metapt.kinds.base import Kind
+
+    implementation = IMPLEMENTATIONS["capitalization_prediction"]
+    assert (implementation.collate, implementation.score) == (word_tags.collate, word_tags.score)
+    partial = ModuleType("partial_kind")
+    partial.prepare = partial.encode = lambda *a: None
+    with pytest.raises(
+        TypeError, match="partial_kind lacks the kind function.s. collate, head, predict, score"
+    ):
+        Kind.of(partial)

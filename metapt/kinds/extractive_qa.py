@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from metapt.errors import MetaptError
-from metapt.kinds.base import Batch, Info, Kind
+from metapt.kinds.base import Batch, Info
 from metapt.kinds.common import feature_inputs
 from metapt.kinds.corpus import build_head
 from metapt.kinds.labelled import LOG, record_ids, token_types
@@ -211,14 +211,3 @@ def write_predictions(path: Path, predictions: list[str], records: datasets.Data
     path.parent.mkdir(parents=True, exist_ok=True)
     answers = dict(zip(record_ids(records), predictions, strict=True))
     path.write_text(json.dumps(answers, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-
-
-KIND = Kind(
-    prepare=prepare,
-    encode=encode,
-    collate=collate,
-    head=head,
-    predict=predict,
-    score=score,
-    write_predictions=write_predictions,
-)

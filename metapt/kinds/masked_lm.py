@@ -20,7 +20,7 @@ from torch import nn
 from metapt.catalog import masking_of
 from metapt.errors import MetaptError
 from metapt.kinds import knowledge
-from metapt.kinds.base import Batch, Info, Kind
+from metapt.kinds.base import Batch, Info
 from metapt.kinds.common import feature_inputs, join, pad
 from metapt.kinds.corpus import build_head, map_records, special_ids, write_rows
 from metapt.metrics import accuracy
@@ -157,12 +157,4 @@ def score(
     return {"accuracy": accuracy(predicted, gold), "loss": loss}, predictions
 
 
-KIND = Kind(
-    prepare=prepare,
-    encode=encode,
-    collate=collate,
-    head=head,
-    predict=predict,
-    score=score,
-    write_predictions=write_rows,  # one JSON line per feature row
-)
+write_predictions = write_rows  # one JSON line per feature row

@@ -17,7 +17,7 @@ import datasets
 import torch
 from torch import nn
 
-from metapt.kinds.base import Batch, Info, Kind
+from metapt.kinds.base import Batch, Info
 from metapt.kinds.common import encoder_inputs, write_jsonl
 from metapt.kinds.corpus import build_head, map_records
 from metapt.kinds.labelled import IGNORE, UNLABELLED, record_ids, token_types
@@ -137,14 +137,3 @@ def write_predictions(path: Path, predictions: list[Any], records: datasets.Data
     write_jsonl(
         path, ({"id": rid, "prediction": p} for rid, p in zip(record_ids(records), predictions, strict=True))
     )
-
-
-KIND = Kind(
-    prepare=prepare,
-    encode=encode,
-    collate=collate,
-    head=head,
-    predict=predict,
-    score=score,
-    write_predictions=write_predictions,
-)

@@ -16,7 +16,7 @@ import datasets
 import torch
 from torch import nn
 
-from metapt.kinds.base import Batch, Info, Kind
+from metapt.kinds.base import Batch, Info
 from metapt.kinds.common import feature_inputs, write_jsonl
 from metapt.kinds.corpus import build_head
 from metapt.kinds.labelled import LOG, label_ids, record_ids, token_types
@@ -185,14 +185,3 @@ def write_predictions(
         path,
         ({"id": rid, "relations": rels} for rid, rels in zip(record_ids(records), predictions, strict=True)),
     )
-
-
-KIND = Kind(
-    prepare=prepare,
-    encode=encode,
-    collate=collate,
-    head=head,
-    predict=predict,
-    score=score,
-    write_predictions=write_predictions,
-)

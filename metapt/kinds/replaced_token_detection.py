@@ -23,7 +23,7 @@ import datasets
 import torch
 
 from metapt.kinds import word_tags
-from metapt.kinds.base import Batch, Info, Kind
+from metapt.kinds.base import Batch, Info
 from metapt.kinds.common import feature_inputs
 from metapt.kinds.corpus import special_ids, write_rows
 from metapt.kinds.labelled import IGNORE
@@ -113,12 +113,6 @@ def collate(
     return batch
 
 
-KIND = Kind(
-    prepare=prepare,
-    encode=encode,
-    collate=collate,
-    head=word_tags.head,
-    predict=word_tags.predict,
-    score=word_tags.score,
-    write_predictions=write_rows,  # one JSON line per feature row
-)
+# The head, predictions and metrics are word_tags' (per-token binary tags).
+head, predict, score = word_tags.head, word_tags.predict, word_tags.score
+write_predictions = write_rows  # one JSON line per feature row

@@ -20,7 +20,7 @@ import datasets
 import torch
 from torch import nn
 
-from metapt.kinds.base import Batch, Info, Kind
+from metapt.kinds.base import Batch, Info
 from metapt.kinds.common import feature_inputs, join
 from metapt.kinds.corpus import STOPWORDS, build_head, documents, map_records, tokenize_nested, write_rows
 from metapt.metrics import squad_exact, squad_f1
@@ -263,14 +263,3 @@ def score(
 def write_predictions(path: Path, predictions: list[dict], records: datasets.Dataset, info: Info) -> None:
     """One JSON line per query: its id, the predicted span text and the blanked term."""
     write_rows(path, predictions, records, info)
-
-
-KIND = Kind(
-    prepare=prepare,
-    encode=encode,
-    collate=collate,
-    head=head,
-    predict=predict,
-    score=score,
-    write_predictions=write_predictions,
-)

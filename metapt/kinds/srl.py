@@ -18,7 +18,7 @@ from torch import nn
 
 from metapt.brackets import bio_to_brackets
 from metapt.errors import DataError
-from metapt.kinds.base import Batch, Info, Kind
+from metapt.kinds.base import Batch, Info
 from metapt.kinds.common import feature_inputs
 from metapt.kinds.corpus import build_head
 from metapt.kinds.labelled import (
@@ -170,14 +170,3 @@ def write_predictions(
             for i, word in enumerate(tokens):
                 f.write("\t".join([word if i in marked else "-", *(b[i] for b in brackets)]) + "\n")
             f.write("\n")
-
-
-KIND = Kind(
-    prepare=prepare,
-    encode=encode,
-    collate=collate,
-    head=head,
-    predict=predict,
-    score=score,
-    write_predictions=write_predictions,
-)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from metapt.errors import DataError
-from metapt.kinds.base import Batch, Info, Kind
+from metapt.kinds.base import Batch, Info
 from metapt.kinds.common import feature_inputs, write_jsonl
 from metapt.kinds.corpus import build_head, map_records
 from metapt.kinds.labelled import (
@@ -122,14 +122,3 @@ def write_predictions(
             for rid, tokens, tags in zip(record_ids(records), records["tokens"], predictions, strict=True)
         ),
     )
-
-
-KIND = Kind(
-    prepare=prepare,
-    encode=encode,
-    collate=collate,
-    head=head,
-    predict=predict,
-    score=score,
-    write_predictions=write_predictions,
-)
