@@ -102,7 +102,8 @@ def _tokenizer(spec: RunSpec, resume_dir: Path | None, sources: list[TaskData]) 
     return train_wordpiece(_corpus_texts(sources), spec.tokenizer.vocab_size, spec.tokenizer.lowercase)
 
 
-def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
+# issue 16, second part: split into builders (model, optimizers, streams) that finetune reuses
+def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:  # noqa: C901, PLR0915
     """Read and encode the tasks, build the model and optimizers, and load the checkpoint on resume.
 
     With `world` > 1 (torchrun) the process joins the group first, every rank builds the same run,
@@ -573,7 +574,8 @@ def pretrain(
         return _episodes(spec, resume, callback, max_flops)
 
 
-def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float | None) -> dict[str, Any]:
+# Algorithm 1 reads top to bottom in one function (STYLE.md 1): its length is the episode's.
+def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float | None) -> dict[str, Any]:  # noqa: C901, PLR0912, PLR0915
     """The episode loop of `pretrain`, in a folder that is checked (and locked on rank 0)."""
     run = setup(spec, resume, distributed.rank(), distributed.world())
     for note in run.notes:  # what --resume kept from the checkpoint, and what changed

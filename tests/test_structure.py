@@ -24,33 +24,36 @@ def _is_module(dotted: str) -> bool:
     return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
-def private_uses(path: Path) -> set[str]:
-    """Private names of other metapt modules that `path` imports (`from metapt.x import _y`) or reads
-    as attributes of a module it imported (`x._y`), as "metapt.x._y"."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    modules: dict[str, str] = {}  # local name -> the metapt module it stands for
-    found: set[str] = set()
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _from_imports(tree: ast.AST) -> tuple[dict[str, str], set[str]]:
+    """(local name -> the metapt module it stands for, private names imported from metapt modules)."""
+    modules: dict[str, str] = {}
+    private: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("metapt"):
             for alias in node.names:
                 dotted = f"{node.module}.{alias.name}"
-                if alias.name.startswith("_") and not alias.name.startswith("__"):
-                    found.add(dotted)
+                if _private(alias.name):
+                    private.add(dotted)
                 elif _is_module(dotted):
                     modules[alias.asname or alias.name] = dotted
         elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.startswith("metapt") and alias.asname:
-                    modules[alias.asname] = alias.name
+            modules |= {a.asname: a.name for a in node.names if a.name.startswith("metapt") and a.asname}
+    return modules, private
+
+
+def private_uses(path: Path) -> set[str]:
+    """Private names of other metapt modules that `path` imports (`from metapt.x import _y`) or reads
+    as attributes of a module it imported (`x._y`), as "metapt.x._y"."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    modules, found = _from_imports(tree)
     for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Attribute)
-            and isinstance(node.value, ast.Name)
-            and node.value.id in modules
-            and node.attr.startswith("_")
-            and not node.attr.startswith("__")
-        ):
-            found.add(f"{modules[node.value.id]}.{node.attr}")
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and _private(node.attr):
+            if node.value.id in modules:
+                found.add(f"{modules[node.value.id]}.{node.attr}")
     return found
 
 
