@@ -27,17 +27,18 @@ from metapt.catalog import KINDS
 from metapt.data.pipeline import (
     BatchStream,
     TaskData,
-    _tokenizer_hash,
     kind_of,
     load_task,
     stream_for,
+    tokenizer_hash,
     train_size,
 )
 from metapt.data.tokenizer import load_tokenizer, train_wordpiece
+from metapt.device import autocast_for, pick_device
 from metapt.errors import MetaptError, TrainingError
 from metapt.flops import FlopCounter, tokens
 from metapt.model import MultiTaskModel, batch_to, load_encoder, new_encoder
-from metapt.schedulers import SCHEDULERS
+from metapt.schedulers import BASELINES
 from metapt.spec import RunSpec
 from metapt.train import accumulate, adamw, warmup_linear
 
@@ -77,27 +78,6 @@ class Run:
     notes: list[str] = field(default_factory=list)  # resume: settings kept or changed, for the log
 
 
-def pick_device(name: str) -> torch.device:
-    """`auto`: CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MetaptError(f"[run].device = {name!r} but no CUDA device is available; use 'cpu' or 'auto'")
-    return torch.device(name)
-
-
-def autocast_for(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
-    """bf16 autocast on CUDA by default; fp32 elsewhere unless asked."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext
-    if precision == "fp16" and device.type != "cuda":
-        raise MetaptError("[run].precision = 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
-
-
 def _corpus_texts(tasks: list[TaskData]) -> list[str]:
     """The source tasks' training text, for training a WordPiece."""
     out: list[str] = []
@@ -105,12 +85,12 @@ def _corpus_texts(tasks: list[TaskData]) -> list[str]:
         # A stream is sampled (its first records), not read whole, to build the vocabulary.
         records = task.records["train"]
         rows = records.take(TOKENIZER_SAMPLE) if isinstance(records, datasets.IterableDataset) else records
+        fields = KINDS[task.spec.kind].text
         for row in rows:
-            for name in ("text", "turns", "tokens", "context"):
-                if name in row:
-                    out.extend(row[name] if isinstance(row[name], list) else [row[name]])
-                    break
-            out += [row["title"]] if isinstance(row.get("title"), str) else []  # ir_relevance queries
+            if (name := next((f for f in fields if row.get(f)), None)) is not None:
+                out.extend(row[name] if isinstance(row[name], list) else [row[name]])
+            # a document's title is text of it too (and the query of ir_relevance)
+            out += [row["title"]] if isinstance(row.get("title"), str) else []
     return out
 
 
@@ -122,7 +102,8 @@ def _tokenizer(spec: RunSpec, resume_dir: Path | None, sources: list[TaskData]) 
     return train_wordpiece(_corpus_texts(sources), spec.tokenizer.vocab_size, spec.tokenizer.lowercase)
 
 
-def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
+# issue 16, second part: split into builders (model, optimizers, streams) that finetune reuses
+def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:  # noqa: C901, PLR0915
     """Read and encode the tasks, build the model and optimizers, and load the checkpoint on resume.
 
     With `world` > 1 (torchrun) the process joins the group first, every rank builds the same run,
@@ -141,7 +122,7 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
     raw = {t.name: load_task(t, None, ("train",), encode=False) for t in (*spec.sources, *spec.targets)}
     tokenizer = _tokenizer(spec, resume_dir, [raw[t.name] for t in spec.sources])
     if world > 1:
-        distributed.same_everywhere(_tokenizer_hash(tokenizer), "the tokenizer (a hash of it)")
+        distributed.same_everywhere(tokenizer_hash(tokenizer), "the tokenizer (a hash of it)")
     tasks = {name: load_task(t.spec, tokenizer, ("train",), records=t.records) for name, t in raw.items()}
     if resume_dir is not None:
         resuming.check_heads(resume_dir, tasks)
@@ -593,7 +574,8 @@ def pretrain(
         return _episodes(spec, resume, callback, max_flops)
 
 
-def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float | None) -> dict[str, Any]:
+# Algorithm 1 reads top to bottom in one function (STYLE.md 1): its length is the episode's.
+def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float | None) -> dict[str, Any]:  # noqa: C901, PLR0912, PLR0915
     """The episode loop of `pretrain`, in a folder that is checked (and locked on rank 0)."""
     run = setup(spec, resume, distributed.rank(), distributed.world())
     for note in run.notes:  # what --resume kept from the checkpoint, and what changed
@@ -643,7 +625,7 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
             explored, reused = False, False
             if meta.scheduler != "meta":
                 chosen = run.sources[
-                    SCHEDULERS[meta.scheduler](
+                    BASELINES[meta.scheduler](
                         run.episode, total, sizes, run.explore, meta.temperature, shares
                     )
                 ]
