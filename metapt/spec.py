@@ -135,6 +135,14 @@ class RunSection:
     report_to: tuple[str, ...] = _f(
         (), choices=REPORT_TO, help="also log every episode's scalars to these (see Logging)"
     )
+    eval_every: int = _f(
+        10, low=0, help="episodes between held-out evaluations (and one at the end; 0: none)"
+    )
+    eval_batches: int = _f(8, low=1, high=10_000, help="fixed held-out batches scored per task")
+    eval_head_steps: int = _f(
+        100, low=0, high=100_000, help="aware: head-only steps fitting a fresh target head before scoring"
+    )
+    eval_head_lr: float = _f(1e-2, low=0.0, high=1.0, help="aware: AdamW lr of that fit")
 
 
 @dataclass(frozen=True)
