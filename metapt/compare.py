@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metapt import distributed, mixture, report, reporting
+from metapt import distributed, mixture, report, reporting, stats, verdict
 from metapt.catalog import KINDS, SCHEDULERS
 from metapt.engine import pretrain
 from metapt.errors import MetaptError
@@ -31,7 +31,8 @@ from metapt.runspec import override
 from metapt.spec import RunSpec, TaskSpec, _suggest
 
 Callback = Callable[[str, dict[str, Any]], None]
-DEFAULT_DOWNSTREAM = "conll2012-synthetic"  # agnostic runs: the synthetic world's SRL task
+# Agnostic runs: the synthetic world's few-shot SRL, and closed-book claims that only the sources' facts decide.
+DEFAULT_DOWNSTREAM = ("conll2012-synthetic", "claims-synthetic")
 # With a budget the episode count only sets the LR schedule's length (the budget stops the run): an
 # estimate from one probe episode, with room for episodes cheaper than the probe's.
 CAP_SLACK = 1.25
@@ -55,7 +56,7 @@ def parse_schedulers(text: str) -> list[str]:
 
 def downstream_tasks(spec: RunSpec, names: str | None) -> list[TaskSpec]:
     """The --downstream tasks (names or spec files); default: an aware run's targets, else
-    conll2012-synthetic. Each needs a labelled train and validation split."""
+    conll2012-synthetic and claims-synthetic. Each needs a labelled train and validation split."""
     if names is not None:
         tasks = [task_spec(n.strip(), None, {}) for n in names.split(",") if n.strip()]
         if not tasks:
@@ -63,7 +64,7 @@ def downstream_tasks(spec: RunSpec, names: str | None) -> list[TaskSpec]:
     elif spec.meta.setting == "aware":
         tasks = list(spec.targets)
     else:
-        tasks = [task_spec(DEFAULT_DOWNSTREAM, None, {})]
+        tasks = [task_spec(name, None, {}) for name in DEFAULT_DOWNSTREAM]
     for t in tasks:
         if KINDS[t.kind].role == "source":
             raise MetaptError(
@@ -148,6 +149,7 @@ def pretrain_run(
     total = totals["selection_flops"] + totals["train_flops"]
     if not summary["complete"] and (budget is None or total < budget):
         raise KeyboardInterrupt  # Ctrl-C stopped the run early: do not go on to the next one
+    curve = stats.heldout_curve(report.read_metrics(run_dir))  # (FLOPs so far, held-out mean loss)
     return {
         "seed": seed,
         "dir": str(run_dir),
@@ -163,6 +165,8 @@ def pretrain_run(
         "tokens": totals["tokens"],
         "counts": {t.name: summary["counts"].get(t.name, 0) for t in spec.sources},
         "budget_reached": budget is None or total >= budget,
+        "heldout_curve": [list(point) for point in curve],
+        "heldout_final": curve[-1][1] if curve else None,
     }
 
 
@@ -220,6 +224,7 @@ def summarise(
         "pretrain": pre,
         "downstream": {t: aggregate([f[t] for f in finetuned]) for t in tasks},
         "main_metric": {t: finetuned[0][t]["main_metric"] for t in tasks},
+        "heldout": stats.heldout_summary([r["heldout_curve"] for r in runs]),
         "runs": runs,
     }
 
@@ -295,10 +300,12 @@ def compare(
             runs[-1]["finetune"] = {t.name: str(run_dir / "finetune" / t.name) for t in tasks}
         results["schedulers"][s] = summarise(runs, finetuned, [t.name for t in tasks])
     results["best"] = report.best_by_validation(results)
+    results["reference"] = "uniform" if "uniform" in schedulers else None  # paired differences, speedups
+    stats.against(results["schedulers"], [t.name for t in tasks])
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(report.markdown(results))
-    report.compare_plot(results, out / "compare.png")
+    verdict.compare_plot(results, out / "compare.png")
     callback("done", {"dir": str(out)})
     return results
 
