@@ -194,6 +194,7 @@ FORMATS: dict[str, str] = {
     "tsv": "tab-separated (GLUE files, no quoting)",
     "parquet": "Apache Parquet",
     "text": "plain text: one sentence per line, documents separated by blank lines",
+    "wikitext": "WikiText wiki.*.tokens: an article per ` = Title = ` heading, its paragraphs split into sentences",
     "squad": "SQuAD v1.1 / v2.0 JSON",
     "conll2005": "CoNLL-2005 words + props columns (or the release's words/ and props/ files)",
     "conll2012": "OntoNotes 5.0 *_gold_conll files",
@@ -214,6 +215,7 @@ SYNTHETIC_CORPORA: tuple[str, ...] = (
     "conll2012",
     "pairs",
     "squad",
+    "claims",
 )
 
 HEADS: tuple[str, ...] = tuple(dict.fromkeys(h for k in KINDS.values() for h in k.heads))

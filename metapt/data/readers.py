@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import glob
 import itertools
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -55,6 +56,36 @@ def _text_documents(files: list[str]) -> Iterator[dict]:
             elif sentences:
                 yield {"id": f"{path.name}:{k}", "text": " ".join(sentences), "sentences": sentences}
                 sentences, k = [], k + 1
+
+
+_HEADING = re.compile(r"^\s*(=\s+)+\S.*?(\s+=)+\s*$")  # " = Title = ", " = = Section = = ", ...
+_TITLE = re.compile(r"^\s*=\s+([^=\s].*?)\s+=\s*$")  # a level-1 heading: a new article
+_WIKI_SENTENCE_END = re.compile(r"(?<=\s[.!?])\s+")  # tokenised text: a sentence ends with " . "
+
+
+def _wikitext_articles(files: list[str]) -> Iterator[dict]:
+    """WikiText's wiki.*.tokens: an article starts at each level-1 heading; its paragraphs (one per
+    line; section headings dropped) are split into sentences after a free-standing . ! or ?."""
+    for name in files:
+        path, k, title, sentences = Path(name), 0, "", []
+        for _, line in itertools.chain(numbered_lines(path), [(0, " = = end = = ")]):
+            top = _TITLE.match(line)
+            if (top or line.strip() == "= = end = =") and sentences:  # the article before is complete
+                yield {
+                    "id": f"{path.name}:{k}",
+                    "title": title,
+                    "text": " ".join(sentences),
+                    "sentences": sentences,
+                }
+                k, sentences = k + 1, []
+            if top:
+                title = top.group(1)
+            elif line.strip() and not _HEADING.match(line):
+                sentences += [s for s in _WIKI_SENTENCE_END.split(line.strip()) if s]
+
+
+def read_wikitext(files: list[Path], data: DataSpec) -> datasets.Dataset:
+    return datasets.Dataset.from_list(list(_wikitext_articles([str(f) for f in files])))
 
 
 def _jsonl_records(files: list[str]) -> Iterator[dict]:
@@ -156,6 +187,7 @@ READERS: dict[str, Reader] = {
     "tsv": read_tsv,
     "parquet": read_parquet,
     "text": read_text,
+    "wikitext": read_wikitext,
     "squad": qa.read_squad,
     "nq": qa.read_nq,
     "superglue": qa.read_superglue,
@@ -166,7 +198,11 @@ READERS: dict[str, Reader] = {
     "spert": conll.read_spert,
     "dygie": conll.read_dygie,
 }
-_STREAMS = {"text": _text_documents, "jsonl": _jsonl_records}  # formats that can stream from disk
+_STREAMS = {
+    "text": _text_documents,
+    "jsonl": _jsonl_records,
+    "wikitext": _wikitext_articles,
+}  # formats that can stream from disk
 
 
 # ------------------------------------------------------------------------------------ the entry
