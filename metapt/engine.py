@@ -434,7 +434,7 @@ def pretrain(
     # The fixed held-out batches every scheduler is scored on (metapt/heldout.py); 0: no evaluation.
     held = (
         heldout.prepare(run.tasks, run.tokenizer, run.targets, run.sources, spec.run)
-        if spec.run.eval_every
+        if spec.run.eval_every and run.episode < total
         else None
     )
     metrics_path = run.out / "metrics.jsonl"
