@@ -55,7 +55,7 @@ def _timed(fn: Callable[[], Any], sync: Callable[[], None]) -> tuple[Any, float]
 
 
 def argmax(utilities: dict[str, float]) -> str:
-    """The greedy choice (epsilon 0; first on ties), as `selection.choose` makes it."""
+    """The greedy choice (epsilon 0; first on ties), as the greedy policy makes it."""
     names = list(utilities)
     return max(names, key=lambda n: (utilities[n], -names.index(n)))
 
@@ -89,44 +89,29 @@ def _draw(run: engine.Run, group: str, names: list[str], m: int) -> list[tuple[s
 
 
 def compare_utilities(run: engine.Run, sync: Callable[[], None]) -> dict[str, Any]:
-    """One episode's utilities on the same fresh support and target batches: exact, first-order
-    (two passes as before #7, and one), the agnostic shared estimate (support batches only), and
-    first-order on independent target batches (how much a fresh draw of targets alone changes)."""
+    """One episode's utilities on the same fresh support and target batches: exact, first-order, the
+    agnostic shared estimate (support batches only), and first-order on independent target batches
+    (how much a fresh draw of targets alone changes)."""
     meta, model, autocast = run.spec.meta, run.model, run.autocast
     m, alpha, norm = meta.support_batches, meta.inner_lr, meta.normalize
     support: dict[str, list] = {}
     for s, batch in _draw(run, "support", run.sources, m):
         support.setdefault(s, []).append(batch)
-    targets = _draw(run, "target", run.targets, m)
+    targets = _draw(run, "target", run.targets, meta.target_batches or m)
     model.eval()
-    params = selection.detached(model)
-
-    def exact() -> dict[str, float]:
-        base = selection.target_losses(model, params, targets, autocast)
-        return selection.exact_utilities(model, support, targets, base, alpha, norm, autocast)
-
-    def two_pass() -> dict[str, float]:
-        base = selection.target_losses(model, params, targets, autocast)
-        return selection.first_order_utilities(model, support, targets, base, alpha, norm, autocast)
-
-    def one_pass() -> tuple[dict[str, float], dict]:
-        g_target, base = selection.target_gradient_and_losses(model, params, targets, norm, autocast)
-        return selection.first_order_scores(model, support, targets, base, alpha, norm, autocast, g_target)
+    args = (alpha, norm, autocast, meta.inner_step)
 
     out: dict[str, Any] = {"seconds": {}}
-    out["exact"], out["seconds"]["exact"] = _timed(exact, sync)
-    out["first_order_two_pass"], out["seconds"]["first_order_two_pass"] = _timed(two_pass, sync)
-    (out["first_order"], gradients), out["seconds"]["first_order"] = _timed(one_pass, sync)
-
-    def shared() -> dict[str, float]:
-        return selection.shared_utilities(model, support, alpha, norm, autocast)[0]
-
+    exact, out["seconds"]["exact"] = _timed(lambda: selection.exact(model, support, targets, *args), sync)
+    first, out["seconds"]["first_order"] = _timed(
+        lambda: selection.first_order(model, support, targets, *args), sync
+    )
+    out["exact"], out["first_order"] = exact.values, first.values
     if engine._shares_targets(run):
-        out["shared"], out["seconds"]["shared"] = _timed(shared, sync)
-    fresh = _draw(run, "target", run.targets, m)
-    g_fresh, base_fresh = selection.target_gradient_and_losses(model, params, fresh, norm, autocast)
-    counts = {s: len(b) for s, b in support.items()}
-    out["resampled"] = selection.first_order_from(gradients, counts, g_fresh, base_fresh, alpha, norm)
+        shared, out["seconds"]["shared"] = _timed(lambda: selection.shared(model, support, *args), sync)
+        out["shared"] = shared.values
+    fresh = _draw(run, "target", run.targets, meta.target_batches or m)
+    out["resampled"] = selection.first_order(model, support, fresh, *args).values
     model.train()
     return out
 
@@ -277,11 +262,10 @@ def memory(run: engine.Run, rounds: int = 2) -> dict[str, Any]:
             plain_steps(model, run.optimizer, s, b, run.device, autocast, meta.max_grad_norm)
         train, train_extra = max(train, peak()), max(train_extra, peak() - base_mem)
         support = {s: [b for _, b in _draw(run, "support", [s], meta.support_batches)] for s in run.sources}
-        targets = _draw(run, "target", run.targets, meta.support_batches)
+        targets = _draw(run, "target", run.targets, meta.target_batches or meta.support_batches)
         base_mem = reset()
         model.eval()
-        base = selection.target_losses(model, selection.detached(model), targets, autocast)
-        selection.exact_utilities(model, support, targets, base, meta.inner_lr, meta.normalize, autocast)
+        selection.exact(model, support, targets, meta.inner_lr, meta.normalize, autocast, meta.inner_step)
         model.train()
         sel, sel_extra = max(sel, peak()), max(sel_extra, peak() - base_mem)
         del support, targets
@@ -337,13 +321,15 @@ def run_episodes(run: engine.Run, n: int, sync: Callable[[], None], say: Say) ->
     followed by an untimed utility comparison and a timed matrix product."""
     every = run.spec.meta.select_every
     out: dict[str, Any] = {"selection_s": 0.0, "train_s": 0.0, "selections": 0, "choices": []}
-    out["records"], out["rates"], last = [], [], None
+    out["records"], out["rates"], last, gradient = [], [], None, None
     for e in range(n):
         if last is None or e % every == 0:
-            (last, *_), seconds = _timed(lambda: engine._select(run), sync)
+            picked, seconds = _timed(lambda: engine.select_task(run), sync)
+            last, gradient = picked.chosen, picked.gradient
             out["selection_s"] += seconds
             out["selections"] += 1
-        _, seconds = _timed(lambda task=last: engine._train(run, task), sync)
+        _, seconds = _timed(lambda task=last, g=gradient: engine._train(run, task, g), sync)
+        gradient = None
         out["train_s"] += seconds
         run.episode += 1
         out["choices"].append(last)
@@ -365,7 +351,8 @@ def bench(spec: RunSpec, episodes: int | None = None, say: Say | None = None) ->
     plain = (twin, torch.optim.AdamW(twin.parameters(), lr=meta.lr, weight_decay=meta.weight_decay))
 
     say("warming up: one episode, one comparison, one plain step per source")
-    engine._train(run, engine._select(run)[0])
+    picked = engine.select_task(run)
+    engine._train(run, picked.chosen, picked.gradient)
     compare_utilities(run, sync)
     for s in run.sources:
         batch = _replay(run.streams["train"][s], 1)

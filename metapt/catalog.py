@@ -6,13 +6,15 @@ The kind implementations (metapt/kinds/) import torch; validation only needs the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 
 @dataclass(frozen=True)
 class Option:
-    """One key of a task spec's `[options]` table: its default, type and allowed values."""
+    """One key of a task spec's `[options]` table: its default (and so its type) and allowed values;
+    metapt/validation.py checks a value against them."""
 
     default: Any
     help: str
@@ -20,34 +22,12 @@ class Option:
     low: float | None = None  # inclusive bounds for numbers
     high: float | None = None
 
-    def check(self, value: Any) -> str | None:
-        """Return what is wrong with `value`, or None when it is allowed."""
-        want = type(self.default) if self.default is not None else None
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if want is not None and not isinstance(value, want) or isinstance(value, bool) and want is not bool:
-            return f"expected {_type_name(want)}, got {value!r}"
-        if value != value:  # NaN passes the range checks below
-            return "nan is not a number"
-        if want is list and not all(isinstance(v, str) for v in value):
-            return f"expected a list of strings, got {value!r}"
-        if self.choices and value not in self.choices:
-            return f"{value!r} is not one of {', '.join(map(repr, self.choices))}"
-        if self.low is not None and value < self.low or self.high is not None and value > self.high:
-            return f"{value!r} is out of range [{self.low}, {self.high}]"
-        return None
-
-
-def _type_name(t: type | None) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}.get(
-        t, str(t)
-    )
-
 
 @dataclass(frozen=True)
 class KindInfo:
     """What a task kind is: the role it plays, the heads/losses it accepts (first = default), its
-    metrics (first = main metric), the record fields its data must provide, and its options."""
+    metrics (first = main metric), the record fields its data must provide, its options, the record
+    fields holding the text a WordPiece is trained on, and the suffix of its prediction files."""
 
     role: str  # "source": a pretraining objective; "target": a labelled downstream task
     heads: tuple[str, ...]
@@ -57,8 +37,40 @@ class KindInfo:
     options: dict[str, Option] = field(default_factory=dict)
     help: str = ""
     micro_batches: bool = True  # False when examples interact (in-batch negatives): never split
+    # Checks across options, (the spec's [options] table) -> problems "[options].key: why".
+    check: Callable[[dict[str, Any]], list[str]] | None = None
+    # Sources: the record fields with the text a trained WordPiece reads, the first one a record has
+    # (a document's `text` is its `sentences` joined). Targets: none; the tokenizer never reads them.
+    text: tuple[str, ...] = ()
+    suffix: str = "jsonl"  # of the prediction files: predictions/SPLIT.SUFFIX in the field's own format
 
 
+MASKING = ("token", "whole_word", "phrase", "entity")
+
+
+def masking_of(options: dict[str, Any]) -> str:
+    """masked_lm's effective masking: `masking` when given, else its older alias `whole_word_mask`."""
+    if "masking" in options:
+        return options["masking"]
+    return "whole_word" if options.get("whole_word_mask") is True else "token"
+
+
+def _check_masking(options: dict[str, Any]) -> list[str]:
+    """`masking` and its alias `whole_word_mask` may both be given only when they agree."""
+    masking, alias = options.get("masking"), options.get("whole_word_mask")
+    if masking not in MASKING or not isinstance(alias, bool) or alias == (masking != "token"):
+        return []
+    return [
+        f"[options].whole_word_mask: {str(alias).lower()} contradicts masking = {masking!r} "
+        "(whole_word_mask is the older alias: true means whole words, false means single tokens); "
+        "give `masking` alone"
+    ]
+
+
+# Per-token binary tagging kinds: heads, losses, metrics, fields.
+_WORD_TAGS = (("token_classification",), ("cross_entropy",), ("f1", "accuracy"), ("text",))
+DOCUMENT = ("text", "sentences")  # a corpus kind's text: the record's `text`, else its `sentences`
+_REPLACEMENTS = ("uniform", "unigram", "bigram")
 _LABELS = Option([], "label names in order; empty: the sorted labels found in the train split")
 _MAIN = Option("", "metric used to pick the best epoch; empty: the kind's first metric")
 
@@ -71,9 +83,16 @@ KINDS: dict[str, KindInfo] = {
         ("text",),
         {
             "mask_probability": Option(0.15, "share of tokens selected for prediction", low=0.01, high=0.9),
-            "whole_word_mask": Option(False, "mask every sub-word of a selected word together"),
+            "masking": Option(
+                "token",
+                "the masked unit: a token, a whole word, or a phrase / entity span with every sub-word",
+                choices=MASKING,
+            ),
+            "whole_word_mask": Option(False, 'older alias: true means masking = "whole_word"'),
         },
-        "masked language modelling with dynamic 80/10/10 masking",
+        "masked language modelling with dynamic 80/10/10 masking; ERNIE knowledge masking",
+        check=_check_masking,
+        text=DOCUMENT,
     ),
     "sentence_reordering": KindInfo(
         "source",
@@ -87,6 +106,7 @@ KINDS: dict[str, KindInfo] = {
             )
         },
         "ERNIE 2.0 sentence reordering: classify the permutation of shuffled segments",
+        text=DOCUMENT,
     ),
     "sentence_distance": KindInfo(
         "source",
@@ -96,6 +116,7 @@ KINDS: dict[str, KindInfo] = {
         ("sentences",),
         {},
         "ERNIE 2.0 sentence distance: adjacent / same document / other document",
+        text=DOCUMENT,
     ),
     "response_selection": KindInfo(
         "source",
@@ -106,6 +127,7 @@ KINDS: dict[str, KindInfo] = {
         {"max_context_turns": Option(3, "dialogue turns kept as the context", low=1, high=32)},
         "dialogue context vs. the true next turn, in-batch negatives",
         micro_batches=False,
+        text=("turns",),
     ),
     "span_selection": KindInfo(
         "source",
@@ -115,6 +137,44 @@ KINDS: dict[str, KindInfo] = {
         ("sentences",),
         {"blank_token": Option("[BLANK]", "the word that replaces the answer term in the query")},
         "masked passage retrieval (Glass et al. 2020): find the blanked term's span in a passage",
+        text=DOCUMENT,
+    ),
+    "capitalization_prediction": KindInfo(
+        "source",
+        *_WORD_TAGS,
+        {},
+        "ERNIE 2.0 word-aware: from lowercased text, predict per word whether it was capitalised",
+        text=DOCUMENT,
+    ),
+    "token_document_relation": KindInfo(
+        "source",
+        *_WORD_TAGS,
+        {
+            "segment_sentences": Option(1, "sentences per segment (one sequence each)", low=1, high=64),
+            "ignore_stopwords": Option(True, "stop words get no label (punctuation never has one)"),
+        },
+        "ERNIE 2.0 word-aware: per word of a segment, does it occur in another segment of the document?",
+        text=DOCUMENT,
+    ),
+    "ir_relevance": KindInfo(
+        "source",
+        ("sequence_classification",),
+        ("cross_entropy",),
+        ("accuracy",),
+        ("text",),
+        {"passage_sentences": Option(2, "sentences per passage", low=1, high=64)},
+        "ERNIE 2.0 semantic-aware: title (or first sentence) vs passage: strong / weak / no relevance",
+        text=DOCUMENT,
+    ),
+    "replaced_token_detection": KindInfo(
+        "source",
+        *_WORD_TAGS,
+        {
+            "replace_probability": Option(0.15, "share of tokens replaced", low=0.01, high=0.9),
+            "replacement": Option("uniform", "where replacements come from", choices=_REPLACEMENTS),
+        },
+        "ELECTRA-style: per token, was it replaced? (replacements without a generator network)",
+        text=DOCUMENT,
     ),
     "classification": KindInfo(
         "target",
@@ -124,6 +184,7 @@ KINDS: dict[str, KindInfo] = {
         ("text", "label"),
         {"labels": _LABELS, "main_metric": _MAIN},
         "single sentences or pairs (GLUE, SuperGLUE)",
+        suffix="tsv",
     ),
     "regression": KindInfo(
         "target",
@@ -133,6 +194,7 @@ KINDS: dict[str, KindInfo] = {
         ("text", "label"),
         {"main_metric": _MAIN},
         "a real-valued score for a sentence or pair (STS-B)",
+        suffix="tsv",
     ),
     "token_classification": KindInfo(
         "target",
@@ -151,6 +213,7 @@ KINDS: dict[str, KindInfo] = {
         ("tokens", "predicate_indices", "srl_tags"),
         {"labels": _LABELS, "main_metric": _MAIN},
         "semantic role labelling, one instance per predicate, span F1 without the V",
+        suffix="props",
     ),
     "relation_extraction": KindInfo(
         "target",
@@ -173,6 +236,7 @@ KINDS: dict[str, KindInfo] = {
             "main_metric": _MAIN,
         },
         "start/end pointer with document stride (SQuAD, Natural Questions)",
+        suffix="json",
     ),
     "multiple_choice": KindInfo(
         "target",
@@ -194,7 +258,7 @@ FORMATS: dict[str, str] = {
     "tsv": "tab-separated (GLUE files, no quoting)",
     "parquet": "Apache Parquet",
     "text": "plain text: one sentence per line, documents separated by blank lines",
-    "wikitext": "WikiText wiki.*.tokens: an article per ` = Title = ` heading, its paragraphs split into sentences",
+    "wikitext": "WikiText files: articles with titles from their ` = Title = ` headings",
     "squad": "SQuAD v1.1 / v2.0 JSON",
     "conll2005": "CoNLL-2005 words + props columns (or the release's words/ and props/ files)",
     "conll2012": "OntoNotes 5.0 *_gold_conll files",
@@ -215,11 +279,12 @@ SYNTHETIC_CORPORA: tuple[str, ...] = (
     "conll2012",
     "pairs",
     "squad",
+    "articles",
     "claims",
 )
 
-HEADS: tuple[str, ...] = tuple(dict.fromkeys(h for k in KINDS.values() for h in k.heads))
-LOSSES: tuple[str, ...] = tuple(dict.fromkeys(x for k in KINDS.values() for x in k.losses))
+HEAD_TYPES: tuple[str, ...] = tuple(dict.fromkeys(h for k in KINDS.values() for h in k.heads))
+LOSS_TYPES: tuple[str, ...] = tuple(dict.fromkeys(x for k in KINDS.values() for x in k.losses))
 
 SCHEDULERS: tuple[str, ...] = (
     "meta",
@@ -231,7 +296,7 @@ SCHEDULERS: tuple[str, ...] = (
     "single",
     "mixture",
 )
-REPORT_TO: tuple[str, ...] = ("tensorboard", "wandb")  # metapt/reporting.py's WRITERS
+REPORT_TO: tuple[str, ...] = ("tensorboard", "wandb")  # metapt/reporting.py's BACKENDS
 SOURCE_KINDS: tuple[str, ...] = tuple(k for k, v in KINDS.items() if v.role == "source")
 
 

@@ -9,9 +9,11 @@ Layout of an output directory:
       config.json -> current/config.json  (and every other file: so OUTPUT_DIR itself loads with
                                            AutoModel.from_pretrained / AutoTokenizer.from_pretrained)
       metrics.jsonl
+      .metapt-owned.json, .metapt.lock    (what metapt wrote here; the run's lock: metapt/outdir.py)
 
 A new checkpoint is written to a temporary folder, renamed into place, and only then is `current`
 switched with one atomic rename; a crash at any point leaves the previous checkpoint as it was.
+Only checkpoints metapt recorded as its own are ever removed, and no file it did not write is replaced.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from metapt import outdir
 from metapt.errors import CheckpointError
 from metapt.model import saved_state
 
@@ -61,12 +64,60 @@ def save(
     manifest: dict[str, Any],
     files: dict[str, str] | None = None,
 ) -> Path:
-    """Write checkpoint-<episode> and make it current; older checkpoints are removed afterwards.
-    `files` (name -> text, e.g. mixture.json) are written into it too."""
+    """Write checkpoint-<episode> and make it current; older checkpoints metapt wrote are removed
+    afterwards. `files` (name -> text, e.g. mixture.json) are written into it too. A write that fails
+    (a full disk) removes its temporary folder and raises a CheckpointError; the previous checkpoint
+    stays current."""
     output_dir.mkdir(parents=True, exist_ok=True)
     name = f"checkpoint-{episode:06d}"
     final, tmp = output_dir / name, output_dir / f".{name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(tmp, encoder, tokenizer, heads, heads_info, state, {**manifest, "episode": episode}, files)
+    except Exception as e:  # ENOSPC surfaces as OSError, or as torch's / safetensors' own errors
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(output_dir).free
+        raise CheckpointError(
+            f"{output_dir}: cannot write {name} ({type(e).__name__}: {_first_line(e)}); "
+            f"{free / 2**20:.0f} MiB free on that disk. Nothing was lost: the previous checkpoint "
+            "is still current. Free some space and run again with --resume."
+        ) from None
+    links = [f.name for f in tmp.iterdir()]
+    outdir.claim(output_dir, name, "current", *links)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _atomic_symlink(name, output_dir / "current")
+    for f in links:  # stable top-level links so OUTPUT_DIR itself is a model folder
+        link = output_dir / f
+        if link.is_symlink():
+            continue
+        if link.exists():  # outdir.check refuses such a folder before a run starts
+            raise CheckpointError(f"{link}: metapt did not write this file and will not replace it")
+        os.symlink(Path("current") / f, link)
+    _fsync_dir(output_dir)
+    mine = outdir.owned(output_dir)
+    for old in output_dir.glob("checkpoint-*"):
+        if old.name != name and old.name in mine:  # never a checkpoint-500/ of another tool
+            shutil.rmtree(old, ignore_errors=True)
+            outdir.disown(output_dir, old.name)
+    return final
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0]
+
+
+def _write(
+    tmp: Path,
+    encoder: Any,
+    tokenizer: Any,
+    heads: torch.nn.ModuleDict,
+    heads_info: dict[str, Any],
+    state: dict[str, Any],
+    manifest: dict[str, Any],
+    files: dict[str, str] | None = None,
+) -> None:
+    """Every file of a checkpoint into `tmp` (with `files`: name -> text), the manifest last, all fsynced."""
     tmp.mkdir()
     encoder.save_pretrained(tmp, safe_serialization=True, state_dict=saved_state(encoder))
     tokenizer.save_pretrained(tmp)
@@ -75,25 +126,11 @@ def save(
     torch.save(state, tmp / STATE)
     for file, text in (files or {}).items():
         (tmp / file).write_text(text)
-    (tmp / MANIFEST).write_text(json.dumps({**manifest, "episode": episode, "complete": True}, indent=2))
+    (tmp / MANIFEST).write_text(json.dumps({**manifest, "complete": True}, indent=2))
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     _fsync_dir(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    _atomic_symlink(name, output_dir / "current")
-    for f in final.iterdir():  # stable top-level links so OUTPUT_DIR itself is a model folder
-        link = output_dir / f.name
-        if not link.is_symlink():
-            if link.exists():
-                link.unlink()
-            os.symlink(Path("current") / f.name, link)
-    _fsync_dir(output_dir)
-    for old in output_dir.glob("checkpoint-*"):
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def resolve(path: Path) -> Path:

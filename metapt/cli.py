@@ -3,21 +3,44 @@ and exits (with progress.py, which it drives)."""
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import errno
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from metapt import outdir
 from metapt.errors import MetaptError, TrainingError
 
-console = Console()
-err = Console(stderr=True)
+# emoji off: a file name such as `a:x:b` must print as written, not with an emoji in it.
+console = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 REPORT_TO_HELP = "Also log scalars to: tensorboard, wandb (comma-separated), or none."
+
+
+# Usage errors are click's exceptions: typer >= 0.20 raises those of its bundled copy of click
+# (typer._click), older typers those of the click package. typer.BadParameter is one of them on
+# every version, so its module names the right ones.
+def _say(text: str) -> None:
+    """Print plain text as written: no markup, emoji or highlighting, no wrap at the width."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+_CLICK_ERRORS = sys.modules[typer.BadParameter.__module__]
+
+
+def _usage_error(e: BaseException) -> bool:
+    """A click usage error (bad or missing option or argument, unknown command), which typer's own
+    handler prints with the command's usage line and exits 2."""
+    return isinstance(e, _CLICK_ERRORS.ClickException)
 
 
 def _debug() -> bool:
@@ -27,6 +50,17 @@ def _debug() -> bool:
 class Boundary(TyperGroup):
     """The one place errors become messages: bad input exits 2, anything else 1; a traceback only
     with --debug or METAPT_DEBUG=1."""
+
+    def resolve_command(self, ctx: typer.Context, args: list[str]) -> tuple:
+        """The command named first in `args`; an unknown one gets a did-you-mean on every typer
+        version (older typers do not suggest one)."""
+        try:
+            return super().resolve_command(ctx, args)
+        except _CLICK_ERRORS.UsageError as e:
+            close = difflib.get_close_matches(args[0] if args else "", self.list_commands(ctx), n=1)
+            if close and "did you mean" not in e.message.lower():
+                e.message = f"{e.message} Did you mean {close[0]!r}?"
+            raise
 
     def invoke(self, ctx: typer.Context) -> object:
         try:
@@ -46,13 +80,20 @@ class Boundary(TyperGroup):
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
-        except Exception as e:  # a bug: say what, and how to see where
-            if _debug() or not isinstance(e, Exception) or type(e).__module__.startswith("click"):
-                raise
-            err.print(
+        except Exception as e:
+            if _debug() or _usage_error(e) or getattr(e, "errno", None) == errno.EPIPE:
+                raise  # typer prints usage errors with the usage line (exit 2), and handles EPIPE
+            if isinstance(e, OSError) and e.filename:  # a file the system refused: disk full, permission
+                full = " (the disk is full: free some space)" if e.errno == errno.ENOSPC else ""
+                err.print(
+                    f"error: {e.filename}: {e.strerror}{full}", markup=False, highlight=False, soft_wrap=True
+                )
+                raise typer.Exit(2) from None
+            err.print(  # a bug: say what, and how to see where
                 f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))} "
                 "(run with --debug or METAPT_DEBUG=1 for the traceback)",
                 highlight=False,
+                soft_wrap=True,
             )
             raise typer.Exit(1) from None
 
@@ -62,6 +103,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help="Meta-learned multi-task pretraining of transformer encoders (Luo et al. 2021).",
 )
 
@@ -70,6 +112,13 @@ app = typer.Typer(
 def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks.")) -> None:
     if debug:
         os.environ["METAPT_DEBUG"] = "1"
+
+
+def _natural_width(renderable: object) -> int:
+    """The width a table takes when nothing has to fold."""
+    from rich.measure import Measurement
+
+    return Measurement.get(console, console.options.update_width(1 << 20), renderable).maximum
 
 
 def _quiet_libraries() -> None:
@@ -89,7 +138,8 @@ def validate(files: list[Path] = typer.Argument(..., help="Run specs or task spe
     """Check specs (and every task a run spec references) without loading any model."""
     from metapt.errors import SpecError
     from metapt.resolve import parse_any
-    from metapt.spec import RunSpec, missing_data
+    from metapt.spec import RunSpec
+    from metapt.validation import missing_data
 
     problems = []
     for path in files:
@@ -123,15 +173,26 @@ def inspect_tasks(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """List every task spec found: name, kind, roles, data, head, loss (and example counts)."""
-    from metapt.inspect import describe_tasks, table
+    from metapt.inspect import describe_tasks, invalid, plain_lines, table
 
     if count:
         _quiet_libraries()
     rows = describe_tasks(paths or None, count=count)
     if as_json:
         print(json.dumps(rows, indent=2))
-    else:
-        console.print(table(rows, count))
+    elif console.is_terminal and _natural_width(shown := table(rows, count)) <= console.width:
+        console.print(shown)
+    else:  # piped, or a terminal too narrow for the table: whole lines, no word broken by a fold
+        print("\n".join(plain_lines(rows, count)))
+    if bad := invalid(rows):
+        names = ", ".join(r["name"] for r in bad)
+        err.print(
+            f"error: {len(bad)} of {len(rows)} task specs {'is' if len(bad) == 1 else 'are'} invalid "
+            f"or {'has' if len(bad) == 1 else 'have'} unreadable data: {escape(names)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -142,8 +203,13 @@ def pretrain(
     ),
     output_dir: Path = typer.Option(None, "--output-dir", help="Override [run].output_dir."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in the output dir."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Start again in a used output dir: removes only metapt's own files there."
+    ),
     seed: int = typer.Option(None, "--seed", min=0, help="Override [run].seed."),
-    device: str = typer.Option(None, "--device", help="Override [run].device (auto, cpu, cuda, cuda:N)."),
+    device: str = typer.Option(
+        None, "--device", help="Override [run].device (auto, cpu, cuda, cuda:N, mps)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final summary."),
     report_to: str = typer.Option(None, "--report-to", help=REPORT_TO_HELP + " Overrides [run].report_to."),
 ) -> None:
@@ -170,9 +236,17 @@ def pretrain(
         reporting.pretrain_logger(spec, resume, rank) as log,
         pretrain_reporter(console, spec, quiet=quiet, rank=rank) as report,
     ):
-        summary = run_pretrain(spec, resume=resume, callback=reporting.chain(report, log))
+        summary = run_pretrain(
+            spec, resume=resume, callback=reporting.chain(report, log), overwrite=overwrite
+        )
     if summary.get("rank", 0) == 0:
-        console.print(summary["message"], highlight=False)
+        _say(summary["message"])
+        if summary.get("noise"):
+            err.print(f"warning: {summary['noise']}", markup=False, highlight=False, soft_wrap=True)
+    if not summary["complete"]:  # stopped early by a signal: 128 + its number, as a shell reports it
+        if summary.get("rank", 0) == 0:
+            err.print("stopped early; continue with --resume", markup=False, highlight=False)
+        raise typer.Exit(128 + (summary.get("signal") or 2))
 
 
 @app.command()
@@ -180,32 +254,72 @@ def finetune(
     checkpoint: str = typer.Argument(..., help="A metapt checkpoint, Hugging Face encoder folder or hub id."),
     task: str = typer.Option(..., "--task", help="A task name or task spec file."),
     data: Path = typer.Option(None, "--data", help="A local copy of the task's data (file or folder)."),
-    epochs: int = typer.Option(None, "--epochs", min=1),
-    lr: float = typer.Option(None, "--lr", min=0.0),
-    batch_size: int = typer.Option(None, "--batch-size", min=1),
-    max_length: int = typer.Option(None, "--max-length", min=8),
-    seed: int = typer.Option(0, "--seed", min=0),
+    epochs: int = typer.Option(
+        None, "--epochs", min=1, help="Passes over the train split (default: the spec's [finetune].epochs)."
+    ),
+    lr: float = typer.Option(
+        None, "--lr", min=0.0, help="AdamW learning rate (default: the spec's [finetune].lr)."
+    ),
+    batch_size: int = typer.Option(
+        None, "--batch-size", min=1, help="Examples per batch (default: the spec's [batch].size)."
+    ),
+    max_length: int = typer.Option(
+        None, "--max-length", min=8, help="Tokens per sequence (default: the spec's [batch].max_length)."
+    ),
+    seed: int = typer.Option(
+        0, "--seed", min=0, help="Seed of the head's initialisation, data order and dropout."
+    ),
     seeds: str = typer.Option(None, "--seeds", help="Several seeds, e.g. 1,2,3: mean and std are reported."),
     output_dir: Path = typer.Option(None, "--output-dir", help="Default: CKPT/finetune/TASK."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an earlier finetuning in the output dir (only metapt's files)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final metrics."),
     report_to: str = typer.Option(None, "--report-to", help=REPORT_TO_HELP),
 ) -> None:
     """Finetune a pretrained encoder on a downstream task and score it with the task's metric."""
     _quiet_libraries()
     from metapt import distributed, reporting
-    from metapt.finetune import aggregate, finetune_one, task_spec
-    from metapt.progress import finetune_reporter
+    from metapt.data.tokenizer import load_tokenizer
+    from metapt.finetune import encoder_source, task_spec
 
     names = reporting.parse(report_to) if report_to is not None else ()
     reporting.require(names)
     spec = task_spec(task, data, {"epochs": epochs, "lr": lr, "size": batch_size, "max_length": max_length})
     seed_list = _seeds(seeds) if seeds else [seed]
     out = output_dir or Path(checkpoint) / "finetune" / spec.name
+    lead = distributed.rank() == 0  # under torchrun every rank trains; rank 0 alone prints and writes
+    load_tokenizer(encoder_source(checkpoint))  # a bad CKPT fails before any folder is made in it
+    if lead and output_dir is None:
+        outdir.claim_if_ours(Path(checkpoint), "finetune")
+    guard = outdir.run_folder(out, "finetune", "metapt finetune", False, overwrite) if lead else None
+    with guard or contextlib.nullcontext() as lock:
+        if lock is not None and lock.warning:
+            _say(f"warning: {lock.warning}")
+        _finetune_seeds(checkpoint, spec, seed_list, out, quiet, lead, names)
+
+
+def _finetune_seeds(
+    checkpoint: str,
+    spec: Any,
+    seed_list: list[int],
+    out: Path,
+    quiet: bool,
+    lead: bool,
+    names: tuple[str, ...],
+) -> None:
+    """Finetune every seed into `out` (seed-N/ each when there are several, and their summary),
+    logging to the `names` backends."""
+    from metapt import distributed, reporting
+    from metapt.finetune import finetune_one, seed_folder, summarise_seeds
+    from metapt.progress import finetune_reporter
+
     runs = []
     rank = distributed.rank()
-    lead = rank == 0  # under torchrun every rank trains; rank 0 alone prints and writes
     for s in seed_list:
-        where = out / f"seed-{s}" if len(seed_list) > 1 else out
+        where = seed_folder(out, s, seed_list)
+        if lead and where != out:
+            outdir.claim(out, where.name)
         name = f"{spec.name}/seed-{s}" if len(seed_list) > 1 else spec.name
         config = reporting.finetune_config(checkpoint, spec, s)
         with (
@@ -216,19 +330,11 @@ def finetune(
         if lead:
             _print_results(runs[-1], where)
     if len(seed_list) > 1 and lead:
-        summary = {
-            "task": spec.name,
-            "seeds": seed_list,
-            "main_metric": runs[0]["main_metric"],
-            "metrics": aggregate(runs),
-            "runs": [str(out / f"seed-{s}") for s in seed_list],
-        }
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(summary, indent=2))
+        summary = summarise_seeds(spec, seed_list, runs, out)
         for split, metrics in summary["metrics"].items():
             shown = "  ".join(f"{k} {v['mean']:.2f} ± {v['std']:.2f}" for k, v in metrics.items())
-            console.print(f"{split} over {len(seed_list)} seeds: {shown}", highlight=False)
-        console.print(f"results: {out / 'results.json'}", highlight=False)
+            _say(f"{split} over {len(seed_list)} seeds: {shown}")
+        _say(f"results: {out / 'results.json'}")
 
 
 def _seeds(text: str) -> list[int]:
@@ -246,19 +352,16 @@ def _seeds(text: str) -> list[int]:
 def _print_results(results: dict, where: Path) -> None:
     for split, metrics in results["metrics"].items():
         shown = "  ".join(f"{k} {v:.2f}" for k, v in metrics.items())
-        console.print(f"{split}: {shown}", highlight=False)
-    console.print(
-        f"best epoch {results['best_epoch']}, main metric {results['main_metric']}; wrote {where}",
-        highlight=False,
-    )
+        _say(f"{split}: {shown}")
+    _say(f"best epoch {results['best_epoch']}, main metric {results['main_metric']}; wrote {where}")
 
 
 @app.command()
 def evaluate(
     finetuned_dir: Path = typer.Argument(..., help="A folder written by `metapt finetune`."),
     task: str = typer.Option(..., "--task", help="A task name or task spec file."),
-    split: str = typer.Option("validation", "--split"),
-    data: Path = typer.Option(None, "--data"),
+    split: str = typer.Option("validation", "--split", help="The split to score: validation or test."),
+    data: Path = typer.Option(None, "--data", help="A local copy of the task's data (file or folder)."),
 ) -> None:
     """Re-score a finetuned model on a split and write its metrics and predictions."""
     _quiet_libraries()
@@ -268,8 +371,8 @@ def evaluate(
     spec = task_spec(task, data, {})
     result = run_evaluate(finetuned_dir, spec, split)
     shown = "  ".join(f"{k} {v:.2f}" for k, v in result["metrics"].items()) or "no labels: predictions only"
-    console.print(f"{split}: {shown}", highlight=False)
-    console.print(f"predictions: {result['predictions']}", highlight=False)
+    _say(f"{split}: {shown}")
+    _say(f"predictions: {result['predictions']}")
 
 
 @app.command()
@@ -279,7 +382,7 @@ def bench(
         None, "--episodes", min=1, help="Episodes to time (default: 2 x select_every, 4 to the run's)."
     ),
     device: str = typer.Option(
-        None, "--device", help="Instead of the run spec's device (auto, cpu, cuda, cuda:N)."
+        None, "--device", help="Instead of the run spec's device (auto, cpu, cuda, cuda:N, mps)."
     ),
     threads: int = typer.Option(
         None, "--threads", min=1, help="torch intra-op threads (default: torch's; 1 steadies a busy machine)."
@@ -328,7 +431,10 @@ def compare(
         None, "--output-dir", help="Default: the run spec's output_dir + '-compare'."
     ),
     device: str = typer.Option(
-        None, "--device", help="Instead of the run spec's device (auto, cpu, cuda, cuda:N)."
+        None, "--device", help="Instead of the run spec's device (auto, cpu, cuda, cuda:N, mps)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an earlier comparison in the output dir (only metapt's files)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final summary."),
     report_to: str = typer.Option(
@@ -356,13 +462,21 @@ def compare(
     def show(event: str, data: dict) -> None:
         line = None if quiet else describe(event, data)
         if line:
-            console.print(line, highlight=False, soft_wrap=True)
+            _say(line)
 
-    run_compare(spec, names, seed_list, tasks, out, budget=budget, episodes=episodes, callback=show)
-    console.print((out / "results.md").read_text(), highlight=False, markup=False, soft_wrap=True)
-    console.print(
-        f"wrote {out / 'results.md'}, {out / 'results.json'} and {out / 'compare.png'}", highlight=False
+    run_compare(
+        spec,
+        names,
+        seed_list,
+        tasks,
+        out,
+        budget=budget,
+        episodes=episodes,
+        callback=show,
+        overwrite=overwrite,
     )
+    _say((out / "results.md").read_text())
+    _say(f"wrote {out / 'results.md'}, {out / 'results.json'} and {out / 'compare.png'}")
 
 
 @app.command()
@@ -375,7 +489,7 @@ def report(
     """Plot a run's metrics.jsonl: choices, utilities, losses and selection time."""
     from metapt.report import report as draw
 
-    console.print(f"wrote {draw(run_dir, output)}", highlight=False, soft_wrap=True)
+    _say(f"wrote {draw(run_dir, output)}")
 
 
 def main() -> None:

@@ -22,13 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metapt import distributed, mixture, report, reporting, stats, verdict
+from metapt import distributed, mixture, outdir, report, reporting, stats, verdict
 from metapt.catalog import KINDS, SCHEDULERS
 from metapt.engine import pretrain
-from metapt.errors import MetaptError
+from metapt.errors import MetaptError, suggest
 from metapt.finetune import aggregate, finetune_one, task_spec
+from metapt.policies import POLICIES
 from metapt.runspec import override
-from metapt.spec import RunSpec, TaskSpec, _suggest
+from metapt.spec import RunSpec, TaskSpec
 
 Callback = Callable[[str, dict[str, Any]], None]
 # Agnostic runs: the synthetic world's few-shot SRL, and closed-book claims that only the sources' facts decide.
@@ -39,19 +40,27 @@ CAP_SLACK = 1.25
 
 
 def parse_schedulers(text: str) -> list[str]:
-    """Comma-separated scheduler names, checked against the known ones."""
+    """Comma-separated scheduler names, checked against the known ones; `meta:POLICY` is the meta
+    scheduler with that [meta].policy (e.g. meta:greedy,meta:bandit compares the two policies)."""
     names = [s.strip() for s in text.split(",") if s.strip()]
-    allowed = ", ".join(SCHEDULERS)
+    allowed = ", ".join([*SCHEDULERS, *(f"meta:{p}" for p in POLICIES)])
     if not names:
         raise MetaptError(f"--schedulers {text!r}: name at least one scheduler; allowed: {allowed}")
     for name in names:
-        if name not in SCHEDULERS:
+        base, _, policy = name.partition(":")
+        if base not in SCHEDULERS or (policy and (base != "meta" or policy not in POLICIES)):
+            known = [*SCHEDULERS, *(f"meta:{p}" for p in POLICIES)]
             raise MetaptError(
-                f"--schedulers: unknown scheduler {name!r}{_suggest(name, SCHEDULERS)}; allowed: {allowed}"
+                f"--schedulers: unknown scheduler {name!r}{suggest(name, known)}; allowed: {allowed}"
             )
     if len(set(names)) != len(names):
         raise MetaptError(f"--schedulers {text!r}: each scheduler may appear once")
     return names
+
+
+def folder(name: str) -> str:
+    """A scheduler's folder under the compare's output (meta:bandit -> meta-bandit)."""
+    return name.replace(":", "-")
 
 
 def downstream_tasks(spec: RunSpec, names: str | None) -> list[TaskSpec]:
@@ -83,8 +92,10 @@ def downstream_tasks(spec: RunSpec, names: str | None) -> list[TaskSpec]:
 
 
 def with_scheduler(spec: RunSpec, scheduler: str) -> RunSpec:
-    """The run spec with another [meta].scheduler."""
-    return dataclasses.replace(spec, meta=dataclasses.replace(spec.meta, scheduler=scheduler))
+    """The run spec with another [meta].scheduler (and for `meta:POLICY`, that [meta].policy)."""
+    base, _, policy = scheduler.partition(":")
+    meta = dataclasses.replace(spec.meta, scheduler=base, policy=policy or spec.meta.policy)
+    return dataclasses.replace(spec, meta=meta)
 
 
 def episode_caps(
@@ -95,17 +106,20 @@ def episode_caps(
     probes: dict[str, dict[str, float]] = {}
     try:
         for s in schedulers:
-            where = out / ".probe" / s
+            where = out / ".probe" / folder(s)
+            fitting: list[float] = []  # the meta scheduler fits its heads once, before the first selection
             summary = pretrain(
-                override(with_scheduler(spec, s), episodes=1, output_dir=where, seed=seed, device=device)
+                override(with_scheduler(spec, s), episodes=1, output_dir=where, seed=seed, device=device),
+                callback=lambda e, d, fitting=fitting: fitting.append(d["flops"]) if e == "heads" else None,
             )
             if not summary["complete"]:
                 raise KeyboardInterrupt  # Ctrl-C during the probe
             sel, train = summary["totals"]["selection_flops"], summary["totals"]["train_flops"]
-            per_episode = train + sel / (spec.meta.select_every if s == "meta" else 1)
+            once = sum(fitting)
+            per_episode = train + (sel - once) / (spec.meta.select_every if s.startswith("meta") else 1)
             probes[s] = {
                 "first_episode_flops": sel + train,
-                "cap": max(1, math.ceil(CAP_SLACK * budget / per_episode)),
+                "cap": max(1, math.ceil(CAP_SLACK * (budget - once) / per_episode)),
             }
     finally:
         shutil.rmtree(out / ".probe", ignore_errors=True)
@@ -180,6 +194,7 @@ def finetune_run(
 ) -> dict[str, dict[str, Any]]:
     """Finetune the encoder in run_dir on every downstream task: task -> finetune results."""
     out = {}
+    outdir.claim(run_dir, "finetune")
     for t in tasks:
         where, config = run_dir / "finetune" / t.name, reporting.finetune_config(str(run_dir), t, seed)
         name = f"{run_dir.parent.name}/{run_dir.name}/{t.name}"  # scheduler/seed-S/task
@@ -249,8 +264,10 @@ def compare(
     episodes: int | None = None,
     device: str | None = None,
     callback: Callback | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Pretrain, finetune and report every (scheduler, seed); write OUT/results.{md,json} and plots."""
+    """Pretrain, finetune and report every (scheduler, seed); write OUT/results.{md,json} and plots.
+    OUT must be empty or absent, or `overwrite` removes metapt's own files there first."""
     callback = callback or (lambda event, data: None)
     if budget is not None and episodes is not None:
         raise MetaptError("--budget and --episodes both given; choose one (equal FLOPs or equal episodes)")
@@ -259,6 +276,23 @@ def compare(
     report.require_matplotlib()
     out = Path(out)
     schedulers = mixture.run_order(schedulers, spec)
+    with outdir.run_folder(out, "compare", "metapt compare", False, overwrite):
+        outdir.claim(out, ".probe", *map(folder, schedulers), "results.json", "results.md", "compare.png")
+        return _compare(spec, schedulers, seeds, tasks, out, budget, episodes, device, callback)
+
+
+def _compare(
+    spec: RunSpec,
+    schedulers: list[str],
+    seeds: list[int],
+    tasks: list[TaskSpec],
+    out: Path,
+    budget: float | None,
+    episodes: int | None,
+    device: str | None,
+    callback: Callback,
+) -> dict[str, Any]:
+    """The body of `compare`, in a folder that is checked and locked."""
     replays = "mixture" in schedulers and "meta" in schedulers  # that seed's meta run's mixture.json
     probed = [s for s in schedulers if not (replays and s == "mixture")]  # its cap follows meta's run
     caps = episode_caps(spec, probed, seeds[0], budget, out, device) if budget is not None else {}
@@ -280,7 +314,7 @@ def compare(
         runs, finetuned = [], []
         for seed in seeds:
             index += 1
-            run_dir = out / s / f"seed-{seed}"
+            run_dir = out / folder(s) / f"seed-{seed}"
             replay = replays and s == "mixture"
             base = mixture.replaying(spec, out / "meta" / f"seed-{seed}") if replay else spec
             n = results["episodes"] if budget is None else _cap(caps, s, meta_runs.get(seed), budget)

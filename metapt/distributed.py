@@ -184,6 +184,16 @@ def agree(
     return decided, was_explored, mean
 
 
+def average(values: dict[str, float]) -> dict[str, float]:
+    """Every rank's values averaged (the same keys in the same order on every rank)."""
+    if world() == 1 or not values:
+        return dict(values)
+    tensor = torch.tensor(list(values.values()), dtype=torch.float64)
+    with _collective("averaging the utilities"):
+        dist.all_reduce(tensor)
+    return {k: float(v) / world() for k, v in zip(values, tensor.tolist())}
+
+
 def sum_counts(values: Sequence[int], replicated: bool = False) -> list[int]:
     """Per-rank counts (FLOPs, tokens) summed over the ranks; `replicated` counts (every rank did the
     same work) are rank 0's, so the totals read as one process's."""

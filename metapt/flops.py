@@ -27,13 +27,10 @@ class FlopCounter:
         lengths = batch["attention_mask"].sum(dim=1).double()
         tokens = float(lengths.sum())
         flops = 2 * self.encoder_params * tokens + 4 * self.layers * self.hidden * float((lengths**2).sum())
-        return int(flops + self._head(task, batch))
+        return int(flops) + self.head(task, batch)
 
     def head(self, task: str, batch: dict[str, torch.Tensor]) -> int:
-        """FLOPs of the head's forward alone (on encoder states already computed)."""
-        return int(self._head(task, batch))
-
-    def _head(self, task: str, batch: dict[str, torch.Tensor]) -> float:
+        """FLOPs of `task`'s head alone on `batch` (a forward pass over hidden states computed before)."""
         if (
             "labels" in batch
             and batch["labels"].dim() == 2
@@ -45,7 +42,7 @@ class FlopCounter:
         head = self.head_params[task]
         if self.head_params[task] > self.vocab * self.hidden // 2:  # the MLM decoder is tied: count V x H
             head += self.vocab * self.hidden
-        return 2 * head * selected
+        return int(2 * head * selected)
 
     def train(self, task: str, batch: dict[str, torch.Tensor]) -> int:
         """FLOPs of a forward and backward pass."""

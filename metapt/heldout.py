@@ -26,7 +26,7 @@ import datasets
 import torch
 from torch import nn
 
-from metapt.data.pipeline import BatchStream, StreamingBatchStream, TaskData, _seed, kind_of, load_task
+from metapt.data.pipeline import BatchStream, StreamingBatchStream, TaskData, kind_of, load_task, stable_seed
 from metapt.flops import FlopCounter
 from metapt.kinds.losses import LOSSES
 from metapt.model import Batch, MultiTaskModel, batch_to
@@ -89,7 +89,7 @@ def fresh_head(model: MultiTaskModel, task: TaskData, seed: int) -> nn.Module:
     device = next(model.parameters()).device
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(_seed(seed, task.name, "heldout-head"))
+        torch.manual_seed(stable_seed(seed, task.name, "heldout-head"))
         return kind_of(task.spec).head(model.encoder.config.hidden_size, task.spec, task.info).to(device)
 
 

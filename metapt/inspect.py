@@ -6,11 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from metapt.catalog import KINDS, roles
-from metapt.errors import MetaptError
+from metapt.errors import MetaptError, MissingDataError
 from metapt.resolve import task_files
-from metapt.spec import TaskSpec, parse_task
+from metapt.spec import TaskSpec
+from metapt.validation import parse_task
 
 
 def _location(spec: TaskSpec) -> str:
@@ -43,7 +45,7 @@ def describe_tasks(paths: list[Path] | None, count: bool) -> list[dict[str, Any]
         try:
             spec = parse_task(path, check_data=False)
         except MetaptError as e:
-            rows.append({"name": path.stem, "path": str(path), "error": str(e)})
+            rows.append({"name": path.stem, "path": str(path), "error": str(e), "invalid": True})
             continue
         if spec.name in seen:  # ./tasks shadows a built-in spec of the same name
             continue
@@ -64,43 +66,55 @@ def describe_tasks(paths: list[Path] | None, count: bool) -> list[dict[str, Any]
         if count:
             try:
                 row["counts"] = count_examples(spec)
-            except MetaptError as e:
+            except MissingDataError as e:  # not obtained yet: listed, not a failure
                 row["error"] = f"data unavailable: {e}"
+            except MetaptError as e:
+                row["error"] = f"data unreadable: {e}"
+                row["invalid"] = True
         rows.append(row)
     return rows
 
 
-def table(rows: list[dict[str, Any]], count: bool) -> Table:
-    """A rich table of `describe_tasks` rows."""
-    t = Table(title=f"{len(rows)} tasks", show_lines=False, expand=False)
-    for col in ("name", "kind", "roles", "data", "head", "loss"):
-        t.add_column(col, overflow="fold")
+def invalid(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of specs that are invalid, or (with counts) whose data cannot be read."""
+    return [r for r in rows if r.get("invalid")]
+
+
+def _cells(r: dict[str, Any], count: bool) -> list[str]:
+    """A row's cells as plain text, as the table shows them."""
+    if "kind" not in r:
+        return [r["name"], "invalid", "", r["error"].splitlines()[-1].strip(), "", ""] + (
+            [""] if count else []
+        )
+    cells = [
+        r["name"],
+        r["kind"],
+        ", ".join(r["roles"]),
+        f"{r['format']}: {r['location']}",
+        r["head"],
+        r["loss"],
+    ]
     if count:
-        t.add_column("examples", overflow="fold")
+        cells.append(", ".join(f"{k} {v}" for k, v in r.get("counts", {}).items()) or r.get("error", ""))
+    return cells
+
+
+def plain_lines(rows: list[dict[str, Any]], count: bool) -> list[str]:
+    """Tab-separated lines, a header first: what pipes and terminals too narrow for the table get."""
+    header = ["name", "kind", "roles", "data", "head", "loss"] + (["examples"] if count else [])
+    return ["\t".join(cells) for cells in [header, *(_cells(r, count) for r in rows)]]
+
+
+def table(rows: list[dict[str, Any]], count: bool) -> Table:
+    """A rich table of `describe_tasks` rows; cells are plain text (a `[...]` in an error stays)."""
+    t = Table(title=f"{len(rows)} tasks", show_lines=False, expand=False)
+    for col in ("name", "kind", "roles", "data", "head", "loss", *(["examples"] if count else [])):
+        t.add_column(col)
     for r in rows:
+        cells = [Text(c) for c in _cells(r, count)]
         if "kind" not in r:
-            t.add_row(
-                r["name"],
-                "[red]invalid[/]",
-                "",
-                r["error"].splitlines()[-1].strip(),
-                "",
-                "",
-                *([""] if count else []),
-            )
-            continue
-        cells = [
-            r["name"],
-            r["kind"],
-            ", ".join(r["roles"]),
-            f"{r['format']}: {r['location']}",
-            r["head"],
-            r["loss"],
-        ]
-        if count:
-            cells.append(
-                ", ".join(f"{k} {v}" for k, v in r.get("counts", {}).items())
-                or f"[yellow]{r.get('error', '')}[/]"
-            )
+            cells[1].stylize("red")
+        elif count and "counts" not in r:
+            cells[-1].stylize("yellow")
         t.add_row(*cells)
     return t

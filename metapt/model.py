@@ -49,6 +49,11 @@ def load_encoder(name_or_dir: str) -> nn.Module:
             f"cannot load an encoder from {name_or_dir!r}: {e}. Give a folder with config.json "
             "and model.safetensors (e.g. a metapt checkpoint), or a hub id while online."
         ) from None
+    except Exception as e:  # safetensors' and torch's own errors for a truncated or corrupt file
+        raise MetaptError(
+            f"cannot load an encoder from {name_or_dir!r}: its weights are corrupt or truncated "
+            f"({type(e).__name__}: {e}). Restore model.safetensors, or use another checkpoint."
+        ) from None
     if getattr(encoder, "pooler", None) is not None:  # heads pool themselves: an unused pooler
         # would only add parameters that never get a gradient; its weights are kept aside (a plain
         # dict, not parameters) so that a checkpoint saves them back unchanged
@@ -100,15 +105,20 @@ class MultiTaskModel(nn.Module):
         return out.last_hidden_state
 
     def forward(
-        self, task: str, batch: Batch, detach_encoder: bool = False
+        self, task: str, batch: Batch, detach_encoder: bool = False, hidden: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, logits) of one task on one batch; `detach_encoder` trains the head alone."""
-        if detach_encoder:
+        """(loss, logits) of one task on one batch; `detach_encoder` trains the head alone, on the
+        encoder's `hidden` states (N, T, H) when they were computed before."""
+        if hidden is not None:
+            detach_encoder = True
+        elif detach_encoder:
             with torch.no_grad():
                 hidden = self.encode(batch)
         else:
             hidden = self.encode(batch)
         embedding = self.encoder.get_input_embeddings().weight  # (V, H): tied MLM decoder
+        if detach_encoder:  # the tied decoder is the encoder's too: a head-only step must not train it
+            embedding = embedding.detach()
         logits = self.heads[task](hidden, batch, embedding)
         loss_type, smoothing = self.losses[task]
         return LOSSES[loss_type](logits, batch, smoothing), logits

@@ -43,10 +43,15 @@ class PretrainView:
     def line(self, r: dict[str, Any]) -> str:
         """One plain line per episode (logs, CI, pipes)."""
         how = " (explored)" if r["explored"] else " (reused)" if r["reused"] else ""
-        utils = " ".join(f"{k}={v:.4g}" for k, v in r["utilities"].items())
+        errors = r.get("utility_se") or {}
+        utils = " ".join(
+            f"{k}={v:.4g}" + (f"+-{errors[k]:.2g}" if errors.get(k) is not None else "")
+            for k, v in r["utilities"].items()
+        )
         target = f" target_loss {r['target_loss']:.4f}" if r["target_loss"] is not None else ""
+        lead = f" lead {r['lead_z']:.1f}se" if r.get("lead_z") is not None else ""
         return (
-            f"episode {r['episode']}/{self.total} chose {r['chosen']}{how} train_loss {r['train_loss']:.4f}"
+            f"episode {r['episode']}/{self.total} chose {r['chosen']}{how}{lead} train_loss {r['train_loss']:.4f}"
             f"{target}{' utilities ' + utils if utils else ''} select {r['selection_seconds']:.2f}s "
             f"train {r['train_seconds']:.2f}s eta {self.eta()}"
         )
@@ -65,17 +70,22 @@ class PretrainView:
             f"{r['train_loss']:.4f}"
             + (f"   target loss {r['target_loss']:.4f}" if r["target_loss"] is not None else "")
         )
+        if r.get("lead_z") is not None:
+            chose.append(f"   leads the runner-up by {r['lead_z']:.1f} standard errors")
         table = Table(box=None, pad_edge=False)
-        for col in ("source task", "utility", "chosen", "share"):
+        for col in ("source task", "utility", "+- se", "policy", "chosen", "share"):
             table.add_column(col, justify="left" if col == "source task" else "right")
         n = max(1, r["episode"])
         best = max(r["utilities"], key=r["utilities"].get) if r["utilities"] else None
+        errors, scores = r.get("utility_se") or {}, r.get("policy_scores") or {}
         for s in self.sources:
-            u = r["utilities"].get(s)
+            u, se, score = r["utilities"].get(s), errors.get(s), scores.get(s)
             mark = "[bold green]" if s == best else ""
             table.add_row(
                 f"{mark}{escape(s)}",
                 "-" if u is None else f"{u:.5g}",
+                "-" if se is None else f"{se:.2g}",
+                "-" if score is None or score == u else f"{score:.3g}",
                 str(r["counts"].get(s, 0)),
                 f"{100 * r['counts'].get(s, 0) / n:.0f}%",
             )
@@ -86,6 +96,25 @@ class PretrainView:
             f"lr {r['lr']:.2e}"
         )
         return Group(head, chose, table, times)
+
+
+def _say(console: Console, text: str) -> None:
+    """Plain text as written: no markup, no highlighting, no wrap at the console's width."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _plain_line(event: str, data: dict[str, Any], view: PretrainView) -> str | None:
+    """The line an event prints when there is no live view (piped, CI), or None."""
+    if event == "start":
+        return (
+            f"pretraining {', '.join(data['sources'])} ({data['setting']}, scheduler {data['scheduler']}) "
+            f"on {data['device']}, episodes {data['start'] + 1}-{data['episodes']}"
+        )
+    if event == "episode":
+        return view.line(data)  # one line per episode, however long
+    if event == "checkpoint":
+        return f"checkpoint after episode {data['episode']} in {data['path']}"
+    return None
 
 
 @contextlib.contextmanager
@@ -101,26 +130,22 @@ def pretrain_reporter(
     )
 
     def callback(event: str, data: dict[str, Any]) -> None:
-        if quiet or rank != 0:
+        if rank != 0:
+            return
+        if event == "warning":  # shown even with --quiet, as the libraries' warnings are
+            _say(console, f"warning: {data['message']}")
+            return
+        if quiet:
             return
         if event == "start":
             view.sources, view.first_episode = data["sources"], data["start"]
             view.start = time.perf_counter()
-            if live is None:
-                console.print(
-                    f"pretraining {', '.join(data['sources'])} ({data['setting']}, scheduler "
-                    f"{data['scheduler']}) on {data['device']}, episodes {data['start'] + 1}-"
-                    f"{data['episodes']}",
-                    highlight=False,
-                )
         elif event == "episode":
             view.last = data
-            if live is None:
-                console.print(view.line(data), highlight=False)
-        elif event == "checkpoint" and live is None:
-            console.print(f"checkpoint after episode {data['episode']} in {data['path']}", highlight=False)
         if live is not None:
             live.update(view.render())
+        elif (line := _plain_line(event, data, view)) is not None:
+            _say(console, line)
 
     if live is None:
         yield callback
@@ -147,6 +172,9 @@ def finetune_reporter(console: Console, quiet: bool = False) -> Iterator[Callbac
     state: dict[str, Any] = {}
 
     def callback(event: str, data: dict[str, Any]) -> None:
+        if event == "warning":  # shown even with --quiet
+            console.print(f"warning: {data['message']}", markup=False, highlight=False, soft_wrap=True)
+            return
         if quiet:
             return
         if event == "start":
@@ -154,6 +182,7 @@ def finetune_reporter(console: Console, quiet: bool = False) -> Iterator[Callbac
             console.print(
                 f"finetuning {data['task']}: {data['examples']} training features, {data['epochs']} "
                 f"epochs of {data['steps']} steps",
+                markup=False,
                 highlight=False,
             )
         elif event == "step":
@@ -167,7 +196,9 @@ def finetune_reporter(console: Console, quiet: bool = False) -> Iterator[Callbac
                 bar.remove_task(state.pop("bar"))
             shown = "  ".join(f"{k} {v:.2f}" for k, v in data["metrics"].items())
             console.print(
-                f"epoch {data['epoch']}: validation {shown}  (main: {data['main']})", highlight=False
+                f"epoch {data['epoch']}: validation {shown}  (main: {data['main']})",
+                markup=False,
+                highlight=False,
             )
 
     with bar:

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from metapt import stats, verdict
+from metapt import outdir, stats, verdict
 from metapt.errors import MetaptError
 
 FORMATS = (".png", ".html")
@@ -30,7 +30,7 @@ def require_matplotlib() -> None:
         ) from None
 
 
-def _figure(width: float, height: float) -> Any:
+def figure(width: float, height: float) -> Any:
     """A matplotlib Figure on an Agg canvas."""
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -49,22 +49,32 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         raise MetaptError(
             f"{run_dir}: {what}; give the output folder of `metapt pretrain` (it holds metrics.jsonl)"
         )
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             record = None
-        if not isinstance(record, dict) or "episode" not in record or "chosen" not in record:
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("episode"), int)
+            or "chosen" not in record
+        ):
             raise MetaptError(
                 f"{path}:{number}: not an episode record (expected a JSON object with episode and chosen)"
+            )
+        if records and not record["episode"] > records[-1]["episode"]:  # two runs wrote one file
+            raise MetaptError(
+                f"{path}:{number}: episode {record['episode']} after episode {records[-1]['episode']}; "
+                "the episodes of one run increase line by line, so two runs wrote this file. Keep one "
+                "run's lines, or rerun into separate --output-dir folders."
             )
         records.append(record)
     if not records:
         raise MetaptError(f"{path}: no episodes recorded yet")
-    return sorted(records, key=lambda r: r["episode"])
+    return records
 
 
 def _run_facts(run_dir: Path) -> tuple[str, list[str]]:
@@ -94,7 +104,7 @@ def draw_run(records: list[dict[str, Any]], title: str, sources: list[str] = ())
     """One figure, four panels: choices over episodes, utilities, losses, and time spent selecting."""
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure(12, 12.5)
+    fig = figure(12, 12.5)
     (choice, utility), (loss, share), (held, per_task) = fig.subplots(3, 2)
     episodes = [r["episode"] for r in records]
     for ax in (choice, utility, loss, share):
@@ -124,17 +134,13 @@ def draw_run(records: list[dict[str, Any]], title: str, sources: list[str] = ())
     choice.legend(loc="upper center", ncol=3, fontsize="small")
 
     scored = [r for r in records if r.get("utilities")]
-    for t in tasks:
-        points = [(r["episode"], r["utilities"][t]) for r in scored if t in r["utilities"]]
-        if points:
-            utility.plot(*zip(*points), marker=".", label=t)
     if scored:
-        utility.legend(fontsize="small")
+        _draw_utilities(utility, scored, tasks)
     else:
         utility.text(0.5, 0.5, "no utilities: a baseline scheduler", ha="center", transform=utility.transAxes)
         utility.set_xticks([])
         utility.set_yticks([])
-    utility.set(title="utility of each source task", xlabel="episode", ylabel="utility")
+        utility.set(title="utility of each source task", xlabel="episode", ylabel="utility")
 
     loss.plot(episodes, [r["train_loss"] for r in records], marker=".", label="training loss (chosen task)")
     targets = [(r["episode"], r["target_loss"]) for r in records if r.get("target_loss") is not None]
@@ -189,11 +195,47 @@ def draw_heldout(mean_ax: Any, task_ax: Any, records: list[dict[str, Any]]) -> N
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
 
 
+def _draw_utilities(ax: Any, scored: list[dict[str, Any]], tasks: list[str]) -> None:
+    """Each source's utility minus the selection's mean over sources (what the choice compares; the
+    part all sources share, e.g. -L_T(theta), drops out), with a band of one standard error where
+    the selection had one; a bandit's running means dashed in the same colour."""
+    bandit = any(r.get("policy_scores") and r["policy_scores"] != r["utilities"] for r in scored)
+    for i, t in enumerate(tasks):
+        rows = [r for r in scored if t in r["utilities"]]
+        if not rows:
+            continue
+        color = f"C{i % 10}"
+        x = [r["episode"] for r in rows]
+        centre = [sum(r["utilities"].values()) / len(r["utilities"]) for r in rows]
+        y = [r["utilities"][t] - c for r, c in zip(rows, centre)]
+        ax.plot(x, y, marker=".", color=color, label=t, linewidth=0.8)
+        band = [
+            (e, v, se)
+            for e, v, r in zip(x, y, rows)
+            if (se := (r.get("utility_se") or {}).get(t)) is not None
+        ]
+        if band:
+            e, v, se = zip(*band)
+            ax.fill_between(
+                e, [a - b for a, b in zip(v, se)], [a + b for a, b in zip(v, se)], color=color, alpha=0.2
+            )
+        if bandit:
+            ax.plot(x, [r["policy_scores"][t] for r in rows], linestyle="--", color=color, linewidth=1.2)
+    ax.axhline(0.0, color="gray", linewidth=0.5)
+    ax.legend(fontsize="small")
+    note = "; dashed: bandit's mean" if bandit else ""
+    ax.set(
+        title=f"utility - mean over sources (band: 1 s.e.{note})",
+        xlabel="episode",
+        ylabel="utility",
+    )
+
+
 def _how(record: dict[str, Any]) -> str:
     return "explored" if record.get("explored") else "reused" if record.get("reused") else "chosen"
 
 
-def _png(fig: Any) -> bytes:
+def png_bytes(fig: Any) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
@@ -240,13 +282,22 @@ td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}td:first-child{{
 def report(run_dir: Path, output: Path | None = None) -> Path:
     """Draw RUN_DIR/metrics.jsonl to OUTPUT (.png or .html; default RUN_DIR/report.png)."""
     run_dir = Path(run_dir)
-    output = Path(output) if output is not None else run_dir / "report.png"
+    if output is None:  # the default file: never one that metapt did not write
+        output = run_dir / "report.png"
+        if output.exists() and output.name in outdir.split(run_dir)[1]:
+            raise MetaptError(
+                f"{output}: metapt did not write this file and will not replace it; "
+                "give another file with --output"
+            )
+    output = Path(output)
     if output.suffix.lower() not in FORMATS:
         raise MetaptError(f"--output {output}: unknown format {output.suffix!r}; allowed: .png, .html")
     records = read_metrics(run_dir)
+    if output.parent == run_dir and output.name == "report.png":
+        outdir.claim(run_dir, output.name)
     title, sources = _run_facts(run_dir)
     title = f"{title}: {len(records)} episode{'' if len(records) == 1 else 's'} ({run_dir})"
-    png = _png(draw_run(records, title, sources))
+    png = png_bytes(draw_run(records, title, sources))
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix.lower() == ".png":
         output.write_bytes(png)

@@ -1,15 +1,26 @@
-"""The meta step of Algorithm 1: how much one inner update on a source task lowers the target losses.
+"""The meta step of Algorithm 1: how much one inner update on a source task lowers the target losses,
+as an estimate with an error bar.
 
 Everything here is a pure function of a parameter dict, evaluated with `torch.func.functional_call`;
 the live model's weights are read, never written. Parameters that get no gradient in an inner step
 are passed through as the same tensors, not copied. The caller puts the model in eval mode, so
 dropout is off and every candidate is scored on the same target batches (DESIGN.md section 1).
+
+Every utility is a sum of per-batch terms, one per (support batch i, target batch j):
+
+    u(s) = M * offset + sum_ij X_s[i, j]
+
+with X_s[i, j] = w_j (L_j(theta) - L_j(theta'_i)) (exact) or alpha w_j g_s^i . g_j (first order),
+w_j = 1 (`none`) or 1 / (target j's task's summed losses at theta) (`relative`), and offset =
+-sum_j L_j(theta) for `none` (0 for `relative`): the part every source shares. The terms give the
+standard errors (`Estimate.se`, `Estimate.gap_se`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 
 import torch
 from torch.func import functional_call
@@ -20,8 +31,76 @@ Params = dict[str, torch.Tensor]
 Batch = dict[str, torch.Tensor]
 TargetBatches = list[tuple[str, Batch]]  # (target task, batch), shared by every candidate
 Autocast = Callable[[], AbstractContextManager]
+FP32_EPS = torch.finfo(torch.float32).eps
+INNER_STEPS = ("sgd", "normalized")
 
 
+@dataclass
+class Estimate:
+    """One selection's utilities, as Algorithm 1 sums them, and the per-batch terms behind them."""
+
+    values: dict[str, float]  # u(s)
+    terms: dict[str, torch.Tensor]  # s -> (M, J) float64: u(s) = M * offset + terms[s].sum()
+    columns: list[str]  # the target task of each of the J columns
+    target_loss: float  # mean target loss at theta (what the run logs as target_loss)
+    floor: float | None = None  # rounding resolution of a value (exact: a difference of losses)
+    gradients: dict[str, Params] = field(default_factory=dict)  # first order: sum_i g_s^i per source
+    # shared (agnostic): the terms' part of u(s) recomputed without the m-th support batch of every
+    # source, one per m (the target batches are the support batches: rows and columns are not
+    # independent draws, so the two-way decomposition does not apply; a jackknife does)
+    replicates: dict[str, torch.Tensor] | None = None
+
+    def se(self, source: str) -> float | None:
+        """Standard error of u(source) over its support and target batches; None with one support batch
+        (with the shared estimate: fewer than three)."""
+        if self.replicates is not None:
+            return _jackknife(self.replicates.get(source))
+        return _standard_error(self.terms[source], None, self.columns)
+
+    def gap_se(self, a: str, b: str) -> float | None:
+        """Standard error of u(a) - u(b): the target batches are shared, so their columns pair up."""
+        if self.replicates is not None:
+            ra, rb = self.replicates.get(a), self.replicates.get(b)
+            return None if ra is None or rb is None else _jackknife(ra - rb)
+        return _standard_error(self.terms[a], self.terms[b], self.columns)
+
+
+def _jackknife(replicates: torch.Tensor | None) -> float | None:
+    """The delete-one jackknife standard error from M leave-one-out values (None below M = 3)."""
+    if replicates is None or len(replicates) < 3:
+        return None
+    m = len(replicates)
+    return float(((m - 1) / m * ((replicates - replicates.mean()) ** 2).sum()) ** 0.5)
+
+
+def _standard_error(a: torch.Tensor, b: torch.Tensor | None, columns: list[str]) -> float | None:
+    """SE of sum(a) - sum(b) for (M, J) term matrices of independent support batches (rows) and
+    shared target batches (columns), from a two-way random-effects decomposition: the support side
+    M var(row sums), the target side J_t var(column sums) within each target task t, minus the
+    interaction that both count. Needs M >= 2 (one support batch says nothing about the next)."""
+    m, j = a.shape
+    if m < 2:
+        return None
+    var = m * a.sum(1).var() + (0.0 if b is None else m * b.sum(1).var())
+    cols = a.sum(0) - (0.0 if b is None else b.sum(0))  # (J,)
+    target_side = 0.0
+    for task in dict.fromkeys(columns):
+        c = cols[[k for k, t in enumerate(columns) if t == task]]
+        target_side += len(c) * c.var() if len(c) > 1 else 0.0
+    if j > 1:
+        interaction = sum(m * j * _residual(x) for x in (a, b) if x is not None)
+        var = max(var + target_side - interaction, var, target_side)
+    return float(var) ** 0.5
+
+
+def _residual(x: torch.Tensor) -> torch.Tensor:
+    """The mean square of a two-way additive fit's residual (the interaction variance)."""
+    m, j = x.shape
+    e = x - x.mean(1, keepdim=True) - x.mean(0, keepdim=True) + x.mean()
+    return (e**2).sum() / ((m - 1) * (j - 1))
+
+
+# ----------------------------------------------------------------------------- pure functions
 def detached(model: MultiTaskModel) -> Params:
     """The model's parameters as plain tensors sharing its storage (no copies, no autograd history)."""
     return {n: p.detach() for n, p in model.named_parameters()}
@@ -40,6 +119,16 @@ def loss_at(
         return functional_call(model, params, (task, batch))[0].float()
 
 
+def encoder_norm(grads: Params) -> float:
+    """|g| over the encoder's parameters, the ones every task shares (in float64)."""
+    return (
+        float(
+            sum(torch.sum(g * g, dtype=torch.float64) for n, g in grads.items() if n.startswith("encoder."))
+        )
+        ** 0.5
+    )
+
+
 def inner_step(
     model: MultiTaskModel,
     params: Params,
@@ -48,84 +137,77 @@ def inner_step(
     batch: Batch,
     alpha: float,
     autocast: Autocast,
+    step: str = "sgd",
 ) -> tuple[Params, torch.Tensor]:
-    """theta' = theta - alpha * grad L_task(theta; batch) for `names`; every other entry passed through.
-    theta' is written over the gradients (the same floats as theta - alpha * g): no third copy."""
+    """theta' = theta - alpha * g (`sgd`) or theta - alpha * g / |g_encoder| (`normalized`: every task
+    moves the shared encoder by the same distance alpha), g = grad L_task(theta; batch), for `names`;
+    every other entry passed through. theta' is written over the gradients: no third copy."""
     leaves = {n: params[n].detach().requires_grad_() for n in names}
     loss = loss_at(model, {**params, **leaves}, task, batch, autocast)
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    got = {n: g for n, g in zip(names, grads) if g is not None}
+    scale = alpha / max(encoder_norm(got), 1e-30) if step == "normalized" else alpha
     stepped = {
-        n: (g if g.is_contiguous() else g.clone()).mul_(-alpha).add_(leaves[n].detach())
-        for n, g in zip(names, grads)
-        if g is not None
+        n: (g if g.is_contiguous() else g.clone()).mul_(-scale).add_(leaves[n].detach())
+        for n, g in got.items()
     }
     return {**params, **stepped}, loss.detach()
 
 
 @torch.no_grad()
 def target_losses(
-    model: MultiTaskModel, params: Params, targets: TargetBatches, autocast: Autocast
+    model: MultiTaskModel, params: Params, targets: TargetBatches, autocast: Autocast = nullcontext
 ) -> torch.Tensor:
     """(len(targets),) losses of every target batch at `params`."""
     return torch.stack([loss_at(model, params, t, b, autocast) for t, b in targets])
 
 
-def _task_sums(losses: torch.Tensor, targets: TargetBatches) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for (t, _), value in zip(targets, losses):
-        out[t] = out.get(t, 0.0) + value
-    return out
-
-
-def gain(base: torch.Tensor, after: torch.Tensor, targets: TargetBatches, normalize: str) -> float:
-    """One inner step's utility: -sum of target losses after it (Algorithm 1), or with `relative`,
-    the sum over targets of each target's relative loss decrease (so no target dominates by scale)."""
+def _weights(base: torch.Tensor, columns: list[str], normalize: str) -> torch.Tensor:
+    """(J,) float64 w_j: 1, or 1 / (the summed losses at theta of target j's task) for `relative`."""
     if normalize == "none":
-        return -float(after.sum())
-    before, now = _task_sums(base, targets), _task_sums(after, targets)
-    return float(sum((before[t] - now[t]) / before[t] for t in before))
+        return torch.ones(len(columns), dtype=torch.float64)
+    sums: dict[str, float] = {}
+    for t, v in zip(columns, base.tolist()):
+        sums[t] = sums.get(t, 0.0) + v
+    return torch.tensor([1.0 / sums[t] for t in columns], dtype=torch.float64)
 
 
-def exact_utilities(
+def _offset(base: torch.Tensor, normalize: str) -> float:
+    return -float(base.double().sum()) if normalize == "none" else 0.0
+
+
+def _values(terms: dict[str, torch.Tensor], offset: float) -> dict[str, float]:
+    return {s: x.shape[0] * offset + float(x.sum()) for s, x in terms.items()}
+
+
+def exact(
     model: MultiTaskModel,
     support: dict[str, list[Batch]],
     targets: TargetBatches,
-    base: torch.Tensor,
     alpha: float,
     normalize: str,
     autocast: Autocast,
-) -> dict[str, float]:
-    """u(s) = sum over s's support batches of gain(theta - alpha * grad L_s(theta; batch))."""
+    step: str = "sgd",
+) -> Estimate:
+    """Algorithm 1 as written: for every support batch, theta' by one inner step, then the target
+    losses at theta'. The inner gradients follow `autocast`; the scoring forwards run in fp32,
+    because a gain is a small difference of two large losses (bf16 would round it away)."""
     params = detached(model)
-    utilities = {}
+    columns = [t for t, _ in targets]
+    base = target_losses(model, params, targets)  # (J,) fp32
+    w = _weights(base, columns, normalize)
+    terms, floor = {}, 0.0
     for source, batches in support.items():
-        names = trainable(model, source)
-        u = 0.0
+        names, rows = trainable(model, source), []
         for batch in batches:
-            stepped, _ = inner_step(model, params, names, source, batch, alpha, autocast)
-            u += gain(base, target_losses(model, stepped, targets, autocast), targets, normalize)
+            stepped, _ = inner_step(model, params, names, source, batch, alpha, autocast, step)
+            after = target_losses(model, stepped, targets)
+            rows.append(w * (base.double() - after.double()))
+            floor = max(floor, FP32_EPS * float((w * (base.abs() + after.abs()).double()).sum()))
             del stepped  # before the next inner step: one theta' alive at a time
-        utilities[source] = u
-    return utilities
-
-
-def target_gradient(
-    model: MultiTaskModel,
-    params: Params,
-    targets: TargetBatches,
-    base: torch.Tensor,
-    normalize: str,
-    autocast: Autocast,
-) -> Params:
-    """grad of sum_t w_t L_t at theta, with w_t = 1 (none) or 1 / L_t(theta) summed per target (relative)."""
-    leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
-    sums = _task_sums(base, targets)
-    total = 0.0
-    for t, batch in targets:
-        weight = 1.0 if normalize == "none" else 1.0 / float(sums[t])
-        total = total + weight * loss_at(model, leaves, t, batch, autocast)
-    grads = torch.autograd.grad(total, list(leaves.values()), allow_unused=True)
-    return {n: g for n, g in zip(leaves, grads) if g is not None}
+        terms[source] = torch.stack(rows)
+    floor *= max(len(b) for b in support.values())
+    return Estimate(_values(terms, _offset(base, normalize)), terms, columns, float(base.mean()), floor)
 
 
 def _dot(a: Params, b: Params) -> float:
@@ -133,154 +215,116 @@ def _dot(a: Params, b: Params) -> float:
     return float(sum(torch.sum(a[n] * b[n], dtype=torch.float64) for n in a if n in b))
 
 
-def _add(total: Params, grads: Params, weight: float = 1.0, fresh: bool = False) -> None:
-    """total += weight * grads, in place. A missing entry starts as a new tensor, or as the gradient
-    itself when `fresh` says nothing else holds it (autograd's output): no copy."""
+def _add(total: Params, grads: Params) -> None:
+    """total += grads, in place; a missing entry starts as the gradient itself (autograd's output)."""
     for n, g in grads.items():
         if n in total:
-            total[n].add_(g, alpha=weight)
-        elif weight != 1.0:
-            total[n] = g * weight
+            total[n].add_(g)
         else:
-            total[n] = g if fresh and g.is_contiguous() else g.clone()  # (an expanded grad is shared)
+            total[n] = g if g.is_contiguous() else g.clone()  # (an expanded grad is shared)
 
 
-def target_gradient_and_losses(
-    model: MultiTaskModel, params: Params, targets: TargetBatches, normalize: str, autocast: Autocast
+def batch_gradient(
+    model: MultiTaskModel, params: Params, names: list[str], task: str, batch: Batch, autocast: Autocast
 ) -> tuple[Params, torch.Tensor]:
-    """`target_gradient` and `target_losses` from the same passes: one forward and backward per target
-    batch, so the losses at theta cost no forwards of their own. A task's batches are summed, then
-    weighted once its last batch is in (the weight needs all of them), so the engine's order (a task's
-    batches together) holds one task's gradient at a time."""
-    leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
-    last = {t: i for i, (t, _) in enumerate(targets)}
-    losses, open_tasks, total = [], {}, {}
-    for i, (t, batch) in enumerate(targets):
-        loss = loss_at(model, leaves, t, batch, autocast)
-        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-        grads = {n: g for n, g in zip(leaves, grads) if g is not None}
-        _add(open_tasks.setdefault(t, {}), grads, fresh=True)
-        losses.append(loss.detach())
-        if last[t] == i:  # t's weight as `target_gradient` computes it
-            weight = 1.0 if normalize == "none" else 1.0 / float(_task_sums(torch.stack(losses), targets)[t])
-            _add(total, open_tasks.pop(t), weight, fresh=True)
-    return total, torch.stack(losses)
+    """(grad L_task(theta; batch) over `names`, the loss)."""
+    leaves = {n: params[n].detach().requires_grad_() for n in names}
+    loss = loss_at(model, {**params, **leaves}, task, batch, autocast)
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    return {n: g for n, g in zip(names, grads) if g is not None}, loss.detach()
 
 
-def support_gradient(
-    model: MultiTaskModel, params: Params, source: str, batches: list[Batch], autocast: Autocast
-) -> tuple[Params, float, torch.Tensor]:
-    """For one source's support batches at theta: (sum_i g_i over the parameters an inner step updates,
-    sum_i |g_i|^2, (len(batches),) losses), with g_i = grad L_source(theta; batch_i)."""
-    names = trainable(model, source)
-    summed: Params = {}
-    squares, losses = 0.0, []
-    for batch in batches:
-        leaves = {n: params[n].detach().requires_grad_() for n in names}
-        loss = loss_at(model, {**params, **leaves}, source, batch, autocast)
-        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-        g = {n: d for n, d in zip(names, grads) if d is not None}
-        squares += _dot(g, g)
-        _add(summed, g, fresh=True)
-        losses.append(loss.detach())
-    return summed, squares, torch.stack(losses)
+def _row(g: Params, columns: list[Params], step: str, alpha: float) -> torch.Tensor:
+    """alpha * (g . c for every column gradient c), scaled by 1 / |g_encoder| for `normalized`."""
+    scale = alpha / max(encoder_norm(g), 1e-30) if step == "normalized" else alpha
+    return torch.tensor([scale * _dot(g, c) for c in columns], dtype=torch.float64)
 
 
-def first_order_scores(
+def first_order(
     model: MultiTaskModel,
     support: dict[str, list[Batch]],
     targets: TargetBatches,
-    base: torch.Tensor,
     alpha: float,
     normalize: str,
     autocast: Autocast,
-    g_target: Params | None = None,
-) -> tuple[dict[str, float], dict[str, Params]]:
-    """`first_order_utilities` and every source's summed support gradient (sum_i g_i, which a caller
-    may reuse as a training step). The sum over batches of g_i . g_T is (sum_i g_i) . g_T."""
+    step: str = "sgd",
+) -> Estimate:
+    """L_j(theta - alpha g) ~ L_j(theta) - alpha g . g_j: one backward per support and per target
+    batch, no scoring forwards. Keeps one gradient per target batch (they pair with every support
+    batch) and every source's summed support gradient (the engine may train on the chosen one)."""
     params = detached(model)
-    if g_target is None:
-        g_target = target_gradient(model, params, targets, base, normalize, autocast)
-    gradients = {s: support_gradient(model, params, s, bs, autocast)[0] for s, bs in support.items()}
-    counts = {s: len(bs) for s, bs in support.items()}
-    return first_order_from(gradients, counts, g_target, base, alpha, normalize), gradients
+    columns, grads, losses = [t for t, _ in targets], [], []
+    every = list(params)
+    for t, batch in targets:
+        g, loss = batch_gradient(model, params, every, t, batch, autocast)
+        grads.append(g)
+        losses.append(loss)
+    base = torch.stack(losses)
+    w = _weights(base, columns, normalize)
+    terms, summed = {}, {}
+    for source, batches in support.items():
+        names, rows, total = trainable(model, source), [], {}
+        for batch in batches:
+            g, _ = batch_gradient(model, params, names, source, batch, autocast)
+            rows.append(w * _row(g, grads, step, alpha))
+            _add(total, g)
+        terms[source], summed[source] = torch.stack(rows), total
+    values = _values(terms, _offset(base, normalize))
+    return Estimate(values, terms, columns, float(base.mean()), None, summed)
 
 
-def first_order_from(
-    gradients: dict[str, Params],
-    counts: dict[str, int],
-    g_target: Params,
-    base: torch.Tensor,
-    alpha: float,
-    normalize: str,
-) -> dict[str, float]:
-    """First-order utilities from every source's summed support gradient (over `counts[s]` batches)
-    and a target gradient: sum_i [c + alpha g_s^i . g_T] = M c + alpha (sum_i g_s^i) . g_T."""
-    constant = -float(base.sum()) if normalize == "none" else 0.0
-    return {s: counts[s] * constant + alpha * _dot(a, g_target) for s, a in gradients.items()}
-
-
-def first_order_utilities(
+def shared(
     model: MultiTaskModel,
     support: dict[str, list[Batch]],
-    targets: TargetBatches,
-    base: torch.Tensor,
     alpha: float,
     normalize: str,
     autocast: Autocast,
-    g_target: Params | None = None,
-) -> dict[str, float]:
-    """The first-order estimate of `exact_utilities`: L_T(theta - alpha g_s) ~ L_T(theta) - alpha g_s . g_T,
-    in the same units. One backward pass per support batch and one for the targets; no scoring forwards."""
-    return first_order_scores(model, support, targets, base, alpha, normalize, autocast, g_target)[0]
-
-
-def shared_utilities(
-    model: MultiTaskModel, support: dict[str, list[Batch]], alpha: float, normalize: str, autocast: Autocast
-) -> tuple[dict[str, float], torch.Tensor, dict[str, Params]]:
-    """Downstream-agnostic first-order utilities without target batches: the sources' support
-    gradients double as the target gradient. Returns (utilities, the support losses at theta, every
-    source's summed support gradient).
-
-    With targets = sources, first-order u(s) = sum_i [c + alpha g_s^i . sum_t w_t sum_j g_t^j] needs M
-    batches of every t independent of s's batch i. For t != s, t's own M support batches are. For
-    t = s, batch i must not score itself (E[g.g] = |E g|^2 + variance: a bias towards noisy tasks), so
-    the other M - 1 support batches of s stand in for M, scaled by M / (M - 1):
-
-        u(s) = M c + alpha [A_s . sum_{t != s} w_t A_t + w_s M / (M - 1) (|A_s|^2 - sum_i |g_s^i|^2)]
-
-    with A_s = sum_i g_s^i (sum_i g_s^i . sum_{j != i} g_s^j = |A_s|^2 - sum_i |g_s^i|^2), w_t = 1 or
-    1 / (t's summed support losses) for `relative`, and c = -(all support losses) for `none`. Each term
-    has the expectation of the target-batch estimate's, so choices are the same in expectation; it
-    needs M >= 2 and costs one backward per support batch and nothing else.
-    """
+    step: str = "sgd",
+) -> Estimate:
+    """Downstream-agnostic first-order utilities without target batches: the sources' support batches
+    double as the target batches. With targets = sources, u(s) needs target batches of every t
+    independent of s's batch i. For t != s, t's own M support batches are. For t = s, batch i must not
+    score itself (E[g.g] = |E g|^2 + variance: a bias towards noisy tasks), so the other M - 1
+    support batches of s stand in for M, scaled by M / (M - 1): the diagonal terms are 0. Each term
+    has the expectation of the target-batch estimate's; it needs M >= 2 and one backward per batch."""
     params = detached(model)
-    summed, squares, losses = {}, {}, {}
+    grads, losses, columns = [], [], []
+    summed: dict[str, Params] = {}
     for source, batches in support.items():
         if len(batches) < 2:
             raise ValueError(f"shared utilities need at least 2 support batches of {source!r}")
-        summed[source], squares[source], losses[source] = support_gradient(
-            model, params, source, batches, autocast
-        )
-    weight = {t: 1.0 if normalize == "none" else 1.0 / float(v.sum()) for t, v in losses.items()}
-    constant = -float(sum(float(v.sum()) for v in losses.values())) if normalize == "none" else 0.0
-    g_all: Params = {}
-    for t, g in summed.items():
-        _add(g_all, g, weight[t])
-    utilities = {}
-    for s, a in summed.items():
-        m = len(support[s])
-        own = _dot(a, a)
-        cross = _dot(a, g_all) - weight[s] * own  # A_s . sum_{t != s} w_t A_t
-        utilities[s] = m * constant + alpha * (cross + weight[s] * m / (m - 1) * (own - squares[s]))
-    return utilities, torch.cat(list(losses.values())), summed
+        names, total = trainable(model, source), {}
+        for batch in batches:
+            g, loss = batch_gradient(model, params, names, source, batch, autocast)
+            grads.append(g)
+            losses.append(loss)
+            columns.append(source)
+            _add(total, {n: v.clone() for n, v in g.items()})
+        summed[source] = total
+    base = torch.stack(losses)
+    w = _weights(base, columns, normalize)
+    index = torch.tensor([i for batches in support.values() for i in range(len(batches))])  # (K,)
+    terms, replicates, k = {}, {}, 0
+    for source, batches in support.items():
+        m, own = len(batches), torch.tensor([t == source for t in columns])
+        pairs = torch.stack([w * _row(grads[k + i], grads, step, alpha) for i in range(m)])  # (M, K)
+        pairs[torch.arange(m), k + torch.arange(m)] = 0.0  # a batch never scores itself
+        terms[source] = torch.where(own, pairs * m / (m - 1), pairs)
+        if m >= 3 and len({len(b) for b in support.values()}) == 1:
+            replicates[source] = _leave_one_out(pairs, own, index, m)
+        k += m
+    values = _values(terms, _offset(base, normalize))
+    return Estimate(values, terms, columns, float(base.mean()), None, summed, replicates)
 
 
-def choose(utilities: dict[str, float], epsilon: float, generator: torch.Generator) -> tuple[str, bool]:
-    """Epsilon-greedy: the argmax (first on ties), or with probability epsilon a uniformly random task."""
-    names = list(utilities)
-    draw = float(torch.rand((), generator=generator))
-    pick = int(torch.randint(len(names), (), generator=generator))  # drawn always: the RNG stays aligned
-    if draw < epsilon:
-        return names[pick], True
-    return max(names, key=lambda n: (utilities[n], -names.index(n))), False
+def _leave_one_out(pairs: torch.Tensor, own: torch.Tensor, index: torch.Tensor, m: int) -> torch.Tensor:
+    """(M,) the shared estimate's terms without the m-th support batch of every source, scaled to M
+    batches: the cross terms by (M / (M-1))^2, the own pairs by M^2 / ((M-1)(M-2)), as the full
+    estimate scales its M(M-1) own pairs by M / (M-1)."""
+    out = []
+    for drop in range(m):
+        keep = (index != drop).double()  # (K,) the columns left
+        kept = pairs[torch.arange(m) != drop] * keep  # (M-1, K)
+        cross, mine = kept[:, ~own].sum(), kept[:, own].sum()
+        out.append(cross * (m / (m - 1)) ** 2 + mine * m * m / ((m - 1) * (m - 2)))
+    return torch.stack(out)

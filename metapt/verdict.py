@@ -2,7 +2,7 @@
 the held-out columns, and compare.png (held-out loss against FLOPs per scheduler beside each
 downstream task's score with its 95% interval). The numbers come from metapt/stats.py.
 
-matplotlib is imported only by the drawing (through report._figure, on an Agg canvas).
+matplotlib is imported only by the drawing (through report.figure, on an Agg canvas).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ def compare_plot(results: dict[str, Any], output: Path) -> Path:
     """compare.png: held-out loss against pretraining FLOPs per scheduler (mean over seeds, band ±
     one std), then per downstream task the main score (mean with its 95% t interval over seeds)
     against the run's total FLOPs; filled markers validation, hollow markers test."""
-    from metapt.report import _figure, _png  # report imports this module for results.md
+    from metapt.report import figure, png_bytes  # report imports this module for results.md
 
     tasks = results["downstream_tasks"]
-    fig = _figure(5.5 * (1 + len(tasks)), 4.8)
+    fig = figure(5.5 * (1 + len(tasks)), 4.8)
     axes = fig.subplots(1, 1 + len(tasks), squeeze=False)[0]
     _heldout_panel(axes[0], results)
     for ax, task in zip(axes[1:], tasks):
@@ -42,7 +42,7 @@ def compare_plot(results: dict[str, Any], output: Path) -> Path:
     )
     fig.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(_png(fig))
+    output.write_bytes(png_bytes(fig))
     return output
 
 

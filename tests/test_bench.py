@@ -119,7 +119,7 @@ def test_bench_json_reports_every_figure(runner, specs: dict[str, Path]) -> None
         assert r["memory_ratio"] == pytest.approx(r["selection_peak_bytes"] / r["train_peak_bytes"])
     assert r["train_flops_per_s"] > 0 and r["matmul_flops_per_s"] > 0
     assert r["mfu"] == pytest.approx(r["train_flops_per_s"] / r["matmul_flops_per_s"])
-    assert set(r["selection_call_seconds"]) == {"exact", "first_order_two_pass", "first_order", "shared"}
+    assert set(r["selection_call_seconds"]) == {"exact", "first_order", "shared"}
     assert r["untouched_parameters_shared"] is True
     assert set(r["targets"]) == set(bench.TARGETS)
     assert all(t["met"] in (True, False) for t in r["targets"].values())
@@ -140,32 +140,39 @@ def test_spearman_and_argmax_by_hand() -> None:
     assert bench.argmax({"a": 1.0, "b": 3.0, "c": 3.0}) == "b"  # first on ties, as choose
 
 
-# --------------------------------------------------------------------------- one-pass first order
-def test_one_pass_target_gradient_equals_the_two_pass_one(specs: dict[str, Path], tmp_path: Path) -> None:
+# ------------------------------------------------------------------------------- first order
+def test_first_order_terms_are_the_dot_products_of_per_batch_gradients(
+    specs: dict[str, Path], tmp_path: Path
+) -> None:
+    # X_s[i, j] = alpha w_j g_s^i . g_j, from gradients of the live model (backward, .grad), M = 2.
     run = engine.setup(tiny(specs["pair"], tmp_path / "out"), resume=False)
-    run.model.eval()
-    params = selection.detached(run.model)
+    model, alpha = run.model, 1e-2
+    model.eval()
     support = {s: [run.streams["support"][s].next() for _ in range(2)] for s in run.sources}
     targets = [(t, run.streams["target"][t].next()) for t in run.targets for _ in range(2)]
+
+    def grad(task: str, batch: dict) -> tuple[dict, float]:
+        loss = model(task, batch)[0]
+        loss.backward()
+        g = {n: p.grad.double() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return g, float(loss.detach())
+
+    target = [grad(t, b) for t, b in targets]
     for normalize in ("none", "relative"):
-        base = selection.target_losses(run.model, params, targets, NO_AUTOCAST)
-        two_pass = selection.target_gradient(run.model, params, targets, base, normalize, NO_AUTOCAST)
-        one_pass, losses = selection.target_gradient_and_losses(
-            run.model, params, targets, normalize, NO_AUTOCAST
-        )
-        assert torch.equal(losses, base)  # the forwards with autograd give the same losses
-        assert one_pass.keys() == two_pass.keys()
-        scale = max(float(g.abs().max()) for g in two_pass.values())  # float32 sums in another order
-        for name, g in two_pass.items():
-            torch.testing.assert_close(one_pass[name], g, rtol=1e-4, atol=1e-5 * scale)
-        before = selection.first_order_utilities(
-            run.model, support, targets, base, 1e-3, normalize, NO_AUTOCAST
-        )
-        after, _ = selection.first_order_scores(
-            run.model, support, targets, losses, 1e-3, normalize, NO_AUTOCAST, one_pass
-        )
-        assert after == pytest.approx(before, rel=1e-6, abs=1e-9)
-    assert all(p.grad is None for p in run.model.parameters())
+        sums = {}
+        for (t, _), (_, loss) in zip(targets, target):
+            sums[t] = sums.get(t, 0.0) + loss
+        w = [1.0 if normalize == "none" else 1.0 / sums[t] for t, _ in targets]
+        got = selection.first_order(model, support, targets, alpha, normalize, NO_AUTOCAST)
+        assert got.target_loss == pytest.approx(sum(loss for _, loss in target) / 4, rel=1e-6)
+        for s, batches in support.items():
+            for i, batch in enumerate(batches):
+                g, _ = grad(s, batch)
+                for j, (h, _) in enumerate(target):
+                    want = alpha * w[j] * sum(float((g[n] * h[n]).sum()) for n in g if n in h)
+                    assert float(got.terms[s][i, j]) == pytest.approx(want, rel=1e-4, abs=1e-9), (s, i, j)
+    assert all(p.grad is None for p in model.parameters())
 
 
 # ------------------------------------------------------------------------------ shared (agnostic)
@@ -199,14 +206,22 @@ def test_shared_utilities_equal_the_leave_one_out_sum_by_hand(specs: dict[str, P
                 cross = sum(w[t] * dot(g, h) for t in grads if t != s for h in grads[t])
                 own = w[s] * m / (m - 1) * sum(dot(g, h) for j, h in enumerate(gs) if j != i)
                 expected[s] += c + alpha * (cross + own)
-        got, base, summed = selection.shared_utilities(model, support, alpha, normalize, NO_AUTOCAST)
+        got = selection.shared(model, support, alpha, normalize, NO_AUTOCAST)
         scale = max(abs(v - m * c) for v in expected.values())
         for s in run.sources:
-            assert got[s] == pytest.approx(expected[s], abs=1e-4 * scale + 1e-6 * abs(c)), (normalize, s)
-        assert base.tolist() == pytest.approx([x for s in run.sources for x in losses[s]], rel=1e-6)
-        assert set(summed) == set(run.sources)
+            assert got.values[s] == pytest.approx(expected[s], abs=1e-4 * scale + 1e-6 * abs(c)), (
+                normalize,
+                s,
+            )
+            assert got.terms[s].shape == (m, 2 * m)  # s's M batches against every source's M batches
+            k = m * run.sources.index(s)  # a batch never scores itself
+            assert all(float(got.terms[s][i, k + i]) == 0.0 for i in range(m))
+        assert got.target_loss == pytest.approx(
+            sum(x for s in run.sources for x in losses[s]) / (2 * m), rel=1e-6
+        )
+        assert set(got.gradients) == set(run.sources)
     with pytest.raises(ValueError, match="at least 2 support batches"):
-        selection.shared_utilities(model, {"docs": support["docs"][:1]}, alpha, "none", NO_AUTOCAST)
+        selection.shared(model, {"docs": support["docs"][:1]}, alpha, "none", NO_AUTOCAST)
 
 
 def test_shared_utilities_rank_like_first_order_on_a_planted_gap(
@@ -223,9 +238,8 @@ def test_shared_utilities_rank_like_first_order_on_a_planted_gap(
     for _ in range(6):
         support = {s: [run.streams["support"][s].next() for _ in range(2)] for s in run.sources}
         targets = [(t, run.streams["target"][t].next()) for t in run.targets for _ in range(2)]
-        base = selection.target_losses(run.model, selection.detached(run.model), targets, NO_AUTOCAST)
-        fo = selection.first_order_utilities(run.model, support, targets, base, 1e-3, "relative", NO_AUTOCAST)
-        sh, _, _ = selection.shared_utilities(run.model, support, 1e-3, "relative", NO_AUTOCAST)
+        fo = selection.first_order(run.model, support, targets, 1e-3, "relative", NO_AUTOCAST).values
+        sh = selection.shared(run.model, support, 1e-3, "relative", NO_AUTOCAST).values
         for s in run.sources:
             first[s] += fo[s]
             shared[s] += sh[s]
@@ -242,10 +256,14 @@ def test_reuse_leaves_the_selection_alone_and_trains_on_the_support_gradient(
     a = engine.setup(tiny(specs["pair"], tmp_path / "a"), resume=False)
     b = engine.setup(tiny(specs["pair"], tmp_path / "b"), resume=False)
     support_state = {s: a.streams["support"][s].state_dict() for s in a.sources}
-    chosen, explored, utilities, loss, flops = engine._select(a)
+    picked = engine.select_task(a)
+    chosen = picked.chosen
     with monkeypatch.context() as m:
         m.setattr(engine, "_reuses_support", lambda run: False)
-        assert engine._select(b) == (chosen, explored, utilities, loss, flops)  # bitwise the same
+        plain = engine.select_task(b)
+    assert plain.gradient is None and picked.gradient is not None
+    assert dataclasses.replace(picked, gradient=None) == plain  # bitwise the same selection
+    assert all(p.grad is None for p in a.model.parameters())  # the reused gradient is an argument
     assert all(p.grad is None for p in b.model.parameters())
 
     # The pending gradient is that of the chosen task's mean support loss with dropout off
@@ -258,16 +276,16 @@ def test_reuse_leaves_the_selection_alone_and_trains_on_the_support_gradient(
     b.model.train()
     expected = {n: p.grad for n, p in b.model.named_parameters()}
     b.model.zero_grad(set_to_none=True)
-    for name, p in a.model.named_parameters():
+    for name, _ in a.model.named_parameters():
         if expected[name] is None:
-            assert p.grad is None, name  # the other task's head gets no gradient
+            assert name not in picked.gradient, name  # the other task's head gets no gradient
         else:
-            torch.testing.assert_close(p.grad, expected[name], rtol=1e-4, atol=1e-7)
+            torch.testing.assert_close(picked.gradient[name], expected[name], rtol=1e-4, atol=1e-7)
 
     # _train steps on it first, then draws N - 1 = 2 batches; plain training draws 3.
     fresh = bench._replay(a.streams["train"][chosen], 3)
     count = a.streams["train"][chosen].state_dict()["count"]
-    _, train_flops, n_tokens = engine._train(a, chosen)
+    _, train_flops, n_tokens = engine._train(a, chosen, picked.gradient)
     assert a.streams["train"][chosen].state_dict()["count"] == count + 2
     assert train_flops == sum(a.flops.train(chosen, x) for x in fresh[:2])
     assert n_tokens == sum(int(x["attention_mask"].sum()) for x in fresh[:2])

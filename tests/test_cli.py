@@ -19,7 +19,7 @@ from metapt.errors import SpecError
 
 GOOD_TASK = REPO / "tasks" / "synthetic" / "conll2012-synthetic.toml"
 BAD_TASK = SPECS / "task_option_range.toml"
-BAD_MESSAGE = "[options].mask_probability: 2.0 is out of range [0.01, 0.9]"
+BAD_MESSAGE = "[options].mask_probability: 2.0 is out of range; allowed: between 0.01 and 0.9"
 
 SYNTHETIC_KINDS = {
     "conll04-synthetic": "relation_extraction",
@@ -32,6 +32,11 @@ SYNTHETIC_KINDS = {
     "sentence_reordering": "sentence_reordering",
     "span_selection": "span_selection",
     "squad-synthetic": "extractive_qa",
+    "mlm_entity": "masked_lm",
+    "capitalization_prediction": "capitalization_prediction",
+    "token_document_relation": "token_document_relation",
+    "ir_relevance": "ir_relevance",
+    "replaced_token_detection": "replaced_token_detection",
 }
 
 
@@ -131,9 +136,9 @@ def test_validate_ok_line_is_not_folded(runner: CliRunner, tmp_path: Path) -> No
 
 
 # ------------------------------------------------------------------------------ inspect-tasks
-def _rows(runner: CliRunner, *args: str) -> list[dict]:
+def _rows(runner: CliRunner, *args: str, code: int = 0) -> list[dict]:
     result = runner.invoke(app, ["inspect-tasks", "--json", *args])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == code, result.output  # 2: a listed spec is invalid
     rows = json.loads(result.stdout)
     assert isinstance(rows, list) and all(isinstance(r, dict) for r in rows)
     return rows
@@ -212,7 +217,7 @@ def test_inspect_tasks_count_lists_missing_data_as_an_error(runner: CliRunner, t
 def test_inspect_tasks_lists_an_invalid_spec_with_its_error(runner: CliRunner, tmp_path: Path) -> None:
     shutil.copy(SPECS / "task_unknown_kind.toml", tmp_path / "broken.toml")
     shutil.copy(GOOD_TASK, tmp_path / "fine.toml")
-    rows = {r["name"]: r for r in _rows(runner, str(tmp_path))}
+    rows = {r["name"]: r for r in _rows(runner, str(tmp_path), code=2)}
     assert set(rows) == {"broken", "fine"}
     assert "kind" not in rows["broken"]
     assert "kind: 'srll' is not allowed (did you mean 'srl'?)" in rows["broken"]["error"]
@@ -246,13 +251,20 @@ def test_inspect_tasks_table(runner: CliRunner, tmp_path: Path) -> None:
     write(tmp_path, "alpha.toml", 'kind = "masked_lm"\n[data]\nformat = "synthetic"\ncorpus = "shuffled"\n')
     result = runner.invoke(app, ["inspect-tasks", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "1 tasks" in result.stdout
-    assert "alpha" in result.stdout and "masked_lm" in result.stdout and "mlm" in result.stdout
+    assert result.stdout.splitlines()[1].split("\t")[:2] == ["alpha", "masked_lm"]  # piped: plain lines
+    from rich.console import Console
+
+    from metapt.inspect import describe_tasks, table
+
+    terminal = Console(width=200, force_terminal=True, record=True)
+    terminal.print(table(describe_tasks([tmp_path], count=False), False))
+    shown = terminal.export_text()
+    assert "1 tasks" in shown and "alpha" in shown and "masked_lm" in shown and "mlm" in shown
 
 
 def test_inspect_tasks_survives_an_empty_kind(runner: CliRunner, tmp_path: Path) -> None:
     shutil.copy(SPECS / "task_kind_empty.toml", tmp_path / "empty.toml")
-    rows = _rows(runner, str(tmp_path))
+    rows = _rows(runner, str(tmp_path), code=2)
     assert [r["name"] for r in rows] == ["empty"]
     assert "kind" in rows[0]["error"]
 

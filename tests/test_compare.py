@@ -159,16 +159,20 @@ def test_a_budget_stops_every_scheduler_at_about_the_same_flops(compared: Path, 
     from metapt.compare import compare
     from metapt.resolve import parse_run
 
-    first = json.loads((compared / "meta" / "seed-1" / "metrics.jsonl").read_text().splitlines()[0])
-    meta_episode = first["selection_flops"] + first["train_flops"]
-    budget = 2.5 * meta_episode
+    first, second = (
+        json.loads(line)
+        for line in (compared / "meta" / "seed-1" / "metrics.jsonl").read_text().splitlines()[:2]
+    )
+    # the first episode also pays for fitting the heads before the first selection
+    meta_episode = second["selection_flops"] + second["train_flops"]
+    budget = first["selection_flops"] + first["train_flops"] + 1.5 * meta_episode
     results = compare(parse_run(RUN), ["meta", "uniform"], [1], [], tmp_path / "out", budget=budget)
     meta, uniform = (results["schedulers"][s]["pretrain"] for s in ("meta", "uniform"))
     assert results["budget"] == budget and results["episodes"] is None
     # The engine stops after the episode that reaches the budget: each total is in [budget, +1 episode).
     assert budget <= meta["total_flops"] < budget + meta_episode
     assert budget <= uniform["total_flops"] < budget + first["train_flops"] * 1.5
-    assert meta["episodes"] == 3  # selection counts: 2.5 meta episodes of budget buy 3 episodes
+    assert meta["episodes"] == 3  # selection counts: the first and 1.5 meta episodes of budget buy 3
     assert uniform["episodes"] > 2 * meta["episodes"]
     assert sum(uniform["counts"].values()) == uniform["episodes"]
     for entry in results["schedulers"].values():
@@ -241,6 +245,11 @@ def test_report_without_matplotlib_says_how_to_install(
             "unknown scheduler 'unifrom' (did you mean 'uniform'?); allowed: meta",
         ),
         (["--schedulers", "meta,meta"], "each scheduler may appear once"),
+        (
+            ["--schedulers", "meta:bandti"],
+            "unknown scheduler 'meta:bandti' (did you mean 'meta:bandit'?)",
+        ),
+        (["--schedulers", "uniform:bandit"], "unknown scheduler 'uniform:bandit'"),
         (["--seeds", "1,x"], "--seeds '1,x': expected comma-separated integers"),
         (["--seeds", "2,2"], "expected distinct non-negative integers"),
         (["--budget", "1e9", "--episodes", "2"], "--budget and --episodes both given"),
@@ -308,3 +317,16 @@ def test_markdown_bolds_every_scheduler_tied_on_validation_only() -> None:
         "| single | 2 | 0 | 1e+06 | 1e+06 | 1.0 (0.0 + 1.0) | - | - | 60.00 ± 0.50 | 99.00 ± 0.00 |" in text
     )
     assert "| meta | 2 (100%) |" in text
+
+
+def test_a_meta_policy_variant_is_the_meta_scheduler_with_that_policy() -> None:
+    from metapt.compare import folder, parse_schedulers, with_scheduler
+    from metapt.resolve import parse_run
+
+    assert parse_schedulers("meta:greedy, meta:bandit,uniform") == ["meta:greedy", "meta:bandit", "uniform"]
+    spec = parse_run(RUN)
+    bandit = with_scheduler(spec, "meta:bandit").meta
+    assert (bandit.scheduler, bandit.policy) == ("meta", "bandit")
+    plain = with_scheduler(spec, "meta").meta
+    assert (plain.scheduler, plain.policy) == ("meta", spec.meta.policy)
+    assert folder("meta:bandit") == "meta-bandit"

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,34 +107,44 @@ def _worker(rank: int, world: int, port: int, jobs: list[dict], where: str, env:
     checkpoint.save = lambda out, episode, *a: saves.append(episode) or save(out, episode, *a)
     for job in jobs:
         seen: list[dict] = []
-
-        def callback(event: str, data: dict, job: dict = job, seen: list = seen) -> None:
-            if event == "episode":
-                seen.append({k: data[k] for k in ("chosen", "explored", "utilities", "train_loss")})
-                if job.get("fail") == (rank, data["episode"]):
-                    raise RuntimeError(f"rank {rank} failed on purpose")
-                if job.get("stall") == (rank, data["episode"]):
-                    time.sleep(300)
-            if event == "checkpoint" and data["episode"] == job.get("crash"):
-                raise Crash
-
-        result: dict[str, Any] = {}
-        try:
-            if job["kind"] == "finetune":
-                spec = task_spec(job["task"], None, {})
-                finetune_one(job["checkpoint"], spec, 0, Path(job["out"]), "cpu")
-            else:
-                spec = override(parse_run(job["spec"]), output_dir=Path(job["out"]))
-                engine.pretrain(spec, resume=job.get("resume", False), callback=callback)
-        except Crash:
-            result["crashed"] = True
-        except Exception as e:
-            result["error"] = f"{type(e).__name__}: {e}"
+        result = _run(job, _recorder(job, rank, seen))
         record = {"episodes": seen, "saves": saves[:], **result}
         Path(where, f"{job['name']}-rank{rank}.json").write_text(json.dumps(record))
         saves.clear()
         if "error" in result:
             raise SystemExit(1)
+
+
+def _recorder(job: dict, rank: int, seen: list[dict]) -> Callable[[str, dict], None]:
+    """The engine callback of one job: records every episode; fails, stalls or crashes where asked."""
+
+    def callback(event: str, data: dict) -> None:
+        if event == "episode":
+            seen.append({k: data[k] for k in ("chosen", "explored", "utilities", "train_loss")})
+            if job.get("fail") == (rank, data["episode"]):
+                raise RuntimeError(f"rank {rank} failed on purpose")
+            if job.get("stall") == (rank, data["episode"]):
+                time.sleep(300)
+        if event == "checkpoint" and data["episode"] == job.get("crash"):
+            raise Crash
+
+    return callback
+
+
+def _run(job: dict, callback: Callable[[str, dict], None]) -> dict[str, Any]:
+    """Run one finetuning or pretraining job: {} when it finished, else how it ended."""
+    try:
+        if job["kind"] == "finetune":
+            spec = task_spec(job["task"], None, {})
+            finetune_one(job["checkpoint"], spec, 0, Path(job["out"]), "cpu")
+        else:
+            spec = override(parse_run(job["spec"]), output_dir=Path(job["out"]))
+            engine.pretrain(spec, resume=job.get("resume", False), callback=callback)
+    except Crash:
+        return {"crashed": True}
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    return {}
 
 
 def free_port() -> int:
@@ -192,6 +203,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     resumed; finetuning of the one-process checkpoint (also in one process)."""
     tmp = tmp_path_factory.mktemp("distributed")
     spec = write(tmp, "run.toml", RUN)
+    bandit = write(
+        tmp, "bandit.toml", RUN.replace("support_batches = 1", 'support_batches = 2\npolicy = "bandit"')
+    )
     for name, corpus in (("docs", "documents"), ("shuffled", "shuffled")):
         write(tmp, f"tasks/{name}.toml", SOURCE.format(corpus=corpus))
     pairs = write(tmp, "pairs.toml", PAIRS)
@@ -199,11 +213,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.set_num_threads(1)
     try:
         engine.pretrain(override(parse_run(spec), output_dir=tmp / "one"))
+        engine.pretrain(override(parse_run(bandit), output_dir=tmp / "one-bandit"))
         finetune_one(str(tmp / "one"), task_spec(str(pairs), None, {}), 0, tmp / "ft-one", "cpu")
     finally:
         torch.set_num_threads(threads)
     jobs = [
         {"name": "two", "spec": str(spec), "out": str(tmp / "two"), "kind": "pretrain"},
+        {"name": "bandit", "spec": str(bandit), "out": str(tmp / "two-bandit"), "kind": "pretrain"},
         {"name": "cut", "spec": str(spec), "out": str(tmp / "cut"), "kind": "pretrain", "crash": 2},
         {"name": "resumed", "spec": str(spec), "out": str(tmp / "cut"), "kind": "pretrain", "resume": True},
         {
@@ -232,6 +248,17 @@ def test_two_ranks_choose_and_train_as_one_process(runs: dict[str, Path]) -> Non
     assert max_diff(tmp / "one", tmp / "two") < 1e-4
     one_losses = [json.loads(line)["train_loss"] for line in (tmp / "one" / "metrics.jsonl").open()]
     assert [e["train_loss"] for e in ranks[0]] == pytest.approx(one_losses, rel=1e-5)
+
+
+def test_two_ranks_make_the_bandits_choices_as_one_process(runs: dict[str, Path]) -> None:
+    # The bandit's state is fed the ranks' averaged utilities and its draws come from the same
+    # exploration generator on every rank: the same choices and running means as one process.
+    tmp = runs["tmp"]
+    one = [json.loads(line) for line in (tmp / "one-bandit" / "metrics.jsonl").open()]
+    two = [json.loads(line) for line in (tmp / "two-bandit" / "metrics.jsonl").open()]
+    assert [r["chosen"] for r in two] == [r["chosen"] for r in one] and len(one) == 3
+    for a, b in zip(one, two):
+        assert b["policy_scores"] == pytest.approx(a["policy_scores"], rel=1e-3)  # float order
 
 
 def test_only_rank_0_writes(runs: dict[str, Path]) -> None:

@@ -123,8 +123,13 @@ def test_a_mixture_run_replays_the_counts_of_a_meta_run(meta_run: tuple, tmp_pat
 
 def test_compare_replays_each_seeds_meta_run_after_it(tmp_path: Path) -> None:
     spec = parse_run(COMPARE_RUN)
-    first = engine.pretrain(override(spec, episodes=1, output_dir=tmp_path / "one"))["totals"]
-    budget = 2.5 * (first["selection_flops"] + first["train_flops"])  # 3 meta episodes
+    two = engine.pretrain(override(spec, episodes=2, output_dir=tmp_path / "two"))["totals"]
+    one = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    # the first meta episode also pays for fitting the heads: then 1.5 more episodes -> 3 meta episodes
+    budget = sum(one[0][k] for k in ("selection_flops", "train_flops")) + 1.5 * sum(
+        one[1][k] for k in ("selection_flops", "train_flops")
+    )
+    assert two["selection_flops"] > 0
     results = compare(spec, ["mixture", "meta"], [1], [], tmp_path / "out", budget=budget)
     assert list(results["schedulers"]) == ["meta", "mixture"]  # mixture waits for meta's file
     meta, replay = (results["schedulers"][s]["runs"][0] for s in ("meta", "mixture"))

@@ -10,7 +10,8 @@ import pytest
 from metapt.data.readers import read_split
 from metapt.errors import DataError
 from metapt.resolve import load_task, parse_run
-from metapt.spec import DataSpec, missing_data
+from metapt.spec import DataSpec
+from metapt.validation import missing_data
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC = ROOT / "tasks" / "public"
@@ -24,7 +25,7 @@ def test_wikitext_articles_start_at_level_one_headings_and_split_into_sentences(
     # Section headings (= = History = =, = = = Later = = =) are dropped; paragraphs of one article join.
     assert records[0]["sentences"] == [
         "The Alpha river is a river in the north .",
-        "It flows @-@ fast through three towns .",
+        "It flows-fast through three towns .",  # the tokenized separators joined back
         "The river was named in 1820 .",
         'Its name means " white " ?',
         "Nobody knows !",

@@ -40,6 +40,9 @@ TAGS = {
     "reused",
     "utilities/mlm",
     "utilities/mlm_shuffled",
+    "policy_scores/mlm",
+    "policy_scores/mlm_shuffled",
+    "utility_floor",
     "counts/mlm",
     "counts/mlm_shuffled",
 }

@@ -12,8 +12,9 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import datasets
 import torch
 
+from metapt import outdir
 from metapt.distributed import shard
 from metapt.errors import MetaptError
 from metapt.spec import TaskSpec
@@ -37,6 +39,7 @@ class TaskData:
     info: dict[str, Any]
     features: dict[str, datasets.Dataset]
     records: dict[str, datasets.Dataset]
+    warnings: list[str] = field(default_factory=list)  # e.g. labels the head cannot learn, with counts
 
     @property
     def name(self) -> str:
@@ -45,13 +48,14 @@ class TaskData:
 
 def kind_of(spec: TaskSpec) -> Any:
     """The implementation of a task's kind."""
-    from metapt.kinds import KINDS
+    from metapt.kinds import IMPLEMENTATIONS
 
-    return KINDS[spec.kind]
+    return IMPLEMENTATIONS[spec.kind]
 
 
 @cache
-def _tokenizer_hash(tokenizer: Any) -> str:
+def tokenizer_hash(tokenizer: Any) -> str:
+    """A short fingerprint of a tokenizer's vocabulary and rules (feature cache keys; ranks agreeing)."""
     return hashlib.sha1(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
 
 
@@ -61,12 +65,13 @@ def _data_key(spec: TaskSpec, split: str) -> str:
     if data.format == "synthetic":
         from metapt.data.synthetic import GENERATOR_VERSION
 
-        return f"synthetic:{GENERATOR_VERSION}:{data.corpus}:{data.size}:{data.eval_size}:{data.seed}:{split}"
+        which = data.synthetic_split(split)
+        return f"synthetic:{GENERATOR_VERSION}:{data.corpus}:{data.size}:{data.eval_size}:{data.seed}:{which}"
     if data.format == "hf":
         return f"hf:{data.dataset}:{data.subset}:{getattr(data, split)}"
     from metapt.data.readers import resolve_files
 
-    files = resolve_files(data.location(split))
+    files = resolve_files(data.location(split), data.format)
     return ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
 
 
@@ -81,7 +86,7 @@ def _cache_key(spec: TaskSpec, split: str, tokenizer: Any, info: dict) -> str:
         "info": info,
         "split": split,
         "content": _data_key(spec, split),
-        "tokenizer": _tokenizer_hash(tokenizer),
+        "tokenizer": tokenizer_hash(tokenizer),
     }
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -107,7 +112,12 @@ def encode_split(
             log.info("feature cache at %s unreadable; re-encoding", path)
     features = kind_of(spec).encode(records, tokenizer, spec, info)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # never torch's RNG: it seeds the weights
-    features.save_to_disk(str(tmp))
+    try:
+        with outdir.writing(tmp):  # a full disk: say so (METAPT_CACHE moves the cache)
+            features.save_to_disk(str(tmp))
+    except MetaptError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         tmp.rename(path)
     except OSError:  # another process finished first; its copy is identical
@@ -136,8 +146,11 @@ def load_task(
         info = kind_of(spec).prepare(spec, records.get("train"))
         if tokenizer is not None:
             info = {**info, "vocab_size": len(tokenizer)}
+    from metapt.data.labels import unknown_labels
+
+    warnings = unknown_labels(spec, info, records)
     if not encode:
-        return TaskData(spec, info, {}, records)
+        return TaskData(spec, info, {}, records, warnings)
     features = {s: encode_split(spec, records[s], s, tokenizer, info) for s in splits}
     for s, f in features.items():
         if isinstance(f, datasets.IterableDataset):  # streamed: encoded lazily, size unknown
@@ -147,7 +160,7 @@ def load_task(
                 f"task {spec.name!r}: the {s} split has no usable examples after encoding "
                 f"({len(records[s])} records read from {spec.data.location(s) or spec.data.format})"
             )
-    return TaskData(spec, info, features, records)
+    return TaskData(spec, info, features, records, warnings)
 
 
 def _check_fields(spec: TaskSpec, records: dict[str, Any]) -> None:
@@ -167,9 +180,12 @@ def _check_fields(spec: TaskSpec, records: dict[str, Any]) -> None:
         )
 
 
-def _seed(*parts: object) -> int:
+def stable_seed(*parts: object) -> int:
     """A stable 31-bit seed from any parts (Python's hash() differs between processes)."""
     return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+_seed = stable_seed  # the old name, imported by issue 13's heldout.py until it moves to stable_seed
 
 
 class BatchStream:
@@ -205,7 +221,7 @@ class BatchStream:
         self._order = self._permutation()
 
     def _permutation(self) -> list[int]:
-        g = torch.Generator().manual_seed(_seed(self.seed, self.task.name, self.salt, self.epoch))
+        g = torch.Generator().manual_seed(stable_seed(self.seed, self.task.name, self.salt, self.epoch))
         return torch.randperm(len(self.features), generator=g).tolist()
 
     def _indices(self) -> list[int]:
@@ -229,7 +245,9 @@ class BatchStream:
     def _collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         """The global batch collated with the global seed, then cut to this rank's share: a row's
         draws (masks, negatives) and the padded width do not depend on the number of processes."""
-        g = torch.Generator().manual_seed(_seed(self.seed, self.task.name, self.salt, "batch", self.count))
+        g = torch.Generator().manual_seed(
+            stable_seed(self.seed, self.task.name, self.salt, "batch", self.count)
+        )
         self.count += 1
         batch = self.kind.collate(rows, self.tokenizer, self.task.spec, self.task.info, g)
         return shard(batch, self.rank, self.world) if self.sharded else batch
@@ -253,7 +271,7 @@ class StreamingBatchStream(BatchStream):
 
     def _pass(self) -> Any:
         order = self.features.shuffle(
-            seed=_seed(self.seed, self.task.name, self.salt, self.epoch), buffer_size=self.BUFFER
+            seed=stable_seed(self.seed, self.task.name, self.salt, self.epoch), buffer_size=self.BUFFER
         )
         return iter(order.skip(self.position) if self.position else order)
 
@@ -307,5 +325,5 @@ def eval_batches(task: TaskData, tokenizer: Any, split: str, batch_size: int) ->
     for start in range(0, len(features), batch_size):
         cols = features[start : start + batch_size]
         rows = [dict(zip(cols, values)) for values in zip(*cols.values())]
-        g = torch.Generator().manual_seed(_seed("eval", task.name, split, start))
+        g = torch.Generator().manual_seed(stable_seed("eval", task.name, split, start))
         yield rows, kind.collate(rows, tokenizer, task.spec, task.info, g)

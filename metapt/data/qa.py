@@ -15,7 +15,7 @@ from typing import Any
 
 import datasets
 
-from metapt.data.conll import json_lines, load_json, numbered_lines
+from metapt.data.files import json_lines, load_json, numbered_lines
 from metapt.errors import DataError
 from metapt.spec import DataSpec
 
@@ -32,6 +32,7 @@ def read_squad(files: list[Path], data: DataSpec) -> datasets.Dataset:
                 for paragraph in article["paragraphs"]:
                     for qa in paragraph["qas"]:
                         answers = [] if qa.get("is_impossible") else qa["answers"]
+                        _check_answers(path, str(qa["id"]), paragraph["context"], answers)
                         records.append(
                             {
                                 "id": str(qa["id"]),
@@ -50,6 +51,20 @@ def read_squad(files: list[Path], data: DataSpec) -> datasets.Dataset:
                 "{data: [{title, paragraphs: [{context, qas: [{id, question, answers}]}]}]})"
             ) from None
     return datasets.Dataset.from_list(records)
+
+
+def _check_answers(path: Path, qid: str, context: str, answers: list[dict]) -> None:
+    """DataError unless every answer's text sits in the context at its answer_start (SQuAD's own
+    files always agree; a mismatch would train the pointer on the wrong span)."""
+    for a in answers:
+        start, text = int(a["answer_start"]), a["text"]
+        if context[start : start + len(text)] != text:
+            found = context.find(text)
+            hint = f"; the text first occurs at {found}" if found >= 0 else "; the text is not in the context"
+            raise DataError(
+                f"{path}: question {qid}: answer_start {start} points at "
+                f"{context[start : start + len(text)]!r}, not the answer text {text!r}{hint}"
+            )
 
 
 def _is_html(token: str) -> bool:

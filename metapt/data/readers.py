@@ -10,36 +10,70 @@ from __future__ import annotations
 import csv
 import glob
 import itertools
+import random
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import datasets
 
-from metapt.data import conll, qa
-from metapt.data.conll import json_lines, load_json, numbered_lines, open_text
-from metapt.errors import DataError
+from metapt.data import conll, qa, wikitext
+from metapt.data.files import json_lines, load_json, numbered_lines, open_text
+from metapt.errors import DataError, MissingDataError
 from metapt.spec import DataSpec
 
 Reader = Callable[[list[Path], DataSpec], datasets.Dataset]
 
 
-def resolve_files(location: str) -> list[Path]:
-    """A file, a folder (its files, sorted, recursively; hidden ones skipped), or a glob of either."""
+# The file names each format reads when a split names a folder: README, LICENSE and the like are
+# skipped (an explicitly named file or a glob of files is read whatever its name). .gz is allowed.
+NAMES: dict[str, str] = {
+    "json": r"\.json",
+    "squad": r"\.json",
+    "spert": r"\.json",
+    "jsonl": r"\.jsonl?",
+    "nq": r"\.jsonl?",
+    "superglue": r"\.jsonl?",
+    "dygie": r"\.jsonl?",
+    "csv": r"\.csv",
+    "tsv": r"\.tsv",
+    "parquet": r"\.parquet",
+    "text": r"\.(txt|tokens|raw|text)",
+    "dailydialog": r"\.txt",
+    "conll2005": r"\.(props|words|txt|conll)|-set",
+    "conll2012": r"_conll",
+    "conll04": r"\.corp",
+}
+
+
+def resolve_files(location: str, fmt: str = "") -> list[Path]:
+    """A file, a folder (its files of format `fmt`, sorted, recursively; hidden ones skipped), or a
+    glob of either."""
     path = Path(location)
     if path.is_file():
         return [path]
+    names = re.compile(f"(?:{NAMES[fmt]})(?:\\.gz)?$") if fmt in NAMES else None
     found: list[Path] = []
+    skipped: list[str] = []
     for match in [path] if path.is_dir() else [Path(p) for p in sorted(glob.glob(location, recursive=True))]:
         if match.is_file():
             found.append(match)
         elif match.is_dir():  # a folder (or a glob matching folders): its files, hidden ones skipped
             inside = [p for p in sorted(match.rglob("*")) if p.is_file()]
-            found += [
+            visible = [
                 p for p in inside if not any(part.startswith(".") for part in p.relative_to(match).parts)
             ]
+            found += [p for p in visible if names is None or names.search(p.name)]
+            skipped += [
+                str(p.relative_to(match)) for p in visible if names is not None and not names.search(p.name)
+            ]
+    if not found and skipped:
+        raise DataError(
+            f"{location}: no {fmt} files in this folder (names ending in {NAMES[fmt]}, optionally .gz); "
+            f"it holds {', '.join(skipped[:8])}{' ...' if len(skipped) > 8 else ''}"
+        )
     if not found:
-        raise DataError(f"nothing at {location}")
+        raise MissingDataError(f"nothing at {location}")
     return found
 
 
@@ -56,36 +90,6 @@ def _text_documents(files: list[str]) -> Iterator[dict]:
             elif sentences:
                 yield {"id": f"{path.name}:{k}", "text": " ".join(sentences), "sentences": sentences}
                 sentences, k = [], k + 1
-
-
-_HEADING = re.compile(r"^\s*(=\s+)+\S.*?(\s+=)+\s*$")  # " = Title = ", " = = Section = = ", ...
-_TITLE = re.compile(r"^\s*=\s+([^=\s].*?)\s+=\s*$")  # a level-1 heading: a new article
-_WIKI_SENTENCE_END = re.compile(r"(?<=\s[.!?])\s+")  # tokenised text: a sentence ends with " . "
-
-
-def _wikitext_articles(files: list[str]) -> Iterator[dict]:
-    """WikiText's wiki.*.tokens: an article starts at each level-1 heading; its paragraphs (one per
-    line; section headings dropped) are split into sentences after a free-standing . ! or ?."""
-    for name in files:
-        path, k, title, sentences = Path(name), 0, "", []
-        for _, line in itertools.chain(numbered_lines(path), [(0, " = = end = = ")]):
-            top = _TITLE.match(line)
-            if (top or line.strip() == "= = end = =") and sentences:  # the article before is complete
-                yield {
-                    "id": f"{path.name}:{k}",
-                    "title": title,
-                    "text": " ".join(sentences),
-                    "sentences": sentences,
-                }
-                k, sentences = k + 1, []
-            if top:
-                title = top.group(1)
-            elif line.strip() and not _HEADING.match(line):
-                sentences += [s for s in _WIKI_SENTENCE_END.split(line.strip()) if s]
-
-
-def read_wikitext(files: list[Path], data: DataSpec) -> datasets.Dataset:
-    return datasets.Dataset.from_list(list(_wikitext_articles([str(f) for f in files])))
 
 
 def _jsonl_records(files: list[str]) -> Iterator[dict]:
@@ -187,7 +191,7 @@ READERS: dict[str, Reader] = {
     "tsv": read_tsv,
     "parquet": read_parquet,
     "text": read_text,
-    "wikitext": read_wikitext,
+    "wikitext": wikitext.read_wikitext,
     "squad": qa.read_squad,
     "nq": qa.read_nq,
     "superglue": qa.read_superglue,
@@ -198,11 +202,8 @@ READERS: dict[str, Reader] = {
     "spert": conll.read_spert,
     "dygie": conll.read_dygie,
 }
-_STREAMS = {
-    "text": _text_documents,
-    "jsonl": _jsonl_records,
-    "wikitext": _wikitext_articles,
-}  # formats that can stream from disk
+# Formats that can stream from disk.
+_STREAMS = {"text": _text_documents, "jsonl": _jsonl_records, "wikitext": wikitext.documents}
 
 
 # ------------------------------------------------------------------------------------ the entry
@@ -218,7 +219,7 @@ def read_split(data: DataSpec, split: str) -> datasets.Dataset | datasets.Iterab
     elif data.format == "synthetic":
         from metapt.data.synthetic import generate
 
-        fmt, path = generate(data.corpus, data.size, data.seed, split, data.eval_size)
+        fmt, path = generate(data.corpus, data.size, data.seed, data.synthetic_split(split), data.eval_size)
         ds, where = READERS[fmt]([Path(path)], data), str(path)
     elif data.format in READERS:
         files, where = _split_files(data, split), data.location(split)
@@ -231,19 +232,55 @@ def read_split(data: DataSpec, split: str) -> datasets.Dataset | datasets.Iterab
         raise DataError(
             f"[data].format: {data.format!r} has no reader; allowed: hf, synthetic, " + ", ".join(READERS)
         )
-    return rename_columns(ds, data.columns, where)
+    if isinstance(ds, datasets.Dataset) and len(ds) == 0:
+        raise DataError(
+            f"{where}: no records in the {split} split (an empty file, or none in the {data.format} "
+            "format); check the file, or [data].format"
+        )
+    ds = rename_columns(ds, data.columns, where)
+    return word_salad(ds, data.seed, split) if data.shuffle_words else ds
+
+
+def word_salad(records: datasets.Dataset, seed: int, split: str) -> datasets.Dataset:
+    """`[data].shuffle_words`: each sentence (or text) keeps its length in words, but its words are
+    seeded draws from all words of the split, so the corpus keeps its vocabulary and unigram
+    frequencies and loses its syntax and facts (a junk control source, like the synthetic `shuffled`)."""
+    fields = [f for f in ("sentences", "text") if f in records.column_names]
+    if not fields:
+        raise DataError(
+            f"[data].shuffle_words: the records have no text or sentences field to shuffle "
+            f"(columns: {', '.join(records.column_names)})"
+        )
+    pool = [
+        w
+        for text in records[fields[0]]
+        for s in (text if fields[0] == "sentences" else [text])
+        for w in s.split()
+    ]
+    rng = random.Random(f"salad/{seed}/{split}")
+
+    def salad(text: str) -> str:
+        return " ".join(rng.choices(pool, k=len(text.split())))
+
+    def row(record: dict) -> dict:
+        if "sentences" in record:
+            sentences = [salad(s) for s in record["sentences"]]
+            return {"sentences": sentences, **({"text": " ".join(sentences)} if "text" in record else {})}
+        return {"text": salad(record["text"])}
+
+    return datasets.Dataset.from_list([{**r, **row(r)} for r in records]) if pool else records
 
 
 def _split_files(data: DataSpec, split: str) -> list[Path]:
     location = data.location(split)
     if location:
         try:
-            return resolve_files(location)
-        except DataError:
+            return resolve_files(location, data.format)
+        except MissingDataError:
             pass  # reported below with the split, the format and how to fix it
     obtain = f" {data.obtain}" if data.obtain else ""
     at = location or f"(no path: [data].{split} is not set)"
-    raise DataError(
+    raise MissingDataError(
         f"task data: split {split!r} of format {data.format!r}: nothing at {at}.{obtain} "
         f"Pass --data PATH or edit [data].{split}."
     )
@@ -256,7 +293,7 @@ def _from_hub(data: DataSpec, split: str) -> datasets.Dataset | datasets.Iterabl
             data.dataset, data.subset or None, split=getattr(data, split), streaming=data.streaming
         )
     except Exception as e:  # offline, unknown id or config, missing split: all mean "not available"
-        raise DataError(
+        raise MissingDataError(
             f"{name}: split {getattr(data, split)!r} could not be loaded from the hub "
             f"({type(e).__name__}: {e}). metapt runs offline unless HF_HUB_OFFLINE is unset; "
             "unset it to download, or pass --data PATH with a local copy."

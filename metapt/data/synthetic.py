@@ -1,8 +1,9 @@
 """Seeded synthetic corpora about one small world, written once in real file formats and cached.
 
-Every corpus of the same seed describes the same world (metapt/data/world.py): `documents`, `dialogues`,
-`squad`, `pairs`, `conll04` and `conll2012` state its facts, `shuffled` has its words but no facts, and
-`claims` asks whether facts are true without stating them (knowledge only the sources give).
+Every corpus of the same seed describes the same world (metapt/data/world.py): `documents`, `articles`
+(the documents with titles and entity spans), `dialogues`, `squad`, `pairs`, `conll04` and `conll2012`
+state its facts, `shuffled` has its words but no facts, and `claims` asks whether facts are true without
+stating them (knowledge only the sources give).
 The files are read back by the same readers as real data, so the synthetic path tests them too.
 """
 
@@ -48,11 +49,18 @@ class _Job:
 
 
 # ------------------------------------------------------------------------- documents, dialogues
-def _documents(job: _Job) -> list[list[Stated]]:
-    """Documents about entities taken in the split's order (each entity many times when size is large)."""
+def _subject_documents(job: _Job) -> list[tuple[tuple[str, int], list[Stated]]]:
+    """(the entity it is about, the document) for entities taken in the split's order (each entity
+    many times when size is large)."""
     pool = W.entity_pool(job.world)
     picks = job.cycle(len(pool))
-    return [W.document(job.world, *pool[next(picks)], job.rng) for _ in range(job.count)]
+    subjects = [pool[next(picks)] for _ in range(job.count)]
+    return [(subject, W.document(job.world, *subject, job.rng)) for subject in subjects]
+
+
+def _documents(job: _Job) -> list[list[Stated]]:
+    """Documents about entities taken in the split's order (each entity many times when size is large)."""
+    return [doc for _, doc in _subject_documents(job)]
 
 
 def _write_documents(job: _Job) -> str:
@@ -72,6 +80,28 @@ def _write_shuffled(job: _Job) -> str:
         )
         + "\n"
     )
+
+
+def _write_articles(job: _Job) -> str:
+    """JSON lines {"id", "title": the entity the document is about, "text", "sentences",
+    "entity_spans": [start, end] character offsets in text of every entity the world typed}."""
+    lines = []
+    for k, ((kind, i), doc) in enumerate(_subject_documents(job)):
+        sentences, spans, offset = [s.sentence.text for s in doc], [], 0
+        for stated in doc:
+            for text, etype, _ in stated.sentence.segs:
+                if etype:
+                    spans.append([offset, offset + len(text)])
+                offset += len(text) + 1  # segments, and sentences, are joined by single spaces
+        record = {
+            "id": f"synthetic-{job.seed}-{job.split}-{k:06d}",
+            "title": W.entity_name(job.world, kind, i),
+            "text": " ".join(sentences),
+            "sentences": sentences,
+            "entity_spans": spans,
+        }
+        lines.append(json.dumps(record, ensure_ascii=False))
+    return "\n".join(lines) + "\n"
 
 
 def _answer(sent: Sentence, slot: str) -> tuple[int, int] | None:
@@ -375,13 +405,14 @@ def _write_conll2012(job: _Job) -> str:
 WRITERS: dict[str, Callable[[_Job], str]] = {
     "documents": _write_documents, "shuffled": _write_shuffled, "dialogues": _write_dialogues,
     "conll04": _write_conll04, "conll2012": _write_conll2012, "pairs": _write_pairs, "squad": _write_squad,
+    "articles": _write_articles,
     "claims": _write_claims,
 }
 # corpus -> (format name the readers know, file extension)
 CORPUS_FORMATS: dict[str, tuple[str, str]] = {
     "documents": ("text", "txt"), "shuffled": ("text", "txt"), "dialogues": ("dailydialog", "txt"),
     "conll04": ("conll04", "corp"), "conll2012": ("conll2012", "gold_conll"), "pairs": ("tsv", "tsv"),
-    "squad": ("squad", "json"), "claims": ("tsv", "tsv"),
+    "squad": ("squad", "json"), "articles": ("jsonl", "jsonl"), "claims": ("tsv", "tsv"),
 }
 # fmt: on
 

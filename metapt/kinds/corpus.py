@@ -3,7 +3,6 @@ document, batched tokenisation and JSON-lines predictions (the corpus-based sour
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from functools import cache
@@ -15,11 +14,21 @@ import torch
 from torch import nn
 
 from metapt.catalog import KINDS
+from metapt.kinds.common import write_jsonl
 from metapt.kinds.heads import HEADS
 from metapt.metrics import accuracy
 from metapt.spec import TaskSpec
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# English function words: never a span-selection term, an entity or a phrase word, or a key word.
+STOPWORDS = frozenset(
+    """a about above after again against all also am an and any are as at be because been before
+being below between both but by can could did do does doing down during each few for from further had has have
+having he her here hers herself him himself his how i if in into is it its itself just me more most my myself no
+nor not now of off on once only or other our ours out over own same she should so some such than that the their
+theirs them then there these they this those through to too under until up very was we were what when where which
+while who whom why will with would you your yours yes one two many much may might must shall upon yet""".split()
+)
 
 
 def sentences_of(sentences: list[str] | None, text: str | None) -> list[str]:
@@ -98,13 +107,9 @@ def special_ids(tokenizer: Any) -> tuple[int, ...]:
     return tuple(sorted(set(tokenizer.all_special_ids)))
 
 
-def write_jsonl(path: Path, predictions: list[Any], records: Any, info: dict) -> None:
+def write_rows(path: Path, predictions: list[Any], records: Any, info: dict) -> None:
     """One JSON line per prediction (source kinds predict per feature row, not per record)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for p in predictions:
-            f.write(json.dumps(p, ensure_ascii=False) + "\n")
+    write_jsonl(path, predictions)
 
 
 def predict_drawn_class(logits: torch.Tensor, batch: dict[str, torch.Tensor], info: dict) -> list[dict]:

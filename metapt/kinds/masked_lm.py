@@ -1,4 +1,5 @@
-"""Masked language modelling with dynamic 80/10/10 masking (BERT), optionally of whole words.
+"""Masked language modelling with dynamic 80/10/10 masking (BERT), of single tokens, whole words, or
+ERNIE's knowledge units: whole phrases or entities (option `masking`; spans: metapt/kinds/knowledge.py).
 
 encode concatenates the documents of each map batch (a [SEP] between documents) and cuts the
 stream into blocks of max_length - 2 tokens, as run_mlm.py's group_texts does, but keeps the short
@@ -16,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metapt.catalog import masking_of
 from metapt.errors import MetaptError
-from metapt.kinds.base import Batch, Info, Kind
-from metapt.kinds.common import encoder_inputs, join, pad
-from metapt.kinds.corpus import build_head, map_records, special_ids, write_jsonl
+from metapt.kinds import knowledge
+from metapt.kinds.base import Batch, Info
+from metapt.kinds.common import feature_inputs, join, pad
+from metapt.kinds.corpus import build_head, map_records, special_ids, write_rows
 from metapt.metrics import accuracy
 from metapt.spec import TaskSpec
 
@@ -31,16 +34,24 @@ def prepare(spec: TaskSpec, train: datasets.Dataset | None) -> Info:
 
 
 def encode(dataset: datasets.Dataset, tokenizer: Any, spec: TaskSpec, info: Info) -> datasets.Dataset:
-    """Documents -> blocks {"input_ids": [CLS] block [SEP], "word_starts": 1 where a word begins}."""
-    block = spec.batch.max_length - 2
-    sep = tokenizer.sep_token_id
+    """Documents -> blocks {"input_ids": [CLS] block [SEP], "word_starts": 1 where a masking unit
+    begins: a word, or with phrase / entity masking a whole span (see metapt/kinds/knowledge.py)}."""
+    return blocks(dataset, tokenizer, spec.batch.max_length, masking_of(spec.options), spec.name)
+
+
+def blocks(dataset: Any, tokenizer: Any, max_length: int, masking: str, name: str = "") -> Any:
+    """The documents concatenated ([SEP] between them) and cut into [CLS] block [SEP] rows, with the
+    units `masking` selects marked in "word_starts"."""
+    block, sep = max_length - 2, tokenizer.sep_token_id
+    by_span = masking in knowledge.SPAN_FIELDS
 
     def fn(batch: dict[str, list]) -> dict[str, list]:
         n = len(next(iter(batch.values())))
         texts, sentences = batch.get("text") or [None] * n, batch.get("sentences") or [None] * n
-        enc = tokenizer(
-            [t or " ".join(s or []) for t, s in zip(texts, sentences, strict=True)], add_special_tokens=False
-        )
+        texts = [t or " ".join(s or []) for t, s in zip(texts, sentences, strict=True)]
+        given = batch.get(knowledge.SPAN_FIELDS[masking]) if by_span else None
+        ids_of = batch.get("id") or list(range(n))
+        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=by_span)
         ids: list[int] = []
         starts: list[int] = []
         for i, doc in enumerate(enc["input_ids"]):
@@ -50,23 +61,29 @@ def encode(dataset: datasets.Dataset, tokenizer: Any, spec: TaskSpec, info: Info
                 ids.append(sep)
                 starts.append(1)
             words = enc.word_ids(i)
+            flags = [int(j == 0 or w is None or w != words[j - 1]) for j, w in enumerate(words)]
+            if by_span:
+                where = f"task {name!r}, record {ids_of[i]!r}"
+                spans = knowledge.spans_for(masking, texts[i], given[i] if given else None, where)
+                flags = knowledge.unit_starts(flags, enc["offset_mapping"][i], spans)
             ids += doc
-            starts += [int(j == 0 or w is None or w != words[j - 1]) for j, w in enumerate(words)]
+            starts += flags
         out: dict[str, list] = {"input_ids": [], "word_starts": []}
         for b in range(0, len(ids), block):
             piece, flags = ids[b : b + block], starts[b : b + block]
-            flags[0] = 1  # a word cut by the block boundary starts afresh
-            out["input_ids"].append(join(tokenizer, piece, None, spec.batch.max_length)[0])
+            flags[0] = 1  # a unit cut by the block boundary starts afresh
+            out["input_ids"].append(join(tokenizer, piece, None, max_length)[0])
             out["word_starts"].append([1, *flags, 1])
         return out
 
     return map_records(dataset, fn)
 
 
-def _select(
+def select_units(
     starts: torch.Tensor, candidate: torch.Tensor, p: float, whole_word: bool, generator: torch.Generator
 ) -> torch.Tensor:
-    """Bool (N, T): the positions to predict, at least one; whole words when `whole_word`."""
+    """Bool (N, T): the positions to predict, at least one; whole units (from `starts`) when
+    `whole_word`, else single tokens."""
     units = starts if whole_word else torch.ones_like(starts)  # where a maskable unit begins
     positions = torch.arange(starts.shape[1]).expand_as(starts)
     first = torch.cummax(torch.where(units, positions, 0), dim=1).values  # (N, T): its unit's start
@@ -83,15 +100,12 @@ def collate(
 ) -> Batch:
     """Blocks -> input_ids, token_type_ids, attention_mask, labels (N, T); labels are -100 except at
     the selected positions, of which 80% read [MASK], 10% a random token and 10% stay unchanged."""
-    batch = encoder_inputs(
-        [r["input_ids"] for r in rows], [[0] * len(r["input_ids"]) for r in rows], tokenizer.pad_token_id
-    )
+    batch = feature_inputs(rows, tokenizer.pad_token_id)
     ids = batch["input_ids"]  # (N, T)
     starts = pad([r["word_starts"] for r in rows], 1).bool()  # (N, T)
     candidate = ~torch.isin(ids, torch.tensor(special_ids(tokenizer))) & batch["attention_mask"].bool()
-    selected = _select(
-        starts, candidate, spec.option("mask_probability"), spec.option("whole_word_mask"), generator
-    )
+    whole = masking_of(spec.options) != "token"  # whole words, phrases and entities: whole units
+    selected = select_units(starts, candidate, spec.option("mask_probability"), whole, generator)
     labels = ids.masked_fill(~selected, -100)
     roll = torch.rand(ids.shape, generator=generator)  # (N, T)
     random_ids = torch.randint(len(tokenizer), ids.shape, generator=generator)
@@ -143,12 +157,4 @@ def score(
     return {"accuracy": accuracy(predicted, gold), "loss": loss}, predictions
 
 
-KIND = Kind(
-    prepare=prepare,
-    encode=encode,
-    collate=collate,
-    head=head,
-    predict=predict,
-    score=score,
-    write_predictions=write_jsonl,  # one JSON line per feature row
-)
+write_predictions = write_rows  # one JSON line per feature row

@@ -20,9 +20,9 @@ import datasets
 import torch
 from torch import nn
 
-from metapt.kinds.base import Batch, Info, Kind
-from metapt.kinds.common import encoder_inputs, join
-from metapt.kinds.corpus import build_head, documents, map_records, tokenize_nested, write_jsonl
+from metapt.kinds.base import Batch, Info
+from metapt.kinds.common import feature_inputs, join
+from metapt.kinds.corpus import STOPWORDS, build_head, documents, map_records, tokenize_nested, write_rows
 from metapt.metrics import squad_exact, squad_f1
 from metapt.spec import TaskSpec
 
@@ -30,14 +30,6 @@ log = logging.getLogger("metapt")
 
 MAX_ANSWER_TOKENS = 30
 _WORD = re.compile(r"\w+(?:[-']\w+)*")
-_STOP = frozenset(
-    """a about above after again against all also am an and any are as at be because been before
-being below between both but by can could did do does doing down during each few for from further had has have
-having he her here hers herself him himself his how i if in into is it its itself just me more most my myself no
-nor not now of off on once only or other our ours out over own same she should so some such than that the their
-theirs them then there these they this those through to too under until up very was we were what when where which
-while who whom why will with would you your yours yes one two many much may might must shall upon yet""".split()
-)
 
 
 def terms(sentence: str) -> tuple[list[tuple[int, int]], ...]:
@@ -48,7 +40,7 @@ def terms(sentence: str) -> tuple[list[tuple[int, int]], ...]:
     names, numbers, content = [], [], []
     i = 0
     while i < len(words):
-        if text[i][0].isupper() and len(text[i]) > 1 and text[i].lower() not in _STOP:
+        if text[i][0].isupper() and len(text[i]) > 1 and text[i].lower() not in STOPWORDS:
             j = i  # a run of capitalised words separated by single spaces, as "New York City"
             while (
                 j + 1 < len(words)
@@ -63,7 +55,7 @@ def terms(sentence: str) -> tuple[list[tuple[int, int]], ...]:
             continue
         if any(c.isdigit() for c in text[i]):
             numbers.append(words[i])
-        elif len(text[i]) >= 4 and text[i].lower() not in _STOP:
+        elif len(text[i]) >= 4 and text[i].lower() not in STOPWORDS:
             content.append(words[i])
         i += 1
     return sorted(names), numbers, content
@@ -220,9 +212,7 @@ def collate(
 ) -> Batch:
     """input_ids, token_type_ids, attention_mask, context_mask (B, T: the passage tokens);
     start_positions, end_positions (B,). No randomness: the examples are fixed by encode."""
-    batch = encoder_inputs(
-        [r["input_ids"] for r in rows], [r["token_type_ids"] for r in rows], tokenizer.pad_token_id
-    )
+    batch = feature_inputs(rows, tokenizer.pad_token_id)
     context = torch.zeros(batch["input_ids"].shape, dtype=torch.bool)  # (B, T)
     for i, r in enumerate(rows):
         context[i, r["passage_start"] : r["passage_start"] + len(r["passage_offsets"])] = True
@@ -272,15 +262,4 @@ def score(
 
 def write_predictions(path: Path, predictions: list[dict], records: datasets.Dataset, info: Info) -> None:
     """One JSON line per query: its id, the predicted span text and the blanked term."""
-    write_jsonl(path, predictions, records, info)
-
-
-KIND = Kind(
-    prepare=prepare,
-    encode=encode,
-    collate=collate,
-    head=head,
-    predict=predict,
-    score=score,
-    write_predictions=write_predictions,
-)
+    write_rows(path, predictions, records, info)
