@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from metapt.data.tokenizer import load_tokenizer, train_wordpiece
 from metapt.device import autocast_for, pick_device
 from metapt.errors import MetaptError, TrainingError
 from metapt.flops import FlopCounter, tokens
+from metapt.interrupts import interrupts
 from metapt.model import MultiTaskModel, batch_to, load_encoder, new_encoder
 from metapt.schedulers import BASELINES
 from metapt.spec import RunSpec
@@ -596,9 +596,8 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
         outdir.claim(run.out, metrics_path.name)
         _truncate_metrics(metrics_path, run.episode)
     watch = pointless.Divergence.from_metrics(metrics_path)
-    stop = _interrupt_flag()
-    stopping = False  # stop["set"] as every rank agreed on it after the last episode
-    try:  # the previous SIGINT handler comes back however the loop ends (a NaN, a crash)
+    stopping = False  # stop.asked as every rank agreed on it after the last episode
+    with interrupts() as stop:  # Ctrl-C / SIGTERM: finish the episode, save, stop
         callback(
             "start",
             {
@@ -670,7 +669,7 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
             ):
                 run.totals[key] += value
             scores = heldout.EMPTY  # measured, not charged: eval FLOPs are not in `spent()`
-            final = run.episode == total or stop["set"] or (max_flops is not None and spent() >= max_flops)
+            final = run.episode == total or stop.asked or (max_flops is not None and spent() >= max_flops)
             if held is not None and heldout.due(run.episode, spec.run.eval_every, final):
                 scores = heldout.evaluate(run.model, run.tasks, held, run.flops, run.autocast, spec.run)
             record = {
@@ -700,7 +699,7 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
             callback("episode", record)
             if warning := watch.observe(chosen, run.episode, train_loss, meta.lr, meta.max_grad_norm):
                 callback("warning", {"message": warning})
-            stopping = distributed.any_rank(stop["set"])
+            stopping = distributed.any_rank(stop.asked)
             out_of_budget = max_flops is not None and spent() >= max_flops
             if (
                 run.episode % spec.run.checkpoint_every == 0
@@ -710,8 +709,6 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
             ):
                 save(run)
                 callback("checkpoint", {"episode": run.episode, "path": str(run.out)})
-    finally:
-        stop["restore"]()
     if total == 0 and not resume:  # `--episodes 0`: the initial weights, a baseline for finetuning
         save(run)
     done = run.episode >= total
@@ -729,7 +726,7 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
         "totals": run.totals,
         "message": message,
         "rank": run.rank,
-        "signal": stop["signal"],  # the signal that stopped the run early (0: none)
+        "signal": stop.signal,  # the signal that stopped the run early (0: none)
     }
     callback("end", summary)
     return summary
@@ -798,26 +795,3 @@ def _truncate_metrics(path: Path, episodes_done: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     os.replace(tmp, path)
-
-
-def _interrupt_flag() -> dict[str, Any]:
-    """The first Ctrl-C or SIGTERM (what torchrun and Slurm send) asks the loop to finish its episode
-    and save; a second one stops at once. flag["signal"] is the number of the first one."""
-    flag: dict[str, Any] = {"set": False, "signal": 0, "restore": lambda: None}
-    try:
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-        def handler(signum: int, frame: Any) -> None:
-            flag["set"], flag["signal"] = True, flag["signal"] or signum
-            signal.signal(signum, previous[signum])
-
-        def restore() -> None:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
-        for s in previous:
-            signal.signal(s, handler)
-        flag["restore"] = restore
-    except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
-        pass
-    return flag
