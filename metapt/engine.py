@@ -353,6 +353,7 @@ class Selection:
     target_loss: float  # mean target loss at theta
     flops: int
     gradient: selection.Params | None  # the chosen task's mean support gradient (first-order reuse)
+    targets: selection.TargetBatches  # the target batches every candidate was scored on
 
 
 def _draw(run: Run, shared: bool) -> tuple[selection.TargetBatches, dict[str, list]]:
@@ -394,8 +395,8 @@ def _estimate(run: Run) -> tuple[selection.Estimate, selection.TargetBatches, in
 
 
 def select_task(run: Run) -> Selection:
-    """The meta step: estimate every source's utility, let the policy choose, and keep the aware
-    target heads fitted on this selection's target batches (the encoder frozen)."""
+    """The meta step: estimate every source's utility on the same target batches, and let the policy
+    choose. The live model is not changed (the aware target heads step after it: `step_target_heads`)."""
     meta = run.spec.meta
     estimate, targets, flops = _estimate(run)
     for u in estimate.values.values():
@@ -414,8 +415,6 @@ def select_task(run: Run) -> Selection:
         lead = None if gap is None or gap == 0 else (values[choice.chosen] - values[runner]) / gap
     else:
         lead = policies.lead(choice.scores, choice.score_se, choice.chosen)
-    if run.head_optimizer is not None:
-        flops += _head_step(run, targets)
     gradient = None
     if _reuses_support(run):  # the gradient of the chosen task's mean support loss (dropout off)
         gradient = {n: g.div_(meta.support_batches) for n, g in estimate.gradients[choice.chosen].items()}
@@ -430,11 +429,16 @@ def select_task(run: Run) -> Selection:
         estimate.target_loss,
         flops,
         gradient,
+        targets,
     )
 
 
-def _head_step(run: Run, targets: selection.TargetBatches) -> int:
-    """One head-only AdamW step of the aware target heads on `targets`; returns its FLOPs."""
+def step_target_heads(run: Run, targets: selection.TargetBatches) -> int:
+    """One head-only AdamW step (`head_lr`, the encoder frozen) of the aware target heads on a
+    selection's target batches, so they keep up with the encoder; the next selection scores with
+    them, on other batches. Returns its FLOPs (0 without aware target heads)."""
+    if run.head_optimizer is None:
+        return 0
     flops = 0
     for t, batch in targets:
         loss, _ = run.model(t, batch, detach_encoder=True)
@@ -442,6 +446,10 @@ def _head_step(run: Run, targets: selection.TargetBatches) -> int:
         flops += run.flops.forward(t, batch)
     run.head_optimizer.step()
     run.model.zero_grad(set_to_none=True)  # nothing of the target update reaches the training step
+    if run.world > 1:
+        # Every rank stepped its copy of the target heads on the same batches; rank 0's copy wins, so
+        # per-rank dropout or CUDA kernels cannot make the copies drift apart.
+        distributed.broadcast_parameters([run.model.heads[t] for t in run.targets])
     return flops
 
 
@@ -640,10 +648,7 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
             else:
                 picked = select_task(run)
                 chosen, explored = picked.chosen, picked.explored
-                if run.head_optimizer is not None and run.world > 1:
-                    # Every rank stepped its copy of the target heads on the same batches; rank 0's copy
-                    # wins, so per-rank dropout or CUDA kernels cannot make the copies drift apart.
-                    distributed.broadcast_parameters([run.model.heads[t] for t in run.targets])
+                fit_flops += step_target_heads(run, picked.targets)
             utilities = picked.utilities if picked else {}
             chosen, explored, utilities = distributed.agree(chosen, explored, utilities, run.sources)
             sel_flops = (picked.flops if picked else 0) + fit_flops
