@@ -16,19 +16,18 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import datasets
 import torch
 
 from metapt import checkpoint, distributed, heldout, mixture, outdir, pointless, policies, resuming, selection
+from metapt.builders import build_encoder, build_model, build_optimizers, build_streams
 from metapt.catalog import KINDS
 from metapt.data.pipeline import (
     BatchStream,
     TaskData,
-    kind_of,
     load_task,
-    stream_for,
     tokenizer_hash,
     train_size,
 )
@@ -37,10 +36,10 @@ from metapt.device import autocast_for, pick_device
 from metapt.errors import MetaptError, TrainingError
 from metapt.flops import FlopCounter, tokens
 from metapt.interrupts import interrupts
-from metapt.model import MultiTaskModel, batch_to, load_encoder, new_encoder
+from metapt.model import MultiTaskModel, batch_to
 from metapt.schedulers import BASELINES
 from metapt.spec import RunSpec
-from metapt.train import accumulate, adamw, warmup_linear
+from metapt.train import Optimization, accumulate
 
 Callback = Callable[[str, dict[str, Any]], None]
 TOKENIZER_SAMPLE = 100_000  # records of a streamed source read to build a vocabulary
@@ -77,6 +76,11 @@ class Run:
     world: int = 1
     notes: list[str] = field(default_factory=list)  # resume: settings kept or changed, for the log
 
+    @property
+    def optimization(self) -> Optimization:
+        """The training optimizer with its schedule and the spec's clipping, as `train_task` takes it."""
+        return Optimization(self.optimizer, self.schedule, self.spec.meta.max_grad_norm)
+
 
 def _corpus_texts(tasks: list[TaskData]) -> list[str]:
     """The source tasks' training text, for training a WordPiece."""
@@ -102,9 +106,9 @@ def _tokenizer(spec: RunSpec, resume_dir: Path | None, sources: list[TaskData]) 
     return train_wordpiece(_corpus_texts(sources), spec.tokenizer.vocab_size, spec.tokenizer.lowercase)
 
 
-# issue 16, second part: split into builders (model, optimizers, streams) that finetune reuses
-def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:  # noqa: C901, PLR0915
-    """Read and encode the tasks, build the model and optimizers, and load the checkpoint on resume.
+def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
+    """Read and encode the tasks, build the model, optimizers and streams, and load the checkpoint on
+    resume.
 
     With `world` > 1 (torchrun) the process joins the group first, every rank builds the same run,
     and the training streams deal each rank its share of every global batch."""
@@ -117,8 +121,55 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:  #
     if resume_dir is not None:  # every rank reads the checkpoint rank 0 wrote (a shared filesystem)
         distributed.same_everywhere(resume_dir.name, f"the checkpoint to resume in {out}")
         spec, notes = resuming.reconcile(spec, resume_dir)  # before anything is read or loaded
-    meta = spec.meta
-    # Records first: a trained tokenizer needs the sources' text before anything is encoded.
+    tokenizer, tasks = _tasks(spec, resume_dir, world)
+    # Seeded after the data: encoding a task for the first time draws from the global RNG (a cache
+    # file name), and the weights must not depend on whether the feature cache was warm.
+    torch.manual_seed(spec.run.seed)
+    encoder = build_encoder(spec.model, tokenizer, resume_dir)
+    # train(): from_pretrained (a resume, a pretrained encoder) returns eval mode, i.e. dropout off
+    model = build_model(encoder, tasks).to(device).train()
+    sources, targets = _roles(spec)
+    training, head_optimizer = build_optimizers(
+        model,
+        [n for n in targets if n not in sources],
+        spec.meta,
+        spec.run.episodes * spec.meta.train_batches,
+    )
+    run = Run(
+        spec=spec,
+        out=out,
+        device=device,
+        autocast=autocast_for(device, spec.run.precision),
+        tokenizer=tokenizer,
+        model=model,
+        tasks=tasks,
+        sources=sources,
+        targets=targets,
+        streams=build_streams(tasks, tokenizer, spec.run.seed, sources, targets, rank, world),
+        optimizer=training.optimizer,
+        schedule=training.schedule,
+        head_optimizer=head_optimizer,
+        explore=torch.Generator().manual_seed(spec.run.seed),
+        flops=FlopCounter(model),
+        policy=policies.POLICIES[spec.meta.policy](spec.meta.epsilon, spec.meta.discount),
+        rank=rank,
+        world=world,
+        notes=notes,
+    )
+    if resume_dir is not None:  # the checkpoint's state, with the run spec's learning rates
+        rates = resuming.rates(run.optimizer, head_optimizer)
+        _restore(run, resume_dir)
+        resuming.reapply(rates, run.schedule, run.optimizer, head_optimizer)
+    if world > 1:  # as DDP does: every rank starts from rank 0's weights
+        distributed.broadcast_parameters([model])
+    run.notes += [w for t in tasks.values() for w in t.warnings]
+    run.notes += pointless.run_warnings(spec, {n: train_size(t) for n, t in tasks.items()}, run.episode)
+    return run
+
+
+def _tasks(spec: RunSpec, resume_dir: Path | None, world: int) -> tuple[Any, dict[str, TaskData]]:
+    """(the tokenizer, every source and target read and encoded with it). The records come first: a
+    trained tokenizer needs the sources' text before anything is encoded."""
     raw = {t.name: load_task(t, None, ("train",), encode=False) for t in (*spec.sources, *spec.targets)}
     tokenizer = _tokenizer(spec, resume_dir, [raw[t.name] for t in spec.sources])
     if world > 1:
@@ -126,79 +177,19 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:  #
     tasks = {name: load_task(t.spec, tokenizer, ("train",), records=t.records) for name, t in raw.items()}
     if resume_dir is not None:
         resuming.check_heads(resume_dir, tasks)
-    # Seeded after the data: encoding a task for the first time draws from the global RNG (a cache
-    # file name), and the weights must not depend on whether the feature cache was warm.
-    torch.manual_seed(spec.run.seed)
-    if resume_dir is not None:
-        encoder = load_encoder(str(resume_dir))
-    elif spec.model.pretrained:
-        encoder = load_encoder(spec.model.pretrained)
-    else:
-        encoder = new_encoder(spec.model, len(tokenizer), tokenizer.pad_token_id)
-    hidden = encoder.config.hidden_size
-    heads = {n: kind_of(t.spec).head(hidden, t.spec, t.info) for n, t in tasks.items()}
-    losses = {
-        n: (t.spec.loss.type or KINDS[t.spec.kind].losses[0], t.spec.loss.label_smoothing)
-        for n, t in tasks.items()
-    }
-    # train(): from_pretrained (a resume, a pretrained encoder) returns eval mode, i.e. dropout off
-    model = MultiTaskModel(encoder, heads, losses).to(device).train()
+    return tokenizer, tasks
+
+
+def _roles(spec: RunSpec) -> tuple[list[str], list[str]]:
+    """(the sources, the targets: the aware targets, else the sources themselves). The single
+    scheduler trains the first source, so `single_task` goes first."""
+    meta = spec.meta
     sources = [t.name for t in spec.sources]
-    if meta.scheduler == "single" and meta.single_task:  # the single scheduler trains the first source
+    if meta.scheduler == "single" and meta.single_task:
         sources.remove(meta.single_task)
         sources.insert(0, meta.single_task)
     targets = [t.name for t in spec.targets] if meta.setting == "aware" else list(sources)
-    target_heads = [p for n in targets if n not in sources for p in model.heads[n].parameters()]
-    trained = [(n, p) for n, p in model.named_parameters() if not any(p is q for q in target_heads)]
-    optimizer = adamw(trained, meta.lr, meta.weight_decay)
-    schedule = warmup_linear(optimizer, spec.run.episodes * meta.train_batches, meta.warmup_ratio)
-    head_optimizer = torch.optim.AdamW(target_heads, lr=meta.head_lr) if target_heads else None
-
-    def stream(name: str, salt: str, shares: int = 1) -> BatchStream:
-        r = rank if shares > 1 else 0
-        return stream_for(tasks[name], tokenizer, tasks[name].spec.batch.size, spec.run.seed, salt, r, shares)
-
-    # Training batches are split between the ranks; the meta step scores whole batches on every rank:
-    # a utility is nonlinear in the support batch's gradient (theta - alpha g), so averaging utilities
-    # of per-rank shares would score something else than one process does, and choose differently.
-    streams = {
-        "train": {n: stream(n, "train", world) for n in sources},
-        "support": {n: stream(n, "support") for n in sources},
-        "target": {n: stream(n, "target") for n in targets},
-        # fitting the target heads draws its own batches, so the scoring batches stay the same
-        "fit": {n: stream(n, "fit") for n in dict.fromkeys([*targets, *sources])},
-    }
-    explore = torch.Generator().manual_seed(spec.run.seed)
-    run = Run(
-        spec,
-        out,
-        device,
-        autocast_for(device, spec.run.precision),
-        tokenizer,
-        model,
-        tasks,
-        sources,
-        targets,
-        streams,
-        optimizer,
-        schedule,
-        head_optimizer,
-        explore,
-        FlopCounter(model),
-        policies.POLICIES[meta.policy](meta.epsilon, meta.discount),
-        rank=rank,
-        world=world,
-    )
-    run.notes = notes
-    if resume_dir is not None:  # the checkpoint's state, with the run spec's learning rates
-        rates = resuming.rates(optimizer, head_optimizer)
-        _restore(run, resume_dir)
-        resuming.reapply(rates, schedule, optimizer, head_optimizer)
-    if world > 1:  # as DDP does: every rank starts from rank 0's weights
-        distributed.broadcast_parameters([model])
-    run.notes += [w for t in tasks.values() for w in t.warnings]
-    run.notes += pointless.run_warnings(spec, {n: train_size(t) for n, t in tasks.items()}, run.episode)
-    return run
+    return sources, targets
 
 
 def _restore(run: Run, folder: Path) -> None:
@@ -328,15 +319,6 @@ def _prefetched(stream: BatchStream, n: int) -> Any:
             if i + 1 < n:
                 upcoming = pool.submit(stream.next)
             yield batch
-
-
-def _step(run: Run) -> None:
-    """One AdamW step with the gradients on the weights, then clear them."""
-    if run.spec.meta.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.spec.meta.max_grad_norm)
-    run.optimizer.step()
-    run.schedule.step()
-    run.optimizer.zero_grad(set_to_none=True)
 
 
 @dataclass
@@ -529,33 +511,69 @@ def fit_heads(run: Run, fitted: list[str], optimizer: torch.optim.Optimizer | No
     return steps, flops, best / (FIT_HELD * len(fitted))
 
 
-def _train(run: Run, task: str, gradient: selection.Params | None = None) -> tuple[float, int, int]:
-    """N AdamW steps on `task`: (mean loss, FLOPs, tokens) of the batches it draws.
+class TrainStats(NamedTuple):
+    """What `train_task` did: the mean loss, the FLOPs and the tokens of the batches it drew."""
 
-    With `gradient` (the chosen task's mean support gradient from first-order selection) that is the
-    first step and N - 1 batches are drawn (its FLOPs are counted in selection; its loss and tokens
-    are not here)."""
-    meta, model = run.spec.meta, run.model
-    parts = meta.grad_accumulation if KINDS[run.tasks[task].spec.kind].micro_batches else 1
+    loss: float
+    flops: int
+    tokens: int
+
+
+def train_task(
+    model: MultiTaskModel,
+    stream: BatchStream,
+    optimization: Optimization,
+    steps: int,
+    *,
+    gradient: selection.Params | None,
+    grad_accumulation: int,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    counter: FlopCounter,
+    check: Callable[[float, str], None],
+) -> TrainStats:
+    """N = `steps` optimizer steps on the stream's task, each on a fresh batch (split into
+    `grad_accumulation` micro-batches unless the kind's examples interact; under torchrun the ranks'
+    gradients averaged). With `gradient` (first-order selection's mean support gradient of this task)
+    the first step is taken with it and N - 1 batches are drawn: its FLOPs were counted by selection,
+    its loss and tokens are not in the result. `check(loss, what)` raises on a non-finite loss."""
+    task = stream.task.name
+    parts = grad_accumulation if KINDS[stream.task.spec.kind].micro_batches else 1
     losses, flops, n_tokens = [], 0, 0
-    steps = meta.train_batches
     model.zero_grad(set_to_none=True)
     if gradient is not None:
         for name, p in model.named_parameters():
             if name in gradient:
                 p.grad = gradient[name]
-        _step(run)
+        optimization.step(model)
         steps -= 1
-    for batch in _prefetched(run.streams["train"][task], steps):
-        batch = batch_to(batch, run.device)
-        loss = accumulate(lambda b: model(task, b)[0], batch, parts, run.autocast)
+    for batch in _prefetched(stream, steps):
+        batch = batch_to(batch, device)
+        loss = accumulate(lambda b: model(task, b)[0], batch, parts, autocast)
         loss = distributed.average_gradients(model, loss, batch)  # torchrun: the global batch's mean
-        _check(float(loss), f"the training loss of {task!r}", run)
-        _step(run)
+        check(float(loss), f"the training loss of {task!r}")
+        optimization.step(model)
         losses.append(float(loss))
-        flops += run.flops.train(task, batch)
+        flops += counter.train(task, batch)
         n_tokens += tokens(batch)
-    return sum(losses) / max(1, len(losses)), flops, n_tokens
+    return TrainStats(sum(losses) / max(1, len(losses)), flops, n_tokens)
+
+
+def _train(run: Run, task: str, gradient: selection.Params | None = None) -> TrainStats:
+    """`train_task` on `task` with the run's model, training stream and optimizer (bench.py's entry;
+    issue 14 moves bench onto public functions)."""
+    return train_task(
+        run.model,
+        run.streams["train"][task],
+        run.optimization,
+        run.spec.meta.train_batches,
+        gradient=gradient,
+        grad_accumulation=run.spec.meta.grad_accumulation,
+        device=run.device,
+        autocast=run.autocast,
+        counter=run.flops,
+        check=lambda value, what: _check(value, what, run),
+    )
 
 
 def pretrain(
@@ -654,7 +672,18 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
             sel_flops = (picked.flops if picked else 0) + fit_flops
             fit_seconds, fit_flops = 0.0, 0
             t1 = time.perf_counter()
-            train_loss, train_flops, n_tokens = _train(run, chosen, picked.gradient if picked else None)
+            train_loss, train_flops, n_tokens = train_task(  # N steps on the chosen task
+                run.model,
+                run.streams["train"][chosen],
+                run.optimization,
+                meta.train_batches,
+                gradient=picked.gradient if picked else None,  # first order: its support gradient
+                grad_accumulation=meta.grad_accumulation,
+                device=run.device,
+                autocast=run.autocast,
+                counter=run.flops,
+                check=lambda value, what: _check(value, what, run),
+            )
             # FLOPs and tokens of the whole global batch (each rank counted its share)
             train_flops, n_tokens = distributed.sum_counts(
                 (train_flops, n_tokens), replicated=not run.streams["train"][chosen].sharded
