@@ -602,7 +602,7 @@ def pretrain(
 
 
 # Algorithm 1 reads top to bottom in one function (STYLE.md 1): its length is the episode's.
-def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float | None) -> dict[str, Any]:  # noqa: C901, PLR0912, PLR0915
+def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float | None) -> dict[str, Any]:  # noqa: PLR0915
     """The episode loop of `pretrain`, in a folder that is checked (and locked on rank 0)."""
     run = setup(spec, resume, distributed.rank(), distributed.world())
     for note in run.notes:  # what --resume kept from the checkpoint, and what changed
@@ -616,63 +616,36 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
         if spec.run.eval_every and run.episode < total
         else None
     )
-    metrics_path = run.out / "metrics.jsonl"
-    if run.rank == 0:
-        run.out.mkdir(parents=True, exist_ok=True)
-        outdir.claim(run.out, metrics_path.name)
-        _truncate_metrics(metrics_path, run.episode)
+    metrics_path = _metrics_file(run)
     watch = pointless.Divergence.from_metrics(metrics_path)
+
+    def spent() -> float:
+        return run.totals["selection_flops"] + run.totals["train_flops"]
+
     stopping = False  # stop.asked as every rank agreed on it after the last episode
     with interrupts() as stop:  # Ctrl-C / SIGTERM: finish the episode, save, stop
-        callback(
-            "start",
-            {
-                "sources": run.sources,
-                "targets": run.targets,
-                "episodes": total,
-                "start": run.episode,
-                "device": str(run.device),
-                "scheduler": meta.scheduler,
-                "setting": meta.setting,
-                "world": run.world,
-            },
-        )
-        last_choice: str | None = run.history[-1] if run.history else None
-
-        def spent() -> float:
-            return run.totals["selection_flops"] + run.totals["train_flops"]
-
-        fit_seconds, fit_flops = 0.0, 0  # charged to the first selection
-        if meta.scheduler == "meta" and run.episode == 0:
-            t = time.perf_counter()
-            fitted = fit_all_heads(run)
-            fit_seconds, fit_flops = time.perf_counter() - t, fitted["flops"]
-            if run.world > 1:
-                distributed.broadcast_parameters([run.model.heads])
-            callback("heads", {**fitted, "seconds": fit_seconds})
-
+        callback("start", _start_event(run))
+        last: str | None = run.history[-1] if run.history else None
+        # Before the first selection the heads are fitted on the frozen encoder; charged to that selection.
+        fit_seconds, fit_flops = _fit_heads_first(run, callback) if meta.scheduler == "meta" else (0.0, 0)
         while run.episode < total and not stopping and (max_flops is None or spent() < max_flops):
             t0 = time.perf_counter() - fit_seconds
             picked: Selection | None = None
-            explored, reused = False, False
-            if meta.scheduler != "meta":
-                chosen = run.sources[
-                    BASELINES[meta.scheduler](
-                        run.episode, total, sizes, run.explore, meta.temperature, shares
-                    )
-                ]
-            elif last_choice is not None and run.episode % meta.select_every:
-                chosen, reused = last_choice, True
-            else:
+            if meta.scheduler != "meta":  # a baseline draws the task without looking at any target
+                i = BASELINES[meta.scheduler](
+                    run.episode, total, sizes, run.explore, meta.temperature, shares
+                )
+                chosen, explored, reused = run.sources[i], False, False
+            elif last is not None and run.episode % meta.select_every:  # between selections: keep it
+                chosen, explored, reused = last, False, True
+            else:  # Algorithm 1: every source's utility on the same target batches, the policy's choice
                 picked = select_task(run)
-                chosen, explored = picked.chosen, picked.explored
-                fit_flops += step_target_heads(run, picked.targets)
+                chosen, explored, reused = picked.chosen, picked.explored, False
+                fit_flops += step_target_heads(run, picked.targets)  # aware: one head-only step
             utilities = picked.utilities if picked else {}
             chosen, explored, utilities = distributed.agree(chosen, explored, utilities, run.sources)
-            sel_flops = (picked.flops if picked else 0) + fit_flops
-            fit_seconds, fit_flops = 0.0, 0
             t1 = time.perf_counter()
-            train_loss, train_flops, n_tokens = train_task(  # N steps on the chosen task
+            stats = train_task(  # N steps on the chosen task
                 run.model,
                 run.streams["train"][chosen],
                 run.optimization,
@@ -685,53 +658,25 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
                 check=lambda value, what: _check(value, what, run),
             )
             # FLOPs and tokens of the whole global batch (each rank counted its share)
-            train_flops, n_tokens = distributed.sum_counts(
-                (train_flops, n_tokens), replicated=not run.streams["train"][chosen].sharded
-            )
+            counts = distributed.sum_counts(stats[1:], replicated=not run.streams["train"][chosen].sharded)
+            stats = TrainStats(stats.loss, *counts)
             t2 = time.perf_counter()
             run.episode += 1
             run.history.append(chosen)
-            last_choice = chosen
-            if picked is not None:
-                _count_noise(run.totals, picked.lead_z)
-            for key, value in (
-                ("selection_seconds", t1 - t0),
-                ("train_seconds", t2 - t1),
-                ("selection_flops", sel_flops),
-                ("train_flops", train_flops),
-                ("tokens", n_tokens),
-            ):
-                run.totals[key] += value
-            scores = heldout.EMPTY  # measured, not charged: eval FLOPs are not in `spent()`
+            last = chosen
+            cost = Cost(
+                t1 - t0, t2 - t1, (picked.flops if picked else 0) + fit_flops, stats.flops, stats.tokens
+            )
+            fit_seconds, fit_flops = 0.0, 0
+            _account(run.totals, cost, picked)
+            record = _record(run, chosen, explored, reused, utilities, picked, stats, cost)
             final = run.episode == total or stop.asked or (max_flops is not None and spent() >= max_flops)
             if held is not None and heldout.due(run.episode, spec.run.eval_every, final):
-                scores = heldout.evaluate(run.model, run.tasks, held, run.flops, run.autocast, spec.run)
-            record = {
-                "episode": run.episode,
-                "chosen": chosen,
-                "explored": explored,
-                "reused": reused,
-                "utilities": utilities,
-                "utility_se": picked.utility_se if picked else {},
-                "lead_z": picked.lead_z if picked else None,
-                "policy_scores": picked.policy_scores if picked else {},
-                "utility_floor": picked.floor if picked else None,
-                "train_loss": train_loss,
-                "target_loss": picked.target_loss if picked else None,
-                "lr": run.schedule.get_last_lr()[0],
-                "selection_seconds": t1 - t0,
-                "train_seconds": t2 - t1,
-                "selection_flops": sel_flops,
-                "train_flops": train_flops,
-                "tokens": n_tokens,
-                "counts": dict(Counter(run.history)),
-                **scores,
-            }
-            if run.rank == 0:
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                # measured, not charged: evaluation FLOPs are not in `spent()`
+                record |= heldout.evaluate(run.model, run.tasks, held, run.flops, run.autocast, spec.run)
+            _append(metrics_path, record, run.rank)
             callback("episode", record)
-            if warning := watch.observe(chosen, run.episode, train_loss, meta.lr, meta.max_grad_norm):
+            if warning := watch.observe(chosen, run.episode, stats.loss, meta.lr, meta.max_grad_norm):
                 callback("warning", {"message": warning})
             stopping = distributed.any_rank(stop.asked)
             out_of_budget = max_flops is not None and spent() >= max_flops
@@ -745,14 +690,115 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
                 callback("checkpoint", {"episode": run.episode, "path": str(run.out)})
     if total == 0 and not resume:  # `--episodes 0`: the initial weights, a baseline for finetuning
         save(run)
+    summary = _summary(run, total, stop.signal)
+    callback("end", summary)
+    return summary
+
+
+def _metrics_file(run: Run) -> Path:
+    """OUTPUT_DIR/metrics.jsonl, claimed by rank 0 and cut back to the checkpoint's episodes."""
+    path = run.out / "metrics.jsonl"
+    if run.rank == 0:
+        run.out.mkdir(parents=True, exist_ok=True)
+        outdir.claim(run.out, path.name)
+        _truncate_metrics(path, run.episode)
+    return path
+
+
+def _append(path: Path, record: dict[str, Any], rank: int) -> None:
+    """One JSON line (rank 0 alone writes)."""
+    if rank == 0:
+        with path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _start_event(run: Run) -> dict[str, Any]:
+    """What the callback's "start" event says about the run."""
+    meta = run.spec.meta
+    return {
+        "sources": run.sources,
+        "targets": run.targets,
+        "episodes": run.spec.run.episodes,
+        "start": run.episode,
+        "device": str(run.device),
+        "scheduler": meta.scheduler,
+        "setting": meta.setting,
+        "world": run.world,
+    }
+
+
+def _fit_heads_first(run: Run, callback: Callback) -> tuple[float, int]:
+    """`fit_all_heads` once, before a fresh run's first selection (every rank then holds rank 0's
+    heads); (seconds, FLOPs) it took, which the first selection is charged with."""
+    if run.episode != 0:
+        return 0.0, 0
+    t = time.perf_counter()
+    fitted = fit_all_heads(run)
+    seconds = time.perf_counter() - t
+    if run.world > 1:
+        distributed.broadcast_parameters([run.model.heads])
+    callback("heads", {**fitted, "seconds": seconds})
+    return seconds, fitted["flops"]
+
+
+class Cost(NamedTuple):
+    """What an episode spent: seconds and FLOPs of selecting and of training, and training tokens."""
+
+    selection_seconds: float
+    train_seconds: float
+    selection_flops: int
+    train_flops: int
+    tokens: int
+
+
+def _account(totals: dict[str, float], cost: Cost, picked: Selection | None) -> None:
+    """Add an episode's cost to the run's totals, and count a selection's lead against its noise."""
+    for key, value in cost._asdict().items():
+        totals[key] += value
+    if picked is not None:
+        _count_noise(totals, picked.lead_z)
+
+
+def _record(
+    run: Run,
+    chosen: str,
+    explored: bool,
+    reused: bool,
+    utilities: dict[str, float],
+    picked: Selection | None,
+    stats: TrainStats,
+    cost: Cost,
+) -> dict[str, Any]:
+    """The episode's metrics.jsonl line (DESIGN.md section 6); the selection's fields are empty when the
+    episode did not select."""
+    return {
+        "episode": run.episode,
+        "chosen": chosen,
+        "explored": explored,
+        "reused": reused,
+        "utilities": utilities,
+        "utility_se": picked.utility_se if picked else {},
+        "lead_z": picked.lead_z if picked else None,
+        "policy_scores": picked.policy_scores if picked else {},
+        "utility_floor": picked.floor if picked else None,
+        "train_loss": stats.loss,
+        "target_loss": picked.target_loss if picked else None,
+        "lr": run.schedule.get_last_lr()[0],
+        **cost._asdict(),
+        "counts": dict(Counter(run.history)),
+        **heldout.EMPTY,  # filled in on the episodes that evaluate
+    }
+
+
+def _summary(run: Run, total: int, stopped_by: int) -> dict[str, Any]:
+    """What `pretrain` returns (and the callback's "end" event): episodes done, counts, totals, a message."""
     done = run.episode >= total
     message = (
         f"{'finished' if done else 'stopped after'} {run.episode}/{total} episodes; checkpoint: {run.out} "
         f"(selection {run.totals['selection_seconds']:.1f}s, training {run.totals['train_seconds']:.1f}s)"
     )
-    noise = noise_verdict(run.totals, meta.policy)
-    summary = {
-        "noise": noise,
+    return {
+        "noise": noise_verdict(run.totals, run.spec.meta.policy),
         "episodes": run.episode,
         "complete": done,
         "output_dir": str(run.out),
@@ -760,10 +806,8 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
         "totals": run.totals,
         "message": message,
         "rank": run.rank,
-        "signal": stop.signal,  # the signal that stopped the run early (0: none)
+        "signal": stopped_by,  # the signal that stopped the run early (0: none)
     }
-    callback("end", summary)
-    return summary
 
 
 SURE = 2.0  # a choice is above noise when it leads the runner-up by more than this many standard errors
