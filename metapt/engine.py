@@ -21,7 +21,18 @@ from typing import Any, NamedTuple
 import datasets
 import torch
 
-from metapt import checkpoint, distributed, heldout, mixture, outdir, pointless, policies, resuming, selection
+from metapt import (
+    checkpoint,
+    distributed,
+    fitting,
+    heldout,
+    mixture,
+    outdir,
+    pointless,
+    policies,
+    resuming,
+    selection,
+)
 from metapt.builders import build_encoder, build_model, build_optimizers, build_streams
 from metapt.catalog import KINDS
 from metapt.data.pipeline import (
@@ -435,82 +446,6 @@ def step_target_heads(run: Run, targets: selection.TargetBatches) -> int:
     return flops
 
 
-FIT_BATCHES = 16  # batches of every target the heads are fitted on; the last FIT_HELD check progress
-FIT_HELD = 4
-FIT_GAIN = 0.001  # fitting stops when a pass lowers the held-out batches' loss by less than this share
-
-
-def fit_target_heads(run: Run) -> tuple[int, int, float]:
-    """`fit_heads` for the aware targets' own heads."""
-    return fit_heads(run, [t for t in run.targets if t not in run.sources], run.head_optimizer)
-
-
-def fit_all_heads(run: Run) -> dict[str, Any]:
-    """Before the first selection: the aware target heads, then the sources' heads, each fitted on the
-    frozen encoder. A source's utility is the effect of a step through its own head: with a random
-    head (a warm-started encoder brings none, and an unchosen source's head never trains) that step
-    follows the head's initialisation, and the first choices lock in whichever source it favoured.
-    The sources' heads are fitted with a separate AdamW (`head_lr`), so the training optimizer's state
-    starts as without fitting."""
-    steps, flops, loss = fit_target_heads(run)
-    heads = [p for s in run.sources for p in run.model.heads[s].parameters()]
-    s_steps, s_flops, s_loss = fit_heads(run, run.sources, torch.optim.AdamW(heads, lr=run.spec.meta.head_lr))
-    return {
-        "steps": steps,
-        "loss": loss,
-        "source_steps": s_steps,
-        "source_loss": s_loss,
-        "flops": flops + s_flops,
-    }
-
-
-def fit_heads(run: Run, fitted: list[str], optimizer: torch.optim.Optimizer | None) -> tuple[int, int, float]:
-    """Fit the aware target heads on the frozen encoder before the first selection, so that a target's
-    loss says how well the encoder serves it, not how random its head is. The encoder's hidden states
-    of FIT_BATCHES batches of every target (their own stream) are computed once; head-only AdamW steps
-    (`head_lr`) go over the first FIT_BATCHES - FIT_HELD, one batch of every target per step, and after
-    each pass the summed loss of the last FIT_HELD decides: fitting stops when a pass lowers it by less
-    than FIT_GAIN (or raises it), or after `head_fit_steps` steps. Returns (steps, FLOPs, held-out loss)."""
-    limit = run.spec.meta.head_fit_steps
-    if not fitted or limit == 0 or optimizer is None:
-        return 0, 0, float("nan")
-    model, flops = run.model, 0
-    model.eval()  # as in scoring: dropout off
-    try:
-        cached: dict[str, list] = {}
-        with torch.no_grad():
-            for t in fitted:
-                batches = [batch_to(run.streams["fit"][t].next(), run.device) for _ in range(FIT_BATCHES)]
-                cached[t] = [(b, model.encode(b)) for b in batches]  # (batch, hidden (N, T, H))
-                flops += sum(run.flops.forward(t, b) for b in batches)
-
-        def held() -> float:
-            with torch.no_grad():
-                return sum(float(model(t, b, hidden=h)[0]) for t in fitted for b, h in cached[t][-FIT_HELD:])
-
-        steps, best = 0, held()
-        while steps < limit:
-            for i in range(FIT_BATCHES - FIT_HELD):
-                for t in fitted:
-                    batch, hidden = cached[t][i]
-                    model(t, batch, hidden=hidden)[0].backward()
-                    flops += 3 * run.flops.head(t, batch)
-                optimizer.step()
-                model.zero_grad(set_to_none=True)
-                steps += 1
-                if steps == limit:
-                    break
-            now = held()
-            flops += sum(run.flops.head(t, b) for t in fitted for b, _ in cached[t][-FIT_HELD:])
-            if now > best * (1 - FIT_GAIN):
-                best = min(best, now)
-                break
-            best = now
-    finally:
-        model.train()
-    return steps, flops, best / (FIT_HELD * len(fitted))
-
-
 class TrainStats(NamedTuple):
     """What `train_task` did: the mean loss, the FLOPs and the tokens of the batches it drew."""
 
@@ -732,8 +667,18 @@ def _fit_heads_first(run: Run, callback: Callback) -> tuple[float, int]:
     heads); (seconds, FLOPs) it took, which the first selection is charged with."""
     if run.episode != 0:
         return 0.0, 0
-    t = time.perf_counter()
-    fitted = fit_all_heads(run)
+    t, meta = time.perf_counter(), run.spec.meta
+    fitted = fitting.fit_all_heads(
+        run.model,
+        run.streams["fit"],
+        run.sources,
+        [n for n in run.targets if n not in run.sources],
+        run.head_optimizer,
+        meta.head_lr,
+        meta.head_fit_steps,
+        run.device,
+        run.flops,
+    )
     seconds = time.perf_counter() - t
     if run.world > 1:
         distributed.broadcast_parameters([run.model.heads])
