@@ -1,9 +1,10 @@
 """`metapt pretrain`: the episode loop of Algorithm 1 and of the baseline schedulers.
 
-Per episode: (meta) sample M target batches once, score every source task's M inner steps on them,
-pick the argmax or explore; (baselines) draw the task; then N AdamW steps on the chosen task. One
-JSON line per episode goes to OUTPUT_DIR/metrics.jsonl; the screen is reached only through
-`callback(event, data)`.
+Per episode: (meta) `select_task` samples the target batches once, scores every source task's M inner
+steps on them and lets the policy choose, then `step_target_heads` gives the aware target heads one
+head-only step; (baselines) the scheduler draws the task; then `train_task` takes N AdamW steps on the
+chosen task. `setup` assembles the run from metapt/builders.py. One JSON line per episode goes to
+OUTPUT_DIR/metrics.jsonl; the screen is reached only through `callback(event, data)`.
 """
 
 from __future__ import annotations
