@@ -48,7 +48,23 @@ def test_public_run_specs_name_the_documented_sources_and_targets() -> None:
         "response_selection",
     ]
     assert [t.name for t in aware.targets] == ["sst2_files", "conll04_spert"]
-    assert agnostic.run.eval_every == aware.run.eval_every == 10
+    assert agnostic.run.eval_every == aware.run.eval_every == 4  # a held-out curve of 7+ points per run
+
+
+def test_the_public_ernie_run_covers_ernie_2_0s_tasks_on_wikitext_2() -> None:
+    ernie = parse_run(PUBLIC / "ernie.toml")
+    assert [t.kind for t in ernie.sources] == [
+        "masked_lm",
+        "capitalization_prediction",
+        "token_document_relation",
+        "sentence_reordering",
+        "sentence_distance",
+        "ir_relevance",
+        "replaced_token_detection",
+    ]
+    assert ernie.sources[0].options["masking"] == "entity"
+    assert {t.data.format for t in ernie.sources} == {"wikitext"}
+    assert all("$METAPT_DATA" in t.data.obtain for t in ernie.sources)
 
 
 def test_public_tasks_read_their_files_under_metapt_data(monkeypatch: pytest.MonkeyPatch) -> None:
