@@ -1,9 +1,10 @@
 """`metapt pretrain`: the episode loop of Algorithm 1 and of the baseline schedulers.
 
-Per episode: (meta) sample M target batches once, score every source task's M inner steps on them,
-pick the argmax or explore; (baselines) draw the task; then N AdamW steps on the chosen task. One
-JSON line per episode goes to OUTPUT_DIR/metrics.jsonl; the screen is reached only through
-`callback(event, data)`.
+Per episode: (meta) `select_task` samples the target batches once, scores every source task's M inner
+steps on them and lets the policy choose, then `step_target_heads` gives the aware target heads one
+head-only step; (baselines) the scheduler draws the task; then `train_task` takes N AdamW steps on the
+chosen task. `setup` assembles the run from metapt/builders.py. One JSON line per episode goes to
+OUTPUT_DIR/metrics.jsonl; the screen is reached only through `callback(event, data)`.
 """
 
 from __future__ import annotations
@@ -11,25 +12,34 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import datasets
 import torch
 
-from metapt import checkpoint, distributed, heldout, mixture, outdir, pointless, policies, resuming, selection
+from metapt import (
+    checkpoint,
+    distributed,
+    fitting,
+    heldout,
+    mixture,
+    outdir,
+    pointless,
+    policies,
+    resuming,
+    selection,
+)
+from metapt.builders import build_encoder, build_model, build_optimizers, build_streams
 from metapt.catalog import KINDS
 from metapt.data.pipeline import (
     BatchStream,
     TaskData,
-    kind_of,
     load_task,
-    stream_for,
     tokenizer_hash,
     train_size,
 )
@@ -37,10 +47,11 @@ from metapt.data.tokenizer import load_tokenizer, train_wordpiece
 from metapt.device import autocast_for, pick_device
 from metapt.errors import MetaptError, TrainingError
 from metapt.flops import FlopCounter, tokens
-from metapt.model import MultiTaskModel, batch_to, load_encoder, new_encoder
+from metapt.interrupts import interrupts
+from metapt.model import MultiTaskModel, batch_to
 from metapt.schedulers import BASELINES
 from metapt.spec import RunSpec
-from metapt.train import accumulate, adamw, warmup_linear
+from metapt.train import Optimization, accumulate
 
 Callback = Callable[[str, dict[str, Any]], None]
 TOKENIZER_SAMPLE = 100_000  # records of a streamed source read to build a vocabulary
@@ -77,6 +88,11 @@ class Run:
     world: int = 1
     notes: list[str] = field(default_factory=list)  # resume: settings kept or changed, for the log
 
+    @property
+    def optimization(self) -> Optimization:
+        """The training optimizer with its schedule and the spec's clipping, as `train_task` takes it."""
+        return Optimization(self.optimizer, self.schedule, self.spec.meta.max_grad_norm)
+
 
 def _corpus_texts(tasks: list[TaskData]) -> list[str]:
     """The source tasks' training text, for training a WordPiece."""
@@ -102,9 +118,9 @@ def _tokenizer(spec: RunSpec, resume_dir: Path | None, sources: list[TaskData]) 
     return train_wordpiece(_corpus_texts(sources), spec.tokenizer.vocab_size, spec.tokenizer.lowercase)
 
 
-# issue 16, second part: split into builders (model, optimizers, streams) that finetune reuses
-def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:  # noqa: C901, PLR0915
-    """Read and encode the tasks, build the model and optimizers, and load the checkpoint on resume.
+def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
+    """Read and encode the tasks, build the model, optimizers and streams, and load the checkpoint on
+    resume.
 
     With `world` > 1 (torchrun) the process joins the group first, every rank builds the same run,
     and the training streams deal each rank its share of every global batch."""
@@ -117,8 +133,55 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:  #
     if resume_dir is not None:  # every rank reads the checkpoint rank 0 wrote (a shared filesystem)
         distributed.same_everywhere(resume_dir.name, f"the checkpoint to resume in {out}")
         spec, notes = resuming.reconcile(spec, resume_dir)  # before anything is read or loaded
-    meta = spec.meta
-    # Records first: a trained tokenizer needs the sources' text before anything is encoded.
+    tokenizer, tasks = _tasks(spec, resume_dir, world)
+    # Seeded after the data: encoding a task for the first time draws from the global RNG (a cache
+    # file name), and the weights must not depend on whether the feature cache was warm.
+    torch.manual_seed(spec.run.seed)
+    encoder = build_encoder(spec.model, tokenizer, resume_dir)
+    # train(): from_pretrained (a resume, a pretrained encoder) returns eval mode, i.e. dropout off
+    model = build_model(encoder, tasks).to(device).train()
+    sources, targets = _roles(spec)
+    training, head_optimizer = build_optimizers(
+        model,
+        [n for n in targets if n not in sources],
+        spec.meta,
+        spec.run.episodes * spec.meta.train_batches,
+    )
+    run = Run(
+        spec=spec,
+        out=out,
+        device=device,
+        autocast=autocast_for(device, spec.run.precision),
+        tokenizer=tokenizer,
+        model=model,
+        tasks=tasks,
+        sources=sources,
+        targets=targets,
+        streams=build_streams(tasks, tokenizer, spec.run.seed, sources, targets, rank, world),
+        optimizer=training.optimizer,
+        schedule=training.schedule,
+        head_optimizer=head_optimizer,
+        explore=torch.Generator().manual_seed(spec.run.seed),
+        flops=FlopCounter(model),
+        policy=policies.POLICIES[spec.meta.policy](spec.meta.epsilon, spec.meta.discount),
+        rank=rank,
+        world=world,
+        notes=notes,
+    )
+    if resume_dir is not None:  # the checkpoint's state, with the run spec's learning rates
+        rates = resuming.rates(run.optimizer, head_optimizer)
+        _restore(run, resume_dir)
+        resuming.reapply(rates, run.schedule, run.optimizer, head_optimizer)
+    if world > 1:  # as DDP does: every rank starts from rank 0's weights
+        distributed.broadcast_parameters([model])
+    run.notes += [w for t in tasks.values() for w in t.warnings]
+    run.notes += pointless.run_warnings(spec, {n: train_size(t) for n, t in tasks.items()}, run.episode)
+    return run
+
+
+def _tasks(spec: RunSpec, resume_dir: Path | None, world: int) -> tuple[Any, dict[str, TaskData]]:
+    """(the tokenizer, every source and target read and encoded with it). The records come first: a
+    trained tokenizer needs the sources' text before anything is encoded."""
     raw = {t.name: load_task(t, None, ("train",), encode=False) for t in (*spec.sources, *spec.targets)}
     tokenizer = _tokenizer(spec, resume_dir, [raw[t.name] for t in spec.sources])
     if world > 1:
@@ -126,79 +189,19 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:  #
     tasks = {name: load_task(t.spec, tokenizer, ("train",), records=t.records) for name, t in raw.items()}
     if resume_dir is not None:
         resuming.check_heads(resume_dir, tasks)
-    # Seeded after the data: encoding a task for the first time draws from the global RNG (a cache
-    # file name), and the weights must not depend on whether the feature cache was warm.
-    torch.manual_seed(spec.run.seed)
-    if resume_dir is not None:
-        encoder = load_encoder(str(resume_dir))
-    elif spec.model.pretrained:
-        encoder = load_encoder(spec.model.pretrained)
-    else:
-        encoder = new_encoder(spec.model, len(tokenizer), tokenizer.pad_token_id)
-    hidden = encoder.config.hidden_size
-    heads = {n: kind_of(t.spec).head(hidden, t.spec, t.info) for n, t in tasks.items()}
-    losses = {
-        n: (t.spec.loss.type or KINDS[t.spec.kind].losses[0], t.spec.loss.label_smoothing)
-        for n, t in tasks.items()
-    }
-    # train(): from_pretrained (a resume, a pretrained encoder) returns eval mode, i.e. dropout off
-    model = MultiTaskModel(encoder, heads, losses).to(device).train()
+    return tokenizer, tasks
+
+
+def _roles(spec: RunSpec) -> tuple[list[str], list[str]]:
+    """(the sources, the targets: the aware targets, else the sources themselves). The single
+    scheduler trains the first source, so `single_task` goes first."""
+    meta = spec.meta
     sources = [t.name for t in spec.sources]
-    if meta.scheduler == "single" and meta.single_task:  # the single scheduler trains the first source
+    if meta.scheduler == "single" and meta.single_task:
         sources.remove(meta.single_task)
         sources.insert(0, meta.single_task)
     targets = [t.name for t in spec.targets] if meta.setting == "aware" else list(sources)
-    target_heads = [p for n in targets if n not in sources for p in model.heads[n].parameters()]
-    trained = [(n, p) for n, p in model.named_parameters() if not any(p is q for q in target_heads)]
-    optimizer = adamw(trained, meta.lr, meta.weight_decay)
-    schedule = warmup_linear(optimizer, spec.run.episodes * meta.train_batches, meta.warmup_ratio)
-    head_optimizer = torch.optim.AdamW(target_heads, lr=meta.head_lr) if target_heads else None
-
-    def stream(name: str, salt: str, shares: int = 1) -> BatchStream:
-        r = rank if shares > 1 else 0
-        return stream_for(tasks[name], tokenizer, tasks[name].spec.batch.size, spec.run.seed, salt, r, shares)
-
-    # Training batches are split between the ranks; the meta step scores whole batches on every rank:
-    # a utility is nonlinear in the support batch's gradient (theta - alpha g), so averaging utilities
-    # of per-rank shares would score something else than one process does, and choose differently.
-    streams = {
-        "train": {n: stream(n, "train", world) for n in sources},
-        "support": {n: stream(n, "support") for n in sources},
-        "target": {n: stream(n, "target") for n in targets},
-        # fitting the target heads draws its own batches, so the scoring batches stay the same
-        "fit": {n: stream(n, "fit") for n in dict.fromkeys([*targets, *sources])},
-    }
-    explore = torch.Generator().manual_seed(spec.run.seed)
-    run = Run(
-        spec,
-        out,
-        device,
-        autocast_for(device, spec.run.precision),
-        tokenizer,
-        model,
-        tasks,
-        sources,
-        targets,
-        streams,
-        optimizer,
-        schedule,
-        head_optimizer,
-        explore,
-        FlopCounter(model),
-        policies.POLICIES[meta.policy](meta.epsilon, meta.discount),
-        rank=rank,
-        world=world,
-    )
-    run.notes = notes
-    if resume_dir is not None:  # the checkpoint's state, with the run spec's learning rates
-        rates = resuming.rates(optimizer, head_optimizer)
-        _restore(run, resume_dir)
-        resuming.reapply(rates, schedule, optimizer, head_optimizer)
-    if world > 1:  # as DDP does: every rank starts from rank 0's weights
-        distributed.broadcast_parameters([model])
-    run.notes += [w for t in tasks.values() for w in t.warnings]
-    run.notes += pointless.run_warnings(spec, {n: train_size(t) for n, t in tasks.items()}, run.episode)
-    return run
+    return sources, targets
 
 
 def _restore(run: Run, folder: Path) -> None:
@@ -330,15 +333,6 @@ def _prefetched(stream: BatchStream, n: int) -> Any:
             yield batch
 
 
-def _step(run: Run) -> None:
-    """One AdamW step with the gradients on the weights, then clear them."""
-    if run.spec.meta.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.spec.meta.max_grad_norm)
-    run.optimizer.step()
-    run.schedule.step()
-    run.optimizer.zero_grad(set_to_none=True)
-
-
 @dataclass
 class Selection:
     """One meta step: the task chosen, the evidence it was chosen on, and what it cost."""
@@ -353,6 +347,7 @@ class Selection:
     target_loss: float  # mean target loss at theta
     flops: int
     gradient: selection.Params | None  # the chosen task's mean support gradient (first-order reuse)
+    targets: selection.TargetBatches  # the target batches every candidate was scored on
 
 
 def _draw(run: Run, shared: bool) -> tuple[selection.TargetBatches, dict[str, list]]:
@@ -394,8 +389,8 @@ def _estimate(run: Run) -> tuple[selection.Estimate, selection.TargetBatches, in
 
 
 def select_task(run: Run) -> Selection:
-    """The meta step: estimate every source's utility, let the policy choose, and keep the aware
-    target heads fitted on this selection's target batches (the encoder frozen)."""
+    """The meta step: estimate every source's utility on the same target batches, and let the policy
+    choose. The live model is not changed (the aware target heads step after it: `step_target_heads`)."""
     meta = run.spec.meta
     estimate, targets, flops = _estimate(run)
     for u in estimate.values.values():
@@ -414,8 +409,6 @@ def select_task(run: Run) -> Selection:
         lead = None if gap is None or gap == 0 else (values[choice.chosen] - values[runner]) / gap
     else:
         lead = policies.lead(choice.scores, choice.score_se, choice.chosen)
-    if run.head_optimizer is not None:
-        flops += _head_step(run, targets)
     gradient = None
     if _reuses_support(run):  # the gradient of the chosen task's mean support loss (dropout off)
         gradient = {n: g.div_(meta.support_batches) for n, g in estimate.gradients[choice.chosen].items()}
@@ -430,11 +423,16 @@ def select_task(run: Run) -> Selection:
         estimate.target_loss,
         flops,
         gradient,
+        targets,
     )
 
 
-def _head_step(run: Run, targets: selection.TargetBatches) -> int:
-    """One head-only AdamW step of the aware target heads on `targets`; returns its FLOPs."""
+def step_target_heads(run: Run, targets: selection.TargetBatches) -> int:
+    """One head-only AdamW step (`head_lr`, the encoder frozen) of the aware target heads on a
+    selection's target batches, so they keep up with the encoder; the next selection scores with
+    them, on other batches. Returns its FLOPs (0 without aware target heads)."""
+    if run.head_optimizer is None:
+        return 0
     flops = 0
     for t, batch in targets:
         loss, _ = run.model(t, batch, detach_encoder=True)
@@ -442,112 +440,76 @@ def _head_step(run: Run, targets: selection.TargetBatches) -> int:
         flops += run.flops.forward(t, batch)
     run.head_optimizer.step()
     run.model.zero_grad(set_to_none=True)  # nothing of the target update reaches the training step
+    if run.world > 1:
+        # Every rank stepped its copy of the target heads on the same batches; rank 0's copy wins, so
+        # per-rank dropout or CUDA kernels cannot make the copies drift apart.
+        distributed.broadcast_parameters([run.model.heads[t] for t in run.targets])
     return flops
 
 
-FIT_BATCHES = 16  # batches of every target the heads are fitted on; the last FIT_HELD check progress
-FIT_HELD = 4
-FIT_GAIN = 0.001  # fitting stops when a pass lowers the held-out batches' loss by less than this share
+class TrainStats(NamedTuple):
+    """What `train_task` did: the mean loss, the FLOPs and the tokens of the batches it drew."""
+
+    loss: float
+    flops: int
+    tokens: int
 
 
-def fit_target_heads(run: Run) -> tuple[int, int, float]:
-    """`fit_heads` for the aware targets' own heads."""
-    return fit_heads(run, [t for t in run.targets if t not in run.sources], run.head_optimizer)
-
-
-def fit_all_heads(run: Run) -> dict[str, Any]:
-    """Before the first selection: the aware target heads, then the sources' heads, each fitted on the
-    frozen encoder. A source's utility is the effect of a step through its own head: with a random
-    head (a warm-started encoder brings none, and an unchosen source's head never trains) that step
-    follows the head's initialisation, and the first choices lock in whichever source it favoured.
-    The sources' heads are fitted with a separate AdamW (`head_lr`), so the training optimizer's state
-    starts as without fitting."""
-    steps, flops, loss = fit_target_heads(run)
-    heads = [p for s in run.sources for p in run.model.heads[s].parameters()]
-    s_steps, s_flops, s_loss = fit_heads(run, run.sources, torch.optim.AdamW(heads, lr=run.spec.meta.head_lr))
-    return {
-        "steps": steps,
-        "loss": loss,
-        "source_steps": s_steps,
-        "source_loss": s_loss,
-        "flops": flops + s_flops,
-    }
-
-
-def fit_heads(run: Run, fitted: list[str], optimizer: torch.optim.Optimizer | None) -> tuple[int, int, float]:
-    """Fit the aware target heads on the frozen encoder before the first selection, so that a target's
-    loss says how well the encoder serves it, not how random its head is. The encoder's hidden states
-    of FIT_BATCHES batches of every target (their own stream) are computed once; head-only AdamW steps
-    (`head_lr`) go over the first FIT_BATCHES - FIT_HELD, one batch of every target per step, and after
-    each pass the summed loss of the last FIT_HELD decides: fitting stops when a pass lowers it by less
-    than FIT_GAIN (or raises it), or after `head_fit_steps` steps. Returns (steps, FLOPs, held-out loss)."""
-    limit = run.spec.meta.head_fit_steps
-    if not fitted or limit == 0 or optimizer is None:
-        return 0, 0, float("nan")
-    model, flops = run.model, 0
-    model.eval()  # as in scoring: dropout off
-    try:
-        cached: dict[str, list] = {}
-        with torch.no_grad():
-            for t in fitted:
-                batches = [batch_to(run.streams["fit"][t].next(), run.device) for _ in range(FIT_BATCHES)]
-                cached[t] = [(b, model.encode(b)) for b in batches]  # (batch, hidden (N, T, H))
-                flops += sum(run.flops.forward(t, b) for b in batches)
-
-        def held() -> float:
-            with torch.no_grad():
-                return sum(float(model(t, b, hidden=h)[0]) for t in fitted for b, h in cached[t][-FIT_HELD:])
-
-        steps, best = 0, held()
-        while steps < limit:
-            for i in range(FIT_BATCHES - FIT_HELD):
-                for t in fitted:
-                    batch, hidden = cached[t][i]
-                    model(t, batch, hidden=hidden)[0].backward()
-                    flops += 3 * run.flops.head(t, batch)
-                optimizer.step()
-                model.zero_grad(set_to_none=True)
-                steps += 1
-                if steps == limit:
-                    break
-            now = held()
-            flops += sum(run.flops.head(t, b) for t in fitted for b, _ in cached[t][-FIT_HELD:])
-            if now > best * (1 - FIT_GAIN):
-                best = min(best, now)
-                break
-            best = now
-    finally:
-        model.train()
-    return steps, flops, best / (FIT_HELD * len(fitted))
-
-
-def _train(run: Run, task: str, gradient: selection.Params | None = None) -> tuple[float, int, int]:
-    """N AdamW steps on `task`: (mean loss, FLOPs, tokens) of the batches it draws.
-
-    With `gradient` (the chosen task's mean support gradient from first-order selection) that is the
-    first step and N - 1 batches are drawn (its FLOPs are counted in selection; its loss and tokens
-    are not here)."""
-    meta, model = run.spec.meta, run.model
-    parts = meta.grad_accumulation if KINDS[run.tasks[task].spec.kind].micro_batches else 1
+def train_task(
+    model: MultiTaskModel,
+    stream: BatchStream,
+    optimization: Optimization,
+    steps: int,
+    *,
+    gradient: selection.Params | None,
+    grad_accumulation: int,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    counter: FlopCounter,
+    check: Callable[[float, str], None],
+) -> TrainStats:
+    """N = `steps` optimizer steps on the stream's task, each on a fresh batch (split into
+    `grad_accumulation` micro-batches unless the kind's examples interact; under torchrun the ranks'
+    gradients averaged). With `gradient` (first-order selection's mean support gradient of this task)
+    the first step is taken with it and N - 1 batches are drawn: its FLOPs were counted by selection,
+    its loss and tokens are not in the result. `check(loss, what)` raises on a non-finite loss."""
+    task = stream.task.name
+    parts = grad_accumulation if KINDS[stream.task.spec.kind].micro_batches else 1
     losses, flops, n_tokens = [], 0, 0
-    steps = meta.train_batches
     model.zero_grad(set_to_none=True)
     if gradient is not None:
         for name, p in model.named_parameters():
             if name in gradient:
                 p.grad = gradient[name]
-        _step(run)
+        optimization.step(model)
         steps -= 1
-    for batch in _prefetched(run.streams["train"][task], steps):
-        batch = batch_to(batch, run.device)
-        loss = accumulate(lambda b: model(task, b)[0], batch, parts, run.autocast)
+    for batch in _prefetched(stream, steps):
+        batch = batch_to(batch, device)
+        loss = accumulate(lambda b: model(task, b)[0], batch, parts, autocast)
         loss = distributed.average_gradients(model, loss, batch)  # torchrun: the global batch's mean
-        _check(float(loss), f"the training loss of {task!r}", run)
-        _step(run)
+        check(float(loss), f"the training loss of {task!r}")
+        optimization.step(model)
         losses.append(float(loss))
-        flops += run.flops.train(task, batch)
+        flops += counter.train(task, batch)
         n_tokens += tokens(batch)
-    return sum(losses) / max(1, len(losses)), flops, n_tokens
+    return TrainStats(sum(losses) / max(1, len(losses)), flops, n_tokens)
+
+
+def _train(run: Run, task: str, gradient: selection.Params | None = None) -> TrainStats:
+    """`train_task` on `task` with the run's model, training stream and optimizer (bench.py's entry;
+    issue 14 moves bench onto public functions)."""
+    return train_task(
+        run.model,
+        run.streams["train"][task],
+        run.optimization,
+        run.spec.meta.train_batches,
+        gradient=gradient,
+        grad_accumulation=run.spec.meta.grad_accumulation,
+        device=run.device,
+        autocast=run.autocast,
+        counter=run.flops,
+        check=lambda value, what: _check(value, what, run),
+    )
 
 
 def pretrain(
@@ -576,7 +538,7 @@ def pretrain(
 
 
 # Algorithm 1 reads top to bottom in one function (STYLE.md 1): its length is the episode's.
-def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float | None) -> dict[str, Any]:  # noqa: C901, PLR0912, PLR0915
+def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float | None) -> dict[str, Any]:  # noqa: PLR0915
     """The episode loop of `pretrain`, in a folder that is checked (and locked on rank 0)."""
     run = setup(spec, resume, distributed.rank(), distributed.world())
     for note in run.notes:  # what --resume kept from the checkpoint, and what changed
@@ -590,117 +552,69 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
         if spec.run.eval_every and run.episode < total
         else None
     )
-    metrics_path = run.out / "metrics.jsonl"
-    if run.rank == 0:
-        run.out.mkdir(parents=True, exist_ok=True)
-        outdir.claim(run.out, metrics_path.name)
-        _truncate_metrics(metrics_path, run.episode)
+    metrics_path = _metrics_file(run)
     watch = pointless.Divergence.from_metrics(metrics_path)
-    stop = _interrupt_flag()
-    stopping = False  # stop["set"] as every rank agreed on it after the last episode
-    try:  # the previous SIGINT handler comes back however the loop ends (a NaN, a crash)
-        callback(
-            "start",
-            {
-                "sources": run.sources,
-                "targets": run.targets,
-                "episodes": total,
-                "start": run.episode,
-                "device": str(run.device),
-                "scheduler": meta.scheduler,
-                "setting": meta.setting,
-                "world": run.world,
-            },
-        )
-        last_choice: str | None = run.history[-1] if run.history else None
 
-        def spent() -> float:
-            return run.totals["selection_flops"] + run.totals["train_flops"]
+    def spent() -> float:
+        return run.totals["selection_flops"] + run.totals["train_flops"]
 
-        fit_seconds, fit_flops = 0.0, 0  # charged to the first selection
-        if meta.scheduler == "meta" and run.episode == 0:
-            t = time.perf_counter()
-            fitted = fit_all_heads(run)
-            fit_seconds, fit_flops = time.perf_counter() - t, fitted["flops"]
-            if run.world > 1:
-                distributed.broadcast_parameters([run.model.heads])
-            callback("heads", {**fitted, "seconds": fit_seconds})
-
+    stopping = False  # stop.asked as every rank agreed on it after the last episode
+    with interrupts() as stop:  # Ctrl-C / SIGTERM: finish the episode, save, stop
+        callback("start", _start_event(run))
+        last: str | None = run.history[-1] if run.history else None
+        # Before the first selection the heads are fitted on the frozen encoder; charged to that selection.
+        fit_seconds, fit_flops = _fit_heads_first(run, callback) if meta.scheduler == "meta" else (0.0, 0)
         while run.episode < total and not stopping and (max_flops is None or spent() < max_flops):
             t0 = time.perf_counter() - fit_seconds
             picked: Selection | None = None
-            explored, reused = False, False
-            if meta.scheduler != "meta":
-                chosen = run.sources[
-                    BASELINES[meta.scheduler](
-                        run.episode, total, sizes, run.explore, meta.temperature, shares
-                    )
-                ]
-            elif last_choice is not None and run.episode % meta.select_every:
-                chosen, reused = last_choice, True
-            else:
+            if meta.scheduler != "meta":  # a baseline draws the task without looking at any target
+                i = BASELINES[meta.scheduler](
+                    run.episode, total, sizes, run.explore, meta.temperature, shares
+                )
+                chosen, explored, reused = run.sources[i], False, False
+            elif last is not None and run.episode % meta.select_every:  # between selections: keep it
+                chosen, explored, reused = last, False, True
+            else:  # Algorithm 1: every source's utility on the same target batches, the policy's choice
                 picked = select_task(run)
-                chosen, explored = picked.chosen, picked.explored
-                if run.head_optimizer is not None and run.world > 1:
-                    # Every rank stepped its copy of the target heads on the same batches; rank 0's copy
-                    # wins, so per-rank dropout or CUDA kernels cannot make the copies drift apart.
-                    distributed.broadcast_parameters([run.model.heads[t] for t in run.targets])
+                chosen, explored, reused = picked.chosen, picked.explored, False
+                fit_flops += step_target_heads(run, picked.targets)  # aware: one head-only step
             utilities = picked.utilities if picked else {}
             chosen, explored, utilities = distributed.agree(chosen, explored, utilities, run.sources)
-            sel_flops = (picked.flops if picked else 0) + fit_flops
-            fit_seconds, fit_flops = 0.0, 0
             t1 = time.perf_counter()
-            train_loss, train_flops, n_tokens = _train(run, chosen, picked.gradient if picked else None)
-            # FLOPs and tokens of the whole global batch (each rank counted its share)
-            train_flops, n_tokens = distributed.sum_counts(
-                (train_flops, n_tokens), replicated=not run.streams["train"][chosen].sharded
+            stats = train_task(  # N steps on the chosen task
+                run.model,
+                run.streams["train"][chosen],
+                run.optimization,
+                meta.train_batches,
+                gradient=picked.gradient if picked else None,  # first order: its support gradient
+                grad_accumulation=meta.grad_accumulation,
+                device=run.device,
+                autocast=run.autocast,
+                counter=run.flops,
+                check=lambda value, what: _check(value, what, run),
             )
+            # FLOPs and tokens of the whole global batch (each rank counted its share)
+            counts = distributed.sum_counts(stats[1:], replicated=not run.streams["train"][chosen].sharded)
+            stats = TrainStats(stats.loss, *counts)
             t2 = time.perf_counter()
             run.episode += 1
             run.history.append(chosen)
-            last_choice = chosen
-            if picked is not None:
-                _count_noise(run.totals, picked.lead_z)
-            for key, value in (
-                ("selection_seconds", t1 - t0),
-                ("train_seconds", t2 - t1),
-                ("selection_flops", sel_flops),
-                ("train_flops", train_flops),
-                ("tokens", n_tokens),
-            ):
-                run.totals[key] += value
-            scores = heldout.EMPTY  # measured, not charged: eval FLOPs are not in `spent()`
-            final = run.episode == total or stop["set"] or (max_flops is not None and spent() >= max_flops)
+            last = chosen
+            cost = Cost(
+                t1 - t0, t2 - t1, (picked.flops if picked else 0) + fit_flops, stats.flops, stats.tokens
+            )
+            fit_seconds, fit_flops = 0.0, 0
+            _account(run.totals, cost, picked)
+            record = _record(run, chosen, explored, reused, utilities, picked, stats, cost)
+            final = run.episode == total or stop.asked or (max_flops is not None and spent() >= max_flops)
             if held is not None and heldout.due(run.episode, spec.run.eval_every, final):
-                scores = heldout.evaluate(run.model, run.tasks, held, run.flops, run.autocast, spec.run)
-            record = {
-                "episode": run.episode,
-                "chosen": chosen,
-                "explored": explored,
-                "reused": reused,
-                "utilities": utilities,
-                "utility_se": picked.utility_se if picked else {},
-                "lead_z": picked.lead_z if picked else None,
-                "policy_scores": picked.policy_scores if picked else {},
-                "utility_floor": picked.floor if picked else None,
-                "train_loss": train_loss,
-                "target_loss": picked.target_loss if picked else None,
-                "lr": run.schedule.get_last_lr()[0],
-                "selection_seconds": t1 - t0,
-                "train_seconds": t2 - t1,
-                "selection_flops": sel_flops,
-                "train_flops": train_flops,
-                "tokens": n_tokens,
-                "counts": dict(Counter(run.history)),
-                **scores,
-            }
-            if run.rank == 0:
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                # measured, not charged: evaluation FLOPs are not in `spent()`
+                record |= heldout.evaluate(run.model, run.tasks, held, run.flops, run.autocast, spec.run)
+            _append(metrics_path, record, run.rank)
             callback("episode", record)
-            if warning := watch.observe(chosen, run.episode, train_loss, meta.lr, meta.max_grad_norm):
+            if warning := watch.observe(chosen, run.episode, stats.loss, meta.lr, meta.max_grad_norm):
                 callback("warning", {"message": warning})
-            stopping = distributed.any_rank(stop["set"])
+            stopping = distributed.any_rank(stop.asked)
             out_of_budget = max_flops is not None and spent() >= max_flops
             if (
                 run.episode % spec.run.checkpoint_every == 0
@@ -710,18 +624,127 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
             ):
                 save(run)
                 callback("checkpoint", {"episode": run.episode, "path": str(run.out)})
-    finally:
-        stop["restore"]()
     if total == 0 and not resume:  # `--episodes 0`: the initial weights, a baseline for finetuning
         save(run)
+    summary = _summary(run, total, stop.signal)
+    callback("end", summary)
+    return summary
+
+
+def _metrics_file(run: Run) -> Path:
+    """OUTPUT_DIR/metrics.jsonl, claimed by rank 0 and cut back to the checkpoint's episodes."""
+    path = run.out / "metrics.jsonl"
+    if run.rank == 0:
+        run.out.mkdir(parents=True, exist_ok=True)
+        outdir.claim(run.out, path.name)
+        _truncate_metrics(path, run.episode)
+    return path
+
+
+def _append(path: Path, record: dict[str, Any], rank: int) -> None:
+    """One JSON line (rank 0 alone writes)."""
+    if rank == 0:
+        with path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _start_event(run: Run) -> dict[str, Any]:
+    """What the callback's "start" event says about the run."""
+    meta = run.spec.meta
+    return {
+        "sources": run.sources,
+        "targets": run.targets,
+        "episodes": run.spec.run.episodes,
+        "start": run.episode,
+        "device": str(run.device),
+        "scheduler": meta.scheduler,
+        "setting": meta.setting,
+        "world": run.world,
+    }
+
+
+def _fit_heads_first(run: Run, callback: Callback) -> tuple[float, int]:
+    """`fit_all_heads` once, before a fresh run's first selection (every rank then holds rank 0's
+    heads); (seconds, FLOPs) it took, which the first selection is charged with."""
+    if run.episode != 0:
+        return 0.0, 0
+    t, meta = time.perf_counter(), run.spec.meta
+    fitted = fitting.fit_all_heads(
+        run.model,
+        run.streams["fit"],
+        run.sources,
+        [n for n in run.targets if n not in run.sources],
+        run.head_optimizer,
+        meta.head_lr,
+        meta.head_fit_steps,
+        run.device,
+        run.flops,
+    )
+    seconds = time.perf_counter() - t
+    if run.world > 1:
+        distributed.broadcast_parameters([run.model.heads])
+    callback("heads", {**fitted, "seconds": seconds})
+    return seconds, fitted["flops"]
+
+
+class Cost(NamedTuple):
+    """What an episode spent: seconds and FLOPs of selecting and of training, and training tokens."""
+
+    selection_seconds: float
+    train_seconds: float
+    selection_flops: int
+    train_flops: int
+    tokens: int
+
+
+def _account(totals: dict[str, float], cost: Cost, picked: Selection | None) -> None:
+    """Add an episode's cost to the run's totals, and count a selection's lead against its noise."""
+    for key, value in cost._asdict().items():
+        totals[key] += value
+    if picked is not None:
+        _count_noise(totals, picked.lead_z)
+
+
+def _record(
+    run: Run,
+    chosen: str,
+    explored: bool,
+    reused: bool,
+    utilities: dict[str, float],
+    picked: Selection | None,
+    stats: TrainStats,
+    cost: Cost,
+) -> dict[str, Any]:
+    """The episode's metrics.jsonl line (DESIGN.md section 6); the selection's fields are empty when the
+    episode did not select."""
+    return {
+        "episode": run.episode,
+        "chosen": chosen,
+        "explored": explored,
+        "reused": reused,
+        "utilities": utilities,
+        "utility_se": picked.utility_se if picked else {},
+        "lead_z": picked.lead_z if picked else None,
+        "policy_scores": picked.policy_scores if picked else {},
+        "utility_floor": picked.floor if picked else None,
+        "train_loss": stats.loss,
+        "target_loss": picked.target_loss if picked else None,
+        "lr": run.schedule.get_last_lr()[0],
+        **cost._asdict(),
+        "counts": dict(Counter(run.history)),
+        **heldout.EMPTY,  # filled in on the episodes that evaluate
+    }
+
+
+def _summary(run: Run, total: int, stopped_by: int) -> dict[str, Any]:
+    """What `pretrain` returns (and the callback's "end" event): episodes done, counts, totals, a message."""
     done = run.episode >= total
     message = (
         f"{'finished' if done else 'stopped after'} {run.episode}/{total} episodes; checkpoint: {run.out} "
         f"(selection {run.totals['selection_seconds']:.1f}s, training {run.totals['train_seconds']:.1f}s)"
     )
-    noise = noise_verdict(run.totals, meta.policy)
-    summary = {
-        "noise": noise,
+    return {
+        "noise": noise_verdict(run.totals, run.spec.meta.policy),
         "episodes": run.episode,
         "complete": done,
         "output_dir": str(run.out),
@@ -729,10 +752,8 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
         "totals": run.totals,
         "message": message,
         "rank": run.rank,
-        "signal": stop["signal"],  # the signal that stopped the run early (0: none)
+        "signal": stopped_by,  # the signal that stopped the run early (0: none)
     }
-    callback("end", summary)
-    return summary
 
 
 SURE = 2.0  # a choice is above noise when it leads the runner-up by more than this many standard errors
@@ -798,26 +819,3 @@ def _truncate_metrics(path: Path, episodes_done: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     os.replace(tmp, path)
-
-
-def _interrupt_flag() -> dict[str, Any]:
-    """The first Ctrl-C or SIGTERM (what torchrun and Slurm send) asks the loop to finish its episode
-    and save; a second one stops at once. flag["signal"] is the number of the first one."""
-    flag: dict[str, Any] = {"set": False, "signal": 0, "restore": lambda: None}
-    try:
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-        def handler(signum: int, frame: Any) -> None:
-            flag["set"], flag["signal"] = True, flag["signal"] or signum
-            signal.signal(signum, previous[signum])
-
-        def restore() -> None:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
-        for s in previous:
-            signal.signal(s, handler)
-        flag["restore"] = restore
-    except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
-        pass
-    return flag

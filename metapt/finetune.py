@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from metapt import distributed, outdir, pointless
+from metapt.builders import build_model
 from metapt.catalog import KINDS
 from metapt.data.pipeline import TaskData, eval_batches, kind_of, load_task, stable_seed
 from metapt.data.tokenizer import load_tokenizer
@@ -25,7 +26,7 @@ from metapt.localdata import with_local_data
 from metapt.model import MultiTaskModel, batch_to, load_encoder, saved_state
 from metapt.resolve import load_task as load_task_spec
 from metapt.spec import TaskSpec
-from metapt.train import accumulate, adamw, warmup_linear
+from metapt.train import Optimization, accumulate, optimization
 
 Callback = Callable[[str, dict[str, Any]], None]
 
@@ -109,11 +110,8 @@ def save_model(folder: Path, model: MultiTaskModel, tokenizer: Any, task: TaskDa
 
 
 def build(encoder: torch.nn.Module, task: TaskData) -> MultiTaskModel:
-    """The encoder with the task's head and loss."""
-    spec = task.spec
-    head = kind_of(spec).head(encoder.config.hidden_size, spec, task.info)
-    loss = (spec.loss.type or KINDS[spec.kind].losses[0], spec.loss.label_smoothing)
-    return MultiTaskModel(encoder, {task.name: head}, {task.name: loss})
+    """The encoder with the task's head and loss (as pretraining builds its model)."""
+    return build_model(encoder, {task.name: task})
 
 
 def _splits(spec: TaskSpec) -> tuple[str, ...]:
@@ -157,8 +155,10 @@ def finetune_one(
     distributed.broadcast_parameters([model])
     ft, train = spec.finetune, task.features["train"]
     steps_per_epoch = -(-len(train) // spec.batch.size)
-    optimizer = adamw(model.named_parameters(), ft.lr, ft.weight_decay)
-    schedule = warmup_linear(optimizer, ft.epochs * steps_per_epoch, ft.warmup_ratio)
+    # clipped at 1.0 as Hugging Face Trainer's max_grad_norm default
+    training = optimization(
+        model.named_parameters(), ft.lr, ft.weight_decay, ft.epochs * steps_per_epoch, ft.warmup_ratio, 1.0
+    )
     history, best = [], None
     callback(
         "start", {"task": spec.name, "epochs": ft.epochs, "steps": steps_per_epoch, "examples": len(train)}
@@ -169,7 +169,7 @@ def finetune_one(
     for warning in warnings if rank == 0 else []:  # also in results.json
         callback("warning", {"message": warning})
     for epoch in range(ft.epochs):
-        _train_epoch(model, task, tokenizer, (optimizer, schedule), seed, epoch, device, autocast, callback)
+        _train_epoch(model, task, tokenizer, training, seed, epoch, device, autocast, callback)
         metrics, _ = score(model, task, tokenizer, "validation", device, autocast)
         main = main_metric(spec, metrics)
         history.append({"epoch": epoch + 1, **metrics})
@@ -200,7 +200,7 @@ def _train_epoch(
     model: MultiTaskModel,
     task: TaskData,
     tokenizer: Any,
-    optimization: tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR],
+    training: Optimization,
     seed: int,
     epoch: int,
     device: torch.device,
@@ -209,7 +209,7 @@ def _train_epoch(
 ) -> None:
     """One pass over the train split in a seeded order. Every rank collates the global batch and keeps
     its share (the whole batch for kinds whose examples interact); gradients are averaged."""
-    spec, train, (optimizer, schedule) = task.spec, task.features["train"], optimization
+    spec, train = task.spec, task.features["train"]
     rank, world = distributed.rank(), distributed.world()
     sharded = world > 1 and KINDS[spec.kind].micro_batches
     kind, size = kind_of(spec), spec.batch.size
@@ -230,10 +230,7 @@ def _train_epoch(
                 f"task {spec.name!r}: the training loss became {float(loss)} at epoch "
                 f"{epoch + 1}, step {step + 1}; lower --lr"
             )
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        training.step(model)
         callback("step", {"epoch": epoch + 1, "step": step + 1, "loss": float(loss)})
 
 

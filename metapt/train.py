@@ -1,11 +1,13 @@
-"""Training pieces shared by pretraining and finetuning: AdamW with warmup and linear decay, and a
-step that splits a batch into micro-batches (gradient accumulation) with the same result."""
+"""Training pieces shared by pretraining and finetuning: AdamW with warmup and linear decay (an
+`Optimization`: optimizer, schedule, clipping, and its step), and a backward pass that splits a batch
+into micro-batches (gradient accumulation) with the same result."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -82,3 +84,33 @@ def accumulate(
         (loss * (n / total)).backward()
         loss_sum = loss_sum + loss.detach().cpu() * (n / total)
     return loss_sum
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """An optimizer, its learning-rate schedule and the gradient clipping of every step."""
+
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    max_grad_norm: float  # 0: no clipping
+
+    def step(self, model: nn.Module) -> None:
+        """One step with the gradients on `model`'s weights (clipped first), then clear them."""
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def optimization(
+    params: Iterable[tuple[str, nn.Parameter]],
+    lr: float,
+    weight_decay: float,
+    total_steps: int,
+    warmup_ratio: float,
+    max_grad_norm: float,
+) -> Optimization:
+    """`adamw` over the named parameters with `warmup_linear` over `total_steps`, clipped at `max_grad_norm`."""
+    optimizer = adamw(params, lr, weight_decay)
+    return Optimization(optimizer, warmup_linear(optimizer, total_steps, warmup_ratio), max_grad_norm)

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from torch.optim.lr_scheduler import LambdaLR
 
-from metapt import checkpoint, engine, schedulers
+from metapt import checkpoint, engine, schedulers, train
 from metapt.errors import TrainingError
 from metapt.model import MultiTaskModel
 from metapt.resolve import parse_run
@@ -286,7 +286,7 @@ def test_extending_a_finished_run_differs_only_by_its_lr_schedule(
     # its decay over the episodes each run was given. With a constant LR both ways, everything else
     # (weights, optimizer moments, RNG, batch streams, exploration) carries over bitwise.
     # epsilon 0.5, so that the exploration generator's state matters too.
-    monkeypatch.setattr(engine, "warmup_linear", lambda opt, steps, ratio: LambdaLR(opt, lambda _: 1.0))
+    monkeypatch.setattr(train, "warmup_linear", lambda opt, steps, ratio: LambdaLR(opt, lambda _: 1.0))
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     engine.pretrain(tiny(whole, episodes=4, epsilon=0.5))
     engine.pretrain(tiny(parts, episodes=2, epsilon=0.5))

@@ -1,8 +1,11 @@
-"""The README stays true: every module, test file, spec key and command it must list is there."""
+"""The README and docs/ stay true: the README's file tree lists every module and test file and links every
+page of docs/; docs/reference.md documents every spec key and kind option, docs/commands.md every
+command; and every relative link in them points at a file that exists."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from pathlib import Path
 
@@ -12,6 +15,9 @@ from metapt.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+DOCS = ROOT / "docs"
+REFERENCE = (DOCS / "reference.md").read_text()  # the TOML reference: every key, every kind option
+COMMANDS = (DOCS / "commands.md").read_text()
 
 
 def test_every_python_file_is_in_the_file_tree() -> None:
@@ -36,13 +42,13 @@ def _keys(cls: type, prefix: str) -> list[str]:
 def test_every_toml_key_is_documented() -> None:
     keys = _keys(S.TaskSpec, "") + _keys(S.RunSpec, "")
     assert len(keys) > 60
-    missing = [k for k in keys if k not in README]
-    assert not missing, f"README TOML reference lacks: {missing}"
+    missing = [k for k in keys if k not in REFERENCE]
+    assert not missing, f"docs/reference.md lacks: {missing}"
 
 
 def test_every_kind_option_is_documented() -> None:
     missing = [
-        f"{k}.{o}" for k, info in KINDS.items() for o in info.options if f"| {k} | `{o}` |" not in README
+        f"{k}.{o}" for k, info in KINDS.items() for o in info.options if f"| {k} | `{o}` |" not in REFERENCE
     ]
     assert not missing
 
@@ -50,5 +56,17 @@ def test_every_kind_option_is_documented() -> None:
 def test_every_command_is_documented() -> None:
     commands = [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands]
     assert {"pretrain", "finetune", "evaluate", "inspect-tasks", "validate"} <= set(commands)
-    missing = [c for c in commands if f"metapt {c}" not in README]
+    missing = [c for c in commands if f"| `metapt {c}" not in COMMANDS]
     assert not missing
+
+
+def test_every_docs_page_is_linked_from_the_readme_and_every_link_resolves() -> None:
+    pages = sorted(p.name for p in DOCS.glob("*.md"))
+    assert len(pages) >= 10
+    assert [p for p in pages if f"](docs/{p})" not in README] == []
+    broken = []
+    for path in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
+            if not target.startswith(("http://", "https://")) and not (path.parent / target).exists():
+                broken.append(f"{path.relative_to(ROOT)} -> {target}")
+    assert broken == []

@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from metapt import checkpoint, engine, pointless
 from metapt.cli import app
 from metapt.errors import TrainingError
+from metapt.interrupts import interrupts
 from metapt.resolve import parse_run
 from metapt.runspec import override
 from metapt.spec import RunSpec
@@ -160,3 +161,22 @@ def test_an_overflowing_loss_reaches_the_nan_stop(tmp_path: Path, runner: CliRun
     assert result.exit_code == 1
     assert re.search("training stopped: episode 1: a task utility is (-inf|nan)", result.stderr)
     assert not out.exists()  # nothing was written, so nothing is left
+
+
+def test_interrupts_catches_the_first_signal_and_gives_the_second_back() -> None:
+    """The first SIGTERM is only recorded; by then the previous handler is back for a second one; and
+    it is back after the block however it ends."""
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: caught.append(signum))
+    try:
+        with pytest.raises(RuntimeError), interrupts() as stop:
+            assert (stop.asked, stop.signal) == (False, 0)
+            signal.raise_signal(signal.SIGTERM)
+            assert (stop.asked, stop.signal, caught) == (True, signal.SIGTERM, [])
+            signal.raise_signal(signal.SIGTERM)  # the second: the handler that was there before
+            assert caught == [signal.SIGTERM] and stop.signal == signal.SIGTERM
+            raise RuntimeError("the block fails")
+        signal.raise_signal(signal.SIGTERM)
+        assert caught == [signal.SIGTERM, signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
