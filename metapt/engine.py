@@ -22,11 +22,12 @@ from typing import Any
 import datasets
 import torch
 
-from metapt import checkpoint, distributed, mixture, outdir, pointless, policies, resuming, selection
+from metapt import checkpoint, distributed, mixture, outdir, pointless, policies, probes, resuming, selection
 from metapt.catalog import KINDS
 from metapt.data.pipeline import (
     BatchStream,
     TaskData,
+    _seed,
     _tokenizer_hash,
     kind_of,
     load_task,
@@ -75,6 +76,9 @@ class Run:
     rank: int = 0  # under torchrun: this process's rank of `world`; only rank 0 writes
     world: int = 1
     notes: list[str] = field(default_factory=list)  # resume: settings kept or changed, for the log
+    # reuse_training: the chosen task's last training gradients, the next selection's probes of it
+    reused: dict[str, list[probes.Probe]] | None = None
+    keep_training: bool = False  # keep them even when the spec does not reuse them (bench variants)
 
 
 def pick_device(name: str) -> torch.device:
@@ -172,16 +176,17 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
     schedule = warmup_linear(optimizer, spec.run.episodes * meta.train_batches, meta.warmup_ratio)
     head_optimizer = torch.optim.AdamW(target_heads, lr=meta.head_lr) if target_heads else None
 
-    def stream(name: str, salt: str, shares: int = 1) -> BatchStream:
+    def stream(name: str, salt: str, shares: int = 1, size: int = 0) -> BatchStream:
         r = rank if shares > 1 else 0
-        return stream_for(tasks[name], tokenizer, tasks[name].spec.batch.size, spec.run.seed, salt, r, shares)
+        size = size or tasks[name].spec.batch.size
+        return stream_for(tasks[name], tokenizer, size, spec.run.seed, salt, r, shares)
 
     # Training batches are split between the ranks; the meta step scores whole batches on every rank:
     # a utility is nonlinear in the support batch's gradient (theta - alpha g), so averaging utilities
     # of per-rank shares would score something else than one process does, and choose differently.
     streams = {
         "train": {n: stream(n, "train", world) for n in sources},
-        "support": {n: stream(n, "support") for n in sources},
+        "support": {n: stream(n, "support", size=meta.support_batch_size) for n in sources},
         "target": {n: stream(n, "target") for n in targets},
         # fitting the target heads draws its own batches, so the scoring batches stay the same
         "fit": {n: stream(n, "fit") for n in dict.fromkeys([*targets, *sources])},
@@ -231,6 +236,7 @@ def _restore(run: Run, folder: Path) -> None:
             s.load_state_dict(state["streams"][group][name])
     run.explore.set_state(state["explore"])
     run.policy.load_state_dict(state.get("policy", {}))
+    run.reused = probes.from_state(state.get("reused", {}), run.device)
     torch.set_rng_state(state["torch_rng"])
     if torch.cuda.is_available() and "cuda_rng" in state:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -262,6 +268,7 @@ def save(run: Run) -> Path:
         "streams": {g: {n: s.state_dict() for n, s in ss.items()} for g, ss in run.streams.items()},
         "explore": run.explore.get_state(),
         "policy": run.policy.state_dict(),
+        "reused": probes.state_of(run.reused),
         "torch_rng": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -328,7 +335,16 @@ def _reuses_support(run: Run) -> bool:
     """First-order selection leaves the chosen task's mean support gradient on the weights as its
     first training step (one training batch fewer). Not under torchrun, where a training gradient must
     be the ranks' average, nor with a single training batch (the episode would have no fresh one)."""
-    return run.spec.meta.utility == "first_order" and run.spec.meta.train_batches > 1 and run.world == 1
+    meta = run.spec.meta
+    whole = meta.selection_params == "all" and meta.sketch == 0  # a gradient of every parameter, kept
+    return meta.utility == "first_order" and meta.train_batches > 1 and run.world == 1 and whole
+
+
+def _reuses_training(run: Run) -> bool:
+    """reuse_training: the agnostic shared estimate takes the chosen task's last M training gradients
+    as that task's support probes at the next selection (M >= 2 of them, as its own term needs)."""
+    meta = run.spec.meta
+    return meta.reuse_training and _shares_targets(run) and min(meta.train_batches, meta.support_batches) >= 2
 
 
 def _prefetched(stream: BatchStream, n: int) -> Any:
@@ -373,9 +389,9 @@ class Selection:
     gradient: selection.Params | None  # the chosen task's mean support gradient (first-order reuse)
 
 
-def _draw(run: Run, shared: bool) -> tuple[selection.TargetBatches, dict[str, list]]:
+def _draw(run: Run, shared: bool, given: Any = ()) -> tuple[selection.TargetBatches, dict[str, list]]:
     """This selection's target batches (M of every target, shared by every candidate) and M support
-    batches of every source."""
+    batches of every source (none of a `given` one: its probes were kept from training)."""
     m, dev = run.spec.meta.support_batches, run.device
     j = run.spec.meta.target_batches or m
     targets = [
@@ -383,7 +399,10 @@ def _draw(run: Run, shared: bool) -> tuple[selection.TargetBatches, dict[str, li
         for t in ([] if shared else run.targets)
         for _ in range(j)
     ]
-    support = {s: [batch_to(run.streams["support"][s].next(), dev) for _ in range(m)] for s in run.sources}
+    support = {
+        s: [batch_to(run.streams["support"][s].next(), dev) for _ in range(0 if s in given else m)]
+        for s in run.sources
+    }
     return targets, support
 
 
@@ -391,24 +410,34 @@ def _estimate(run: Run) -> tuple[selection.Estimate, selection.TargetBatches, in
     """Score every source (dropout off): (the estimate, the target batches it used, its FLOPs)."""
     meta, model = run.spec.meta, run.model
     shared = _shares_targets(run)  # agnostic first-order: the support batches are the target batches
-    targets, support = _draw(run, shared)
+    given = (run.reused or {}) if _reuses_training(run) else {}
+    targets, support = _draw(run, shared, given)
     target_fwd = sum(run.flops.forward(t, b) for t, b in targets)
     support_train = sum(run.flops.train(s, b) for s, bs in support.items() for b in bs)
     args = (meta.inner_lr, meta.normalize, run.autocast, meta.inner_step)
+    probing = selection.Probing(meta.selection_params, meta.sketch, _signs(run), _reuses_support(run), given)
     model.eval()  # dropout off: otherwise the utilities are noise (DESIGN.md section 1)
     try:
         if meta.utility == "exact":
-            estimate = selection.exact(model, support, targets, *args)
+            estimate = selection.exact(model, support, targets, *args, meta.selection_params)
             flops = target_fwd + support_train + target_fwd * sum(len(b) for b in support.values())
         elif shared:
-            estimate = selection.shared(model, support, *args)
+            estimate = selection.shared(model, support, *args, probing)
             flops = support_train
         else:  # the target losses at theta come with the target gradients' forwards
-            estimate = selection.first_order(model, support, targets, *args)
+            estimate = selection.first_order(model, support, targets, *args, probing)
             flops = 3 * target_fwd + support_train
     finally:
         model.train()
     return estimate, targets, flops
+
+
+def _signs(run: Run) -> torch.Generator | None:
+    """The sketch's random signs for this selection: fresh every episode (so sketch errors average out
+    over selections) and a function of the seed and the episode (so a resumed run draws the same)."""
+    if run.spec.meta.sketch == 0:
+        return None
+    return torch.Generator().manual_seed(_seed(run.spec.run.seed, "sketch", run.episode))
 
 
 def select_task(run: Run) -> Selection:
@@ -435,7 +464,9 @@ def select_task(run: Run) -> Selection:
     if run.head_optimizer is not None:
         flops += _head_step(run, targets)
     gradient = None
-    if _reuses_support(run):  # the gradient of the chosen task's mean support loss (dropout off)
+    # the gradient of the chosen task's mean support loss (dropout off); none when its probes were
+    # kept from training (reuse_training)
+    if _reuses_support(run) and choice.chosen in estimate.gradients:
         gradient = {n: g.div_(meta.support_batches) for n, g in estimate.gradients[choice.chosen].items()}
     return Selection(
         choice.chosen,
@@ -549,6 +580,8 @@ def _train(run: Run, task: str, gradient: selection.Params | None = None) -> tup
     parts = meta.grad_accumulation if KINDS[run.tasks[task].spec.kind].micro_batches else 1
     losses, flops, n_tokens = [], 0, 0
     steps = meta.train_batches
+    keep = meta.support_batches if _reuses_training(run) or run.keep_training else 0
+    kept: list[probes.Probe] = []
     model.zero_grad(set_to_none=True)
     if gradient is not None:
         for name, p in model.named_parameters():
@@ -556,15 +589,19 @@ def _train(run: Run, task: str, gradient: selection.Params | None = None) -> tup
                 p.grad = gradient[name]
         _step(run)
         steps -= 1
-    for batch in _prefetched(run.streams["train"][task], steps):
+    for i, batch in enumerate(_prefetched(run.streams["train"][task], steps)):
         batch = batch_to(batch, run.device)
         loss = accumulate(lambda b: model(task, b)[0], batch, parts, run.autocast)
         loss = distributed.average_gradients(model, loss, batch)  # torchrun: the global batch's mean
         _check(float(loss), f"the training loss of {task!r}", run)
+        if i >= steps - keep:  # reuse_training: before clipping, as a selection takes a gradient
+            kept.append(probes.capture(model, task, meta.selection_params, float(loss)))
         _step(run)
         losses.append(float(loss))
         flops += run.flops.train(task, batch)
         n_tokens += tokens(batch)
+    if keep:
+        run.reused = {task: kept} if len(kept) >= 2 else None
     return sum(losses) / max(1, len(losses)), flops, n_tokens
 
 

@@ -7,6 +7,7 @@ so an installed `metapt` works from any folder.
 from __future__ import annotations
 
 import dataclasses
+import re
 from functools import cache
 from pathlib import Path
 
@@ -189,11 +190,26 @@ def parse_run(path: Path) -> RunSpec:
                 f"{meta.single_task!r} is not a source; allowed: {', '.join(meta.sources)}",
             )
         )
+    problems += [Problem(str(path), "[meta].selection_params", m) for m in _params_problems(spec)]
     if meta.scheduler == "mixture" and len(sources) == len(meta.sources):  # names known: check the file
         problems += [Problem(str(path), "[meta].mixture", m) for m in _mixture_problems(path, meta, sources)]
     if problems:
         raise SpecError(problems)
     return dataclasses.replace(spec, path=str(path), sources=tuple(sources), targets=tuple(targets))
+
+
+def _params_problems(spec: RunSpec) -> list[str]:
+    """`all`, or `top:K` with 1 <= K (and K <= [model].num_layers for a new encoder)."""
+    rule = spec.meta.selection_params
+    match = re.fullmatch(r"top:(\d+)", rule)
+    if rule != "all" and (match is None or int(match.group(1)) < 1):
+        return [f"{rule!r} is not allowed; allowed: 'all', or 'top:K' with K >= 1 (e.g. 'top:1')"]
+    if match and not spec.model.pretrained and int(match.group(1)) > spec.model.num_layers:
+        return [
+            f"{rule!r} asks for more layers than [model].num_layers = {spec.model.num_layers}; "
+            f"allowed: top:1 to top:{spec.model.num_layers}, or 'all'"
+        ]
+    return []
 
 
 def _mixture_problems(path: Path, meta: MetaSpec, sources: list[TaskSpec]) -> list[str]:
