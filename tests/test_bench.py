@@ -26,7 +26,7 @@ import torch
 from conftest import write
 from rich.console import Console
 
-from metapt import bench, engine, selection
+from metapt import bench, engine, selection, study
 from metapt.cli import app
 from metapt.resolve import parse_run
 from metapt.runspec import override
@@ -121,8 +121,11 @@ def test_bench_json_reports_every_figure(runner, specs: dict[str, Path]) -> None
     assert r["mfu"] == pytest.approx(r["train_flops_per_s"] / r["matmul_flops_per_s"])
     assert set(r["selection_call_seconds"]) == {"exact", "first_order", "shared"}
     assert r["untouched_parameters_shared"] is True
-    assert set(r["targets"]) == set(bench.TARGETS)
-    assert all(t["met"] in (True, False) for t in r["targets"].values())
+    assert set(r["targets"]) == set(bench.TARGETS) - {"sources_memory_ratio"}  # no --sources
+    assert [v["name"] for v in r["variants"]] == ["spec", *study.VARIANTS]
+    assert r["reference_batches"] == study.REFERENCE and r["reference_episodes"] == 2
+    for key, t in r["targets"].items():  # no sure episode: no agreement to judge
+        assert t["met"] in (True, False) or (key == "reference_agreement" and r["reference_sure_share"] == 0)
 
     console = Console(width=200, record=True, file=io.StringIO())
     console.print(bench.table(r))
