@@ -65,7 +65,7 @@ def compare_utilities(run: engine.Run, sync: Callable[[], None]) -> dict[str, An
         lambda: selection.first_order(model, support, targets, *args), sync
     )
     out["exact"], out["first_order"] = exact.values, first.values
-    if engine._shares_targets(run):
+    if engine.shares_targets(run):
         shared, out["seconds"]["shared"] = _timed(lambda: selection.shared(model, support, *args), sync)
         out["shared"] = shared.values
     fresh = _draw(run, "target", run.targets, meta.target_batches or m)

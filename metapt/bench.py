@@ -13,7 +13,6 @@ written to the run's output folder.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import gc
 import statistics
@@ -27,7 +26,8 @@ from metapt.agreement import agreements, argmax, compare_utilities, spearman  # 
 from metapt.benchview import table  # noqa: F401  (the CLI prints bench.table)
 from metapt.data.pipeline import stream_for
 from metapt.flops import tokens
-from metapt.model import MultiTaskModel, batch_to
+from metapt.model import batch_to
+from metapt.plain import plain_steps, replay
 from metapt.spec import RunSpec
 
 Say = Callable[[str], None]
@@ -45,49 +45,20 @@ _sync, _timed = study.sync_for, study.timed
 
 
 # ------------------------------------------------------------------------------------ throughput
-def _replay(stream: Any, n: int) -> list[dict]:
-    """The next `n` batches `stream` will yield, drawn from a copy (the stream itself does not move)."""
-    twin = copy.copy(stream)
-    twin.load_state_dict(stream.state_dict())
-    return [twin.next() for _ in range(n)]
-
-
-def plain_steps(
-    model: MultiTaskModel,
-    optimizer: torch.optim.Optimizer,
-    task: str,
-    batches: list[dict],
-    device: torch.device,
-    autocast: Callable[[], contextlib.AbstractContextManager],
-    max_grad_norm: float,
-) -> None:
-    """The reference: a plain PyTorch loop (forward, backward, clip as the spec does, AdamW step)."""
-    model.train()
-    for batch in batches:
-        batch = batch_to(batch, device)
-        with autocast():
-            loss = model(task, batch)[0]
-        loss.backward()
-        if max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-
 def throughput(
     run: engine.Run, plain: tuple, sync: Callable[[], None], say: Say, rounds: int = 2
 ) -> dict[str, float]:
-    """`engine._train` vs `plain_steps` on the same N batches, for every source and `rounds` times,
+    """`engine.train_task` vs `plain_steps` on the same N batches, for every source and `rounds` times,
     alternating which goes first: a load spike on a shared machine then hurts both alike."""
     meta = run.spec.meta
     totals = dict.fromkeys(("engine_s", "plain_s", "tokens", "flops", "steps"), 0.0)
     for r in range(rounds):
         for i, task in enumerate(run.sources):
             say(f"throughput, round {r + 1}/{rounds}: {task}")
-            batches = _replay(run.streams["train"][task], meta.train_batches)
+            batches = replay(run.streams["train"][task], meta.train_batches)
 
             def ours(task: str = task) -> tuple[float, int, int]:
-                return engine._train(run, task)
+                return engine.train_task(run, task)
 
             def theirs(task: str = task, batches: list = batches) -> None:
                 plain_steps(*plain, task, batches, run.device, run.autocast, meta.max_grad_norm)
@@ -160,7 +131,7 @@ def run_episodes(
             out["selection_s"] += seconds
             out["selections"] += 1
             del picked
-        _, seconds = _timed(lambda task=last, g=gradient: engine._train(run, task, g), sync)
+        _, seconds = _timed(lambda task=last, g=gradient: engine.train_task(run, task, g), sync)
         gradient = None
         out["train_s"] += seconds
         lab.trained(run, last, seconds, explored)
@@ -179,7 +150,7 @@ def _warm_up(run: engine.Run, lab: study.Study, compare: engine.Run, plain: tupl
     episode, one plain step per source. Returns the head fitting's seconds."""
     fitted, fit_seconds = _timed(lambda: engine.fit_all_heads(run), sync)
     picked = engine.select_task(run)
-    engine._train(run, picked.chosen, picked.gradient)
+    engine.train_task(run, picked.chosen, picked.gradient)
     run.episode += 1
     run.history.append(picked.chosen)
     for v in lab.views:
@@ -188,7 +159,7 @@ def _warm_up(run: engine.Run, lab: study.Study, compare: engine.Run, plain: tupl
     cuda = [run.device.index or 0] if run.device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):  # the twin's dropout must not move the run's RNG
         for s in run.sources:
-            batch = _replay(run.streams["train"][s], 1)
+            batch = replay(run.streams["train"][s], 1)
             plain_steps(*plain, s, batch, run.device, run.autocast, run.spec.meta.max_grad_norm)
     matmul_rate(run.device, sync)
     return fit_seconds
@@ -294,8 +265,8 @@ def _settings(run: engine.Run) -> dict[str, Any]:
         "device": str(run.device),
         "threads": torch.get_num_threads(),
         **{k: getattr(meta, k) for k in keys},
-        "shared_targets": engine._shares_targets(run),
-        "support_reuse": engine._reuses_support(run),
+        "shared_targets": engine.shares_targets(run),
+        "support_reuse": engine.reuses_support(run),
     }
 
 
@@ -303,7 +274,7 @@ def _memory(run: engine.Run, lab: study.Study) -> dict[str, Any]:
     """`peaks.memory` of the spec's selection and every variant's against a plain training step."""
 
     def train_step(s: str) -> None:
-        batches = _replay(run.streams["train"][s], 1)
+        batches = replay(run.streams["train"][s], 1)
         plain_steps(
             run.model, run.optimizer, s, batches, run.device, run.autocast, run.spec.meta.max_grad_norm
         )

@@ -13,7 +13,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Option:
-    """One key of a task spec's `[options]` table: its default, type and allowed values."""
+    """One key of a task spec's `[options]` table: its default (and so its type) and allowed values;
+    metapt/validation.py checks a value against them."""
 
     default: Any
     help: str
@@ -21,34 +22,12 @@ class Option:
     low: float | None = None  # inclusive bounds for numbers
     high: float | None = None
 
-    def check(self, value: Any) -> str | None:
-        """Return what is wrong with `value`, or None when it is allowed."""
-        want = type(self.default) if self.default is not None else None
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if want is not None and not isinstance(value, want) or isinstance(value, bool) and want is not bool:
-            return f"expected {_type_name(want)}, got {value!r}"
-        if value != value:  # NaN passes the range checks below
-            return "nan is not a number"
-        if want is list and not all(isinstance(v, str) for v in value):
-            return f"expected a list of strings, got {value!r}"
-        if self.choices and value not in self.choices:
-            return f"{value!r} is not one of {', '.join(map(repr, self.choices))}"
-        if self.low is not None and value < self.low or self.high is not None and value > self.high:
-            return f"{value!r} is out of range [{self.low}, {self.high}]"
-        return None
-
-
-def _type_name(t: type | None) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}.get(
-        t, str(t)
-    )
-
 
 @dataclass(frozen=True)
 class KindInfo:
     """What a task kind is: the role it plays, the heads/losses it accepts (first = default), its
-    metrics (first = main metric), the record fields its data must provide, and its options."""
+    metrics (first = main metric), the record fields its data must provide, its options, the record
+    fields holding the text a WordPiece is trained on, and the suffix of its prediction files."""
 
     role: str  # "source": a pretraining objective; "target": a labelled downstream task
     heads: tuple[str, ...]
@@ -60,6 +39,10 @@ class KindInfo:
     micro_batches: bool = True  # False when examples interact (in-batch negatives): never split
     # Checks across options, (the spec's [options] table) -> problems "[options].key: why".
     check: Callable[[dict[str, Any]], list[str]] | None = None
+    # Sources: the record fields with the text a trained WordPiece reads, the first one a record has
+    # (a document's `text` is its `sentences` joined). Targets: none; the tokenizer never reads them.
+    text: tuple[str, ...] = ()
+    suffix: str = "jsonl"  # of the prediction files: predictions/SPLIT.SUFFIX in the field's own format
 
 
 MASKING = ("token", "whole_word", "phrase", "entity")
@@ -86,6 +69,7 @@ def _check_masking(options: dict[str, Any]) -> list[str]:
 
 # Per-token binary tagging kinds: heads, losses, metrics, fields.
 _WORD_TAGS = (("token_classification",), ("cross_entropy",), ("f1", "accuracy"), ("text",))
+DOCUMENT = ("text", "sentences")  # a corpus kind's text: the record's `text`, else its `sentences`
 _REPLACEMENTS = ("uniform", "unigram", "bigram")
 _LABELS = Option([], "label names in order; empty: the sorted labels found in the train split")
 _MAIN = Option("", "metric used to pick the best epoch; empty: the kind's first metric")
@@ -108,6 +92,7 @@ KINDS: dict[str, KindInfo] = {
         },
         "masked language modelling with dynamic 80/10/10 masking; ERNIE knowledge masking",
         check=_check_masking,
+        text=DOCUMENT,
     ),
     "sentence_reordering": KindInfo(
         "source",
@@ -121,6 +106,7 @@ KINDS: dict[str, KindInfo] = {
             )
         },
         "ERNIE 2.0 sentence reordering: classify the permutation of shuffled segments",
+        text=DOCUMENT,
     ),
     "sentence_distance": KindInfo(
         "source",
@@ -130,6 +116,7 @@ KINDS: dict[str, KindInfo] = {
         ("sentences",),
         {},
         "ERNIE 2.0 sentence distance: adjacent / same document / other document",
+        text=DOCUMENT,
     ),
     "response_selection": KindInfo(
         "source",
@@ -140,6 +127,7 @@ KINDS: dict[str, KindInfo] = {
         {"max_context_turns": Option(3, "dialogue turns kept as the context", low=1, high=32)},
         "dialogue context vs. the true next turn, in-batch negatives",
         micro_batches=False,
+        text=("turns",),
     ),
     "span_selection": KindInfo(
         "source",
@@ -149,12 +137,14 @@ KINDS: dict[str, KindInfo] = {
         ("sentences",),
         {"blank_token": Option("[BLANK]", "the word that replaces the answer term in the query")},
         "masked passage retrieval (Glass et al. 2020): find the blanked term's span in a passage",
+        text=DOCUMENT,
     ),
     "capitalization_prediction": KindInfo(
         "source",
         *_WORD_TAGS,
         {},
         "ERNIE 2.0 word-aware: from lowercased text, predict per word whether it was capitalised",
+        text=DOCUMENT,
     ),
     "token_document_relation": KindInfo(
         "source",
@@ -164,6 +154,7 @@ KINDS: dict[str, KindInfo] = {
             "ignore_stopwords": Option(True, "stop words get no label (punctuation never has one)"),
         },
         "ERNIE 2.0 word-aware: per word of a segment, does it occur in another segment of the document?",
+        text=DOCUMENT,
     ),
     "ir_relevance": KindInfo(
         "source",
@@ -173,6 +164,7 @@ KINDS: dict[str, KindInfo] = {
         ("text",),
         {"passage_sentences": Option(2, "sentences per passage", low=1, high=64)},
         "ERNIE 2.0 semantic-aware: title (or first sentence) vs passage: strong / weak / no relevance",
+        text=DOCUMENT,
     ),
     "replaced_token_detection": KindInfo(
         "source",
@@ -182,6 +174,7 @@ KINDS: dict[str, KindInfo] = {
             "replacement": Option("uniform", "where replacements come from", choices=_REPLACEMENTS),
         },
         "ELECTRA-style: per token, was it replaced? (replacements without a generator network)",
+        text=DOCUMENT,
     ),
     "classification": KindInfo(
         "target",
@@ -191,6 +184,7 @@ KINDS: dict[str, KindInfo] = {
         ("text", "label"),
         {"labels": _LABELS, "main_metric": _MAIN},
         "single sentences or pairs (GLUE, SuperGLUE)",
+        suffix="tsv",
     ),
     "regression": KindInfo(
         "target",
@@ -200,6 +194,7 @@ KINDS: dict[str, KindInfo] = {
         ("text", "label"),
         {"main_metric": _MAIN},
         "a real-valued score for a sentence or pair (STS-B)",
+        suffix="tsv",
     ),
     "token_classification": KindInfo(
         "target",
@@ -218,6 +213,7 @@ KINDS: dict[str, KindInfo] = {
         ("tokens", "predicate_indices", "srl_tags"),
         {"labels": _LABELS, "main_metric": _MAIN},
         "semantic role labelling, one instance per predicate, span F1 without the V",
+        suffix="props",
     ),
     "relation_extraction": KindInfo(
         "target",
@@ -240,6 +236,7 @@ KINDS: dict[str, KindInfo] = {
             "main_metric": _MAIN,
         },
         "start/end pointer with document stride (SQuAD, Natural Questions)",
+        suffix="json",
     ),
     "multiple_choice": KindInfo(
         "target",
@@ -285,8 +282,8 @@ SYNTHETIC_CORPORA: tuple[str, ...] = (
     "articles",
 )
 
-HEADS: tuple[str, ...] = tuple(dict.fromkeys(h for k in KINDS.values() for h in k.heads))
-LOSSES: tuple[str, ...] = tuple(dict.fromkeys(x for k in KINDS.values() for x in k.losses))
+HEAD_TYPES: tuple[str, ...] = tuple(dict.fromkeys(h for k in KINDS.values() for h in k.heads))
+LOSS_TYPES: tuple[str, ...] = tuple(dict.fromkeys(x for k in KINDS.values() for x in k.losses))
 
 SCHEDULERS: tuple[str, ...] = (
     "meta",
@@ -298,7 +295,7 @@ SCHEDULERS: tuple[str, ...] = (
     "single",
     "mixture",
 )
-REPORT_TO: tuple[str, ...] = ("tensorboard", "wandb")  # metapt/reporting.py's WRITERS
+REPORT_TO: tuple[str, ...] = ("tensorboard", "wandb")  # metapt/reporting.py's BACKENDS
 SOURCE_KINDS: tuple[str, ...] = tuple(k for k, v in KINDS.items() if v.role == "source")
 
 

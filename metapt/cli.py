@@ -138,7 +138,8 @@ def validate(files: list[Path] = typer.Argument(..., help="Run specs or task spe
     """Check specs (and every task a run spec references) without loading any model."""
     from metapt.errors import SpecError
     from metapt.resolve import parse_any
-    from metapt.spec import RunSpec, missing_data
+    from metapt.spec import RunSpec
+    from metapt.validation import missing_data
 
     problems = []
     for path in files:
@@ -206,7 +207,9 @@ def pretrain(
         False, "--overwrite", help="Start again in a used output dir: removes only metapt's own files there."
     ),
     seed: int = typer.Option(None, "--seed", min=0, help="Override [run].seed."),
-    device: str = typer.Option(None, "--device", help="Override [run].device (auto, cpu, cuda, cuda:N)."),
+    device: str = typer.Option(
+        None, "--device", help="Override [run].device (auto, cpu, cuda, cuda:N, mps)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final summary."),
     report_to: str = typer.Option(None, "--report-to", help=REPORT_TO_HELP + " Overrides [run].report_to."),
 ) -> None:
@@ -308,13 +311,13 @@ def _finetune_seeds(
     """Finetune every seed into `out` (seed-N/ each when there are several, and their summary),
     logging to the `names` backends."""
     from metapt import distributed, reporting
-    from metapt.finetune import aggregate, finetune_one
+    from metapt.finetune import finetune_one, seed_folder, summarise_seeds
     from metapt.progress import finetune_reporter
 
     runs = []
     rank = distributed.rank()
     for s in seed_list:
-        where = out / f"seed-{s}" if len(seed_list) > 1 else out
+        where = seed_folder(out, s, seed_list)
         if lead and where != out:
             outdir.claim(out, where.name)
         name = f"{spec.name}/seed-{s}" if len(seed_list) > 1 else spec.name
@@ -327,15 +330,7 @@ def _finetune_seeds(
         if lead:
             _print_results(runs[-1], where)
     if len(seed_list) > 1 and lead:
-        summary = {
-            "task": spec.name,
-            "seeds": seed_list,
-            "main_metric": runs[0]["main_metric"],
-            "metrics": aggregate(runs),
-            "runs": [str(out / f"seed-{s}") for s in seed_list],
-        }
-        outdir.claim(out, "results.json")
-        (out / "results.json").write_text(json.dumps(summary, indent=2))
+        summary = summarise_seeds(spec, seed_list, runs, out)
         for split, metrics in summary["metrics"].items():
             shown = "  ".join(f"{k} {v['mean']:.2f} ± {v['std']:.2f}" for k, v in metrics.items())
             _say(f"{split} over {len(seed_list)} seeds: {shown}")
@@ -387,7 +382,7 @@ def bench(
         None, "--episodes", min=1, help="Episodes to time (default: 2 x select_every, 4 to the run's)."
     ),
     device: str = typer.Option(
-        None, "--device", help="Instead of the run spec's device (auto, cpu, cuda, cuda:N)."
+        None, "--device", help="Instead of the run spec's device (auto, cpu, cuda, cuda:N, mps)."
     ),
     threads: int = typer.Option(
         None, "--threads", min=1, help="torch intra-op threads (default: torch's; 1 steadies a busy machine)."
@@ -465,7 +460,7 @@ def compare(
         None, "--output-dir", help="Default: the run spec's output_dir + '-compare'."
     ),
     device: str = typer.Option(
-        None, "--device", help="Instead of the run spec's device (auto, cpu, cuda, cuda:N)."
+        None, "--device", help="Instead of the run spec's device (auto, cpu, cuda, cuda:N, mps)."
     ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an earlier comparison in the output dir (only metapt's files)."

@@ -27,18 +27,19 @@ from metapt.catalog import KINDS
 from metapt.data.pipeline import (
     BatchStream,
     TaskData,
-    _seed,
-    _tokenizer_hash,
     kind_of,
     load_task,
+    stable_seed,
     stream_for,
+    tokenizer_hash,
     train_size,
 )
 from metapt.data.tokenizer import load_tokenizer, train_wordpiece
+from metapt.device import autocast_for, pick_device
 from metapt.errors import MetaptError, TrainingError
 from metapt.flops import FlopCounter, tokens
 from metapt.model import MultiTaskModel, batch_to, load_encoder, new_encoder
-from metapt.schedulers import SCHEDULERS
+from metapt.schedulers import BASELINES
 from metapt.spec import RunSpec
 from metapt.train import accumulate, adamw, warmup_linear
 
@@ -81,27 +82,6 @@ class Run:
     keep_training: bool = False  # keep them even when the spec does not reuse them (bench variants)
 
 
-def pick_device(name: str) -> torch.device:
-    """`auto`: CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MetaptError(f"[run].device = {name!r} but no CUDA device is available; use 'cpu' or 'auto'")
-    return torch.device(name)
-
-
-def autocast_for(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
-    """bf16 autocast on CUDA by default; fp32 elsewhere unless asked."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext
-    if precision == "fp16" and device.type != "cuda":
-        raise MetaptError("[run].precision = 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
-
-
 def _corpus_texts(tasks: list[TaskData]) -> list[str]:
     """The source tasks' training text, for training a WordPiece."""
     out: list[str] = []
@@ -109,12 +89,12 @@ def _corpus_texts(tasks: list[TaskData]) -> list[str]:
         # A stream is sampled (its first records), not read whole, to build the vocabulary.
         records = task.records["train"]
         rows = records.take(TOKENIZER_SAMPLE) if isinstance(records, datasets.IterableDataset) else records
+        fields = KINDS[task.spec.kind].text
         for row in rows:
-            for name in ("text", "turns", "tokens", "context"):
-                if name in row:
-                    out.extend(row[name] if isinstance(row[name], list) else [row[name]])
-                    break
-            out += [row["title"]] if isinstance(row.get("title"), str) else []  # ir_relevance queries
+            if (name := next((f for f in fields if row.get(f)), None)) is not None:
+                out.extend(row[name] if isinstance(row[name], list) else [row[name]])
+            # a document's title is text of it too (and the query of ir_relevance)
+            out += [row["title"]] if isinstance(row.get("title"), str) else []
     return out
 
 
@@ -126,7 +106,8 @@ def _tokenizer(spec: RunSpec, resume_dir: Path | None, sources: list[TaskData]) 
     return train_wordpiece(_corpus_texts(sources), spec.tokenizer.vocab_size, spec.tokenizer.lowercase)
 
 
-def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
+# issue 16, second part: split into builders (model, optimizers, streams) that finetune reuses
+def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:  # noqa: C901, PLR0915
     """Read and encode the tasks, build the model and optimizers, and load the checkpoint on resume.
 
     With `world` > 1 (torchrun) the process joins the group first, every rank builds the same run,
@@ -145,7 +126,7 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
     raw = {t.name: load_task(t, None, ("train",), encode=False) for t in (*spec.sources, *spec.targets)}
     tokenizer = _tokenizer(spec, resume_dir, [raw[t.name] for t in spec.sources])
     if world > 1:
-        distributed.same_everywhere(_tokenizer_hash(tokenizer), "the tokenizer (a hash of it)")
+        distributed.same_everywhere(tokenizer_hash(tokenizer), "the tokenizer (a hash of it)")
     tasks = {name: load_task(t.spec, tokenizer, ("train",), records=t.records) for name, t in raw.items()}
     if resume_dir is not None:
         resuming.check_heads(resume_dir, tasks)
@@ -319,7 +300,7 @@ def _check(value: float, what: str, run: Run) -> None:
         )
 
 
-def _shares_targets(run: Run) -> bool:
+def shares_targets(run: Run) -> bool:
     """Agnostic first-order selection scores the sources' support gradients against each other
     (`selection.shared_utilities`): no target batches. It needs M >= 2 support batches per source."""
     meta = run.spec.meta
@@ -331,7 +312,7 @@ def _shares_targets(run: Run) -> bool:
     )
 
 
-def _reuses_support(run: Run) -> bool:
+def reuses_support(run: Run) -> bool:
     """First-order selection leaves the chosen task's mean support gradient on the weights as its
     first training step (one training batch fewer). Not under torchrun, where a training gradient must
     be the ranks' average, nor with a single training batch (the episode would have no fresh one)."""
@@ -340,11 +321,11 @@ def _reuses_support(run: Run) -> bool:
     return meta.utility == "first_order" and meta.train_batches > 1 and run.world == 1 and whole
 
 
-def _reuses_training(run: Run) -> bool:
+def reuses_training(run: Run) -> bool:
     """reuse_training: the agnostic shared estimate takes the chosen task's last M training gradients
     as that task's support probes at the next selection (M >= 2 of them, as its own term needs)."""
     meta = run.spec.meta
-    return meta.reuse_training and _shares_targets(run) and min(meta.train_batches, meta.support_batches) >= 2
+    return meta.reuse_training and shares_targets(run) and min(meta.train_batches, meta.support_batches) >= 2
 
 
 def _prefetched(stream: BatchStream, n: int) -> Any:
@@ -389,7 +370,7 @@ class Selection:
     gradient: selection.Params | None  # the chosen task's mean support gradient (first-order reuse)
 
 
-def _draw(run: Run, shared: bool, given: Any = ()) -> tuple[selection.TargetBatches, dict[str, list]]:
+def draw_batches(run: Run, shared: bool, given: Any = ()) -> tuple[selection.TargetBatches, dict[str, list]]:
     """This selection's target batches (M of every target, shared by every candidate) and M support
     batches of every source (none of a `given` one: its probes were kept from training)."""
     m, dev = run.spec.meta.support_batches, run.device
@@ -406,16 +387,16 @@ def _draw(run: Run, shared: bool, given: Any = ()) -> tuple[selection.TargetBatc
     return targets, support
 
 
-def _estimate(run: Run) -> tuple[selection.Estimate, selection.TargetBatches, int]:
+def estimate_utilities(run: Run) -> tuple[selection.Estimate, selection.TargetBatches, int]:
     """Score every source (dropout off): (the estimate, the target batches it used, its FLOPs)."""
     meta, model = run.spec.meta, run.model
-    shared = _shares_targets(run)  # agnostic first-order: the support batches are the target batches
-    given = (run.reused or {}) if _reuses_training(run) else {}
-    targets, support = _draw(run, shared, given)
+    shared = shares_targets(run)  # agnostic first-order: the support batches are the target batches
+    given = (run.reused or {}) if reuses_training(run) else {}
+    targets, support = draw_batches(run, shared, given)
     target_fwd = sum(run.flops.forward(t, b) for t, b in targets)
     support_train = sum(run.flops.train(s, b) for s, bs in support.items() for b in bs)
     args = (meta.inner_lr, meta.normalize, run.autocast, meta.inner_step)
-    probing = selection.Probing(meta.selection_params, meta.sketch, _signs(run), _reuses_support(run), given)
+    probing = selection.Probing(meta.selection_params, meta.sketch, _signs(run), reuses_support(run), given)
     model.eval()  # dropout off: otherwise the utilities are noise (DESIGN.md section 1)
     try:
         if meta.utility == "exact":
@@ -437,14 +418,14 @@ def _signs(run: Run) -> torch.Generator | None:
     over selections) and a function of the seed and the episode (so a resumed run draws the same)."""
     if run.spec.meta.sketch == 0:
         return None
-    return torch.Generator().manual_seed(_seed(run.spec.run.seed, "sketch", run.episode))
+    return torch.Generator().manual_seed(stable_seed(run.spec.run.seed, "sketch", run.episode))
 
 
 def select_task(run: Run) -> Selection:
     """The meta step: estimate every source's utility, let the policy choose, and keep the aware
     target heads fitted on this selection's target batches (the encoder frozen)."""
     meta = run.spec.meta
-    estimate, targets, flops = _estimate(run)
+    estimate, targets, flops = estimate_utilities(run)
     for u in estimate.values.values():
         _check(u, "a task utility", run)
     # torchrun: every rank scored the same batches; the average makes the policies' inputs identical
@@ -466,7 +447,7 @@ def select_task(run: Run) -> Selection:
     gradient = None
     # the gradient of the chosen task's mean support loss (dropout off); none when its probes were
     # kept from training (reuse_training)
-    if _reuses_support(run) and choice.chosen in estimate.gradients:
+    if reuses_support(run) and choice.chosen in estimate.gradients:
         gradient = {n: g.div_(meta.support_batches) for n, g in estimate.gradients[choice.chosen].items()}
     return Selection(
         choice.chosen,
@@ -570,7 +551,7 @@ def fit_heads(run: Run, fitted: list[str], optimizer: torch.optim.Optimizer | No
     return steps, flops, best / (FIT_HELD * len(fitted))
 
 
-def _train(run: Run, task: str, gradient: selection.Params | None = None) -> tuple[float, int, int]:
+def train_task(run: Run, task: str, gradient: selection.Params | None = None) -> tuple[float, int, int]:
     """N AdamW steps on `task`: (mean loss, FLOPs, tokens) of the batches it draws.
 
     With `gradient` (the chosen task's mean support gradient from first-order selection) that is the
@@ -580,7 +561,7 @@ def _train(run: Run, task: str, gradient: selection.Params | None = None) -> tup
     parts = meta.grad_accumulation if KINDS[run.tasks[task].spec.kind].micro_batches else 1
     losses, flops, n_tokens = [], 0, 0
     steps = meta.train_batches
-    keep = meta.support_batches if _reuses_training(run) or run.keep_training else 0
+    keep = meta.support_batches if reuses_training(run) or run.keep_training else 0
     kept: list[probes.Probe] = []
     model.zero_grad(set_to_none=True)
     if gradient is not None:
@@ -630,7 +611,8 @@ def pretrain(
         return _episodes(spec, resume, callback, max_flops)
 
 
-def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float | None) -> dict[str, Any]:
+# Algorithm 1 reads top to bottom in one function (STYLE.md 1): its length is the episode's.
+def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float | None) -> dict[str, Any]:  # noqa: C901, PLR0912, PLR0915
     """The episode loop of `pretrain`, in a folder that is checked (and locked on rank 0)."""
     run = setup(spec, resume, distributed.rank(), distributed.world())
     for note in run.notes:  # what --resume kept from the checkpoint, and what changed
@@ -680,7 +662,7 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
             explored, reused = False, False
             if meta.scheduler != "meta":
                 chosen = run.sources[
-                    SCHEDULERS[meta.scheduler](
+                    BASELINES[meta.scheduler](
                         run.episode, total, sizes, run.explore, meta.temperature, shares
                     )
                 ]
@@ -698,7 +680,7 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
             sel_flops = (picked.flops if picked else 0) + fit_flops
             fit_seconds, fit_flops = 0.0, 0
             t1 = time.perf_counter()
-            train_loss, train_flops, n_tokens = _train(run, chosen, picked.gradient if picked else None)
+            train_loss, train_flops, n_tokens = train_task(run, chosen, picked.gradient if picked else None)
             # FLOPs and tokens of the whole global batch (each rank counted its share)
             train_flops, n_tokens = distributed.sum_counts(
                 (train_flops, n_tokens), replicated=not run.streams["train"][chosen].sharded
@@ -801,8 +783,9 @@ def noise_verdict(totals: dict[str, float], policy: str) -> str | None:
         return None
     if unknown * 2 > n:
         return (
-            f"{unknown} of {n} selections had no standard error (one support batch per source): nothing "
-            'shows whether the choices beat noise; use support_batches >= 2 or policy = "bandit"'
+            f"{unknown} of {n} selections had no standard error (one support batch per source, or two "
+            "with the agnostic shared estimate): nothing shows whether the choices beat noise; use "
+            'support_batches >= 2 (>= 3 for the shared estimate) or policy = "bandit"'
         )
     if within * 2 > n:
         what = "its running estimates" if policy == "bandit" else "the utilities"

@@ -17,9 +17,9 @@ from safetensors.torch import load_file, save_file
 
 from metapt import distributed, outdir, pointless
 from metapt.catalog import KINDS
-from metapt.data.pipeline import TaskData, _seed, eval_batches, kind_of, load_task
+from metapt.data.pipeline import TaskData, eval_batches, kind_of, load_task, stable_seed
 from metapt.data.tokenizer import load_tokenizer
-from metapt.engine import autocast_for, pick_device
+from metapt.device import autocast_for, pick_device
 from metapt.errors import MetaptError
 from metapt.localdata import with_local_data
 from metapt.model import MultiTaskModel, batch_to, load_encoder, saved_state
@@ -28,7 +28,6 @@ from metapt.spec import TaskSpec
 from metapt.train import accumulate, adamw, warmup_linear
 
 Callback = Callable[[str, dict[str, Any]], None]
-EXTENSIONS = {"srl": "props", "extractive_qa": "json", "classification": "tsv", "regression": "tsv"}
 
 
 def encoder_source(checkpoint: str) -> str:
@@ -88,7 +87,7 @@ def score(
 
 def write_outputs(out: Path, task: TaskData, split: str, record_predictions: list[Any]) -> Path:
     """Predictions of one split in the field's format: predictions/SPLIT.EXT."""
-    path = out / "predictions" / f"{split}.{EXTENSIONS.get(task.spec.kind, 'jsonl')}"
+    path = out / "predictions" / f"{split}.{KINDS[task.spec.kind].suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)
     kind_of(task.spec).write_predictions(path, record_predictions, task.records[split], task.info)
     return path
@@ -143,16 +142,12 @@ def finetune_one(
     (the whole batch for kinds whose examples interact), and gradients are averaged as one process
     would compute them. Every rank scores validation; rank 0 alone writes and scores the best epoch."""
     callback = callback or (lambda event, data: None)
-    rank, world = distributed.rank(), distributed.world()
+    rank = distributed.rank()
     start = time.perf_counter()
     if rank == 0:  # the callers check the folder first (metapt finetune, compare)
         outdir.claim(out, "model", "predictions", "results.json", kind="finetune")
     source = encoder_source(checkpoint)
-    tokenizer = load_tokenizer(source)
-    encoder = load_encoder(source)
-    limit = encoder.config.max_position_embeddings - (2 if encoder.config.model_type == "roberta" else 0)
-    if spec.batch.max_length > limit:
-        spec = dataclasses.replace(spec, batch=dataclasses.replace(spec.batch, max_length=limit))
+    tokenizer, encoder, spec = _encoder(source, spec)
     task = load_task(spec, tokenizer, _splits(spec))
     # Seeded after load_task: a cold feature cache draws from torch's global RNG (pipeline.encode_split).
     torch.manual_seed(seed)
@@ -160,12 +155,11 @@ def finetune_one(
     autocast = autocast_for(device, "auto")
     model = build(encoder, task).to(device)
     distributed.broadcast_parameters([model])
-    sharded = world > 1 and KINDS[spec.kind].micro_batches
     ft, train = spec.finetune, task.features["train"]
     steps_per_epoch = -(-len(train) // spec.batch.size)
     optimizer = adamw(model.named_parameters(), ft.lr, ft.weight_decay)
     schedule = warmup_linear(optimizer, ft.epochs * steps_per_epoch, ft.warmup_ratio)
-    kind, history, best = kind_of(spec), [], None
+    history, best = [], None
     callback(
         "start", {"task": spec.name, "epochs": ft.epochs, "steps": steps_per_epoch, "examples": len(train)}
     )
@@ -175,28 +169,7 @@ def finetune_one(
     for warning in warnings if rank == 0 else []:  # also in results.json
         callback("warning", {"message": warning})
     for epoch in range(ft.epochs):
-        model.train()
-        order = torch.randperm(
-            len(train), generator=torch.Generator().manual_seed(_seed(seed, epoch))
-        ).tolist()
-        for step in range(steps_per_epoch):
-            cols = train[order[step * spec.batch.size : (step + 1) * spec.batch.size]]
-            rows = [dict(zip(cols, values)) for values in zip(*cols.values())]
-            g = torch.Generator().manual_seed(_seed(seed, epoch, step))
-            batch = kind.collate(rows, tokenizer, spec, task.info, g)  # the global batch, on every rank
-            batch = batch_to(distributed.shard(batch, rank, world) if sharded else batch, device)
-            loss = accumulate(lambda b: model(spec.name, b)[0], batch, 1, autocast)
-            loss = distributed.average_gradients(model, loss, batch)
-            if not torch.isfinite(loss):
-                raise MetaptError(
-                    f"task {spec.name!r}: the training loss became {float(loss)} at epoch "
-                    f"{epoch + 1}, step {step + 1}; lower --lr"
-                )
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            callback("step", {"epoch": epoch + 1, "step": step + 1, "loss": float(loss)})
+        _train_epoch(model, task, tokenizer, (optimizer, schedule), seed, epoch, device, autocast, callback)
         metrics, _ = score(model, task, tokenizer, "validation", device, autocast)
         main = main_metric(spec, metrics)
         history.append({"epoch": epoch + 1, **metrics})
@@ -211,6 +184,57 @@ def finetune_one(
     results = _final(out, source, spec, seed, history, best, device, start, warnings)
     distributed.barrier("the final evaluation")
     return results
+
+
+def _encoder(source: str, spec: TaskSpec) -> tuple[Any, torch.nn.Module, TaskSpec]:
+    """(tokenizer, encoder, the spec with [batch].max_length cut to the encoder's positions)."""
+    tokenizer = load_tokenizer(source)
+    encoder = load_encoder(source)
+    limit = encoder.config.max_position_embeddings - (2 if encoder.config.model_type == "roberta" else 0)
+    if spec.batch.max_length > limit:
+        spec = dataclasses.replace(spec, batch=dataclasses.replace(spec.batch, max_length=limit))
+    return tokenizer, encoder, spec
+
+
+def _train_epoch(
+    model: MultiTaskModel,
+    task: TaskData,
+    tokenizer: Any,
+    optimization: tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR],
+    seed: int,
+    epoch: int,
+    device: torch.device,
+    autocast: Callable,
+    callback: Callback,
+) -> None:
+    """One pass over the train split in a seeded order. Every rank collates the global batch and keeps
+    its share (the whole batch for kinds whose examples interact); gradients are averaged."""
+    spec, train, (optimizer, schedule) = task.spec, task.features["train"], optimization
+    rank, world = distributed.rank(), distributed.world()
+    sharded = world > 1 and KINDS[spec.kind].micro_batches
+    kind, size = kind_of(spec), spec.batch.size
+    model.train()
+    order = torch.randperm(
+        len(train), generator=torch.Generator().manual_seed(stable_seed(seed, epoch))
+    ).tolist()
+    for step in range(-(-len(train) // size)):
+        cols = train[order[step * size : (step + 1) * size]]
+        rows = [dict(zip(cols, values)) for values in zip(*cols.values())]
+        g = torch.Generator().manual_seed(stable_seed(seed, epoch, step))
+        batch = kind.collate(rows, tokenizer, spec, task.info, g)  # the global batch, on every rank
+        batch = batch_to(distributed.shard(batch, rank, world) if sharded else batch, device)
+        loss = accumulate(lambda b: model(spec.name, b)[0], batch, 1, autocast)
+        loss = distributed.average_gradients(model, loss, batch)
+        if not torch.isfinite(loss):
+            raise MetaptError(
+                f"task {spec.name!r}: the training loss became {float(loss)} at epoch "
+                f"{epoch + 1}, step {step + 1}; lower --lr"
+            )
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        callback("step", {"epoch": epoch + 1, "step": step + 1, "loss": float(loss)})
 
 
 def _final(
@@ -317,3 +341,25 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             out.setdefault(split, {})[m] = {"mean": statistics.fmean(values), "std": sd, "values": values}
     return out
+
+
+def seed_folder(out: Path, seed: int, seeds: list[int]) -> Path:
+    """Where one seed's finetuning goes: `out` itself, or out/seed-N/ when there are several seeds."""
+    return out / f"seed-{seed}" if len(seeds) > 1 else out
+
+
+def summarise_seeds(
+    spec: TaskSpec, seeds: list[int], runs: list[dict[str, Any]], out: Path
+) -> dict[str, Any]:
+    """Write out/results.json for several seeds' `runs` (mean, std and values of every metric, and where
+    each seed's own results are) and return it."""
+    summary = {
+        "task": spec.name,
+        "seeds": seeds,
+        "main_metric": runs[0]["main_metric"],
+        "metrics": aggregate(runs),
+        "runs": [str(seed_folder(out, s, seeds)) for s in seeds],
+    }
+    outdir.claim(out, "results.json")
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    return summary

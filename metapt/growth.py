@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from metapt import engine, peaks, study
+from metapt.plain import plain_steps, replay
 from metapt.spec import RunSpec
 
 EPISODES = 3  # timed episodes per count, after one untimed
@@ -36,7 +37,7 @@ def _episodes(run: engine.Run, n: int) -> tuple[float, float]:
         t0 = time.perf_counter()
         picked = engine.select_task(run)
         t1 = time.perf_counter()
-        engine._train(run, picked.chosen, picked.gradient)
+        engine.train_task(run, picked.chosen, picked.gradient)
         t2 = time.perf_counter()
         run.episode += 1
         sel, train = sel + t1 - t0, train + t2 - t1
@@ -49,8 +50,6 @@ def growth(
 ) -> list[dict]:
     """Per source count: selection and training seconds per episode, the selection's share, and the
     peak memory of a selection and of a plain training step (as `peaks.memory`)."""
-    from metapt.bench import _replay, plain_steps
-
     out = []
     for count in counts:
         say(f"sources: {count}")
@@ -60,7 +59,7 @@ def growth(
         meta = run.spec.meta
 
         def train_step(s: str, run: engine.Run = run) -> None:
-            batch = _replay(run.streams["train"][s], 1)
+            batch = replay(run.streams["train"][s], 1)
             clip = run.spec.meta.max_grad_norm
             plain_steps(run.model, run.optimizer, s, batch, run.device, run.autocast, clip)
 

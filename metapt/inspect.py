@@ -11,7 +11,8 @@ from rich.text import Text
 from metapt.catalog import KINDS, roles
 from metapt.errors import MetaptError, MissingDataError
 from metapt.resolve import task_files
-from metapt.spec import TaskSpec, parse_task
+from metapt.spec import TaskSpec
+from metapt.validation import parse_task
 
 
 def _location(spec: TaskSpec) -> str:

@@ -68,25 +68,30 @@ def run_warnings(spec: RunSpec, sizes: dict[str, int], start: int) -> list[str]:
     if start >= episodes > 0:
         out.append(f"nothing to train: the checkpoint has {start} of {episodes} episodes; raise --episodes")
     if meta.scheduler == "meta":
-        if len(spec.sources) == 1:
-            out.append("one source task: the meta step always chooses it and only costs time")
-        if meta.epsilon == 1:
-            out.append(
-                "[meta].epsilon = 1: every episode explores a random task, so the meta step's utilities are "
-                "never used; scheduler = 'uniform' makes the same kind of choice without selection cost"
-            )
-        if meta.inner_lr == 0:
-            out.append("[meta].inner_lr = 0: the inner step does not move, so every source scores the same")
-        if episodes > 1 and meta.select_every >= episodes:
-            out.append(
-                f"[meta].select_every = {meta.select_every}: the meta step chooses once for the whole run"
-            )
+        out += _meta_warnings(spec)
     for t in (*spec.sources, *spec.targets):
         if 0 < sizes.get(t.name, t.batch.size) < t.batch.size:
             out.append(
                 f"task {t.name!r}: [batch].size = {t.batch.size} is more than its {sizes[t.name]} training "
                 "examples, so every batch repeats examples"
             )
+    return out
+
+
+def _meta_warnings(spec: RunSpec) -> list[str]:
+    """The meta scheduler's settings that make its selection pointless."""
+    meta, episodes, out = spec.meta, spec.run.episodes, []
+    if len(spec.sources) == 1:
+        out.append("one source task: the meta step always chooses it and only costs time")
+    if meta.epsilon == 1:
+        out.append(
+            "[meta].epsilon = 1: every episode explores a random task, so the meta step's utilities are "
+            "never used; scheduler = 'uniform' makes the same kind of choice without selection cost"
+        )
+    if meta.inner_lr == 0:
+        out.append("[meta].inner_lr = 0: the inner step does not move, so every source scores the same")
+    if episodes > 1 and meta.select_every >= episodes:
+        out.append(f"[meta].select_every = {meta.select_every}: the meta step chooses once for the whole run")
     return out
 
 

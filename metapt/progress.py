@@ -98,6 +98,25 @@ class PretrainView:
         return Group(head, chose, table, times)
 
 
+def _say(console: Console, text: str) -> None:
+    """Plain text as written: no markup, no highlighting, no wrap at the console's width."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _plain_line(event: str, data: dict[str, Any], view: PretrainView) -> str | None:
+    """The line an event prints when there is no live view (piped, CI), or None."""
+    if event == "start":
+        return (
+            f"pretraining {', '.join(data['sources'])} ({data['setting']}, scheduler {data['scheduler']}) "
+            f"on {data['device']}, episodes {data['start'] + 1}-{data['episodes']}"
+        )
+    if event == "episode":
+        return view.line(data)  # one line per episode, however long
+    if event == "checkpoint":
+        return f"checkpoint after episode {data['episode']} in {data['path']}"
+    return None
+
+
 @contextlib.contextmanager
 def pretrain_reporter(
     console: Console, spec: RunSpec, quiet: bool = False, rank: int = 0
@@ -114,35 +133,19 @@ def pretrain_reporter(
         if rank != 0:
             return
         if event == "warning":  # shown even with --quiet, as the libraries' warnings are
-            console.print(f"warning: {data['message']}", markup=False, highlight=False, soft_wrap=True)
+            _say(console, f"warning: {data['message']}")
             return
         if quiet:
             return
         if event == "start":
             view.sources, view.first_episode = data["sources"], data["start"]
             view.start = time.perf_counter()
-            if live is None:
-                console.print(
-                    f"pretraining {', '.join(data['sources'])} ({data['setting']}, scheduler "
-                    f"{data['scheduler']}) on {data['device']}, episodes {data['start'] + 1}-"
-                    f"{data['episodes']}",
-                    markup=False,
-                    highlight=False,
-                    soft_wrap=True,
-                )
         elif event == "episode":
             view.last = data
-            if live is None:  # one line per episode, however long: no wrap at the console's width
-                console.print(view.line(data), markup=False, highlight=False, soft_wrap=True)
-        elif event == "checkpoint" and live is None:
-            console.print(
-                f"checkpoint after episode {data['episode']} in {data['path']}",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
         if live is not None:
             live.update(view.render())
+        elif (line := _plain_line(event, data, view)) is not None:
+            _say(console, line)
 
     if live is None:
         yield callback

@@ -24,8 +24,8 @@ from typing import Any, Protocol
 
 from metapt import outdir
 from metapt.catalog import REPORT_TO
-from metapt.errors import MetaptError
-from metapt.spec import RunSpec, TaskSpec, _suggest
+from metapt.errors import MetaptError, suggest
+from metapt.spec import RunSpec, TaskSpec
 
 Callback = Callable[[str, dict[str, Any]], None]
 
@@ -112,7 +112,7 @@ class Wandb:
         self.run.finish(exit_code=1 if failed else 0)
 
 
-WRITERS: dict[str, Callable[[Target, bool, int], Writer]] = {"tensorboard": TensorBoard, "wandb": Wandb}
+BACKENDS: dict[str, Callable[[Target, bool, int], Writer]] = {"tensorboard": TensorBoard, "wandb": Wandb}
 
 
 def parse(text: str) -> tuple[str, ...]:
@@ -123,7 +123,7 @@ def parse(text: str) -> tuple[str, ...]:
     for name in names:
         if name not in REPORT_TO:
             raise MetaptError(
-                f"--report-to: {name!r} is not allowed{_suggest(name, REPORT_TO)}; allowed: "
+                f"--report-to: {name!r} is not allowed{suggest(name, REPORT_TO)}; allowed: "
                 f"{', '.join(REPORT_TO)}, or none"
             )
     return names
@@ -172,7 +172,7 @@ class Writers:
     def start(self, first_step: int) -> None:
         for n in self.names:  # one by one: if W&B cannot start, `closing` still closes TensorBoard
             outdir.claim(self.target.folder, n)  # OUT/tensorboard, OUT/wandb: metapt's, for --overwrite
-            self.open.append(WRITERS[n](self.target, self.resume, first_step))
+            self.open.append(BACKENDS[n](self.target, self.resume, first_step))
 
     def log(self, values: dict[str, float], step: int) -> None:
         for w in self.open:

@@ -1,4 +1,4 @@
-"""Find task specs by name and parse run specs with the tasks they reference.
+"""Find task specs by name and parse run specs with the tasks they reference (the rules: validation.py).
 
 Names resolve against ./tasks (recursively), then against the specs shipped inside the package,
 so an installed `metapt` works from any folder.
@@ -7,24 +7,12 @@ so an installed `metapt` works from any folder.
 from __future__ import annotations
 
 import dataclasses
-import re
 from functools import cache
 from pathlib import Path
 
-from metapt import mixture
-from metapt.catalog import KINDS
-from metapt.errors import Problem, SpecError
-from metapt.spec import (
-    MetaSpec,
-    RunSpec,
-    TaskSpec,
-    _build,
-    _split,
-    _suggest,
-    is_run_spec,
-    parse_task,
-    read_toml,
-)
+from metapt.errors import Problem, SpecError, suggest
+from metapt.spec import RunSpec, TaskSpec
+from metapt.validation import build_run, is_run_spec, parse_task, read_toml, run_problems
 
 
 def builtin_dir() -> Path:
@@ -87,7 +75,7 @@ def find_task(name: str) -> Path:
             Problem(
                 "<task name>",
                 "",
-                f"unknown task {name!r}{_suggest(name, known)}; "
+                f"unknown task {name!r}{suggest(name, known)}; "
                 f"known tasks: {', '.join(sorted(known)) or 'none'}",
             )
         ]
@@ -105,128 +93,13 @@ def load_task(ref: str, relative_to: Path | None = None) -> TaskSpec:
 def parse_run(path: Path) -> RunSpec:
     """Build a run spec and every task it references; raise SpecError with all problems at once."""
     path = Path(path)
-    table = read_toml(path)
-    text: list[str] = []
-    if "kind" in table:
-        text.append("kind: this is a task spec; `metapt pretrain` takes a run spec with [run] and [meta]")
-    spec = _build(RunSpec, {k: v for k, v in table.items() if k != "kind"}, "", text)
-    problems = [Problem(str(path), *_split(p)) for p in text]
-    meta = spec.meta
-    setting_ok = not any(p.startswith("[meta].setting") for p in text)
-    if not meta.sources:
-        problems.append(Problem(str(path), "[meta].sources", "missing; name at least one source task"))
-    if setting_ok and meta.setting == "aware" and not meta.targets:
-        problems.append(
-            Problem(
-                str(path),
-                "[meta].targets",
-                "an aware run needs target tasks; set targets or use setting = 'agnostic'",
-            )
-        )
-    if setting_ok and meta.setting == "agnostic" and meta.targets:
-        problems.append(
-            Problem(
-                str(path),
-                "[meta].targets",
-                "an agnostic run scores the sources themselves; leave targets empty or use setting = 'aware'",
-            )
-        )
-    if spec.model.hidden_size % spec.model.num_heads:
-        problems.append(
-            Problem(
-                str(path),
-                "[model].num_heads",
-                f"{spec.model.num_heads} does not divide hidden_size = {spec.model.hidden_size}",
-            )
-        )
-    if not spec.run.output_dir.strip():  # "" would be the working folder, whatever is in it
-        problems.append(
-            Problem(
-                str(path), "[run].output_dir", 'empty; name a folder such as "ckpt" (or "." for this one)'
-            )
-        )
-    if not _valid_device(spec.run.device):
-        problems.append(
-            Problem(
-                str(path),
-                "[run].device",
-                f"{spec.run.device!r} is not allowed; allowed: auto, cpu, cuda, cuda:N, mps",
-            )
-        )
-    sources = _resolve(path, "[meta].sources", meta.sources, problems)
-    targets = _resolve(path, "[meta].targets", meta.targets, problems)
-    for t in sources:
-        if KINDS[t.kind].role != "source":
-            problems.append(
-                Problem(
-                    str(path),
-                    "[meta].sources",
-                    f"{t.name!r} is a {t.kind} task, not a "
-                    "pretraining objective; put labelled tasks in targets",
-                )
-            )
-    if not spec.model.pretrained:
-        for t in (*sources, *targets):
-            if t.batch.max_length > spec.model.max_length:
-                problems.append(
-                    Problem(
-                        str(path),
-                        "[model].max_length",
-                        f"{spec.model.max_length} is shorter than "
-                        f"task {t.name!r}'s [batch].max_length = {t.batch.max_length}; raise it to at "
-                        f"least {t.batch.max_length} or shorten the task's batches",
-                    )
-                )
-    names = [t.name for t in (*sources, *targets)]
-    for dup in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(
-            Problem(str(path), "[meta]", f"duplicate task name {dup!r}; each task may appear once")
-        )
-    if meta.scheduler == "single" and meta.single_task and meta.single_task not in [t.name for t in sources]:
-        problems.append(
-            Problem(
-                str(path),
-                "[meta].single_task",
-                f"{meta.single_task!r} is not a source; allowed: {', '.join(meta.sources)}",
-            )
-        )
-    problems += [Problem(str(path), "[meta].selection_params", m) for m in _params_problems(spec)]
-    if meta.scheduler == "mixture" and len(sources) == len(meta.sources):  # names known: check the file
-        problems += [Problem(str(path), "[meta].mixture", m) for m in _mixture_problems(path, meta, sources)]
+    spec, problems = build_run(read_toml(path), path)
+    sources = _resolve(path, "[meta].sources", spec.meta.sources, problems)
+    targets = _resolve(path, "[meta].targets", spec.meta.targets, problems)
+    problems += run_problems(spec, path, sources, targets)
     if problems:
         raise SpecError(problems)
     return dataclasses.replace(spec, path=str(path), sources=tuple(sources), targets=tuple(targets))
-
-
-def _params_problems(spec: RunSpec) -> list[str]:
-    """`all`, or `top:K` with 1 <= K (and K <= [model].num_layers for a new encoder)."""
-    rule = spec.meta.selection_params
-    match = re.fullmatch(r"top:(\d+)", rule)
-    if rule != "all" and (match is None or int(match.group(1)) < 1):
-        return [f"{rule!r} is not allowed; allowed: 'all', or 'top:K' with K >= 1 (e.g. 'top:1')"]
-    if match and not spec.model.pretrained and int(match.group(1)) > spec.model.num_layers:
-        return [
-            f"{rule!r} asks for more layers than [model].num_layers = {spec.model.num_layers}; "
-            f"allowed: top:1 to top:{spec.model.num_layers}, or 'all'"
-        ]
-    return []
-
-
-def _mixture_problems(path: Path, meta: MetaSpec, sources: list[TaskSpec]) -> list[str]:
-    """What keeps the mixture scheduler from replaying [meta].mixture over these sources."""
-    if not meta.mixture:
-        return [
-            "missing; scheduler = 'mixture' replays the shares of a mixture.json, e.g. the "
-            "OUTPUT_DIR/mixture.json of a meta run"
-        ]
-    where = mixture.location(str(path), meta.mixture)
-    return mixture.load(where, [t.name for t in sources], meta.mixture_phases)[1]
-
-
-def _valid_device(device: str) -> bool:
-    if device in ("auto", "cpu", "cuda", "mps"):
-        return True
-    return device.startswith("cuda:") and device[5:].isdigit()
 
 
 def _resolve(path: Path, key: str, refs: tuple[str, ...], problems: list[Problem]) -> list[TaskSpec]:

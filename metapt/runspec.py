@@ -6,8 +6,8 @@ import dataclasses
 from pathlib import Path
 
 from metapt.errors import Problem, SpecError
-from metapt.resolve import _valid_device
 from metapt.spec import RunSpec
+from metapt.validation import device_problem
 
 
 def override(
@@ -20,10 +20,8 @@ def override(
     report_to: tuple[str, ...] | None = None,
 ) -> RunSpec:
     """A copy of `spec` with the given [run] values replaced."""
-    if device is not None and not _valid_device(device):
-        raise SpecError(
-            [Problem("--device", "", f"{device!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")]
-        )
+    if device is not None and (wrong := device_problem(device)) is not None:
+        raise SpecError([Problem("--device", "", wrong)])
     changes = {
         k: v
         for k, v in {"episodes": episodes, "seed": seed, "device": device, "report_to": report_to}.items()

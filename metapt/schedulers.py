@@ -130,7 +130,8 @@ def _replay(shares: Shares, episodes: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-SCHEDULERS = {
+# [meta].scheduler -> its choice function; catalog.SCHEDULERS is these names and "meta" (selection.py).
+BASELINES = {
     "uniform": uniform,
     "proportional": proportional,
     "temperature": temperature_sampling,

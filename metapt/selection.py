@@ -46,14 +46,32 @@ class Estimate:
     target_loss: float  # mean target loss at theta (what the run logs as target_loss)
     floor: float | None = None  # rounding resolution of a value (exact: a difference of losses)
     gradients: dict[str, Params] = field(default_factory=dict)  # first order: sum_i g_s^i per source
+    # shared (agnostic): the terms' part of u(s) recomputed without the m-th support batch of every
+    # source, one per m (the target batches are the support batches: rows and columns are not
+    # independent draws, so the two-way decomposition does not apply; a jackknife does)
+    replicates: dict[str, torch.Tensor] | None = None
 
     def se(self, source: str) -> float | None:
-        """Standard error of u(source) over its support and target batches; None with one support batch."""
+        """Standard error of u(source) over its support and target batches; None with one support batch
+        (with the shared estimate: fewer than three)."""
+        if self.replicates is not None:
+            return _jackknife(self.replicates.get(source))
         return _standard_error(self.terms[source], None, self.columns)
 
     def gap_se(self, a: str, b: str) -> float | None:
         """Standard error of u(a) - u(b): the target batches are shared, so their columns pair up."""
+        if self.replicates is not None:
+            ra, rb = self.replicates.get(a), self.replicates.get(b)
+            return None if ra is None or rb is None else _jackknife(ra - rb)
         return _standard_error(self.terms[a], self.terms[b], self.columns)
+
+
+def _jackknife(replicates: torch.Tensor | None) -> float | None:
+    """The delete-one jackknife standard error from M leave-one-out values (None below M = 3)."""
+    if replicates is None or len(replicates) < 3:
+        return None
+    m = len(replicates)
+    return float(((m - 1) / m * ((replicates - replicates.mean()) ** 2).sum()) ** 0.5)
 
 
 def _standard_error(a: torch.Tensor, b: torch.Tensor | None, columns: list[str]) -> float | None:
@@ -328,15 +346,31 @@ def shared(
     base = torch.tensor([p.loss for p in store.probes])
     w = _weights(base, columns, normalize)
     gram = store.gram()  # (K, K)
-    terms, k = {}, 0
+    index = torch.tensor([i for m in counts.values() for i in range(m)])  # (K,)
+    terms, replicates, k = {}, {}, 0
     for source, m in counts.items():
         own = torch.tensor([t == source for t in columns])
-        rows = []
-        for i in range(m):
-            row = w * _scale(store.probes[k + i], step, alpha) * gram[k + i]
-            row[own] *= m / (m - 1)
-            row[k + i] = 0.0  # a batch never scores itself
-            rows.append(row)
-        terms[source], k = torch.stack(rows), k + m
+        scales = torch.tensor(
+            [_scale(store.probes[k + i], step, alpha) for i in range(m)], dtype=torch.float64
+        )
+        pairs = w * scales[:, None] * gram[k : k + m]  # (M, K)
+        pairs[torch.arange(m), k + torch.arange(m)] = 0.0  # a batch never scores itself
+        terms[source] = torch.where(own, pairs * m / (m - 1), pairs)
+        if m >= 3 and len(set(counts.values())) == 1:
+            replicates[source] = _leave_one_out(pairs, own, index, m)
+        k += m
     values = _values(terms, _offset(base, normalize))
-    return Estimate(values, terms, columns, float(base.mean()), None, summed)
+    return Estimate(values, terms, columns, float(base.mean()), None, summed, replicates)
+
+
+def _leave_one_out(pairs: torch.Tensor, own: torch.Tensor, index: torch.Tensor, m: int) -> torch.Tensor:
+    """(M,) the shared estimate's terms without the m-th support batch of every source, scaled to M
+    batches: the cross terms by (M / (M-1))^2, the own pairs by M^2 / ((M-1)(M-2)), as the full
+    estimate scales its M(M-1) own pairs by M / (M-1)."""
+    out = []
+    for drop in range(m):
+        keep = (index != drop).double()  # (K,) the columns left
+        kept = pairs[torch.arange(m) != drop] * keep  # (M-1, K)
+        cross, mine = kept[:, ~own].sum(), kept[:, own].sum()
+        out.append(cross * (m / (m - 1)) ** 2 + mine * m * m / ((m - 1) * (m - 2)))
+    return torch.stack(out)

@@ -1,25 +1,21 @@
-"""TOML task and run specs -> frozen dataclasses. Every problem in a file is reported at once; no torch.
+"""The TOML contract as frozen dataclasses: task specs and run specs, every key with its default. No torch.
 
 A dataclass field's type says what TOML value it takes; `field(metadata=...)` adds the allowed
-`choices` and the inclusive `low`/`high` bounds. `_build` walks a TOML table against a dataclass,
-collecting problems instead of stopping at the first.
+`choices` and the inclusive `low`/`high` bounds. metapt/validation.py builds these from TOML and
+holds every rule, reporting every problem in a file at once.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import glob
 import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomli
+from metapt.catalog import FORMATS, HEAD_TYPES, KINDS, LOSS_TYPES, REPORT_TO, SCHEDULERS, SYNTHETIC_CORPORA
+from metapt.errors import suggest
 
-from metapt.catalog import FORMATS, HEADS, KINDS, LOSSES, REPORT_TO, SCHEDULERS, SYNTHETIC_CORPORA
-from metapt.errors import Problem, SpecError
+_suggest = suggest  # the old name, still imported by compare.py (issue 16, second part: errors.suggest)
 
 LOCAL_FORMATS = tuple(f for f in FORMATS if f not in ("hf", "synthetic"))
 SPLITS = ("train", "validation", "test")
@@ -94,13 +90,13 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class HeadSpec:
-    type: str = _f("", choices=HEADS, help="head module; empty: the kind's default")
+    type: str = _f("", choices=HEAD_TYPES, help="head module; empty: the kind's default")
     dropout: float = _f(0.1, low=0.0, high=0.9, help="dropout before the head's classifier")
 
 
 @dataclass(frozen=True)
 class LossSpec:
-    type: str = _f("", choices=LOSSES, help="loss function; empty: the kind's default")
+    type: str = _f("", choices=LOSS_TYPES, help="loss function; empty: the kind's default")
     label_smoothing: float = _f(0.0, low=0.0, high=0.5, help="cross-entropy label smoothing")
 
 
@@ -143,7 +139,7 @@ class RunSection:
     output_dir: str = _f("ckpt", help="checkpoints and metrics.jsonl (relative to the working directory)")
     seed: int = _f(0, low=0, help="seed of weights, data order, masking and exploration")
     episodes: int = _f(100, low=1, help="episodes to run")
-    device: str = _f("auto", help="auto | cpu | cuda | cuda:N")
+    device: str = _f("auto", help="auto | cpu | cuda | cuda:N | mps")
     precision: str = _f("auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto: bf16 on CUDA")
     checkpoint_every: int = _f(10, low=1, help="episodes between checkpoints (and one at the end)")
     report_to: tuple[str, ...] = _f(
@@ -261,233 +257,3 @@ class RunSpec:
     def tasks(self) -> dict[str, TaskSpec]:
         """Every task of the run by name, sources first."""
         return {t.name: t for t in (*self.sources, *self.targets)}
-
-
-# ------------------------------------------------------------------------------ the validator
-def _key(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix.endswith("]") else (f"[{prefix}].{name}" if prefix else name)
-
-
-def _table(prefix: str, name: str) -> str:
-    inner = f"{prefix.strip('[]').split(']')[0]}.{name}" if prefix else name
-    return f"[{inner}]"
-
-
-def _suggest(word: str, options: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _allowed(options: typing.Iterable[str]) -> str:
-    return ", ".join(sorted(options))
-
-
-def _check_value(value: Any, hint: Any, meta: dict, key: str, problems: list[str]) -> Any:
-    """Type-check one scalar, list or string table; append messages to `problems`."""
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            problems.append(f"{key}: expected a list of strings, got {value!r}")
-            return None
-        if bad := [v for v in value if meta.get("choices") and v not in meta["choices"]]:
-            problems += [
-                f"{key}: {v!r} is not allowed{_suggest(v, meta['choices'])}; allowed: {_allowed(meta['choices'])}"
-                for v in bad
-            ]
-            return None
-        return tuple(value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            problems.append(f"{key}: expected a table, got {value!r}")
-            return None
-        if typing.get_args(hint)[1] is not Any:  # column names: a string or a list of strings
-            bad = [
-                k
-                for k, v in value.items()
-                if not isinstance(v, str)
-                and not (isinstance(v, list) and v and all(isinstance(x, str) for x in v))
-            ]
-            table_key = key.replace("].", ".", 1) + "]" if key.startswith("[") else f"[{key}]"
-            for k in bad:
-                problems.append(
-                    f"{table_key}.{k}: expected a column name or a list of them, got {value[k]!r}"
-                )
-        return dict(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, hint) or (isinstance(value, bool) and hint is not bool):
-        problems.append(
-            f"{key}: expected {hint.__name__.replace('str', 'a string').replace('int', 'an integer').replace('float', 'a number').replace('bool', 'true or false')}, got {value!r}"
-        )
-        return None
-    if value != value:  # NaN passes every comparison below
-        problems.append(f"{key}: nan is not a number")
-        return None
-    if (
-        meta.get("choices")
-        and value not in meta["choices"]
-        and not (value == "" and not meta.get("required"))
-    ):
-        problems.append(
-            f"{key}: {value!r} is not allowed{_suggest(str(value), meta['choices'])}; "
-            f"allowed: {_allowed(meta['choices'])}"
-        )
-        return None
-    low, high = meta.get("low"), meta.get("high")
-    if (low is not None and value < low) or (high is not None and value > high):
-        rng = f">= {low}" if high is None else f"between {low} and {high}"
-        problems.append(f"{key}: {value!r} is out of range; allowed: {rng}")
-        return None
-    return value
-
-
-def _build(cls: type, table: dict, prefix: str, problems: list[str]) -> Any:
-    """Build dataclass `cls` from a TOML table; bad values fall back to defaults and are reported."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    values: dict[str, Any] = {}
-    for name, value in table.items():
-        if name not in fields:
-            where = _key(prefix, name)
-            problems.append(f"{where}: unknown key{_suggest(name, fields)}; allowed: {_allowed(fields)}")
-            continue
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            if not isinstance(value, dict):
-                problems.append(f"{_table(prefix, name)}: expected a table, got {value!r}")
-                continue
-            values[name] = _build(hint, value, _table(prefix, name), problems)
-            continue
-        checked = _check_value(value, hint, fields[name].metadata, _key(prefix, name), problems)
-        if checked is not None:
-            values[name] = checked
-    return cls(**values)
-
-
-# ---------------------------------------------------------------------------------- loading
-def read_toml(path: Path) -> dict:
-    """Parse one TOML file; a missing file or a syntax error is a SpecError naming the line."""
-    if not path.is_file():
-        raise SpecError([Problem(str(path), "", "no such file")])
-    try:
-        return tomli.loads(path.read_text(encoding="utf-8"))
-    except tomli.TOMLDecodeError as e:
-        line = getattr(e, "lineno", None)
-        msg = getattr(e, "msg", str(e))
-        raise SpecError([Problem(str(path), "", f"TOML syntax error: {msg}", line=line)]) from None
-    except UnicodeDecodeError as e:
-        raise SpecError([Problem(str(path), "", f"not UTF-8 text ({e.reason})")]) from None
-
-
-def is_run_spec(table: dict) -> bool:
-    """A run spec has a [run] or [meta] table; a task spec has a `kind`."""
-    return "kind" not in table and any(k in table for k in ("run", "meta", "model", "tokenizer"))
-
-
-def parse_task(path: Path, table: dict | None = None, check_data: bool = True) -> TaskSpec:
-    """Build and validate a task spec file; raise SpecError listing every problem."""
-    path = Path(path)
-    table = read_toml(path) if table is None else table
-    problems: list[str] = []
-    spec = _build(TaskSpec, table, "", problems)
-    if "kind" not in table:
-        problems.append(f"kind: missing; allowed: {_allowed(KINDS)}")
-    if "data" not in table:
-        problems.append("[data]: missing; every task needs a [data] table with a `format`")
-    data = dataclasses.replace(spec.data, base_dir=str(path.parent))
-    spec = dataclasses.replace(spec, name=spec.name or path.stem, data=data, path=str(path))
-    if spec.kind:
-        problems += _check_kind(spec, table)
-    if isinstance(table.get("data"), dict) and "format" in table["data"]:
-        problems += _check_data(spec.data, check_data, table["data"])
-    elif "data" in table:
-        problems.append(f"[data].format: missing; allowed: {_allowed(FORMATS)}")
-    if problems:
-        raise SpecError([Problem(str(path), *_split(p)) for p in problems])
-    return spec
-
-
-def _split(problem: str) -> tuple[str, str]:
-    key, _, message = problem.partition(": ")
-    return key, message
-
-
-def _check_kind(spec: TaskSpec, table: dict) -> list[str]:
-    info, problems = KINDS[spec.kind], []
-    if spec.head.type and spec.head.type not in info.heads:
-        problems.append(
-            f"[head].type: {spec.head.type!r} does not fit kind {spec.kind!r}; "
-            f"allowed: {_allowed(info.heads)}"
-        )
-    if spec.loss.type and spec.loss.type not in info.losses:
-        problems.append(
-            f"[loss].type: {spec.loss.type!r} does not fit kind {spec.kind!r}; "
-            f"allowed: {_allowed(info.losses)}"
-        )
-    options = table.get("options", {})
-    for key, value in options.items() if isinstance(options, dict) else ():
-        if key not in info.options:
-            allowed = _allowed(info.options) or "none for this kind"
-            problems.append(
-                f"[options].{key}: unknown option for kind {spec.kind!r}"
-                f"{_suggest(key, info.options)}; allowed: {allowed}"
-            )
-        elif (why := info.options[key].check(value)) is not None:
-            problems.append(f"[options].{key}: {why}")
-    if info.check is not None and isinstance(options, dict):  # options that must agree with each other
-        problems += info.check(options)
-    main = spec.options.get("main_metric", "")
-    if isinstance(main, str) and main and main not in info.metrics:
-        problems.append(
-            f"[options].main_metric: {main!r} is not a metric of kind {spec.kind!r}; "
-            f"allowed: {_allowed(info.metrics)}"
-        )
-    return problems
-
-
-def _check_data(data: DataSpec, check_files: bool, raw: dict) -> list[str]:
-    problems: list[str] = []
-    if not data.format:  # an invalid format was reported already
-        return problems
-    if data.format == "hf" and not data.dataset:
-        problems.append("[data].dataset: missing; format = 'hf' needs a hub id such as 'nyu-mll/glue'")
-    if data.format == "synthetic" and not data.corpus and not raw.get("corpus"):
-        problems.append(
-            f"[data].corpus: missing; format = 'synthetic' needs one of {_allowed(SYNTHETIC_CORPORA)}"
-        )
-    if data.format == "synthetic":
-        for split in SPLITS:
-            if getattr(data, split) and getattr(data, split) not in SPLITS:
-                problems.append(
-                    f"[data].{split}: {getattr(data, split)!r} is not a generated split; "
-                    f"synthetic data allows {_allowed(SPLITS)}"
-                )
-    if data.shuffle_words and data.streaming:
-        problems.append(
-            "[data].shuffle_words: needs the whole split; it cannot be combined with streaming = true"
-        )
-    if data.format == "superglue" and not data.subset:
-        problems.append("[data].subset: missing; format = 'superglue' needs the task, e.g. 'boolq'")
-    if data.format in LOCAL_FORMATS:
-        if not data.splits():
-            problems.append(
-                "[data].train: missing; a local format needs at least one of train, validation, test"
-            )
-        for split in data.splits() if check_files and not data.obtain else ():
-            if not _exists(data.location(split)):
-                problems.append(
-                    f"[data].{split}: {getattr(data, split)!r} matches no file "
-                    f"(looked for {data.location(split)})"
-                )
-    return problems
-
-
-def _exists(location: str) -> bool:
-    return Path(location).exists() or bool(glob.glob(location, recursive=True))
-
-
-def missing_data(data: DataSpec) -> list[str]:
-    """Local splits whose files are not there (for specs that say how to `obtain` them)."""
-    if data.format not in LOCAL_FORMATS:
-        return []
-    return [s for s in data.splits() if not _exists(data.location(s))]

@@ -192,7 +192,7 @@ def settings(meta: MetaSpec, shared: bool) -> dict[str, Any]:
 def summarise(study: Study) -> list[dict[str, Any]]:
     """Per variant: its settings, seconds and share of an episode, and agreement with the reference
     (its choices, and its per-selection estimate's leader) in the sure episodes and in all."""
-    kinds = [settings(v.spec.meta, engine._shares_targets(v)) for v in study.views]
+    kinds = [settings(v.spec.meta, engine.shares_targets(v)) for v in study.views]
     return rows(study.records, study.names, kinds)
 
 

@@ -19,7 +19,7 @@ from metapt.errors import SpecError
 
 GOOD_TASK = REPO / "tasks" / "synthetic" / "conll2012-synthetic.toml"
 BAD_TASK = SPECS / "task_option_range.toml"
-BAD_MESSAGE = "[options].mask_probability: 2.0 is out of range [0.01, 0.9]"
+BAD_MESSAGE = "[options].mask_probability: 2.0 is out of range; allowed: between 0.01 and 0.9"
 
 SYNTHETIC_KINDS = {
     "conll04-synthetic": "relation_extraction",

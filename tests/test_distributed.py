@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,34 +107,44 @@ def _worker(rank: int, world: int, port: int, jobs: list[dict], where: str, env:
     checkpoint.save = lambda out, episode, *a: saves.append(episode) or save(out, episode, *a)
     for job in jobs:
         seen: list[dict] = []
-
-        def callback(event: str, data: dict, job: dict = job, seen: list = seen) -> None:
-            if event == "episode":
-                seen.append({k: data[k] for k in ("chosen", "explored", "utilities", "train_loss")})
-                if job.get("fail") == (rank, data["episode"]):
-                    raise RuntimeError(f"rank {rank} failed on purpose")
-                if job.get("stall") == (rank, data["episode"]):
-                    time.sleep(300)
-            if event == "checkpoint" and data["episode"] == job.get("crash"):
-                raise Crash
-
-        result: dict[str, Any] = {}
-        try:
-            if job["kind"] == "finetune":
-                spec = task_spec(job["task"], None, {})
-                finetune_one(job["checkpoint"], spec, 0, Path(job["out"]), "cpu")
-            else:
-                spec = override(parse_run(job["spec"]), output_dir=Path(job["out"]))
-                engine.pretrain(spec, resume=job.get("resume", False), callback=callback)
-        except Crash:
-            result["crashed"] = True
-        except Exception as e:
-            result["error"] = f"{type(e).__name__}: {e}"
+        result = _run(job, _recorder(job, rank, seen))
         record = {"episodes": seen, "saves": saves[:], **result}
         Path(where, f"{job['name']}-rank{rank}.json").write_text(json.dumps(record))
         saves.clear()
         if "error" in result:
             raise SystemExit(1)
+
+
+def _recorder(job: dict, rank: int, seen: list[dict]) -> Callable[[str, dict], None]:
+    """The engine callback of one job: records every episode; fails, stalls or crashes where asked."""
+
+    def callback(event: str, data: dict) -> None:
+        if event == "episode":
+            seen.append({k: data[k] for k in ("chosen", "explored", "utilities", "train_loss")})
+            if job.get("fail") == (rank, data["episode"]):
+                raise RuntimeError(f"rank {rank} failed on purpose")
+            if job.get("stall") == (rank, data["episode"]):
+                time.sleep(300)
+        if event == "checkpoint" and data["episode"] == job.get("crash"):
+            raise Crash
+
+    return callback
+
+
+def _run(job: dict, callback: Callable[[str, dict], None]) -> dict[str, Any]:
+    """Run one finetuning or pretraining job: {} when it finished, else how it ended."""
+    try:
+        if job["kind"] == "finetune":
+            spec = task_spec(job["task"], None, {})
+            finetune_one(job["checkpoint"], spec, 0, Path(job["out"]), "cpu")
+        else:
+            spec = override(parse_run(job["spec"]), output_dir=Path(job["out"]))
+            engine.pretrain(spec, resume=job.get("resume", False), callback=callback)
+    except Crash:
+        return {"crashed": True}
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    return {}
 
 
 def free_port() -> int:

@@ -338,7 +338,7 @@ def test_a_masked_lm_target_leaves_no_gradient_for_training(tmp_path: Path) -> N
     assert all(torch.equal(p, before[n]) for n, p in run.model.encoder.named_parameters())
     stream = run.streams["train"][picked.chosen]
     count = stream.state_dict()["count"]
-    engine._train(run, picked.chosen, picked.gradient)
+    engine.train_task(run, picked.chosen, picked.gradient)
     assert stream.state_dict()["count"] == count + run.spec.meta.train_batches
 
 
@@ -481,3 +481,24 @@ def test_split_batch_keeps_candidates_with_their_example() -> None:
             assert torch.equal(m["labels"], batch["labels"][start : start + size])
             assert torch.equal(m["choice_mask"], batch["choice_mask"][start : start + size])
             start += size
+
+
+def test_the_wordpiece_reads_each_source_kinds_own_text_fields() -> None:
+    """The fields come from the kind's entry ([catalog] KindInfo.text): sentence kinds read `text`, else
+    `sentences` (records with sentences only were skipped before); dialogues their turns; titles too."""
+    import datasets
+
+    from metapt.data.pipeline import TaskData
+    from metapt.spec import TaskSpec
+
+    def task(kind: str, rows: list[dict]) -> TaskData:
+        return TaskData(TaskSpec(kind=kind, name=kind), {}, {}, {"train": datasets.Dataset.from_list(rows)})
+
+    texts = engine._corpus_texts(
+        [
+            task("sentence_reordering", [{"sentences": ["One here.", "Two there."]}]),
+            task("span_selection", [{"text": "A b. C d.", "sentences": ["A b.", "C d."], "title": "Ab"}]),
+            task("response_selection", [{"turns": ["hi", "hello"]}]),
+        ]
+    )
+    assert texts == ["One here.", "Two there.", "A b. C d.", "Ab", "hi", "hello"]

@@ -21,8 +21,8 @@ from metapt.data.readers import read_split
 from metapt.data.synthetic import generate
 from metapt.data.tokenizer import train_wordpiece
 from metapt.errors import DataError, SpecError
-from metapt.kinds import KINDS as IMPLEMENTATIONS
 from metapt.kinds import (
+    IMPLEMENTATIONS,
     capitalization_prediction,
     ir_relevance,
     knowledge,
@@ -33,7 +33,8 @@ from metapt.kinds import (
 from metapt.kinds.losses import LOSSES
 from metapt.resolve import parse_run
 from metapt.runspec import override
-from metapt.spec import BatchSpec, DataSpec, TaskSpec, parse_task
+from metapt.spec import BatchSpec, DataSpec, TaskSpec
+from metapt.validation import parse_task
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DOCS = [

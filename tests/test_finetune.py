@@ -20,8 +20,9 @@ from conftest import write
 from transformers import BertConfig, BertModel
 from typer.testing import CliRunner
 
+from metapt.brackets import brackets_to_bio
 from metapt.cli import app
-from metapt.data.conll import blocks, brackets_to_bio
+from metapt.data.conll import blocks
 from metapt.data.readers import read_split
 from metapt.data.tokenizer import train_wordpiece
 from metapt.finetune import finetune_one, task_spec
@@ -530,6 +531,32 @@ def test_seeds_write_one_run_each_and_their_mean_and_std(
         assert got["mean"] == pytest.approx((a + b) / 2)
         assert got["std"] == pytest.approx(abs(a - b) / math.sqrt(2))  # sample std of two values
     assert runs[0]["metrics"] != runs[1]["metrics"]  # the seeds really differ
+
+
+def test_the_seed_summary_is_computed_by_the_library(tmp_path: Path) -> None:
+    """`metapt finetune --seeds` only prints it: finetune.summarise_seeds computes and writes it."""
+    from metapt.finetune import seed_folder, summarise_seeds
+    from metapt.spec import TaskSpec
+
+    runs = [
+        {
+            "main_metric": "accuracy",
+            "metrics": {"validation": {"accuracy": 50.0}, "test": {"accuracy": 40.0}},
+        },
+        {"main_metric": "accuracy", "metrics": {"validation": {"accuracy": 70.0}}},
+    ]
+    summary = summarise_seeds(TaskSpec(kind="classification", name="t"), [3, 4], runs, tmp_path)
+    assert summary == json.loads((tmp_path / "results.json").read_text())
+    assert summary["runs"] == [str(tmp_path / "seed-3"), str(tmp_path / "seed-4")]
+    assert summary["metrics"]["validation"]["accuracy"] == {
+        "mean": 60.0,
+        "std": pytest.approx(math.sqrt(200)),
+        "values": [50.0, 70.0],
+    }
+    assert summary["metrics"]["test"]["accuracy"] == {"mean": 40.0, "std": 0.0, "values": [40.0]}
+    assert (
+        seed_folder(tmp_path, 3, [3]) == tmp_path and seed_folder(tmp_path, 3, [3, 4]) == tmp_path / "seed-3"
+    )
 
 
 @pytest.mark.parametrize("seeds", ["1,x", "1,1", "-1"])

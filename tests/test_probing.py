@@ -77,8 +77,8 @@ def test_a_sketch_keeps_d_numbers_per_probe_and_no_sums(tmp_path: Path) -> None:
         mp.setattr(selection, "_store", spy)
         picked = engine.select_task(run)
     assert stores[0].matrix.shape == (4, 1000)  # 2 sources x M = 2 probes, 1000 numbers each
-    assert not engine._reuses_support(run) and picked.gradient is None  # no model-sized sums kept
-    assert engine._reuses_support(engine.setup(tiny(tmp_path / "b"), resume=False))
+    assert not engine.reuses_support(run) and picked.gradient is None  # no model-sized sums kept
+    assert engine.reuses_support(engine.setup(tiny(tmp_path / "b"), resume=False))
 
 
 def test_reuse_training_keeps_the_last_m_training_gradients_before_clipping(tmp_path: Path) -> None:
@@ -95,7 +95,7 @@ def test_reuse_training_keeps_the_last_m_training_gradients_before_clipping(tmp_
     picked = engine.select_task(run)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(engine, "_step", spy)
-        engine._train(run, picked.chosen, picked.gradient)
+        engine.train_task(run, picked.chosen, picked.gradient)
     kept = run.reused[picked.chosen]
     assert len(seen) == 3 and len(kept) == 2  # N = 3 steps (the first the support gradient), M = 2 kept
     for probe, want in zip(kept, seen[1:]):

@@ -10,8 +10,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from metapt.data.conll import bio_to_brackets, brackets_to_bio
-from metapt.data.readers import READERS, read_split, resolve_files
+from metapt.brackets import bio_to_brackets, brackets_to_bio
+from metapt.data.readers import read_split, resolve_files
 from metapt.errors import DataError
 from metapt.spec import DataSpec
 
@@ -433,9 +433,3 @@ def test_superglue_wsc_and_wic_texts():
     wic = read("superglue", "superglue/wic/train.jsonl", subset="wic")
     assert wic[0]["text"] == "bank: He sat on the bank of the river."
     assert wic[0]["text_pair"] == "She works at a bank." and wic[0]["label"] == 0
-
-
-def test_every_local_format_has_a_reader():
-    from metapt.catalog import FORMATS
-
-    assert set(READERS) == set(FORMATS) - {"hf", "synthetic"}

@@ -17,6 +17,7 @@ from transformers import BertConfig, BertModel
 from metapt.catalog import KINDS
 from metapt.data.tokenizer import train_wordpiece
 from metapt.kinds import masked_lm, response_selection, sentence_distance, sentence_reordering, span_selection
+from metapt.kinds.base import Kind
 from metapt.kinds.losses import LOSSES
 from metapt.spec import BatchSpec, TaskSpec
 
@@ -143,8 +144,10 @@ def test_step_backpropagates_into_encoder_and_is_seeded(kind: str, tok: Any) -> 
     grad = encoder.encoder.layer[0].attention.self.query.weight.grad
     assert grad is not None and grad.abs().sum() > 0
 
-    predictions = module.KIND.predict(logits.detach(), batch, info)
-    metrics, per_example = module.KIND.score(predictions, features.select(range(len(rows))), None, spec, info)
+    predictions = Kind.of(module).predict(logits.detach(), batch, info)
+    metrics, per_example = Kind.of(module).score(
+        predictions, features.select(range(len(rows))), None, spec, info
+    )
     assert set(metrics) == set(KINDS[kind].metrics)
     assert all(0.0 <= v <= 100.0 for k, v in metrics.items() if k != "loss")
     assert len(per_example) == len(rows)

@@ -17,7 +17,8 @@ from conftest import REPO, SPECS, write
 from metapt.catalog import KINDS
 from metapt.errors import SpecError
 from metapt.resolve import find_task, parse_any, parse_run, task_files
-from metapt.spec import RunSpec, TaskSpec, parse_task
+from metapt.spec import RunSpec, TaskSpec
+from metapt.validation import parse_task
 
 
 def _header(path: Path) -> dict[str, list[str]]:
@@ -301,3 +302,42 @@ def test_replace_builds_a_new_spec() -> None:
     task = parse_task(REPO / "tasks" / "synthetic" / "mlm.toml")
     changed = dataclasses.replace(task, batch=dataclasses.replace(task.batch, size=4))
     assert (task.batch.size, changed.batch.size) == (16, 4)
+
+
+def test_one_value_check_words_spec_keys_and_kind_options_alike(tmp_path: Path) -> None:
+    """A key of a spec table and a kind's [options] key go through the same check: same words."""
+    text = (
+        'kind = "masked_lm"\n[data]\nformat = "synthetic"\ncorpus = "documents"\n'
+        "[batch]\nsize = 0\nmax_length = true\n"
+        '[options]\nmask_probability = 0\nwhole_word_mask = 1\nmasking = "entities"\n'
+    )
+    with pytest.raises(SpecError) as e:
+        parse_task(write(tmp_path, "t.toml", text))
+    assert {p.key: p.message for p in e.value.problems} == {
+        "[batch].size": "0 is out of range; allowed: between 1 and 65536",
+        "[options].mask_probability": "0.0 is out of range; allowed: between 0.01 and 0.9",
+        "[batch].max_length": "expected an integer, got True",
+        "[options].whole_word_mask": "expected true or false, got 1",
+        "[options].masking": "'entities' is not allowed (did you mean 'entity'?); "
+        "allowed: entity, phrase, token, whole_word",
+    }
+
+
+def test_mps_is_a_device_for_the_spec_and_the_option_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[run].device and --device follow one rule (mps was valid in the file, refused as an option)."""
+    from metapt.runspec import override
+
+    monkeypatch.chdir(tmp_path)
+    spec = parse_run(write(tmp_path, "run.toml", '[run]\ndevice = "mps"\n[meta]\nsources = ["mlm"]\n'))
+    assert spec.run.device == "mps" and override(spec, device="mps").run.device == "mps"
+    assert override(spec, device="cuda:1").run.device == "cuda:1"
+    with pytest.raises(SpecError) as option:
+        override(spec, device="cuda:x")
+    with pytest.raises(SpecError) as file:
+        parse_run(write(tmp_path, "bad.toml", '[run]\ndevice = "cuda:x"\n[meta]\nsources = ["mlm"]\n'))
+    expected = "'cuda:x' is not allowed; allowed: auto, cpu, cuda, cuda:N, mps"
+    assert (
+        [p.message for p in option.value.problems] == [p.message for p in file.value.problems] == [expected]
+    )

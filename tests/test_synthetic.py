@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from metapt.catalog import SYNTHETIC_CORPORA
 from metapt.data import synthetic
 from metapt.data.synthetic import CORPUS_FORMATS, generate
 from metapt.data.world import build_world, holds
@@ -65,10 +64,6 @@ def _count(corpus: str, text: str) -> int:
     if corpus == "pairs":
         return len(text.splitlines()) - 1
     return text.count('"id"')
-
-
-def test_corpora_match_the_catalog() -> None:
-    assert set(CORPORA) == set(SYNTHETIC_CORPORA)
 
 
 @pytest.mark.parametrize("corpus", CORPORA)

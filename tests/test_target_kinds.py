@@ -18,6 +18,7 @@ from metapt.kinds import (
     classification,
     extractive_qa,
     multiple_choice,
+    regression,
     relation_extraction,
     srl,
     token_classification,
@@ -197,22 +198,22 @@ def _one_hot(labels: torch.Tensor, n: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------- classification
 def test_classification_pairs_metrics_and_tsv(tok, tmp_path):
     spec = _spec("classification")
-    info, features, batch, logits = _train_step(classification.KIND, spec, tok, PAIRS)
+    info, features, batch, logits = _train_step(Kind.of(classification), spec, tok, PAIRS)
     assert info == {"labels": ["0", "1"]}
     assert batch["labels"].tolist() == [1, 0, 0, 1]
     types = features[0]["token_type_ids"]
     assert types[0] == 0 and types[-1] == 1  # a pair: the second segment has type 1
     assert set(features[2]["token_type_ids"]) == {0}  # empty text_pair: a single sequence
-    assert len(classification.KIND.predict(logits, batch, info)) == 4
+    assert len(Kind.of(classification).predict(logits, batch, info)) == 4
 
     perfect, _ = _end_to_end(
-        classification.KIND, spec, features, PAIRS, info, [1, 0, 0, 1], tmp_path / "p.tsv"
+        Kind.of(classification), spec, features, PAIRS, info, [1, 0, 0, 1], tmp_path / "p.tsv"
     )
     assert perfect == pytest.approx({"accuracy": 100.0, "f1": 100.0, "macro_f1": 100.0, "mcc": 100.0})
     # gold 1 0 0 1, predicted 1 0 0 0: accuracy 3/4; F1 of "1" = 2*1/(2*1+0+1); macro = (4/5 + 2/3)/2;
     # MCC = (3*4 - (2*3 + 2*1)) / sqrt((16 - 8) * (16 - 10)) = 4 / sqrt(48)
     wrong, written = _end_to_end(
-        classification.KIND, spec, features, PAIRS, info, [1, 0, 0, 0], tmp_path / "p.tsv"
+        Kind.of(classification), spec, features, PAIRS, info, [1, 0, 0, 0], tmp_path / "p.tsv"
     )
     assert wrong == pytest.approx(
         {"accuracy": 75.0, "f1": 200 / 3, "macro_f1": 100 * (0.8 + 2 / 3) / 2, "mcc": 100 * 4 / 48**0.5}
@@ -225,20 +226,32 @@ def test_classification_pairs_metrics_and_tsv(tok, tmp_path):
 def test_classification_names_unlabelled_and_multirc(tok, tmp_path):
     spec = _spec("classification")
     named = [{"text": r["text"], "label": ["yes", "no", "no", "yes"][i]} for i, r in enumerate(PAIRS)]
-    info, features, _, _ = _train_step(classification.KIND, spec, tok, named)
+    info, features, _, _ = _train_step(Kind.of(classification), spec, tok, named)
     assert info == {"labels": ["no", "yes"]}
     assert features["labels"] == [1, 0, 0, 1]
     unlabelled = [{**r, "label": -1} for r in PAIRS]
     feats = classification.encode(datasets.Dataset.from_list(unlabelled), tok, spec, {"labels": ["0", "1"]})
     assert feats["labels"] == [-100] * 4
     metrics, _ = _end_to_end(
-        classification.KIND, spec, feats, unlabelled, {"labels": ["0", "1"]}, [0, 1, 0, 1], tmp_path / "u.tsv"
+        Kind.of(classification),
+        spec,
+        feats,
+        unlabelled,
+        {"labels": ["0", "1"]},
+        [0, 1, 0, 1],
+        tmp_path / "u.tsv",
     )
     assert metrics == {}
     # MultiRC: two questions (groups); group g1 all right, g2 one option wrong
     multirc = [{**r, "group": g} for r, g in zip(PAIRS, ["g1", "g1", "g2", "g2"], strict=True)]
     metrics, _ = _end_to_end(
-        classification.KIND, spec, feats, multirc, {"labels": ["0", "1"]}, [1, 0, 0, 0], tmp_path / "m.tsv"
+        Kind.of(classification),
+        spec,
+        feats,
+        multirc,
+        {"labels": ["0", "1"]},
+        [1, 0, 0, 0],
+        tmp_path / "m.tsv",
     )
     assert metrics["f1a"] == pytest.approx(200 / 3)
     assert metrics["exact_match"] == pytest.approx(50.0)
@@ -249,10 +262,10 @@ def test_regression(tok, tmp_path):
     records = [
         {"text": r["text"], "text_pair": r["text_pair"], "label": float(i)} for i, r in enumerate(PAIRS)
     ]
-    info, features, batch, logits = _train_step(classification.REGRESSION_KIND, spec, tok, records)
+    info, features, batch, logits = _train_step(Kind.of(regression), spec, tok, records)
     assert batch["labels"].dtype == torch.float and logits.shape == (4,)
     metrics, _ = _end_to_end(
-        classification.REGRESSION_KIND,
+        Kind.of(regression),
         spec,
         features,
         records,
@@ -263,7 +276,7 @@ def test_regression(tok, tmp_path):
     assert metrics == pytest.approx({"pearson": 100.0, "spearman": 100.0})
     # ranks of (0, 2, 1, 3) against (0, 1, 2, 3): rho = 1 - 6 * 2 / (4 * 15) = 0.8
     metrics, _ = _end_to_end(
-        classification.REGRESSION_KIND,
+        Kind.of(regression),
         spec,
         features,
         records,
@@ -278,7 +291,7 @@ def test_regression(tok, tmp_path):
 # --------------------------------------------------------------------------- token classification
 def test_token_classification_alignment_and_entity_f1(tok, tmp_path, caplog):
     spec = _spec("token_classification")
-    info, features, batch, logits = _train_step(token_classification.KIND, spec, tok, NER)
+    info, features, batch, logits = _train_step(Kind.of(token_classification), spec, tok, NER)
     names = info["labels"]
     assert names == ["B-LOC", "B-ORG", "B-PER", "I-ORG", "I-PER", "O"]
     enc = tok(NER[0]["tokens"], is_split_into_words=True)
@@ -289,16 +302,18 @@ def test_token_classification_alignment_and_entity_f1(tok, tmp_path, caplog):
         for k, w in enumerate(words)
     ]
     assert features[0]["labels"] == expected
-    assert len(token_classification.KIND.predict(logits, batch, info)) == 2
+    assert len(Kind.of(token_classification).predict(logits, batch, info)) == 2
 
-    gold = token_classification.KIND.predict(_one_hot(batch["labels"], len(names)), batch, info)
+    gold = Kind.of(token_classification).predict(_one_hot(batch["labels"], len(names)), batch, info)
     assert gold == [r["tags"] for r in NER]
-    perfect, _ = _end_to_end(token_classification.KIND, spec, features, NER, info, gold, tmp_path / "t.jsonl")
+    perfect, _ = _end_to_end(
+        Kind.of(token_classification), spec, features, NER, info, gold, tmp_path / "t.jsonl"
+    )
     assert perfect == pytest.approx({"precision": 100.0, "recall": 100.0, "f1": 100.0})
     # drop the ORG entity and mislabel Berlin: 2 of 3 predicted right, 2 of 4 gold found; F1 = 4/7
     wrong = [["B-PER", "I-PER", "O", "O", "O", "O", "O"], ["B-PER", "O", "B-ORG", "O", "O"]]
     metrics, _ = _end_to_end(
-        token_classification.KIND, spec, features, NER, info, wrong, tmp_path / "t.jsonl"
+        Kind.of(token_classification), spec, features, NER, info, wrong, tmp_path / "t.jsonl"
     )
     assert metrics == pytest.approx({"precision": 200 / 3, "recall": 50.0, "f1": 400 / 7})
     rows = [json.loads(x) for x in (tmp_path / "t.jsonl").read_text().splitlines()]
@@ -320,7 +335,7 @@ def test_token_classification_alignment_and_entity_f1(tok, tmp_path, caplog):
 # ------------------------------------------------------------------------------------------- SRL
 def test_srl_one_instance_per_predicate(tok, tmp_path):
     spec = _spec("srl")
-    info, features, batch, logits = _train_step(srl.KIND, spec, tok, SRL)
+    info, features, batch, logits = _train_step(Kind.of(srl), spec, tok, SRL)
     assert len(features) == 3
     assert features["record_index"] == [0, 0, 1] and features["predicate"] == [1, 5, 2]
     assert batch["predicate_mask"].shape == batch["input_ids"].shape
@@ -333,10 +348,10 @@ def test_srl_one_instance_per_predicate(tok, tmp_path):
         ]
         assert [k for k, m in enumerate(features[row]["predicate_mask"]) if m] == marked
         assert features[row]["input_ids"] == enc["input_ids"]  # the predicate word is the second segment
-    assert len(srl.KIND.predict(logits, batch, info)) == 3
+    assert len(Kind.of(srl).predict(logits, batch, info)) == 3
 
-    gold = srl.KIND.predict(_one_hot(batch["labels"], len(info["labels"])), batch, info)
-    perfect, per_record = _end_to_end(srl.KIND, spec, features, SRL, info, gold, tmp_path / "props")
+    gold = Kind.of(srl).predict(_one_hot(batch["labels"], len(info["labels"])), batch, info)
+    perfect, per_record = _end_to_end(Kind.of(srl), spec, features, SRL, info, gold, tmp_path / "props")
     assert perfect == pytest.approx({"precision": 100.0, "recall": 100.0, "f1": 100.0})
     assert per_record == [SRL[0]["srl_tags"], SRL[1]["srl_tags"]]
     # 5 gold arguments (V excluded); the prediction finds A0 of "bought", A0+A1 of "sold" and a wrong
@@ -346,7 +361,7 @@ def test_srl_one_instance_per_predicate(tok, tmp_path):
         SRL[0]["srl_tags"][1],
         ["B-A1", "I-A1", "B-V", "O"],
     ]
-    metrics, _ = _end_to_end(srl.KIND, spec, features, SRL, info, wrong, tmp_path / "props")
+    metrics, _ = _end_to_end(Kind.of(srl), spec, features, SRL, info, wrong, tmp_path / "props")
     assert metrics == pytest.approx({"precision": 75.0, "recall": 60.0, "f1": 2 * 75 * 60 / 135})
     blocks = (tmp_path / "props").read_text().split("\n\n")
     first = [line.split("\t") for line in blocks[0].splitlines()]
@@ -367,7 +382,7 @@ def test_srl_repairs_bio():
 # --------------------------------------------------------------------------- relation extraction
 def test_relation_extraction_markers_and_triples(tok, tmp_path, caplog):
     spec = _spec("relation_extraction")
-    info, features, batch, logits = _train_step(relation_extraction.KIND, spec, tok, RE)
+    info, features, batch, logits = _train_step(Kind.of(relation_extraction), spec, tok, RE)
     assert info == {"labels": ["no_relation", "Live_In", "OrgBased_In", "Work_For"]}
     assert len(features) == 3 * 2 + 2 * 1  # n * (n - 1) ordered pairs per sentence
     tokens = [tok.convert_ids_to_tokens(ids) for ids in batch["input_ids"].tolist()]
@@ -379,14 +394,18 @@ def test_relation_extraction_markers_and_triples(tok, tmp_path, caplog):
     assert (h, t) == (0, 9)
     names = info["labels"]
     assert [names[x] for x in features["label"][:3]] == ["Work_For", "no_relation", "no_relation"]
-    assert len(relation_extraction.KIND.predict(logits, batch, info)) == 8
+    assert len(Kind.of(relation_extraction).predict(logits, batch, info)) == 8
 
-    gold = relation_extraction.KIND.predict(_one_hot(batch["labels"], len(names)), batch, info)
-    perfect, _ = _end_to_end(relation_extraction.KIND, spec, features, RE, info, gold, tmp_path / "r.jsonl")
+    gold = Kind.of(relation_extraction).predict(_one_hot(batch["labels"], len(names)), batch, info)
+    perfect, _ = _end_to_end(
+        Kind.of(relation_extraction), spec, features, RE, info, gold, tmp_path / "r.jsonl"
+    )
     assert perfect == pytest.approx({"precision": 100.0, "recall": 100.0, "f1": 100.0})
     wrong = list(gold)
     wrong[features["label"].index(names.index("OrgBased_In"))] = "no_relation"  # miss one of 3 gold triples
-    metrics, _ = _end_to_end(relation_extraction.KIND, spec, features, RE, info, wrong, tmp_path / "r.jsonl")
+    metrics, _ = _end_to_end(
+        Kind.of(relation_extraction), spec, features, RE, info, wrong, tmp_path / "r.jsonl"
+    )
     assert metrics == pytest.approx({"precision": 100.0, "recall": 200 / 3, "f1": 80.0})
     rows = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert rows[1] == {
@@ -404,7 +423,7 @@ def test_relation_extraction_markers_and_triples(tok, tmp_path, caplog):
     assert kept == [(0, 0, 1), (0, 0, 2), (0, 1, 0), (0, 2, 0), (1, 0, 1), (1, 1, 0)]
     gold = [names[x] for x in short["label"]]
     metrics, _ = _end_to_end(
-        relation_extraction.KIND, short_spec, short, RE, info, gold, tmp_path / "r.jsonl"
+        Kind.of(relation_extraction), short_spec, short, RE, info, gold, tmp_path / "r.jsonl"
     )
     assert metrics == pytest.approx({"precision": 100.0, "recall": 200 / 3, "f1": 80.0})
 
@@ -412,7 +431,7 @@ def test_relation_extraction_markers_and_triples(tok, tmp_path, caplog):
 # ---------------------------------------------------------------------------------- extractive QA
 def test_extractive_qa_windows_and_squad_scores(tok, tmp_path):
     spec = _spec("extractive_qa", max_length=32, stride=8)
-    info, features, batch, logits = _train_step(extractive_qa.KIND, spec, tok, QA)
+    info, features, batch, logits = _train_step(Kind.of(extractive_qa), spec, tok, QA)
     windows = [k for k, e in enumerate(features["example_index"]) if e == 0]
     assert len(windows) >= 3 and features["example_index"][-1] == 1
     with_answer = [k for k in windows if features[k]["start_positions"] != 0]
@@ -430,16 +449,16 @@ def test_extractive_qa_windows_and_squad_scores(tok, tmp_path):
     first, second = features[windows[0]]["input_ids"], features[windows[1]]["input_ids"]
     question = len(tok(QA[0]["question"])["input_ids"])  # [CLS] question [SEP]
     assert first[-1 - 8 : -1] == second[question : question + 8]  # consecutive windows share `stride` tokens
-    assert len(extractive_qa.KIND.predict(logits, batch, info)) == len(features)
+    assert len(Kind.of(extractive_qa).predict(logits, batch, info)) == len(features)
 
     # logits at the gold start/end (the [CLS] of windows without the answer)
     gold = torch.full(logits.shape, -5.0)
     rows = torch.arange(len(features))
     gold[rows, batch["start_positions"], 0] = 5.0
     gold[rows, batch["end_positions"], 1] = 5.0
-    predictions = extractive_qa.KIND.predict(gold, batch, info)
+    predictions = Kind.of(extractive_qa).predict(gold, batch, info)
     perfect, answers = _end_to_end(
-        extractive_qa.KIND, spec, features, QA, info, predictions, tmp_path / "p.json"
+        Kind.of(extractive_qa), spec, features, QA, info, predictions, tmp_path / "p.json"
     )
     assert answers == ["a new stone bridge", "Fishermen"]
     assert perfect == pytest.approx({"exact_match": 100.0, "f1": 100.0})
@@ -448,7 +467,7 @@ def test_extractive_qa_windows_and_squad_scores(tok, tmp_path):
     start = next(k for k, o in enumerate(offsets) if o and o[0] == CONTEXT.index("stone"))
     predictions[with_answer[0]]["start"] = [[start, 9.0]]
     metrics, answers = _end_to_end(
-        extractive_qa.KIND, spec, features, QA, info, predictions, tmp_path / "p.json"
+        Kind.of(extractive_qa), spec, features, QA, info, predictions, tmp_path / "p.json"
     )
     assert answers[0] == "stone bridge"
     assert metrics == pytest.approx({"exact_match": 50.0, "f1": 90.0})
@@ -458,13 +477,13 @@ def test_extractive_qa_windows_and_squad_scores(tok, tmp_path):
 def test_extractive_qa_no_answer(tok, tmp_path):
     spec = _spec("extractive_qa", max_length=32, stride=8, version_2_with_negative=True)
     records = [{**QA[1], "id": "q0", "answers": {"text": [], "answer_start": []}}, QA[1]]
-    info, features, batch, logits = _train_step(extractive_qa.KIND, spec, tok, records)
+    info, features, batch, logits = _train_step(Kind.of(extractive_qa), spec, tok, records)
     assert features["start_positions"][0] == 0 and features["end_positions"][0] == 0
     gold = torch.zeros(logits.shape)
     gold[torch.arange(2), batch["start_positions"], 0] = 5.0
     gold[torch.arange(2), batch["end_positions"], 1] = 5.0
     metrics, answers = _end_to_end(
-        extractive_qa.KIND,
+        Kind.of(extractive_qa),
         spec,
         features,
         records,
@@ -478,7 +497,7 @@ def test_extractive_qa_no_answer(tok, tmp_path):
 # -------------------------------------------------------------------------------- multiple choice
 def test_multiple_choice_padding_and_accuracy(tok, tmp_path):
     spec = _spec("multiple_choice")
-    info, features, batch, logits = _train_step(multiple_choice.KIND, spec, tok, CHOICE)
+    info, features, batch, logits = _train_step(Kind.of(multiple_choice), spec, tok, CHOICE)
     assert batch["input_ids"].shape[0] == 2 * 3 and logits.shape == (2, 3)
     assert batch["choice_mask"].tolist() == [[True, True, False], [True, True, True]]
     assert batch["labels"].tolist() == [0, 1]
@@ -486,9 +505,13 @@ def test_multiple_choice_padding_and_accuracy(tok, tmp_path):
     assert "what was the cause? he got a hole in his sock." in second
     assert logits[0, 2] == torch.finfo(logits.dtype).min
 
-    perfect, _ = _end_to_end(multiple_choice.KIND, spec, features, CHOICE, info, [0, 1], tmp_path / "c.jsonl")
+    perfect, _ = _end_to_end(
+        Kind.of(multiple_choice), spec, features, CHOICE, info, [0, 1], tmp_path / "c.jsonl"
+    )
     assert perfect == {"accuracy": 100.0}
-    wrong, _ = _end_to_end(multiple_choice.KIND, spec, features, CHOICE, info, [0, 2], tmp_path / "c.jsonl")
+    wrong, _ = _end_to_end(
+        Kind.of(multiple_choice), spec, features, CHOICE, info, [0, 2], tmp_path / "c.jsonl"
+    )
     assert wrong == {"accuracy": 50.0}
     rows = [json.loads(x) for x in (tmp_path / "c.jsonl").read_text().splitlines()]
     assert rows == [{"id": "m1", "prediction": 0}, {"id": "m2", "prediction": 2}]
@@ -496,16 +519,18 @@ def test_multiple_choice_padding_and_accuracy(tok, tmp_path):
 
 def test_multiple_choice_record(tok, tmp_path):
     spec = _spec("multiple_choice")
-    info, features, batch, logits = _train_step(multiple_choice.KIND, spec, tok, RECORD)
+    info, features, batch, logits = _train_step(Kind.of(multiple_choice), spec, tok, RECORD)
     assert batch["labels"].tolist() == [1, 1]
     assert "alice moreau later moved to berlin." in tok.decode(features[0]["input_ids"][1])
     perfect, texts = _end_to_end(
-        multiple_choice.KIND, spec, features, RECORD, info, [1, 1], tmp_path / "x.jsonl"
+        Kind.of(multiple_choice), spec, features, RECORD, info, [1, 1], tmp_path / "x.jsonl"
     )
     assert texts == ["Alice Moreau", "Berlin"]
     assert perfect == pytest.approx({"accuracy": 100.0, "exact_match": 100.0, "f1": 100.0})
     # x1 answered "Bob": EM 0 and F1 0; x2 right
-    wrong, _ = _end_to_end(multiple_choice.KIND, spec, features, RECORD, info, [0, 1], tmp_path / "x.jsonl")
+    wrong, _ = _end_to_end(
+        Kind.of(multiple_choice), spec, features, RECORD, info, [0, 1], tmp_path / "x.jsonl"
+    )
     assert wrong == pytest.approx({"accuracy": 50.0, "exact_match": 50.0, "f1": 50.0})
     rows = [json.loads(x) for x in (tmp_path / "x.jsonl").read_text().splitlines()]
     assert rows == [{"id": "x1", "prediction": "Bob"}, {"id": "x2", "prediction": "Berlin"}]

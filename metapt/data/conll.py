@@ -7,47 +7,23 @@ Relation records: {"id", "tokens", "entities": [{start, end (exclusive), type}],
 
 from __future__ import annotations
 
-import gzip
 import itertools
-import json
 import logging
-import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import datasets
 
+from metapt.brackets import BracketError, brackets_to_bio
+from metapt.data.files import json_lines, load_json, numbered_lines
 from metapt.errors import DataError
 from metapt.spec import DataSpec
 
 log = logging.getLogger("metapt")
 Rows = list[tuple[int, list[str]]]  # one sentence: (line number, cells) per token
 
-# A Start-End cell: opening brackets, the token's "*", closing brackets ("*)" or the older "*A1)").
-_CELL = re.compile(r"((?:\([^()*\s]+)*)\*((?:[^()*\s]*\))*)")
-_ONE = re.compile(r"\(([^()*\s]+)\)")  # "(ORG)": a one-token span written without the star
 # The .corp files write some punctuation as Penn Treebank names; SpERT's JSON has the characters.
 _PTB = {"COMMA": ",", "-LRB-": "(", "-RRB-": ")", "-LCB-": "{", "-RCB-": "}", "-LSB-": "[", "-RSB-": "]"}
-
-
-def open_text(path: Path, newline: str | None = None) -> IO[str]:
-    """A UTF-8 text file, gunzipped when its name ends in .gz; a byte-order mark is dropped."""
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline=newline)
-    return open(path, encoding="utf-8-sig", newline=newline)
-
-
-def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number from 1, the line without its end) for a text or .gz file."""
-    try:
-        with open_text(path) as f:
-            for n, line in enumerate(f, 1):
-                yield n, line.rstrip("\r\n")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
-        raise DataError(f"{path}: cannot be read ({e})") from None
 
 
 def blocks(path: Path) -> Iterator[Rows]:
@@ -66,49 +42,6 @@ def blocks(path: Path) -> Iterator[Rows]:
         yield rows
 
 
-class _BracketError(ValueError):
-    def __init__(self, index: int, message: str):
-        super().__init__(f"token {index}: {message}")
-        self.index, self.message = index, message
-
-
-def brackets_to_bio(column: list[str]) -> list[str]:
-    """Start-End cells of one proposition ("(A0*", "*", "*)", "(V*)", "(A1*A1)") -> BIO tags.
-
-    BIO cannot nest: a span inside another (rare in OntoNotes) is dropped and the outer one kept."""
-    tags, covering = [], []  # labels of the spans open at this token, outermost first
-    for i, cell in enumerate(column):
-        if (m := _CELL.fullmatch(cell)) is not None:
-            starts, ends = re.findall(r"\(([^()*\s]+)", m[1]), m[2].count(")")
-        elif (m := _ONE.fullmatch(cell)) is not None:
-            starts, ends = [m[1]], 1
-        else:
-            raise _BracketError(
-                i, f"{cell!r} is not a Start-End cell (expected e.g. '(A0*', '*', '*)', '(V*)')"
-            )
-        tags.append(f"I-{covering[0]}" if covering else f"B-{starts[0]}" if starts else "O")
-        covering += starts
-        if ends > len(covering):
-            raise _BracketError(i, f"{cell!r} closes a span that is not open")
-        del covering[len(covering) - ends :]
-    if covering:
-        raise _BracketError(len(column) - 1, f"span {covering[-1]!r} is never closed (expected a ')')")
-    return tags
-
-
-def bio_to_brackets(tags: list[str]) -> list[str]:
-    """BIO tags -> Start-End cells, the inverse of `brackets_to_bio` for spans that do not nest."""
-    cells = []
-    for i, tag in enumerate(tags):
-        if tag != "O" and tag[:2] not in ("B-", "I-"):
-            raise ValueError(f"token {i}: {tag!r} is not a BIO tag (expected 'O', 'B-X' or 'I-X')")
-        label = tag[2:]
-        starts = tag[:2] == "B-" or tag[:2] == "I-" and (i == 0 or tags[i - 1] not in (f"B-{label}", tag))
-        ends = tag != "O" and (i + 1 == len(tags) or tags[i + 1] != f"I-{label}")
-        cells.append(("(" + label if starts else "") + "*" + (")" if ends else ""))
-    return cells
-
-
 def _srl(rows: Rows, path: Path, words: list[str], lemma_col: int, first_prop: int) -> dict:
     """tokens, predicate_indices and srl_tags of one sentence whose rows all have the same cells."""
     width = len(rows[0][1])
@@ -120,7 +53,7 @@ def _srl(rows: Rows, path: Path, words: list[str], lemma_col: int, first_prop: i
     for k in range(first_prop, width):
         try:
             tags = brackets_to_bio([cells[k] for _, cells in rows])
-        except _BracketError as e:
+        except BracketError as e:
             raise DataError(f"{path}:{rows[e.index][0]}: column {k + 1}: {e.message}") from None
         verb = tags.index("B-V") if "B-V" in tags else None
         if verb is None and len(lemma_rows) <= k - first_prop:
@@ -286,31 +219,6 @@ def check_relations(record: dict) -> str:
             if not (isinstance(r[end], int) and 0 <= r[end] < len(entities)):
                 return f"relation {i}: {end} = {r[end]!r} but there are {len(entities)} entities (0..{len(entities) - 1})"
     return ""
-
-
-def load_json(path: Path) -> object:
-    """A whole JSON file; a syntax error names the file and line, bytes that are not UTF-8 their offset."""
-    try:
-        with open_text(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); is it a JSON file?"
-        ) from None
-    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
-        raise DataError(f"{path}: cannot be read ({e})") from None
-
-
-def json_lines(path: Path) -> Iterator[tuple[int, object]]:
-    """(line number, value) for each non-blank line of a JSON-lines file."""
-    for n, line in numbered_lines(path):
-        if line.strip():
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno})") from None
 
 
 def _dygie_sentences(doc: dict) -> Iterator[tuple[dict, int]]:

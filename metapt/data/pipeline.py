@@ -48,13 +48,14 @@ class TaskData:
 
 def kind_of(spec: TaskSpec) -> Any:
     """The implementation of a task's kind."""
-    from metapt.kinds import KINDS
+    from metapt.kinds import IMPLEMENTATIONS
 
-    return KINDS[spec.kind]
+    return IMPLEMENTATIONS[spec.kind]
 
 
 @cache
-def _tokenizer_hash(tokenizer: Any) -> str:
+def tokenizer_hash(tokenizer: Any) -> str:
+    """A short fingerprint of a tokenizer's vocabulary and rules (feature cache keys; ranks agreeing)."""
     return hashlib.sha1(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
 
 
@@ -85,7 +86,7 @@ def _cache_key(spec: TaskSpec, split: str, tokenizer: Any, info: dict) -> str:
         "info": info,
         "split": split,
         "content": _data_key(spec, split),
-        "tokenizer": _tokenizer_hash(tokenizer),
+        "tokenizer": tokenizer_hash(tokenizer),
     }
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -179,9 +180,12 @@ def _check_fields(spec: TaskSpec, records: dict[str, Any]) -> None:
         )
 
 
-def _seed(*parts: object) -> int:
+def stable_seed(*parts: object) -> int:
     """A stable 31-bit seed from any parts (Python's hash() differs between processes)."""
     return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+_seed = stable_seed  # the old name, imported by issue 13's heldout.py until it moves to stable_seed
 
 
 class BatchStream:
@@ -217,7 +221,7 @@ class BatchStream:
         self._order = self._permutation()
 
     def _permutation(self) -> list[int]:
-        g = torch.Generator().manual_seed(_seed(self.seed, self.task.name, self.salt, self.epoch))
+        g = torch.Generator().manual_seed(stable_seed(self.seed, self.task.name, self.salt, self.epoch))
         return torch.randperm(len(self.features), generator=g).tolist()
 
     def _indices(self) -> list[int]:
@@ -241,7 +245,9 @@ class BatchStream:
     def _collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         """The global batch collated with the global seed, then cut to this rank's share: a row's
         draws (masks, negatives) and the padded width do not depend on the number of processes."""
-        g = torch.Generator().manual_seed(_seed(self.seed, self.task.name, self.salt, "batch", self.count))
+        g = torch.Generator().manual_seed(
+            stable_seed(self.seed, self.task.name, self.salt, "batch", self.count)
+        )
         self.count += 1
         batch = self.kind.collate(rows, self.tokenizer, self.task.spec, self.task.info, g)
         return shard(batch, self.rank, self.world) if self.sharded else batch
@@ -265,7 +271,7 @@ class StreamingBatchStream(BatchStream):
 
     def _pass(self) -> Any:
         order = self.features.shuffle(
-            seed=_seed(self.seed, self.task.name, self.salt, self.epoch), buffer_size=self.BUFFER
+            seed=stable_seed(self.seed, self.task.name, self.salt, self.epoch), buffer_size=self.BUFFER
         )
         return iter(order.skip(self.position) if self.position else order)
 
@@ -319,5 +325,5 @@ def eval_batches(task: TaskData, tokenizer: Any, split: str, batch_size: int) ->
     for start in range(0, len(features), batch_size):
         cols = features[start : start + batch_size]
         rows = [dict(zip(cols, values)) for values in zip(*cols.values())]
-        g = torch.Generator().manual_seed(_seed("eval", task.name, split, start))
+        g = torch.Generator().manual_seed(stable_seed("eval", task.name, split, start))
         yield rows, kind.collate(rows, tokenizer, task.spec, task.info, g)

@@ -15,7 +15,7 @@ from typing import Any
 
 import datasets
 
-from metapt.data.conll import json_lines, load_json, numbered_lines
+from metapt.data.files import json_lines, load_json, numbered_lines
 from metapt.errors import DataError
 from metapt.spec import DataSpec
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import datasets
 
 from metapt.data import conll, qa, wikitext
-from metapt.data.conll import json_lines, load_json, numbered_lines, open_text
+from metapt.data.files import json_lines, load_json, numbered_lines, open_text
 from metapt.errors import DataError, MissingDataError
 from metapt.spec import DataSpec
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import datasets
 
-from metapt.data.conll import numbered_lines
+from metapt.data.files import numbered_lines
 from metapt.spec import DataSpec
 
 _TITLE = re.compile(r"^= (?!=)(.*\S) =$")

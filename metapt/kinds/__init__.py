@@ -1,4 +1,5 @@
-"""Task kinds: one module per kind (data -> batches, head, predictions, metrics) and their registry."""
+"""Task kinds: one module per kind (data -> batches, head, predictions, metrics) and the registry of their
+implementations. What a spec may say about a kind (its heads, losses, options ...) is catalog.KINDS."""
 
 from metapt.kinds import (
     capitalization_prediction,
@@ -7,6 +8,7 @@ from metapt.kinds import (
     ir_relevance,
     masked_lm,
     multiple_choice,
+    regression,
     relation_extraction,
     replaced_token_detection,
     response_selection,
@@ -19,21 +21,21 @@ from metapt.kinds import (
 )
 from metapt.kinds.base import Kind
 
-KINDS: dict[str, Kind] = {
-    "masked_lm": masked_lm.KIND,
-    "sentence_reordering": sentence_reordering.KIND,
-    "sentence_distance": sentence_distance.KIND,
-    "response_selection": response_selection.KIND,
-    "span_selection": span_selection.KIND,
-    "capitalization_prediction": capitalization_prediction.KIND,
-    "token_document_relation": token_document_relation.KIND,
-    "ir_relevance": ir_relevance.KIND,
-    "replaced_token_detection": replaced_token_detection.KIND,
-    "classification": classification.KIND,
-    "regression": classification.REGRESSION_KIND,
-    "token_classification": token_classification.KIND,
-    "srl": srl.KIND,
-    "relation_extraction": relation_extraction.KIND,
-    "extractive_qa": extractive_qa.KIND,
-    "multiple_choice": multiple_choice.KIND,
+IMPLEMENTATIONS: dict[str, Kind] = {
+    "masked_lm": Kind.of(masked_lm),
+    "sentence_reordering": Kind.of(sentence_reordering),
+    "sentence_distance": Kind.of(sentence_distance),
+    "response_selection": Kind.of(response_selection),
+    "span_selection": Kind.of(span_selection),
+    "capitalization_prediction": Kind.of(capitalization_prediction),
+    "token_document_relation": Kind.of(token_document_relation),
+    "ir_relevance": Kind.of(ir_relevance),
+    "replaced_token_detection": Kind.of(replaced_token_detection),
+    "classification": Kind.of(classification),
+    "regression": Kind.of(regression),
+    "token_classification": Kind.of(token_classification),
+    "srl": Kind.of(srl),
+    "relation_extraction": Kind.of(relation_extraction),
+    "extractive_qa": Kind.of(extractive_qa),
+    "multiple_choice": Kind.of(multiple_choice),
 }

@@ -1,7 +1,8 @@
 """The contract every task kind implements: data in, batches out, a head, predictions, metrics.
 
-A kind module (metapt/kinds/<kind>.py) defines module-level functions with these signatures and
-is listed in `metapt.kinds.KINDS` as `Kind(...)`. Records are what the readers produce (field
+A kind module (metapt/kinds/<kind>.py) defines module-level functions with these names and
+signatures (one it shares with another kind is bound to the name: `collate = word_tags.collate`) and
+is listed in `metapt.kinds.IMPLEMENTATIONS` as `Kind.of(module)`. Records are what the readers produce (field
 names fixed per kind, see metapt/catalog.py `fields`); features are tokenised rows (plain lists
 of ints, so they live in a `datasets.Dataset` and are cached); batches are dicts of tensors.
 
@@ -13,9 +14,11 @@ of examples B (response selection encodes 2B sequences, multiple choice B*C). Ev
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import datasets
@@ -49,3 +52,11 @@ class Kind:
     ]
     # Write per-record predictions in the field's own format (CoNLL props, SQuAD JSON, ...).
     write_predictions: Callable[[Path, list[Any], datasets.Dataset, Info], None]
+
+    @classmethod
+    def of(cls, module: ModuleType) -> Kind:
+        """The kind a module defines: its functions named as this contract's fields."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        if missing := [n for n in names if not callable(getattr(module, n, None))]:
+            raise TypeError(f"{module.__name__} lacks the kind function(s) {', '.join(missing)}")
+        return cls(**{n: getattr(module, n) for n in names})

@@ -14,8 +14,8 @@ from typing import Any
 import datasets
 
 from metapt.kinds import word_tags
-from metapt.kinds.base import Info, Kind
-from metapt.kinds.corpus import documents, map_records, write_jsonl
+from metapt.kinds.base import Info
+from metapt.kinds.corpus import documents, map_records, write_rows
 from metapt.kinds.labelled import IGNORE
 from metapt.spec import TaskSpec
 
@@ -51,12 +51,6 @@ def encode(dataset: datasets.Dataset, tokenizer: Any, spec: TaskSpec, info: Info
     return map_records(dataset, fn)
 
 
-KIND = Kind(
-    prepare=prepare,
-    encode=encode,
-    collate=word_tags.collate,
-    head=word_tags.head,
-    predict=word_tags.predict,
-    score=word_tags.score,
-    write_predictions=write_jsonl,  # one JSON line per feature row
-)
+# Everything after encoding is word_tags' (per-token binary tags).
+collate, head, predict, score = word_tags.collate, word_tags.head, word_tags.predict, word_tags.score
+write_predictions = write_rows  # one JSON line per feature row

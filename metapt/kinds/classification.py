@@ -1,4 +1,4 @@
-"""Sentence and sentence-pair classification (`KIND`) and regression (`REGRESSION_KIND`): GLUE, SuperGLUE.
+"""Sentence and sentence-pair classification: GLUE, SuperGLUE (regression, STS-B: metapt/kinds/regression.py).
 
 One feature per record: the tokenizer's [CLS] text [SEP] (text_pair [SEP]), cut to max_length
 longest part first. Classification labels become ids of info["labels"]; unlabelled records
@@ -8,7 +8,6 @@ longest part first. Classification labels become ids of info["labels"]; unlabell
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,8 @@ import torch
 from torch import nn
 
 from metapt.errors import DataError
-from metapt.kinds.base import Batch, Info, Kind
-from metapt.kinds.common import encoder_inputs
+from metapt.kinds.base import Batch, Info
+from metapt.kinds.common import feature_inputs
 from metapt.kinds.corpus import build_head, map_records
 from metapt.kinds.labelled import (
     IGNORE,
@@ -29,7 +28,7 @@ from metapt.kinds.labelled import (
     record_ids,
     token_types,
 )
-from metapt.metrics import classification_scores, multirc_scores, regression_scores
+from metapt.metrics import classification_scores, multirc_scores
 from metapt.spec import TaskSpec
 
 
@@ -45,12 +44,7 @@ def prepare(spec: TaskSpec, train: datasets.Dataset | None) -> Info:
     return {"labels": names}
 
 
-def prepare_regression(spec: TaskSpec, train: datasets.Dataset | None) -> Info:
-    """Nothing to learn: a regressor has one output."""
-    return {}
-
-
-def _tokenize(batch: dict[str, list], tokenizer: Any, max_length: int) -> dict[str, list]:
+def tokenize_texts(batch: dict[str, list], tokenizer: Any, max_length: int) -> dict[str, list]:
     """input_ids and token_type_ids per row: pairs where text_pair is non-empty, single texts elsewhere."""
     n = len(batch["text"])
     pairs = batch.get("text_pair") or [None] * n
@@ -73,7 +67,7 @@ def encode(records: datasets.Dataset, tokenizer: Any, spec: TaskSpec, info: Info
     """Records -> {"input_ids", "token_type_ids", "labels": label id, -100 when unlabelled}."""
 
     def fn(batch: dict[str, list]) -> dict[str, list]:
-        out = _tokenize(batch, tokenizer, spec.batch.max_length)
+        out = tokenize_texts(batch, tokenizer, spec.batch.max_length)
         labels = batch["label"] if "label" in batch else [-1] * len(batch["text"])  # unlabelled test split
         out["labels"] = label_ids(info["labels"], labels, spec.name)
         return out
@@ -81,50 +75,18 @@ def encode(records: datasets.Dataset, tokenizer: Any, spec: TaskSpec, info: Info
     return map_records(records, fn)
 
 
-def _labels(records: Any) -> list[Any]:
+def gold_labels(records: Any) -> list[Any]:
     """Gold labels of a split; a split without a label column (GLUE test files) is unlabelled."""
     return records["label"] if "label" in records.column_names else [None] * len(records)
-
-
-def _float_label(value: Any) -> float:
-    """A regression label as a float; NaN when unlabelled (None or "")."""
-    return math.nan if value is None or value == "" else float(value)
-
-
-def encode_regression(
-    records: datasets.Dataset, tokenizer: Any, spec: TaskSpec, info: Info
-) -> datasets.Dataset:
-    """Records -> {"input_ids", "token_type_ids", "labels": float score, NaN when unlabelled}."""
-
-    def fn(batch: dict[str, list]) -> dict[str, list]:
-        out = _tokenize(batch, tokenizer, spec.batch.max_length)
-        labels = batch["label"] if "label" in batch else [None] * len(batch["text"])  # unlabelled test split
-        out["labels"] = [_float_label(v) for v in labels]
-        return out
-
-    return map_records(records, fn)
-
-
-def _inputs(rows: list[dict], tokenizer: Any) -> Batch:
-    return encoder_inputs(
-        [r["input_ids"] for r in rows], [r["token_type_ids"] for r in rows], tokenizer.pad_token_id
-    )
 
 
 def collate(
     rows: list[dict], tokenizer: Any, spec: TaskSpec, info: Info, generator: torch.Generator
 ) -> Batch:
     """input_ids, token_type_ids, attention_mask (B, T); labels (B,) long."""
-    return {**_inputs(rows, tokenizer), "labels": torch.tensor([r["labels"] for r in rows], dtype=torch.long)}
-
-
-def collate_regression(
-    rows: list[dict], tokenizer: Any, spec: TaskSpec, info: Info, generator: torch.Generator
-) -> Batch:
-    """input_ids, token_type_ids, attention_mask (B, T); labels (B,) float."""
     return {
-        **_inputs(rows, tokenizer),
-        "labels": torch.tensor([r["labels"] for r in rows], dtype=torch.float),
+        **feature_inputs(rows, tokenizer.pad_token_id),
+        "labels": torch.tensor([r["labels"] for r in rows], dtype=torch.long),
     }
 
 
@@ -133,19 +95,9 @@ def head(hidden_size: int, spec: TaskSpec, info: Info) -> nn.Module:
     return build_head(hidden_size, spec, len(info["labels"]))
 
 
-def head_regression(hidden_size: int, spec: TaskSpec, info: Info) -> nn.Module:
-    """A pooled regressor with one output."""
-    return build_head(hidden_size, spec, 1)
-
-
 def predict(logits: torch.Tensor, batch: Batch, info: Info) -> list[int]:
     """The arg-max label id of each (B, L) row."""
     return logits.argmax(-1).tolist()
-
-
-def predict_regression(logits: torch.Tensor, batch: Batch, info: Info) -> list[float]:
-    """The (B,) predicted scores."""
-    return logits.float().tolist()
 
 
 def score(
@@ -156,7 +108,7 @@ def score(
     Per-record predictions are label names."""
     names = info["labels"]
     index = {n: i for i, n in enumerate(names)}
-    gold = [IGNORE if v in UNLABELLED else index.get(label_str(v), len(names)) for v in _labels(records)]
+    gold = [IGNORE if v in UNLABELLED else index.get(label_str(v), len(names)) for v in gold_labels(records)]
     keep = [i for i, g in enumerate(gold) if g != IGNORE]
     written = [names[p] for p in predictions]
     if not keep:
@@ -170,21 +122,6 @@ def score(
     return metrics, written
 
 
-def score_regression(
-    predictions: list[float],
-    features: datasets.Dataset,
-    records: datasets.Dataset,
-    spec: TaskSpec,
-    info: Info,
-) -> tuple[dict[str, float], list[float]]:
-    """pearson and spearman over the labelled records (a split whose labels are all -1 is unlabelled)."""
-    gold = [_float_label(v) for v in _labels(records)]
-    keep = [i for i, g in enumerate(gold) if not math.isnan(g)]
-    if not keep or all(gold[i] == -1 for i in keep):
-        return {}, predictions
-    return regression_scores([predictions[i] for i in keep], [gold[i] for i in keep]), predictions
-
-
 def write_predictions(path: Path, predictions: list[Any], records: datasets.Dataset, info: Info) -> None:
     """A GLUE submission TSV: header `index<TAB>prediction`, then `id<TAB>label` per record."""
     path = Path(path)
@@ -193,24 +130,3 @@ def write_predictions(path: Path, predictions: list[Any], records: datasets.Data
         f.write("index\tprediction\n")
         for rid, p in zip(record_ids(records), predictions, strict=True):
             f.write(f"{rid}\t{p!r}\n" if isinstance(p, float) else f"{rid}\t{p}\n")
-
-
-KIND = Kind(
-    prepare=prepare,
-    encode=encode,
-    collate=collate,
-    head=head,
-    predict=predict,
-    score=score,
-    write_predictions=write_predictions,
-)
-
-REGRESSION_KIND = Kind(
-    prepare=prepare_regression,
-    encode=encode_regression,
-    collate=collate_regression,
-    head=head_regression,
-    predict=predict_regression,
-    score=score_regression,
-    write_predictions=write_predictions,
-)

@@ -1,8 +1,11 @@
-"""Pieces every kind uses: joining token ids with the tokenizer's special tokens, and padding."""
+"""Pieces every kind uses: joining token ids with the tokenizer's special tokens, padding, JSON lines."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,3 +49,18 @@ def encoder_inputs(ids: list[list[int]], types: list[list[int]], pad_id: int) ->
         "token_type_ids": pad(types, 0),
         "attention_mask": pad([[1] * len(r) for r in ids], 0),
     }
+
+
+def feature_inputs(rows: list[dict], pad_id: int) -> Batch:
+    """`encoder_inputs` of feature rows: their input_ids, and their token_type_ids (zeros for rows
+    without any, as single-segment kinds store none)."""
+    types = [r["token_type_ids"] if "token_type_ids" in r else [0] * len(r["input_ids"]) for r in rows]
+    return encoder_inputs([r["input_ids"] for r in rows], types, pad_id)
+
+
+def write_jsonl(path: Path, rows: Iterable[Any]) -> None:
+    """One JSON value per line (the parent folders are made)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with Path(path).open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -3,7 +3,6 @@ document, batched tokenisation and JSON-lines predictions (the corpus-based sour
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from functools import cache
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from metapt.catalog import KINDS
+from metapt.kinds.common import write_jsonl
 from metapt.kinds.heads import HEADS
 from metapt.metrics import accuracy
 from metapt.spec import TaskSpec
@@ -107,13 +107,9 @@ def special_ids(tokenizer: Any) -> tuple[int, ...]:
     return tuple(sorted(set(tokenizer.all_special_ids)))
 
 
-def write_jsonl(path: Path, predictions: list[Any], records: Any, info: dict) -> None:
+def write_rows(path: Path, predictions: list[Any], records: Any, info: dict) -> None:
     """One JSON line per prediction (source kinds predict per feature row, not per record)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for p in predictions:
-            f.write(json.dumps(p, ensure_ascii=False) + "\n")
+    write_jsonl(path, predictions)
 
 
 def predict_drawn_class(logits: torch.Tensor, batch: dict[str, torch.Tensor], info: dict) -> list[dict]:

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from metapt.errors import MetaptError
-from metapt.kinds.base import Batch, Info, Kind
-from metapt.kinds.common import encoder_inputs
+from metapt.kinds.base import Batch, Info
+from metapt.kinds.common import feature_inputs
 from metapt.kinds.corpus import build_head
 from metapt.kinds.labelled import LOG, record_ids, token_types
 from metapt.metrics import squad_scores
@@ -133,9 +133,7 @@ def collate(
     rows: list[dict], tokenizer: Any, spec: TaskSpec, info: Info, generator: torch.Generator
 ) -> Batch:
     """input_ids, token_type_ids, attention_mask (N, T); start_positions, end_positions (N,)."""
-    batch = encoder_inputs(
-        [r["input_ids"] for r in rows], [r["token_type_ids"] for r in rows], tokenizer.pad_token_id
-    )
+    batch = feature_inputs(rows, tokenizer.pad_token_id)
     for key in ("start_positions", "end_positions"):
         batch[key] = torch.tensor([r[key] for r in rows], dtype=torch.long)
     return batch
@@ -213,14 +211,3 @@ def write_predictions(path: Path, predictions: list[str], records: datasets.Data
     path.parent.mkdir(parents=True, exist_ok=True)
     answers = dict(zip(record_ids(records), predictions, strict=True))
     path.write_text(json.dumps(answers, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-
-
-KIND = Kind(
-    prepare=prepare,
-    encode=encode,
-    collate=collate,
-    head=head,
-    predict=predict,
-    score=score,
-    write_predictions=write_predictions,
-)

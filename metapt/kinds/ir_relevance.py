@@ -20,7 +20,7 @@ import datasets
 import torch
 from torch import nn
 
-from metapt.kinds.base import Batch, Info, Kind
+from metapt.kinds.base import Batch, Info
 from metapt.kinds.common import encoder_inputs, join
 from metapt.kinds.corpus import (
     build_head,
@@ -29,7 +29,7 @@ from metapt.kinds.corpus import (
     predict_drawn_class,
     score_drawn_class,
     tokenize_nested,
-    write_jsonl,
+    write_rows,
 )
 from metapt.spec import TaskSpec
 
@@ -119,12 +119,6 @@ def head(hidden_size: int, spec: TaskSpec, info: Info) -> nn.Module:
     return build_head(hidden_size, spec, NUM_LABELS)
 
 
-KIND = Kind(
-    prepare=prepare,
-    encode=encode,
-    collate=collate,
-    head=head,
-    predict=predict_drawn_class,
-    score=score_drawn_class,
-    write_predictions=write_jsonl,
-)
+# collate draws the class, so the gold label travels with the prediction
+predict, score = predict_drawn_class, score_drawn_class
+write_predictions = write_rows  # one JSON line per feature row

@@ -1,12 +1,10 @@
 """Helpers the labelled (target) kinds share: label vocabularies, word -> sub-word alignment for
-taggers, record ids and a JSON-lines writer for prediction files."""
+taggers and record ids."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import datasets
@@ -73,14 +71,6 @@ def record_ids(records: datasets.Dataset) -> list[str]:
     if "id" in records.column_names:
         return [str(i) if i not in (None, "") else str(n) for n, i in enumerate(records["id"])]
     return [str(n) for n in range(len(records))]
-
-
-def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    """One JSON object per line."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with Path(path).open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 # ------------------------------------------------------------------------- tagging (BIO) helpers

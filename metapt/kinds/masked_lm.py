@@ -20,9 +20,9 @@ from torch import nn
 from metapt.catalog import masking_of
 from metapt.errors import MetaptError
 from metapt.kinds import knowledge
-from metapt.kinds.base import Batch, Info, Kind
-from metapt.kinds.common import encoder_inputs, join, pad
-from metapt.kinds.corpus import build_head, map_records, special_ids, write_jsonl
+from metapt.kinds.base import Batch, Info
+from metapt.kinds.common import feature_inputs, join, pad
+from metapt.kinds.corpus import build_head, map_records, special_ids, write_rows
 from metapt.metrics import accuracy
 from metapt.spec import TaskSpec
 
@@ -100,9 +100,7 @@ def collate(
 ) -> Batch:
     """Blocks -> input_ids, token_type_ids, attention_mask, labels (N, T); labels are -100 except at
     the selected positions, of which 80% read [MASK], 10% a random token and 10% stay unchanged."""
-    batch = encoder_inputs(
-        [r["input_ids"] for r in rows], [[0] * len(r["input_ids"]) for r in rows], tokenizer.pad_token_id
-    )
+    batch = feature_inputs(rows, tokenizer.pad_token_id)
     ids = batch["input_ids"]  # (N, T)
     starts = pad([r["word_starts"] for r in rows], 1).bool()  # (N, T)
     candidate = ~torch.isin(ids, torch.tensor(special_ids(tokenizer))) & batch["attention_mask"].bool()
@@ -159,12 +157,4 @@ def score(
     return {"accuracy": accuracy(predicted, gold), "loss": loss}, predictions
 
 
-KIND = Kind(
-    prepare=prepare,
-    encode=encode,
-    collate=collate,
-    head=head,
-    predict=predict,
-    score=score,
-    write_predictions=write_jsonl,  # one JSON line per feature row
-)
+write_predictions = write_rows  # one JSON line per feature row

@@ -17,10 +17,10 @@ import datasets
 import torch
 from torch import nn
 
-from metapt.kinds.base import Batch, Info, Kind
-from metapt.kinds.common import encoder_inputs
+from metapt.kinds.base import Batch, Info
+from metapt.kinds.common import encoder_inputs, write_jsonl
 from metapt.kinds.corpus import build_head, map_records
-from metapt.kinds.labelled import IGNORE, UNLABELLED, record_ids, token_types, write_jsonl
+from metapt.kinds.labelled import IGNORE, UNLABELLED, record_ids, token_types
 from metapt.metrics import accuracy, normalize_answer, record_scores
 from metapt.spec import TaskSpec
 
@@ -137,14 +137,3 @@ def write_predictions(path: Path, predictions: list[Any], records: datasets.Data
     write_jsonl(
         path, ({"id": rid, "prediction": p} for rid, p in zip(record_ids(records), predictions, strict=True))
     )
-
-
-KIND = Kind(
-    prepare=prepare,
-    encode=encode,
-    collate=collate,
-    head=head,
-    predict=predict,
-    score=score,
-    write_predictions=write_predictions,
-)

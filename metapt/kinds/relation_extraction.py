@@ -16,10 +16,10 @@ import datasets
 import torch
 from torch import nn
 
-from metapt.kinds.base import Batch, Info, Kind
-from metapt.kinds.common import encoder_inputs
+from metapt.kinds.base import Batch, Info
+from metapt.kinds.common import feature_inputs, write_jsonl
 from metapt.kinds.corpus import build_head
-from metapt.kinds.labelled import LOG, label_ids, record_ids, token_types, write_jsonl
+from metapt.kinds.labelled import LOG, label_ids, record_ids, token_types
 from metapt.metrics import relation_scores
 from metapt.spec import TaskSpec
 
@@ -130,9 +130,7 @@ def collate(
     rows: list[dict], tokenizer: Any, spec: TaskSpec, info: Info, generator: torch.Generator
 ) -> Batch:
     """input_ids, token_type_ids, attention_mask (N, T); head_positions, tail_positions, labels (N,)."""
-    batch = encoder_inputs(
-        [r["input_ids"] for r in rows], [r["token_type_ids"] for r in rows], tokenizer.pad_token_id
-    )
+    batch = feature_inputs(rows, tokenizer.pad_token_id)
     for key, field in (
         ("head_positions", "head_position"),
         ("tail_positions", "tail_position"),
@@ -187,14 +185,3 @@ def write_predictions(
         path,
         ({"id": rid, "relations": rels} for rid, rels in zip(record_ids(records), predictions, strict=True)),
     )
-
-
-KIND = Kind(
-    prepare=prepare,
-    encode=encode,
-    collate=collate,
-    head=head,
-    predict=predict,
-    score=score,
-    write_predictions=write_predictions,
-)

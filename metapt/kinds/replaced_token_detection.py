@@ -23,9 +23,9 @@ import datasets
 import torch
 
 from metapt.kinds import word_tags
-from metapt.kinds.base import Batch, Info, Kind
-from metapt.kinds.common import encoder_inputs
-from metapt.kinds.corpus import special_ids, write_jsonl
+from metapt.kinds.base import Batch, Info
+from metapt.kinds.common import feature_inputs
+from metapt.kinds.corpus import special_ids, write_rows
 from metapt.kinds.labelled import IGNORE
 from metapt.kinds.masked_lm import blocks, select_units
 from metapt.spec import TaskSpec
@@ -100,9 +100,7 @@ def collate(
 ) -> Batch:
     """input_ids (corrupted), token_type_ids, attention_mask, labels (N, T): 1 replaced, 0 original,
     -100 at special tokens and padding."""
-    batch = encoder_inputs(
-        [r["input_ids"] for r in rows], [[0] * len(r["input_ids"]) for r in rows], tokenizer.pad_token_id
-    )
+    batch = feature_inputs(rows, tokenizer.pad_token_id)
     ids = batch["input_ids"]  # (N, T)
     candidate = ~torch.isin(ids, torch.tensor(special_ids(tokenizer))) & batch["attention_mask"].bool()
     selected = select_units(candidate, candidate, spec.option("replace_probability"), False, generator)
@@ -115,12 +113,6 @@ def collate(
     return batch
 
 
-KIND = Kind(
-    prepare=prepare,
-    encode=encode,
-    collate=collate,
-    head=word_tags.head,
-    predict=word_tags.predict,
-    score=word_tags.score,
-    write_predictions=write_jsonl,  # one JSON line per feature row
-)
+# The head, predictions and metrics are word_tags' (per-token binary tags).
+head, predict, score = word_tags.head, word_tags.predict, word_tags.score
+write_predictions = write_rows  # one JSON line per feature row

@@ -9,9 +9,9 @@ import datasets
 import torch
 from torch import nn
 
-from metapt.kinds.base import Batch, Info, Kind
+from metapt.kinds.base import Batch, Info
 from metapt.kinds.common import encoder_inputs, join
-from metapt.kinds.corpus import build_head, map_records, tokenize_nested, write_jsonl
+from metapt.kinds.corpus import build_head, map_records, tokenize_nested, write_rows
 from metapt.metrics import accuracy
 from metapt.spec import TaskSpec
 
@@ -82,12 +82,4 @@ def score(
     return {"recall@1": accuracy(preds, golds)}, named
 
 
-KIND = Kind(
-    prepare=prepare,
-    encode=encode,
-    collate=collate,
-    head=head,
-    predict=predict,
-    score=score,
-    write_predictions=write_jsonl,  # one JSON line per feature row
-)
+write_predictions = write_rows  # one JSON line per feature row

@@ -20,9 +20,9 @@ import datasets
 import torch
 from torch import nn
 
-from metapt.kinds.base import Batch, Info, Kind
-from metapt.kinds.common import encoder_inputs, join
-from metapt.kinds.corpus import STOPWORDS, build_head, documents, map_records, tokenize_nested, write_jsonl
+from metapt.kinds.base import Batch, Info
+from metapt.kinds.common import feature_inputs, join
+from metapt.kinds.corpus import STOPWORDS, build_head, documents, map_records, tokenize_nested, write_rows
 from metapt.metrics import squad_exact, squad_f1
 from metapt.spec import TaskSpec
 
@@ -212,9 +212,7 @@ def collate(
 ) -> Batch:
     """input_ids, token_type_ids, attention_mask, context_mask (B, T: the passage tokens);
     start_positions, end_positions (B,). No randomness: the examples are fixed by encode."""
-    batch = encoder_inputs(
-        [r["input_ids"] for r in rows], [r["token_type_ids"] for r in rows], tokenizer.pad_token_id
-    )
+    batch = feature_inputs(rows, tokenizer.pad_token_id)
     context = torch.zeros(batch["input_ids"].shape, dtype=torch.bool)  # (B, T)
     for i, r in enumerate(rows):
         context[i, r["passage_start"] : r["passage_start"] + len(r["passage_offsets"])] = True
@@ -264,15 +262,4 @@ def score(
 
 def write_predictions(path: Path, predictions: list[dict], records: datasets.Dataset, info: Info) -> None:
     """One JSON line per query: its id, the predicted span text and the blanked term."""
-    write_jsonl(path, predictions, records, info)
-
-
-KIND = Kind(
-    prepare=prepare,
-    encode=encode,
-    collate=collate,
-    head=head,
-    predict=predict,
-    score=score,
-    write_predictions=write_predictions,
-)
+    write_rows(path, predictions, records, info)

@@ -16,10 +16,10 @@ import datasets
 import torch
 from torch import nn
 
-from metapt.data.conll import bio_to_brackets
+from metapt.brackets import bio_to_brackets
 from metapt.errors import DataError
-from metapt.kinds.base import Batch, Info, Kind
-from metapt.kinds.common import encoder_inputs
+from metapt.kinds.base import Batch, Info
+from metapt.kinds.common import feature_inputs
 from metapt.kinds.corpus import build_head
 from metapt.kinds.labelled import (
     LOG,
@@ -123,9 +123,7 @@ def collate(
     rows: list[dict], tokenizer: Any, spec: TaskSpec, info: Info, generator: torch.Generator
 ) -> Batch:
     """input_ids, token_type_ids, attention_mask, labels, word_index, predicate_mask (N, T); num_words (N,)."""
-    batch = encoder_inputs(
-        [r["input_ids"] for r in rows], [r["token_type_ids"] for r in rows], tokenizer.pad_token_id
-    )
+    batch = feature_inputs(rows, tokenizer.pad_token_id)
     return {**batch, **tag_batch(rows, keys=("predicate_mask",))}
 
 
@@ -172,14 +170,3 @@ def write_predictions(
             for i, word in enumerate(tokens):
                 f.write("\t".join([word if i in marked else "-", *(b[i] for b in brackets)]) + "\n")
             f.write("\n")
-
-
-KIND = Kind(
-    prepare=prepare,
-    encode=encode,
-    collate=collate,
-    head=head,
-    predict=predict,
-    score=score,
-    write_predictions=write_predictions,
-)

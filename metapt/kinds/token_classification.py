@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from metapt.errors import DataError
-from metapt.kinds.base import Batch, Info, Kind
-from metapt.kinds.common import encoder_inputs
+from metapt.kinds.base import Batch, Info
+from metapt.kinds.common import feature_inputs, write_jsonl
 from metapt.kinds.corpus import build_head, map_records
 from metapt.kinds.labelled import (
     LOG,
@@ -29,7 +29,6 @@ from metapt.kinds.labelled import (
     tag_batch,
     token_types,
     words_cut,
-    write_jsonl,
 )
 from metapt.metrics import bio_spans, entity_scores
 from metapt.spec import TaskSpec
@@ -87,9 +86,7 @@ def collate(
     rows: list[dict], tokenizer: Any, spec: TaskSpec, info: Info, generator: torch.Generator
 ) -> Batch:
     """input_ids, token_type_ids, attention_mask, labels, word_index (N, T); num_words (N,)."""
-    batch = encoder_inputs(
-        [r["input_ids"] for r in rows], [r["token_type_ids"] for r in rows], tokenizer.pad_token_id
-    )
+    batch = feature_inputs(rows, tokenizer.pad_token_id)
     return {**batch, **tag_batch(rows)}
 
 
@@ -125,14 +122,3 @@ def write_predictions(
             for rid, tokens, tags in zip(record_ids(records), records["tokens"], predictions, strict=True)
         ),
     )
-
-
-KIND = Kind(
-    prepare=prepare,
-    encode=encode,
-    collate=collate,
-    head=head,
-    predict=predict,
-    score=score,
-    write_predictions=write_predictions,
-)

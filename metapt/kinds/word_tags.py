@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from metapt.kinds.base import Batch, Info
-from metapt.kinds.common import encoder_inputs, join, pad
+from metapt.kinds.common import feature_inputs, join, pad
 from metapt.kinds.corpus import build_head
 from metapt.kinds.labelled import IGNORE
 from metapt.metrics import accuracy, binary_f1
@@ -90,9 +90,7 @@ def collate(
     rows: list[dict], tokenizer: Any, spec: TaskSpec, info: Info, generator: torch.Generator
 ) -> Batch:
     """input_ids, token_type_ids, attention_mask, labels (N, T); labels -100 at untagged tokens."""
-    batch = encoder_inputs(
-        [r["input_ids"] for r in rows], [[0] * len(r["input_ids"]) for r in rows], tokenizer.pad_token_id
-    )
+    batch = feature_inputs(rows, tokenizer.pad_token_id)
     batch["labels"] = pad([r["labels"] for r in rows], IGNORE)
     return batch
 
