@@ -4,11 +4,13 @@ ratios of things measured side by side: selection vs training time in the same e
 training loop vs a plain one on the same batches (alternating which runs first), training FLOP/s vs
 a large matrix product timed between the episodes.
 
-Phases: a warm-up episode; E engine episodes with the spec's utility and `select_every` (timed;
-the meta step runs whatever [meta].scheduler says), each followed by the utility comparison on
-fresh batches (exact, first-order, the agnostic shared estimate; epsilon 0); engine vs plain
-training on every source; peak memory of an exact selection vs a plain training step. Nothing is
-written to the run's output folder.
+Phases: the heads fitted and a warm-up episode; E engine episodes with the spec's `select_every`
+(timed; the meta step runs whatever [meta].scheduler says), each preceded by the selection study
+(study.py: an exact reference and the variants on the same weights) and followed by the utility
+comparison on fresh batches (agreement.py: exact, first-order, the shared estimate; epsilon 0);
+engine vs plain training on every source; peak memory of every variant's selection vs a plain
+training step (peaks.py); with `sources`, the growth with the number of sources (growth.py); ghost
+inner products (ghost.py). Nothing is written to the run's output folder.
 """
 
 from __future__ import annotations

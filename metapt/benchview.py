@@ -92,6 +92,7 @@ VARIANT_COLUMNS = (  # the settings columns are in --json (estimator, policy, M,
     ("selection_share", "share"),
     ("agreement_sure", "agree"),
     ("estimate_agreement_sure", "est."),
+    ("policy_agreement_sure", "mean"),
     ("agreement_all", "all"),
     ("memory_ratio", "mem"),
     ("memory_extra_ratio", "extra"),
@@ -106,8 +107,8 @@ def _variants(result: dict[str, Any]) -> Any:
         f"variants on the same weights; reference: exact, {result.get('reference_batches')} x "
         f"{result.get('reference_batches')} batches, sure in {sure} of {result.get('reference_episodes')} "
         "episodes. agree: the variant's choices are the sure reference's leader; est.: its estimate's "
-        "argmax is; all: choices over every episode; mem, extra: peak memory / a training step's, in "
-        "all and above what was held"
+        "argmax is; mean: the bandit's mean leader is (greedy: est.); all: choices over every episode; "
+        "mem, extra: peak memory / a training step's, in all and above what was held"
     )
     out = Table(title=title, title_justify="left")
     for key, label in VARIANT_COLUMNS:

@@ -193,8 +193,8 @@ def exact(
     rule: str = "all",
 ) -> Estimate:
     """Algorithm 1 as written: for every support batch, theta' by one inner step, then the target
-        losses at theta'. The inner gradients follow `autocast`; the scoring forwards run in fp32,
-        because a gain is a small difference of two large losses (bf16 would round it away). `rule`: the
+    losses at theta'. The inner gradients follow `autocast`; the scoring forwards run in fp32,
+    because a gain is a small difference of two large losses (bf16 would round it away). `rule`: the
     parameters the inner step moves (`all`, or `top:K`: the top K layers and the head)."""
     params = detached(model)
     columns = [t for t, _ in targets]

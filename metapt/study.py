@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from metapt import engine, policies, selection
+from metapt import engine, policies, probes, selection, validation
 from metapt.data.pipeline import stream_for
 from metapt.errors import MetaptError
 from metapt.model import batch_to
@@ -33,6 +33,7 @@ REFERENCE = 8  # support batches per source and target batches per target of the
 SURE = 2.0  # the reference is sure when its leader leads by more than this many standard errors
 # what the study runs besides the run spec itself: [meta] changes, relative to the spec
 VARIANTS = (
+    "support_batch_size=0,sketch=0,reuse_training=false,policy=greedy",  # the default before #14
     "policy=greedy",
     "support_batch_size=0",
     "support_batch_size=8",
@@ -45,6 +46,9 @@ VARIANTS = (
 )
 
 
+_KINDS = {int: "an integer", float: "a number", str: "a string"}
+
+
 def parse_variant(text: str, base: MetaSpec) -> MetaSpec:
     """`key=value[,key=value]` over [meta] keys -> the changed MetaSpec (MetaptError when invalid)."""
     fields = {f.name: f for f in dataclasses.fields(MetaSpec)}
@@ -53,13 +57,24 @@ def parse_variant(text: str, base: MetaSpec) -> MetaSpec:
         key, eq, raw = part.partition("=")
         if not eq or key not in fields:
             raise MetaptError(
-                f"--variants: {part!r} is not KEY=VALUE over a [meta] key; allowed keys: " + ", ".join(fields)
+                f"--variant: {part!r} is not KEY=VALUE over a [meta] key; allowed keys: " + ", ".join(fields)
             )
         kind = type(getattr(base, key))
         try:
             value = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
         except ValueError:
-            raise MetaptError(f"--variants: {part!r}: {raw!r} is not a {kind.__name__}") from None
+            raise MetaptError(
+                f"--variant: {part!r}: {raw!r} is not {_KINDS.get(kind, kind.__name__)}"
+            ) from None
+        meta = fields[key].metadata
+        _, wrong = validation.check(value, kind, meta.get("choices", ()), meta.get("low"), meta.get("high"))
+        if key == "selection_params":
+            try:
+                probes.top_layers(value)
+            except ValueError as e:
+                wrong = [str(e)]
+        if wrong:
+            raise MetaptError(f"--variant: {part!r}: {wrong[0]}")
         changes[key] = value
     return dataclasses.replace(base, **changes)
 
@@ -145,6 +160,8 @@ class Study:
                 {
                     "chosen": picked.chosen,
                     "estimate_leader": policies.argmax(picked.utilities),
+                    # the bandit's mean leader (its evidence so far; greedy: the estimate's)
+                    "policy_leader": policies.argmax(picked.policy_scores or picked.utilities),
                     "seconds": seconds,
                 }
             )
@@ -221,6 +238,7 @@ def rows(records: list[dict], names: list[str], kinds: list[dict]) -> list[dict[
                 "agreement_sure": agree("chosen", sure),
                 "agreement_all": agree("chosen", scored),
                 "estimate_agreement_sure": agree("estimate_leader", sure),
+                "policy_agreement_sure": agree("policy_leader", sure),
                 "choices": [r["variants"][k]["chosen"] for r in records],
             }
         )

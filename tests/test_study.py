@@ -105,7 +105,7 @@ def test_agreement_counts_only_the_sure_episodes_by_hand() -> None:
             "reference": {"leader": leader, "sure": sure},
             "train_seconds": 1.0,
             "variants": [
-                {"chosen": c, "estimate_leader": e, "seconds": 0.25 * (k + 1)}
+                {"chosen": c, "estimate_leader": e, "policy_leader": c, "seconds": 0.25 * (k + 1)}
                 for k, (c, e) in enumerate(zip(cs, es))
             ],
         }
@@ -122,6 +122,9 @@ def test_agreement_counts_only_the_sure_episodes_by_hand() -> None:
     # variant 1: b, a, b in the sure ones -> 2/3; all: b, a, b, b -> 3/4; estimate a, a, a -> 2/3
     assert (rows[1]["agreement_sure"], rows[1]["agreement_all"]) == (pytest.approx(2 / 3), 0.75)
     assert rows[1]["estimate_agreement_sure"] == pytest.approx(2 / 3)
+    assert rows[0]["policy_agreement_sure"] == 1.0 and rows[1]["policy_agreement_sure"] == pytest.approx(
+        2 / 3
+    )
     assert rows[0]["selection_share"] == pytest.approx(0.25 / 1.25)
     assert rows[1]["selection_share"] == pytest.approx(0.5 / 1.5)
 
@@ -133,7 +136,13 @@ def test_variants_parse_meta_keys_and_refuse_unknown_ones() -> None:
     assert study.parse_variant("", base) == base
     with pytest.raises(MetaptError, match="'nokey=1' is not KEY=VALUE over a \\[meta\\] key"):
         study.parse_variant("nokey=1", base)
-    with pytest.raises(MetaptError, match="'x' is not a int"):
+    with pytest.raises(
+        MetaptError, match="--variant: 'policy=best': 'best' is not allowed; allowed: bandit, greedy"
+    ):
+        study.parse_variant("policy=best", base)
+    with pytest.raises(MetaptError, match="--variant: 'support_batch_size=-1': -1 is out of range"):
+        study.parse_variant("support_batch_size=-1", base)
+    with pytest.raises(MetaptError, match="--variant: 'sketch=x': 'x' is not an integer"):
         study.parse_variant("sketch=x", base)
 
 
