@@ -280,6 +280,7 @@ SYNTHETIC_CORPORA: tuple[str, ...] = (
     "pairs",
     "squad",
     "articles",
+    "claims",
 )
 
 HEAD_TYPES: tuple[str, ...] = tuple(dict.fromkeys(h for k in KINDS.values() for h in k.heads))

@@ -22,40 +22,50 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metapt import distributed, mixture, outdir, report, reporting
+from metapt import distributed, mixture, outdir, report, reporting, stats, verdict
 from metapt.catalog import KINDS, SCHEDULERS
 from metapt.engine import pretrain
-from metapt.errors import MetaptError
+from metapt.errors import MetaptError, suggest
 from metapt.finetune import aggregate, finetune_one, task_spec
+from metapt.policies import POLICIES
 from metapt.runspec import override
-from metapt.spec import RunSpec, TaskSpec, _suggest
+from metapt.spec import RunSpec, TaskSpec
 
 Callback = Callable[[str, dict[str, Any]], None]
-DEFAULT_DOWNSTREAM = "conll2012-synthetic"  # agnostic runs: the synthetic world's SRL task
+# Agnostic runs: the synthetic world's few-shot SRL, and closed-book claims that only the sources' facts decide.
+DEFAULT_DOWNSTREAM = ("conll2012-synthetic", "claims-synthetic")
 # With a budget the episode count only sets the LR schedule's length (the budget stops the run): an
 # estimate from one probe episode, with room for episodes cheaper than the probe's.
 CAP_SLACK = 1.25
 
 
 def parse_schedulers(text: str) -> list[str]:
-    """Comma-separated scheduler names, checked against the known ones."""
+    """Comma-separated scheduler names, checked against the known ones; `meta:POLICY` is the meta
+    scheduler with that [meta].policy (e.g. meta:greedy,meta:bandit compares the two policies)."""
     names = [s.strip() for s in text.split(",") if s.strip()]
-    allowed = ", ".join(SCHEDULERS)
+    allowed = ", ".join([*SCHEDULERS, *(f"meta:{p}" for p in POLICIES)])
     if not names:
         raise MetaptError(f"--schedulers {text!r}: name at least one scheduler; allowed: {allowed}")
     for name in names:
-        if name not in SCHEDULERS:
+        base, _, policy = name.partition(":")
+        if base not in SCHEDULERS or (policy and (base != "meta" or policy not in POLICIES)):
+            known = [*SCHEDULERS, *(f"meta:{p}" for p in POLICIES)]
             raise MetaptError(
-                f"--schedulers: unknown scheduler {name!r}{_suggest(name, SCHEDULERS)}; allowed: {allowed}"
+                f"--schedulers: unknown scheduler {name!r}{suggest(name, known)}; allowed: {allowed}"
             )
     if len(set(names)) != len(names):
         raise MetaptError(f"--schedulers {text!r}: each scheduler may appear once")
     return names
 
 
+def folder(name: str) -> str:
+    """A scheduler's folder under the compare's output (meta:bandit -> meta-bandit)."""
+    return name.replace(":", "-")
+
+
 def downstream_tasks(spec: RunSpec, names: str | None) -> list[TaskSpec]:
     """The --downstream tasks (names or spec files); default: an aware run's targets, else
-    conll2012-synthetic. Each needs a labelled train and validation split."""
+    conll2012-synthetic and claims-synthetic. Each needs a labelled train and validation split."""
     if names is not None:
         tasks = [task_spec(n.strip(), None, {}) for n in names.split(",") if n.strip()]
         if not tasks:
@@ -63,7 +73,7 @@ def downstream_tasks(spec: RunSpec, names: str | None) -> list[TaskSpec]:
     elif spec.meta.setting == "aware":
         tasks = list(spec.targets)
     else:
-        tasks = [task_spec(DEFAULT_DOWNSTREAM, None, {})]
+        tasks = [task_spec(name, None, {}) for name in DEFAULT_DOWNSTREAM]
     for t in tasks:
         if KINDS[t.kind].role == "source":
             raise MetaptError(
@@ -82,8 +92,10 @@ def downstream_tasks(spec: RunSpec, names: str | None) -> list[TaskSpec]:
 
 
 def with_scheduler(spec: RunSpec, scheduler: str) -> RunSpec:
-    """The run spec with another [meta].scheduler."""
-    return dataclasses.replace(spec, meta=dataclasses.replace(spec.meta, scheduler=scheduler))
+    """The run spec with another [meta].scheduler (and for `meta:POLICY`, that [meta].policy)."""
+    base, _, policy = scheduler.partition(":")
+    meta = dataclasses.replace(spec.meta, scheduler=base, policy=policy or spec.meta.policy)
+    return dataclasses.replace(spec, meta=meta)
 
 
 def episode_caps(
@@ -94,7 +106,7 @@ def episode_caps(
     probes: dict[str, dict[str, float]] = {}
     try:
         for s in schedulers:
-            where = out / ".probe" / s
+            where = out / ".probe" / folder(s)
             fitting: list[float] = []  # the meta scheduler fits its heads once, before the first selection
             summary = pretrain(
                 override(with_scheduler(spec, s), episodes=1, output_dir=where, seed=seed, device=device),
@@ -104,7 +116,7 @@ def episode_caps(
                 raise KeyboardInterrupt  # Ctrl-C during the probe
             sel, train = summary["totals"]["selection_flops"], summary["totals"]["train_flops"]
             once = sum(fitting)
-            per_episode = train + (sel - once) / (spec.meta.select_every if s == "meta" else 1)
+            per_episode = train + (sel - once) / (spec.meta.select_every if s.startswith("meta") else 1)
             probes[s] = {
                 "first_episode_flops": sel + train,
                 "cap": max(1, math.ceil(CAP_SLACK * (budget - once) / per_episode)),
@@ -151,6 +163,7 @@ def pretrain_run(
     total = totals["selection_flops"] + totals["train_flops"]
     if not summary["complete"] and (budget is None or total < budget):
         raise KeyboardInterrupt  # Ctrl-C stopped the run early: do not go on to the next one
+    curve = stats.heldout_curve(report.read_metrics(run_dir))  # (FLOPs so far, held-out mean loss)
     return {
         "seed": seed,
         "dir": str(run_dir),
@@ -166,6 +179,8 @@ def pretrain_run(
         "tokens": totals["tokens"],
         "counts": {t.name: summary["counts"].get(t.name, 0) for t in spec.sources},
         "budget_reached": budget is None or total >= budget,
+        "heldout_curve": [list(point) for point in curve],
+        "heldout_final": curve[-1][1] if curve else None,
     }
 
 
@@ -224,6 +239,7 @@ def summarise(
         "pretrain": pre,
         "downstream": {t: aggregate([f[t] for f in finetuned]) for t in tasks},
         "main_metric": {t: finetuned[0][t]["main_metric"] for t in tasks},
+        "heldout": stats.heldout_summary([r["heldout_curve"] for r in runs]),
         "runs": runs,
     }
 
@@ -261,7 +277,7 @@ def compare(
     out = Path(out)
     schedulers = mixture.run_order(schedulers, spec)
     with outdir.run_folder(out, "compare", "metapt compare", False, overwrite):
-        outdir.claim(out, ".probe", *schedulers, "results.json", "results.md", "compare.png")
+        outdir.claim(out, ".probe", *map(folder, schedulers), "results.json", "results.md", "compare.png")
         return _compare(spec, schedulers, seeds, tasks, out, budget, episodes, device, callback)
 
 
@@ -298,7 +314,7 @@ def _compare(
         runs, finetuned = [], []
         for seed in seeds:
             index += 1
-            run_dir = out / s / f"seed-{seed}"
+            run_dir = out / folder(s) / f"seed-{seed}"
             replay = replays and s == "mixture"
             base = mixture.replaying(spec, out / "meta" / f"seed-{seed}") if replay else spec
             n = results["episodes"] if budget is None else _cap(caps, s, meta_runs.get(seed), budget)
@@ -318,10 +334,12 @@ def _compare(
             runs[-1]["finetune"] = {t.name: str(run_dir / "finetune" / t.name) for t in tasks}
         results["schedulers"][s] = summarise(runs, finetuned, [t.name for t in tasks])
     results["best"] = report.best_by_validation(results)
+    results["reference"] = "uniform" if "uniform" in schedulers else None  # paired differences, speedups
+    stats.against(results["schedulers"], [t.name for t in tasks])
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(report.markdown(results))
-    report.compare_plot(results, out / "compare.png")
+    verdict.compare_plot(results, out / "compare.png")
     callback("done", {"dir": str(out)})
     return results
 

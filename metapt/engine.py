@@ -22,7 +22,18 @@ from typing import Any
 import datasets
 import torch
 
-from metapt import checkpoint, distributed, mixture, outdir, pointless, policies, probes, resuming, selection
+from metapt import (
+    checkpoint,
+    distributed,
+    heldout,
+    mixture,
+    outdir,
+    pointless,
+    policies,
+    probes,
+    resuming,
+    selection,
+)
 from metapt.catalog import KINDS
 from metapt.data.pipeline import (
     BatchStream,
@@ -145,7 +156,8 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:  #
         n: (t.spec.loss.type or KINDS[t.spec.kind].losses[0], t.spec.loss.label_smoothing)
         for n, t in tasks.items()
     }
-    model = MultiTaskModel(encoder, heads, losses).to(device)
+    # train(): from_pretrained (a resume, a pretrained encoder) returns eval mode, i.e. dropout off
+    model = MultiTaskModel(encoder, heads, losses).to(device).train()
     sources = [t.name for t in spec.sources]
     if meta.scheduler == "single" and meta.single_task:  # the single scheduler trains the first source
         sources.remove(meta.single_task)
@@ -620,6 +632,12 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
     meta, total = spec.meta, spec.run.episodes
     sizes = [train_size(run.tasks[s]) for s in run.sources]
     shares = mixture.shares_for(spec.path, meta, run.sources)  # the mixture scheduler's; else None
+    # The fixed held-out batches every scheduler is scored on (metapt/heldout.py); 0: no evaluation.
+    held = (
+        heldout.prepare(run.tasks, run.tokenizer, run.targets, run.sources, spec.run)
+        if spec.run.eval_every and run.episode < total
+        else None
+    )
     metrics_path = run.out / "metrics.jsonl"
     if run.rank == 0:
         run.out.mkdir(parents=True, exist_ok=True)
@@ -699,6 +717,10 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
                 ("tokens", n_tokens),
             ):
                 run.totals[key] += value
+            scores = heldout.EMPTY  # measured, not charged: eval FLOPs are not in `spent()`
+            final = run.episode == total or stop["set"] or (max_flops is not None and spent() >= max_flops)
+            if held is not None and heldout.due(run.episode, spec.run.eval_every, final):
+                scores = heldout.evaluate(run.model, run.tasks, held, run.flops, run.autocast, spec.run)
             record = {
                 "episode": run.episode,
                 "chosen": chosen,
@@ -718,6 +740,7 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
                 "train_flops": train_flops,
                 "tokens": n_tokens,
                 "counts": dict(Counter(run.history)),
+                **scores,
             }
             if run.rank == 0:
                 with metrics_path.open("a") as f:

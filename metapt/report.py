@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from metapt import outdir
+from metapt import outdir, stats, verdict
 from metapt.errors import MetaptError
 
 FORMATS = (".png", ".html")
@@ -30,7 +30,7 @@ def require_matplotlib() -> None:
         ) from None
 
 
-def _figure(width: float, height: float) -> Any:
+def figure(width: float, height: float) -> Any:
     """A matplotlib Figure on an Agg canvas."""
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -104,8 +104,8 @@ def draw_run(records: list[dict[str, Any]], title: str, sources: list[str] = ())
     """One figure, four panels: choices over episodes, utilities, losses, and time spent selecting."""
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure(12, 8.5)
-    (choice, utility), (loss, share) = fig.subplots(2, 2)
+    fig = figure(12, 12.5)
+    (choice, utility), (loss, share), (held, per_task) = fig.subplots(3, 2)
     episodes = [r["episode"] for r in records]
     for ax in (choice, utility, loss, share):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
@@ -162,9 +162,37 @@ def draw_run(records: list[dict[str, Any]], title: str, sources: list[str] = ())
     share.set(title="share of wall time spent selecting", xlabel="episode", ylabel="selection / total")
     share.legend(fontsize="small")
 
+    draw_heldout(held, per_task, records)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def draw_heldout(mean_ax: Any, task_ax: Any, records: list[dict[str, Any]]) -> None:
+    """Held-out loss against cumulative selection + training FLOPs: the mean over the scored tasks,
+    and each task on its own (the episodes that evaluated; see `[run].eval_every`)."""
+    curve = stats.heldout_curve(records)
+    if not curve:
+        for ax in (mean_ax, task_ax):
+            ax.text(
+                0.5, 0.5, "no held-out evaluations ([run].eval_every)", ha="center", transform=ax.transAxes
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+    else:
+        mean_ax.plot(*zip(*curve), marker=".", color="black", label="mean over tasks")
+        mean_ax.legend(fontsize="small")
+        spent, points = 0.0, {}
+        for r in records:
+            spent += float(r.get("selection_flops", 0)) + float(r.get("train_flops", 0))
+            for task, value in (r.get("heldout_loss") or {}).items():
+                points.setdefault(task, []).append((spent, value))
+        for task, pts in points.items():
+            task_ax.plot(*zip(*pts), marker=".", label=task)
+        task_ax.legend(fontsize="small")
+    for ax, what in ((mean_ax, "held-out loss, mean over tasks"), (task_ax, "held-out loss per task")):
+        ax.set(title=what, xlabel="FLOPs (selection + training)", ylabel="loss")
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
 
 
 def _draw_utilities(ax: Any, scored: list[dict[str, Any]], tasks: list[str]) -> None:
@@ -207,7 +235,7 @@ def _how(record: dict[str, Any]) -> str:
     return "explored" if record.get("explored") else "reused" if record.get("reused") else "chosen"
 
 
-def _png(fig: Any) -> bytes:
+def png_bytes(fig: Any) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
@@ -269,57 +297,12 @@ def report(run_dir: Path, output: Path | None = None) -> Path:
         outdir.claim(run_dir, output.name)
     title, sources = _run_facts(run_dir)
     title = f"{title}: {len(records)} episode{'' if len(records) == 1 else 's'} ({run_dir})"
-    png = _png(draw_run(records, title, sources))
+    png = png_bytes(draw_run(records, title, sources))
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix.lower() == ".png":
         output.write_bytes(png)
     else:
         output.write_text(_html(png, title, counts_table(records, sources)), encoding="utf-8")
-    return output
-
-
-def compare_plot(results: dict[str, Any], output: Path) -> Path:
-    """Downstream main score against pretraining FLOPs per scheduler (mean ± std over seeds): one panel
-    per downstream task; filled markers validation, hollow markers test."""
-    tasks = results["downstream_tasks"]
-    fig = _figure(max(8.0, 5.5 * len(tasks)), 4.5)
-    axes = fig.subplots(1, max(1, len(tasks)), squeeze=False)[0]
-    colors = [f"C{i}" for i in range(10)]
-    for ax, task in zip(axes, tasks):
-        metric = None
-        for i, (name, entry) in enumerate(results["schedulers"].items()):
-            metric = entry["main_metric"][task]
-            x = entry["pretrain"]["total_flops"]
-            xerr = entry["pretrain"]["total_flops_std"]
-            for split, face in (("validation", colors[i % 10]), ("test", "none")):
-                score = entry["downstream"][task].get(split, {}).get(metric)
-                if score is None:
-                    continue
-                ax.errorbar(
-                    x,
-                    score["mean"],
-                    xerr=xerr,
-                    yerr=score["std"],
-                    fmt="o",
-                    color=colors[i % 10],
-                    markerfacecolor=face,
-                    capsize=3,
-                    label=name if split == "validation" else None,
-                )
-        ax.set(title=f"{task}: {metric}", xlabel="pretraining FLOPs (selection + training)")
-        ax.set_ylabel(metric or "score")
-        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
-        ax.legend(fontsize="small")
-    if not tasks:
-        axes[0].text(0.5, 0.5, "no downstream tasks", ha="center", transform=axes[0].transAxes)
-    fig.suptitle(
-        "downstream score against pretraining compute, mean ± std over seeds\n"
-        "(filled: validation, hollow: test)",
-        fontsize="medium",
-    )
-    fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(_png(fig))
     return output
 
 
@@ -368,6 +351,8 @@ def markdown(results: dict[str, Any]) -> str:
         "training FLOPs",
         "total FLOPs",
         "wall s (selection + training)",
+        "held-out loss (final)",
+        "FLOPs to uniform's held-out loss (speedup)",
     ]
     for t in tasks:
         metric = first["main_metric"][t]
@@ -379,6 +364,7 @@ def markdown(results: dict[str, Any]) -> str:
         row += [
             f"{p['total_flops']:.3g}",
             f"{p['wall_seconds']:.1f} ({p['selection_seconds']:.1f} + {p['train_seconds']:.1f})",
+            *verdict.heldout_cells(e, results.get("reference") is not None),
         ]
         for t in tasks:
             val = _score(e, t, "validation")
@@ -391,6 +377,7 @@ def markdown(results: dict[str, Any]) -> str:
                     f"\nNote: {s}, seed {r['seed']} reached its episode cap ({r['episode_cap']}) with "
                     f"{r['total_flops']:.3g} FLOPs, before the budget."
                 )
+    lines += verdict.paired_lines(results) + verdict.per_seed_lines(results)
     lines += ["", "## Source tasks chosen (episodes, mean over seeds)", ""]
     sources = results["sources"]
     lines += ["| scheduler | " + " | ".join(sources) + " |", "|" + "---|" * (len(sources) + 1)]
@@ -402,8 +389,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         "Files: `<scheduler>/seed-<s>/` is each pretraining run (metrics.jsonl, report.png, checkpoint) "
-        "with `finetune/<task>/` inside; `compare.png` plots the downstream score against total "
-        "pretraining FLOPs.",
+        "with `finetune/<task>/` inside; `compare.png` plots the held-out loss and the downstream score "
+        "against pretraining FLOPs.",
         "",
     ]
     return "\n".join(lines)

@@ -13,9 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from metapt.catalog import FORMATS, HEAD_TYPES, KINDS, LOSS_TYPES, REPORT_TO, SCHEDULERS, SYNTHETIC_CORPORA
-from metapt.errors import suggest
-
-_suggest = suggest  # the old name, still imported by compare.py (issue 16, second part: errors.suggest)
 
 LOCAL_FORMATS = tuple(f for f in FORMATS if f not in ("hf", "synthetic"))
 SPLITS = ("train", "validation", "test")
@@ -145,6 +142,14 @@ class RunSection:
     report_to: tuple[str, ...] = _f(
         (), choices=REPORT_TO, help="also log every episode's scalars to these (see Logging)"
     )
+    eval_every: int = _f(
+        10, low=0, help="episodes between held-out evaluations (and one at the end; 0: none)"
+    )
+    eval_batches: int = _f(8, low=1, high=10_000, help="fixed held-out batches scored per task")
+    eval_head_steps: int = _f(
+        100, low=0, high=100_000, help="aware: head-only steps fitting a fresh target head before scoring"
+    )
+    eval_head_lr: float = _f(1e-2, low=0.0, high=1.0, help="aware: AdamW lr of that fit")
 
 
 @dataclass(frozen=True)

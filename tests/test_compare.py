@@ -10,6 +10,7 @@ import pytest
 from conftest import write
 from typer.testing import CliRunner
 
+from metapt import stats
 from metapt.cli import app
 from metapt.errors import MetaptError
 
@@ -32,11 +33,11 @@ def _assert_drawn(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`metapt compare` with meta and uniform, one seed, 2 episodes each, finetuned on SRL."""
+    """`metapt compare` with meta and uniform, two seeds, 2 episodes each, finetuned on SRL."""
     out = tmp_path_factory.mktemp("compare") / "out"
     result = CliRunner(env={"METAPT_DEBUG": "0", "COLUMNS": "400"}).invoke(
         app,
-        ["compare", str(RUN), "--schedulers", "meta,uniform", "--seeds", "1"]
+        ["compare", str(RUN), "--schedulers", "meta,uniform", "--seeds", "1,2"]
         + ["--downstream", str(SRL), "--output-dir", str(out), "--quiet"],
     )
     assert result.exit_code == 0, result.output
@@ -48,9 +49,9 @@ def test_compare_writes_results_json_with_every_field(compared: Path) -> None:
     results = json.loads((compared / "results.json").read_text())
     assert list(results["schedulers"]) == ["meta", "uniform"]
     assert results["downstream_tasks"] == ["srl-tiny"] and results["sources"] == SOURCES
-    assert results["episodes"] == 2 and results["budget"] is None and results["seeds"] == [1]
+    assert results["episodes"] == 2 and results["budget"] is None and results["seeds"] == [1, 2]
     for name, entry in results["schedulers"].items():
-        assert entry["seeds"] == [1]
+        assert entry["seeds"] == [1, 2]
         pre = entry["pretrain"]
         assert PRETRAIN_KEYS <= set(pre)
         assert pre["train_flops"] > 0 and pre["wall_seconds"] > 0
@@ -64,25 +65,68 @@ def test_compare_writes_results_json_with_every_field(compared: Path) -> None:
             assert set(split) == {"precision", "recall", "f1"}
             for score in split.values():
                 assert set(score) == {"mean", "std", "values"}
-                assert len(score["values"]) == 1 and score["std"] == 0.0
-                assert score["mean"] == score["values"][0]
-        run = compared / name / "seed-1"
-        finetuned = json.loads((run / "finetune" / "srl-tiny" / "results.json").read_text())
-        assert finetuned["metrics"]["test"]["f1"] == srl["test"]["f1"]["mean"]
-        assert (run / "metrics.jsonl").is_file() and (run / "report.png").is_file()
+                assert len(score["values"]) == 2
+                assert score["mean"] == pytest.approx(sum(score["values"]) / 2)
+                assert score["std"] == pytest.approx(abs(score["values"][0] - score["values"][1]) / 2**0.5)
+        for k, seed in enumerate((1, 2)):
+            run = compared / name / f"seed-{seed}"
+            finetuned = json.loads((run / "finetune" / "srl-tiny" / "results.json").read_text())
+            assert finetuned["metrics"]["test"]["f1"] == srl["test"]["f1"]["values"][k]  # per-seed values
+            assert (run / "metrics.jsonl").is_file() and (run / "report.png").is_file()
     meta, uniform = results["schedulers"]["meta"]["pretrain"], results["schedulers"]["uniform"]["pretrain"]
     assert meta["selection_flops"] > 0 and uniform["selection_flops"] == 0
     # Same seed, same data, same first batches: training FLOPs are identical when the same tasks ran.
     assert meta["total_flops"] > uniform["total_flops"]
 
 
+def test_compare_writes_paired_differences_and_time_to_threshold(compared: Path) -> None:
+    results = json.loads((compared / "results.json").read_text())
+    assert results["reference"] == "uniform"
+    meta, uniform = results["schedulers"]["meta"], results["schedulers"]["uniform"]
+    row = meta["vs_uniform"]["srl-tiny"]
+    assert row["metric"] == "f1" and row["split"] == "validation" and row["n"] == 2
+    mine, theirs = (e["downstream"]["srl-tiny"]["validation"]["f1"]["values"] for e in (meta, uniform))
+    assert row["diffs"] == pytest.approx([a - b for a, b in zip(mine, theirs)])
+    assert row["wins"] == sum(a > b for a, b in zip(mine, theirs))
+    half = 12.7062047 * stats.std(row["diffs"]) / 2**0.5  # t(0.975, 1 degree of freedom)
+    assert row["ci95"] == pytest.approx([row["mean_diff"] - half, row["mean_diff"] + half], abs=1e-4)
+    assert set(row["test"]) >= {"mean_diff", "ci95", "wins"}
+    assert uniform["vs_uniform"] is None
+    for entry in (meta, uniform):
+        # 2 episodes, eval_every 10: one held-out evaluation per run, at its end
+        assert [len(r["heldout_curve"]) for r in entry["runs"]] == [1, 1]
+        for r in entry["runs"]:
+            flops, loss = r["heldout_curve"][0]
+            assert flops == r["total_flops"] and loss == r["heldout_final"]
+        assert entry["heldout"]["final"]["values"] == [r["heldout_final"] for r in entry["runs"]]
+        assert "flops_to_uniform" in entry and "speedup_vs_uniform" in entry
+    threshold = stats.mean(uniform["heldout"]["final"]["values"])
+    assert uniform["heldout"]["threshold"] == pytest.approx(threshold)
+    timing = stats.time_to_threshold(
+        [r["heldout_curve"] for r in meta["runs"]],
+        [r["heldout_curve"] for r in uniform["runs"]],
+        uniform["pretrain"]["total_flops"],
+    )
+    assert meta["flops_to_uniform"] == timing["flops_to_uniform"]
+    assert meta["speedup_vs_uniform"] == timing["speedup_vs_uniform"]
+    text = (compared / "results.md").read_text()
+    assert "## Against uniform, paired over seeds" in text and "## Per seed" in text
+    assert "| meta | srl-tiny | f1 |" in text
+    assert "| scheduler | task | split | seed 1 | seed 2 | mean ± std |" in text
+
+
 def test_compare_writes_a_markdown_table_and_a_plot(compared: Path) -> None:
     text = (compared / "results.md").read_text()
     assert "| scheduler | episodes | selection FLOPs | training FLOPs | total FLOPs |" in text
     assert "srl-tiny f1 (validation)" in text and "srl-tiny f1 (test)" in text
-    rows = [line for line in text.splitlines() if line.startswith(("| meta |", "| uniform |"))]
-    assert len(rows) == 4  # the scores table and the chosen-tasks table
+    rows = [line for line in text.splitlines() if line.startswith(("| meta | 2 |", "| uniform | 2 |"))]
+    chosen = [
+        line for line in text.splitlines() if line.startswith(("| meta |", "| uniform |")) and "%)" in line
+    ]
+    assert len(rows) == 2 and len(chosen) == 2  # the scores table and the chosen-tasks table
     assert "| uniform | 2 | 0 |" in text
+    header = next(line for line in text.splitlines() if line.startswith("| scheduler | episodes |"))
+    assert "| held-out loss (final) | FLOPs to uniform's held-out loss (speedup) |" in header
     _assert_drawn(compared / "compare.png")
 
 
@@ -201,6 +245,11 @@ def test_report_without_matplotlib_says_how_to_install(
             "unknown scheduler 'unifrom' (did you mean 'uniform'?); allowed: meta",
         ),
         (["--schedulers", "meta,meta"], "each scheduler may appear once"),
+        (
+            ["--schedulers", "meta:bandti"],
+            "unknown scheduler 'meta:bandti' (did you mean 'meta:bandit'?)",
+        ),
+        (["--schedulers", "uniform:bandit"], "unknown scheduler 'uniform:bandit'"),
         (["--seeds", "1,x"], "--seeds '1,x': expected comma-separated integers"),
         (["--seeds", "2,2"], "expected distinct non-negative integers"),
         (["--budget", "1e9", "--episodes", "2"], "--budget and --episodes both given"),
@@ -261,6 +310,23 @@ def test_markdown_bolds_every_scheduler_tied_on_validation_only() -> None:
     results["best"] = best_by_validation(results)
     assert results["best"] == {"t": ["meta", "uniform"]}  # the test score of single plays no part
     text = markdown(results)
-    assert "| meta | 2 | 0 | 1e+06 | 1e+06 | 1.0 (0.0 + 1.0) | **70.00 ± 0.50** | 10.00 ± 0.00 |" in text
-    assert "| single | 2 | 0 | 1e+06 | 1e+06 | 1.0 (0.0 + 1.0) | 60.00 ± 0.50 | 99.00 ± 0.00 |" in text
+    assert (
+        "| meta | 2 | 0 | 1e+06 | 1e+06 | 1.0 (0.0 + 1.0) | - | - | **70.00 ± 0.50** | 10.00 ± 0.00 |" in text
+    )
+    assert (
+        "| single | 2 | 0 | 1e+06 | 1e+06 | 1.0 (0.0 + 1.0) | - | - | 60.00 ± 0.50 | 99.00 ± 0.00 |" in text
+    )
     assert "| meta | 2 (100%) |" in text
+
+
+def test_a_meta_policy_variant_is_the_meta_scheduler_with_that_policy() -> None:
+    from metapt.compare import folder, parse_schedulers, with_scheduler
+    from metapt.resolve import parse_run
+
+    assert parse_schedulers("meta:greedy, meta:bandit,uniform") == ["meta:greedy", "meta:bandit", "uniform"]
+    spec = parse_run(RUN)
+    bandit = with_scheduler(spec, "meta:bandit").meta
+    assert (bandit.scheduler, bandit.policy) == ("meta", "bandit")
+    plain = with_scheduler(spec, "meta").meta
+    assert (plain.scheduler, plain.policy) == ("meta", spec.meta.policy)
+    assert folder("meta:bandit") == "meta-bandit"

@@ -67,7 +67,7 @@ def test_default_aware_run_trains_target_heads(runner, tmp_path: Path) -> None:
     (line,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert line["target_loss"] > 0 and line["selection_flops"] > 0
     heads = json.loads((out / "heads.json").read_text())
-    targets = {"conll04-synthetic", "conll2012-synthetic", "pairs-synthetic", "squad-synthetic"}
+    targets = {"conll04-synthetic", "conll2012-synthetic", "claims-synthetic", "squad-synthetic"}
     assert {n for n, h in heads.items() if h["role"] == "target"} == targets
 
 

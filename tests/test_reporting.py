@@ -46,6 +46,9 @@ TAGS = {
     "counts/mlm",
     "counts/mlm_shuffled",
 }
+# The held-out evaluation's tags, logged on the episodes that evaluate (here the last of each command:
+# episode 2, and 4 after the resume; eval_every is 10).
+HELDOUT = {"heldout_loss/mlm", "heldout_loss/mlm_shuffled", "heldout_loss_mean", "eval_flops", "eval_seconds"}
 
 
 def expected(record: dict[str, Any], tag: str) -> float:
@@ -121,10 +124,12 @@ def test_tensorboard_holds_the_documented_tags_with_the_values_of_metrics_jsonl(
     records = lines(logged)
     assert [r["episode"] for r in records] == [1, 2, 3, 4]
     shown = scalars(logged / "tensorboard")
-    assert set(shown) == TAGS
+    assert set(shown) == TAGS | HELDOUT
     for tag, points in shown.items():
-        assert [step for step, _ in points] == [1, 2, 3, 4], tag  # once per episode: the stale 3 is gone
-        assert [v for _, v in points] == pytest.approx([expected(r, tag) for r in records], rel=1e-6), tag
+        steps = [2, 4] if tag in HELDOUT else [1, 2, 3, 4]  # once per episode: the stale 3 is gone
+        assert [step for step, _ in points] == steps, tag
+        want = [expected(records[step - 1], tag) for step in steps]
+        assert [v for _, v in points] == pytest.approx(want, rel=1e-6), tag
     assert shown["counts/mlm"][-1][1] + shown["counts/mlm_shuffled"][-1][1] == 4
 
 
@@ -147,8 +152,9 @@ def test_offline_wandb_writes_the_run_and_a_resume_continues_its_id(logged: Path
     assert [row["episode"] for row in resumed] == [3, 4]
     for row in first + resumed:
         record = records[row["episode"] - 1]
-        assert set(row) - {"_step", "_runtime", "_timestamp", "episode"} == TAGS
-        for tag in TAGS:
+        tags = TAGS | (HELDOUT if record["heldout_loss"] is not None else set())
+        assert set(row) - {"_step", "_runtime", "_timestamp", "episode"} == tags
+        for tag in tags:
             assert row[tag] == pytest.approx(expected(record, tag), rel=1e-12), tag
 
 

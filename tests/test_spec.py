@@ -271,7 +271,7 @@ def test_shipped_run_specs_resolve_from_any_folder(
         assert kinds == {
             "conll04-synthetic": "relation_extraction",
             "conll2012-synthetic": "srl",
-            "pairs-synthetic": "classification",
+            "claims-synthetic": "classification",
             "squad-synthetic": "extractive_qa",
         }
     else:

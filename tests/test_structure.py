@@ -11,9 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "metapt"
 
 # Private names still reached across modules, each with the reason it is still there. Remove an entry
 # when its reason goes; a new use anywhere else fails the test.
-KNOWN: dict[tuple[str, str], str] = {
-    ("compare.py", "metapt.spec._suggest"): "issue 13 changes compare.py; then errors.suggest",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def _is_module(dotted: str) -> bool:

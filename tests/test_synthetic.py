@@ -61,7 +61,7 @@ def _count(corpus: str, text: str) -> int:
         return len(_conll04_sentences(text))
     if corpus == "conll2012":
         return len(_conll2012_sentences(text))
-    if corpus == "pairs":
+    if corpus in ("pairs", "claims"):
         return len(text.splitlines()) - 1
     return text.count('"id"')
 
@@ -104,7 +104,7 @@ def test_file_names_carry_the_cache_key(cache: Path) -> None:
         == cache / "synthetic" / f"v{synthetic.GENERATOR_VERSION}" / "conll2012-seed7-size20-test.gold_conll"
     )
     formats = [generate(c, 20, 0, "train")[0] for c in CORPORA]
-    assert formats == ["text", "text", "dailydialog", "conll04", "conll2012", "tsv", "squad", "jsonl"]
+    assert formats == ["text", "text", "dailydialog", "conll04", "conll2012", "tsv", "squad", "jsonl", "tsv"]
 
 
 def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -184,6 +184,44 @@ def test_pairs_labels_follow_the_world() -> None:
         if found:
             values = {"p": (found[1], ""), "o": (found[2], "")}
             assert holds(world, "work", values) == (label == "entailment")
+
+
+def test_claims_are_labelled_by_the_world_about_subjects_no_other_split_has() -> None:
+    world = build_world(0)
+    countries = dict(world.cities)
+    subjects = {}
+    for split in ("train", "validation", "test"):
+        text = generate("claims", 200, 0, split, eval_size=200)[1].read_text(encoding="utf-8")
+        rows = [line.split("\t") for line in text.splitlines()]
+        assert rows[0] == ["index", "sentence", "label"]
+        labels = [r[2] for r in rows[1:]]
+        assert 70 <= labels.count("true") <= 130 and set(labels) == {"true", "false"}
+        seen, kinds = set(), set()
+        for _, claim, label in rows[1:]:
+            if found := re.fullmatch(r"(.+) is a city in (.+) \.", claim):
+                kinds.add("loc")
+                seen.add(found[1])
+                assert (countries[found[1]] == found[2]) == (label == "true")
+            elif found := re.fullmatch(r"(.+) is based in (.+) \.", claim):
+                kinds.add("based")
+                seen.add(found[1])
+                assert holds(world, "based", {"o": (found[1], ""), "c": (found[2], "")}) == (label == "true")
+            else:
+                found = re.fullmatch(r"(.+) works for (.+) \.", claim)
+                kinds.add("work")
+                seen.add(found[1])
+                assert holds(world, "work", {"p": (found[1], ""), "o": (found[2], "")}) == (label == "true")
+        assert kinds == {"loc", "based", "work"}
+        subjects[split] = seen
+        pools = synthetic.claim_subjects(world, 0, split)
+        names = {world.cities[i][0] for i in pools["cities"]} | {world.orgs[i].name for i in pools["orgs"]}
+        assert seen <= names | {world.people[i].name for i in pools["people"]}
+    # Finetuning on the train claims can teach no fact that validation or test scores.
+    assert not subjects["train"] & subjects["validation"] and not subjects["train"] & subjects["test"]
+    assert not subjects["validation"] & subjects["test"]
+    sizes = {s: {k: len(v) for k, v in synthetic.claim_subjects(world, 0, s).items()} for s in subjects}
+    assert sizes["train"] == {"cities": 8, "orgs": 12, "people": 40}
+    assert sizes["validation"] == sizes["test"] == {"cities": 16, "orgs": 24, "people": 80}
 
 
 def test_documents_carry_the_facts_squad_asks_and_shuffled_carries_none() -> None:

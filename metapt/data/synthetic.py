@@ -2,7 +2,8 @@
 
 Every corpus of the same seed describes the same world (metapt/data/world.py): `documents`, `articles`
 (the documents with titles and entity spans), `dialogues`, `squad`, `pairs`, `conll04` and `conll2012`
-state its facts, `shuffled` has its words but no facts.
+state its facts, `shuffled` has its words but no facts, and `claims` asks whether facts are true without
+stating them (knowledge only the sources give).
 The files are read back by the same readers as real data, so the synthetic path tests them too.
 """
 
@@ -212,6 +213,62 @@ def _write_pairs(job: _Job) -> str:
     return "\n".join(rows) + "\n"
 
 
+# ------------------------------------------------------------------------------------- claims
+# Closed-book fact verification: is a claim about a city, an organisation or a person true in the world?
+# The input says nothing about it, and the subjects of the train, validation and test splits are
+# disjoint (SUBJECT_SHARES of the cities, organisations and people each), so finetuning on the train
+# claims teaches the format but no fact that is scored: only the source corpora (documents, dialogues)
+# state them. The fact kinds are the ones the documents state most often per subject (a city's
+# country opens each of its documents and recurs in headquarters sentences).
+# fact kind -> (claim template, the slot a false claim replaces, subject pool, weight)
+CLAIMS: dict[str, tuple[str, str, str, int]] = {
+    "loc": ("{c} is a city in {n} .", "n", "cities", 2),
+    "based": ("{o} is based in {c} .", "c", "orgs", 2),
+    "work": ("{p} works for {o} .", "o", "people", 1),
+}
+SUBJECT_SHARES = {"train": (0.0, 0.2), "validation": (0.2, 0.6), "test": (0.6, 1.0)}
+
+
+def claim_subjects(w: World, seed: int, split: str) -> dict[str, list[int]]:
+    """The cities, organisations and people a split's claims are about (disjoint between splits)."""
+    low, high = SUBJECT_SHARES[split]
+    out = {}
+    for pool, n in (("cities", len(w.cities)), ("orgs", len(w.orgs)), ("people", len(w.people))):
+        order = list(range(n))
+        random.Random(f"metapt:{seed}:claims:{pool}").shuffle(order)
+        out[pool] = sorted(order[round(low * n) : round(high * n)])
+    return out
+
+
+def _claim_values(w: World, pool: str, i: int) -> dict[str, Ent]:
+    if pool == "cities":
+        return {"c": (w.cities[i][0], "Loc"), "n": (w.cities[i][1], "Loc")}
+    return W.org_values(w, i) if pool == "orgs" else W.person_values(w, i)
+
+
+def _false_claim(
+    w: World, rng: random.Random, kind: str, values: dict[str, Ent], slot: str
+) -> dict[str, Ent]:
+    if kind != "loc":
+        return W.falsify(w, rng, kind, values, slot)
+    countries = sorted({n for _, n in w.cities} - {values["n"][0]})  # a city lies in one country
+    return {**values, "n": (rng.choice(countries), "Loc")}
+
+
+def _write_claims(job: _Job) -> str:
+    """TSV of claims (index, sentence, label true/false), half of them true in the world."""
+    subjects, kinds = claim_subjects(job.world, job.seed, job.split), list(CLAIMS)
+    rows = ["index\tsentence\tlabel"]
+    for k in range(job.count):
+        kind = job.rng.choices(kinds, weights=[CLAIMS[x][3] for x in kinds])[0]
+        template, slot, pool, _ = CLAIMS[kind]
+        values = _claim_values(job.world, pool, job.rng.choice(subjects[pool]))
+        true = job.rng.random() < 0.5
+        claim = values if true else _false_claim(job.world, job.rng, kind, values, slot)
+        rows.append(f"{k}\t{render(template, claim).text}\t{'true' if true else 'false'}")
+    return "\n".join(rows) + "\n"
+
+
 # ------------------------------------------------------------------------------------- CoNLL
 POS = dict(
     x.split(":")
@@ -349,12 +406,13 @@ WRITERS: dict[str, Callable[[_Job], str]] = {
     "documents": _write_documents, "shuffled": _write_shuffled, "dialogues": _write_dialogues,
     "conll04": _write_conll04, "conll2012": _write_conll2012, "pairs": _write_pairs, "squad": _write_squad,
     "articles": _write_articles,
+    "claims": _write_claims,
 }
 # corpus -> (format name the readers know, file extension)
 CORPUS_FORMATS: dict[str, tuple[str, str]] = {
     "documents": ("text", "txt"), "shuffled": ("text", "txt"), "dialogues": ("dailydialog", "txt"),
     "conll04": ("conll04", "corp"), "conll2012": ("conll2012", "gold_conll"), "pairs": ("tsv", "tsv"),
-    "squad": ("squad", "json"), "articles": ("jsonl", "jsonl"),
+    "squad": ("squad", "json"), "articles": ("jsonl", "jsonl"), "claims": ("tsv", "tsv"),
 }
 # fmt: on
 

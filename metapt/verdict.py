@@ -1,0 +1,167 @@
+"""What `metapt compare` reports beyond the scores table: results.md's paired and per-seed sections,
+the held-out columns, and compare.png (held-out loss against FLOPs per scheduler beside each
+downstream task's score with its 95% interval). The numbers come from metapt/stats.py.
+
+matplotlib is imported only by the drawing (through report.figure, on an Agg canvas).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from metapt import stats
+
+
+def _half_width(values: list[float]) -> float:
+    """Half the 95% t interval of a mean over seeds (0 for one seed)."""
+    n = len(values)
+    return stats.t_quantile(0.975, n - 1) * stats.std(values) / n**0.5 if n > 1 else 0.0
+
+
+COLORS = [f"C{i}" for i in range(10)]
+FLOPS = "pretraining FLOPs (selection + training)"
+
+
+def compare_plot(results: dict[str, Any], output: Path) -> Path:
+    """compare.png: held-out loss against pretraining FLOPs per scheduler (mean over seeds, band ±
+    one std), then per downstream task the main score (mean with its 95% t interval over seeds)
+    against the run's total FLOPs; filled markers validation, hollow markers test."""
+    from metapt.report import figure, png_bytes  # report imports this module for results.md
+
+    tasks = results["downstream_tasks"]
+    fig = figure(5.5 * (1 + len(tasks)), 4.8)
+    axes = fig.subplots(1, 1 + len(tasks), squeeze=False)[0]
+    _heldout_panel(axes[0], results)
+    for ax, task in zip(axes[1:], tasks):
+        _score_panel(ax, results, task)
+    fig.suptitle(
+        "held-out loss and downstream score against pretraining compute, over seeds "
+        "(downstream: filled validation, hollow test)",
+        fontsize="medium",
+    )
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(png_bytes(fig))
+    return output
+
+
+def _heldout_panel(ax: Any, results: dict[str, Any]) -> None:
+    """Each scheduler's mean held-out curve with a ± one std band; uniform's final loss dashed, and
+    where each other scheduler first reaches it dotted."""
+    for i, (name, entry) in enumerate(results["schedulers"].items()):
+        curve, color = (entry.get("heldout") or {}).get("curve") or [], COLORS[i % 10]
+        if not curve:
+            continue
+        x, y, sd = zip(*curve)
+        ax.plot(x, y, color=color, label=name)
+        ax.fill_between(
+            x, [a - b for a, b in zip(y, sd)], [a + b for a, b in zip(y, sd)], color=color, alpha=0.2
+        )
+        if entry.get("flops_to_uniform") is not None and name != results.get("reference"):
+            ax.axvline(entry["flops_to_uniform"], color=color, linestyle=":", linewidth=1)
+    reference = results["schedulers"].get(results.get("reference") or "", {})
+    threshold = (reference.get("heldout") or {}).get("threshold")
+    if threshold is not None:
+        ax.axhline(threshold, color="gray", linestyle="--", linewidth=1, label="uniform's final loss")
+    ax.set(title="held-out loss (mean ± std over seeds)", xlabel=FLOPS, ylabel="loss")
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no held-out evaluations", ha="center", transform=ax.transAxes)
+
+
+def _score_panel(ax: Any, results: dict[str, Any], task: str) -> None:
+    """One downstream task: each scheduler's mean main score at its total FLOPs, 95% interval bars."""
+    metric = None
+    for i, (name, entry) in enumerate(results["schedulers"].items()):
+        metric, x = entry["main_metric"][task], entry["pretrain"]["total_flops"]
+        for split, face in (("validation", COLORS[i % 10]), ("test", "none")):
+            score = entry["downstream"][task].get(split, {}).get(metric)
+            if score is not None:
+                ax.errorbar(
+                    x,
+                    score["mean"],
+                    yerr=_half_width(score["values"]),
+                    fmt="o",
+                    color=COLORS[i % 10],
+                    markerfacecolor=face,
+                    capsize=3,
+                    label=name if split == "validation" else None,
+                )
+    ax.set(title=f"{task}: {metric} (95% interval)", xlabel=FLOPS, ylabel=metric or "score")
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+    ax.legend(fontsize="small")
+
+
+def heldout_cells(entry: dict[str, Any], has_reference: bool) -> list[str]:
+    """The final held-out loss (mean ± std over seeds) and the FLOPs to uniform's final loss."""
+    final = (entry.get("heldout") or {}).get("final")
+    loss = "-" if final is None else f"{final['mean']:.3f} ± {final['std']:.3f}"
+    flops, speedup = entry.get("flops_to_uniform"), entry.get("speedup_vs_uniform")
+    reached = "never" if flops is None else f"{flops:.3g} ({speedup:.2f}x)"
+    return [loss, reached if final is not None and has_reference else "-"]
+
+
+def _interval(row: dict[str, Any]) -> list[str]:
+    ci = "-" if row["ci95"] is None else f"[{row['ci95'][0]:+.2f}, {row['ci95'][1]:+.2f}]"
+    return [f"{row['mean_diff']:+.2f}", ci, f"{row['wins']}/{row['n']}"]
+
+
+def paired_lines(results: dict[str, Any]) -> list[str]:
+    """results.md's paired section: each scheduler minus uniform on the same seeds."""
+    if results.get("reference") is None:
+        return ["", "No `uniform` run: no paired differences and no speedups."]
+    if len(results["schedulers"]) == 1:
+        return ["", "Only `uniform` ran: nothing to pair with it."]
+    lines = [
+        "",
+        "## Against uniform, paired over seeds",
+        "",
+        "Scheduler minus uniform on the same seed, main metric: mean difference, its 95% interval "
+        "(Student's t, n - 1 degrees of freedom) and the seeds on which the scheduler is ahead. "
+        "FLOPs to uniform's held-out loss: where the scheduler's mean held-out curve first reaches "
+        "uniform's final held-out loss; speedup = uniform's total FLOPs / that.",
+        "",
+        "| scheduler | task | metric | validation: mean diff | 95% interval | wins | test: mean diff "
+        "| 95% interval | wins |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in results["schedulers"].items():
+        for task, row in (entry.get("vs_uniform") or {}).items():
+            test = _interval(row["test"]) if "test" in row else ["-", "-", "-"]
+            lines.append("| " + " | ".join([name, task, row["metric"], *_interval(row), *test]) + " |")
+    return lines
+
+
+def per_seed_lines(results: dict[str, Any]) -> list[str]:
+    """results.md's per-seed section: every seed's main score, then mean ± sample std."""
+    seeds = results["seeds"]
+    lines = [
+        "",
+        "## Per seed",
+        "",
+        "| scheduler | task | split | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
+        "|" + "---|" * (4 + len(seeds)),
+    ]
+    for name, entry in results["schedulers"].items():
+        final = (entry.get("heldout") or {}).get("final")
+        if final is not None and len(final["values"]) == len(seeds):
+            cells = [f"{v:.3f}" for v in final["values"]]
+            lines.append(
+                f"| {name} | held-out loss | final | "
+                + " | ".join(cells)
+                + f" | {final['mean']:.3f} ± {final['std']:.3f} |"
+            )
+        for task in results["downstream_tasks"]:
+            for split in ("validation", "test"):
+                score = entry["downstream"][task].get(split, {}).get(entry["main_metric"][task])
+                if score is not None and len(score["values"]) == len(seeds):
+                    cells = [f"{v:.2f}" for v in score["values"]]
+                    lines.append(
+                        f"| {name} | {task} | {split} | "
+                        + " | ".join(cells)
+                        + f" | {score['mean']:.2f} ± {score['std']:.2f} |"
+                    )
+    return lines
