@@ -335,9 +335,11 @@ def reuses_support(run: Run) -> bool:
 
 def reuses_training(run: Run) -> bool:
     """reuse_training: the agnostic shared estimate takes the chosen task's last M training gradients
-    as that task's support probes at the next selection (M >= 2 of them, as its own term needs)."""
+    as that task's support probes at the next selection (M >= 2 of them, as its own term needs; only
+    when the meta scheduler selects: a baseline keeps nothing)."""
     meta = run.spec.meta
-    return meta.reuse_training and shares_targets(run) and min(meta.train_batches, meta.support_batches) >= 2
+    enough = min(meta.train_batches, meta.support_batches) >= 2
+    return meta.reuse_training and meta.scheduler == "meta" and shares_targets(run) and enough
 
 
 def _prefetched(stream: BatchStream, n: int) -> Any:
