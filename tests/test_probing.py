@@ -110,6 +110,16 @@ def test_reuse_training_keeps_the_last_m_training_gradients_before_clipping(tmp_
     assert after == {picked.chosen: counts[picked.chosen], other: counts[other] + 2}
 
 
+def test_a_baseline_scheduler_keeps_no_training_gradients(tmp_path: Path) -> None:
+    # compare runs the baselines on the same spec: with reuse_training they must not copy gradients
+    run = engine.setup(tiny(tmp_path / "out", reuse_training=True, scheduler="uniform"), resume=False)
+    assert not engine.reuses_training(run)
+    engine.train_task(run, run.sources[0])
+    assert run.reused is None
+    meta = engine.setup(tiny(tmp_path / "meta", reuse_training=True), resume=False)
+    assert engine.reuses_training(meta)
+
+
 def test_cheap_selection_resumes_bitwise(tmp_path: Path) -> None:
     # probes of 2 examples, sketched, the bandit, the training gradients reused: a run that dies after
     # its episode-2 checkpoint and resumes makes the same choices with the same utilities and weights
