@@ -64,21 +64,24 @@ def build_streams(
     targets: list[str],
     rank: int = 0,
     world: int = 1,
+    support_size: int = 0,
 ) -> Streams:
     """The batch streams of a pretraining run, each in its own seeded order (a salt per use), so drawing
     from one never shifts another: the sources' training batches (each rank its share of every global
-    batch), their support batches, the targets' scoring batches, and the batches heads are fitted on."""
+    batch), their support batches (of `support_size` examples; 0: the task's batch size), the targets'
+    scoring batches, and the batches heads are fitted on."""
 
-    def stream(name: str, salt: str, shares: int = 1) -> BatchStream:
+    def stream(name: str, salt: str, shares: int = 1, size: int = 0) -> BatchStream:
         r = rank if shares > 1 else 0
-        return stream_for(tasks[name], tokenizer, tasks[name].spec.batch.size, seed, salt, r, shares)
+        size = size or tasks[name].spec.batch.size
+        return stream_for(tasks[name], tokenizer, size, seed, salt, r, shares)
 
     # Training batches are split between the ranks; the meta step scores whole batches on every rank:
     # a utility is nonlinear in the support batch's gradient (theta - alpha g), so averaging utilities
     # of per-rank shares would score something else than one process does, and choose differently.
     return {
         "train": {n: stream(n, "train", world) for n in sources},
-        "support": {n: stream(n, "support") for n in sources},
+        "support": {n: stream(n, "support", size=support_size) for n in sources},
         "target": {n: stream(n, "target") for n in targets},
         # fitting the target heads draws its own batches, so the scoring batches stay the same
         "fit": {n: stream(n, "fit") for n in dict.fromkeys([*targets, *sources])},

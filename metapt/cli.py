@@ -388,8 +388,20 @@ def bench(
         None, "--threads", min=1, help="torch intra-op threads (default: torch's; 1 steadies a busy machine)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object for scripts."),
+    variant: list[str] = typer.Option(
+        None,
+        "--variant",
+        help="[meta] changes to measure beside the spec, e.g. support_batch_size=8,policy=greedy "
+        "(repeatable; default: the built-in list; 'none' for none).",
+    ),
+    reference: int = typer.Option(
+        8, "--reference", min=0, help="Support and target batches of the exact reference (0: none)."
+    ),
+    sources: str = typer.Option(
+        None, "--sources", help="Source counts for the growth measurement, e.g. 4,8,16 (sources replicated)."
+    ),
 ) -> None:
-    """Measure selection cost, training throughput, first-order agreement, peak memory and MFU."""
+    """Measure selection cost against a reference, training throughput, peak memory and MFU."""
     _quiet_libraries()
     import torch
 
@@ -401,11 +413,28 @@ def bench(
     spec = override(parse_run(find_run(run_spec)), device=device)
     if threads is not None:
         torch.set_num_threads(threads)
-    result = run_bench(spec, episodes, say=lambda message: err.print(message, highlight=False))
+    counts = _counts(sources) if sources else None
+    variants = None if not variant else [] if variant == ["none"] else list(variant)
+    result = run_bench(
+        spec,
+        episodes,
+        say=lambda message: err.print(message, highlight=False),
+        variants=variants,
+        reference=reference,
+        sources=counts,
+    )
     if as_json:
         print(json.dumps(result))
     else:
         console.print(table(result))
+
+
+def _counts(text: str) -> list[int]:
+    """`--sources 4,8,16` -> [4, 8, 16]; exit 2 naming the bad part."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise MetaptError(f"--sources {text!r}: expected comma-separated counts >= 1, e.g. 4,8,16")
+    return [int(p) for p in parts]
 
 
 @app.command()

@@ -31,6 +31,7 @@ from metapt import (
     outdir,
     pointless,
     policies,
+    probes,
     resuming,
     selection,
 )
@@ -40,6 +41,7 @@ from metapt.data.pipeline import (
     BatchStream,
     TaskData,
     load_task,
+    stable_seed,
     tokenizer_hash,
     train_size,
 )
@@ -87,6 +89,9 @@ class Run:
     rank: int = 0  # under torchrun: this process's rank of `world`; only rank 0 writes
     world: int = 1
     notes: list[str] = field(default_factory=list)  # resume: settings kept or changed, for the log
+    # reuse_training: the chosen task's last training gradients, the next selection's probes of it
+    reused: dict[str, list[probes.Probe]] | None = None
+    keep_training: bool = False  # keep them even when the spec does not reuse them (bench variants)
 
     @property
     def optimization(self) -> Optimization:
@@ -157,7 +162,9 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
         tasks=tasks,
         sources=sources,
         targets=targets,
-        streams=build_streams(tasks, tokenizer, spec.run.seed, sources, targets, rank, world),
+        streams=build_streams(
+            tasks, tokenizer, spec.run.seed, sources, targets, rank, world, spec.meta.support_batch_size
+        ),
         optimizer=training.optimizer,
         schedule=training.schedule,
         head_optimizer=head_optimizer,
@@ -216,6 +223,7 @@ def _restore(run: Run, folder: Path) -> None:
             s.load_state_dict(state["streams"][group][name])
     run.explore.set_state(state["explore"])
     run.policy.load_state_dict(state.get("policy", {}))
+    run.reused = probes.from_state(state.get("reused", {}), run.device)
     torch.set_rng_state(state["torch_rng"])
     if torch.cuda.is_available() and "cuda_rng" in state:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -247,6 +255,7 @@ def save(run: Run) -> Path:
         "streams": {g: {n: s.state_dict() for n, s in ss.items()} for g, ss in run.streams.items()},
         "explore": run.explore.get_state(),
         "policy": run.policy.state_dict(),
+        "reused": probes.state_of(run.reused),
         "torch_rng": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -297,7 +306,7 @@ def _check(value: float, what: str, run: Run) -> None:
         )
 
 
-def _shares_targets(run: Run) -> bool:
+def shares_targets(run: Run) -> bool:
     """Agnostic first-order selection scores the sources' support gradients against each other
     (`selection.shared_utilities`): no target batches. It needs M >= 2 support batches per source."""
     meta = run.spec.meta
@@ -309,11 +318,22 @@ def _shares_targets(run: Run) -> bool:
     )
 
 
-def _reuses_support(run: Run) -> bool:
+def reuses_support(run: Run) -> bool:
     """First-order selection leaves the chosen task's mean support gradient on the weights as its
     first training step (one training batch fewer). Not under torchrun, where a training gradient must
     be the ranks' average, nor with a single training batch (the episode would have no fresh one)."""
-    return run.spec.meta.utility == "first_order" and run.spec.meta.train_batches > 1 and run.world == 1
+    meta = run.spec.meta
+    whole = meta.selection_params == "all" and meta.sketch == 0  # a gradient of every parameter, kept
+    return meta.utility == "first_order" and meta.train_batches > 1 and run.world == 1 and whole
+
+
+def reuses_training(run: Run) -> bool:
+    """reuse_training: the agnostic shared estimate takes the chosen task's last M training gradients
+    as that task's support probes at the next selection (M >= 2 of them, as its own term needs; only
+    when the meta scheduler selects: a baseline keeps nothing)."""
+    meta = run.spec.meta
+    enough = min(meta.train_batches, meta.support_batches) >= 2
+    return meta.reuse_training and meta.scheduler == "meta" and shares_targets(run) and enough
 
 
 def _prefetched(stream: BatchStream, n: int) -> Any:
@@ -350,9 +370,9 @@ class Selection:
     targets: selection.TargetBatches  # the target batches every candidate was scored on
 
 
-def _draw(run: Run, shared: bool) -> tuple[selection.TargetBatches, dict[str, list]]:
+def draw_batches(run: Run, shared: bool, given: Any = ()) -> tuple[selection.TargetBatches, dict[str, list]]:
     """This selection's target batches (M of every target, shared by every candidate) and M support
-    batches of every source."""
+    batches of every source (none of a `given` one: its probes were kept from training)."""
     m, dev = run.spec.meta.support_batches, run.device
     j = run.spec.meta.target_batches or m
     targets = [
@@ -360,39 +380,52 @@ def _draw(run: Run, shared: bool) -> tuple[selection.TargetBatches, dict[str, li
         for t in ([] if shared else run.targets)
         for _ in range(j)
     ]
-    support = {s: [batch_to(run.streams["support"][s].next(), dev) for _ in range(m)] for s in run.sources}
+    support = {
+        s: [batch_to(run.streams["support"][s].next(), dev) for _ in range(0 if s in given else m)]
+        for s in run.sources
+    }
     return targets, support
 
 
-def _estimate(run: Run) -> tuple[selection.Estimate, selection.TargetBatches, int]:
+def estimate_utilities(run: Run) -> tuple[selection.Estimate, selection.TargetBatches, int]:
     """Score every source (dropout off): (the estimate, the target batches it used, its FLOPs)."""
     meta, model = run.spec.meta, run.model
-    shared = _shares_targets(run)  # agnostic first-order: the support batches are the target batches
-    targets, support = _draw(run, shared)
+    shared = shares_targets(run)  # agnostic first-order: the support batches are the target batches
+    given = (run.reused or {}) if reuses_training(run) else {}
+    targets, support = draw_batches(run, shared, given)
     target_fwd = sum(run.flops.forward(t, b) for t, b in targets)
     support_train = sum(run.flops.train(s, b) for s, bs in support.items() for b in bs)
     args = (meta.inner_lr, meta.normalize, run.autocast, meta.inner_step)
+    probing = selection.Probing(meta.selection_params, meta.sketch, _signs(run), reuses_support(run), given)
     model.eval()  # dropout off: otherwise the utilities are noise (DESIGN.md section 1)
     try:
         if meta.utility == "exact":
-            estimate = selection.exact(model, support, targets, *args)
+            estimate = selection.exact(model, support, targets, *args, meta.selection_params)
             flops = target_fwd + support_train + target_fwd * sum(len(b) for b in support.values())
         elif shared:
-            estimate = selection.shared(model, support, *args)
+            estimate = selection.shared(model, support, *args, probing)
             flops = support_train
         else:  # the target losses at theta come with the target gradients' forwards
-            estimate = selection.first_order(model, support, targets, *args)
+            estimate = selection.first_order(model, support, targets, *args, probing)
             flops = 3 * target_fwd + support_train
     finally:
         model.train()
     return estimate, targets, flops
 
 
+def _signs(run: Run) -> torch.Generator | None:
+    """The sketch's random signs for this selection: fresh every episode (so sketch errors average out
+    over selections) and a function of the seed and the episode (so a resumed run draws the same)."""
+    if run.spec.meta.sketch == 0:
+        return None
+    return torch.Generator().manual_seed(stable_seed(run.spec.run.seed, "sketch", run.episode))
+
+
 def select_task(run: Run) -> Selection:
     """The meta step: estimate every source's utility on the same target batches, and let the policy
     choose. The live model is not changed (the aware target heads step after it: `step_target_heads`)."""
     meta = run.spec.meta
-    estimate, targets, flops = _estimate(run)
+    estimate, targets, flops = estimate_utilities(run)
     for u in estimate.values.values():
         _check(u, "a task utility", run)
     # torchrun: every rank scored the same batches; the average makes the policies' inputs identical
@@ -410,7 +443,9 @@ def select_task(run: Run) -> Selection:
     else:
         lead = policies.lead(choice.scores, choice.score_se, choice.chosen)
     gradient = None
-    if _reuses_support(run):  # the gradient of the chosen task's mean support loss (dropout off)
+    # the gradient of the chosen task's mean support loss (dropout off); none when its probes were
+    # kept from training (reuse_training)
+    if reuses_support(run) and choice.chosen in estimate.gradients:
         gradient = {n: g.div_(meta.support_batches) for n, g in estimate.gradients[choice.chosen].items()}
     return Selection(
         choice.chosen,
@@ -455,6 +490,13 @@ class TrainStats(NamedTuple):
     tokens: int
 
 
+def select_step(run: Run) -> tuple[Selection, int]:
+    """The episode's meta step: `select_task`, then (aware) the target heads' head-only step on the
+    batches it scored; (the selection, that step's FLOPs)."""
+    picked = select_task(run)
+    return picked, step_target_heads(run, picked.targets)
+
+
 def train_task(
     model: MultiTaskModel,
     stream: BatchStream,
@@ -467,12 +509,16 @@ def train_task(
     autocast: Callable[[], contextlib.AbstractContextManager],
     counter: FlopCounter,
     check: Callable[[float, str], None],
+    keep: int = 0,
+    kept: list[probes.Probe] | None = None,
+    selection_params: str = "all",
 ) -> TrainStats:
     """N = `steps` optimizer steps on the stream's task, each on a fresh batch (split into
     `grad_accumulation` micro-batches unless the kind's examples interact; under torchrun the ranks'
     gradients averaged). With `gradient` (first-order selection's mean support gradient of this task)
     the first step is taken with it and N - 1 batches are drawn: its FLOPs were counted by selection,
-    its loss and tokens are not in the result. `check(loss, what)` raises on a non-finite loss."""
+    its loss and tokens are not in the result. `check(loss, what)` raises on a non-finite loss. With
+    `keep` = K > 0 (reuse_training), the gradients of the last K batches are appended to `kept`."""
     task = stream.task.name
     parts = grad_accumulation if KINDS[stream.task.spec.kind].micro_batches else 1
     losses, flops, n_tokens = [], 0, 0
@@ -483,11 +529,13 @@ def train_task(
                 p.grad = gradient[name]
         optimization.step(model)
         steps -= 1
-    for batch in _prefetched(stream, steps):
+    for i, batch in enumerate(_prefetched(stream, steps)):
         batch = batch_to(batch, device)
         loss = accumulate(lambda b: model(task, b)[0], batch, parts, autocast)
         loss = distributed.average_gradients(model, loss, batch)  # torchrun: the global batch's mean
         check(float(loss), f"the training loss of {task!r}")
+        if kept is not None and i >= steps - keep:  # reuse_training: before clipping, as a selection does
+            kept.append(probes.capture(model, task, selection_params, float(loss)))
         optimization.step(model)
         losses.append(float(loss))
         flops += counter.train(task, batch)
@@ -495,21 +543,30 @@ def train_task(
     return TrainStats(sum(losses) / max(1, len(losses)), flops, n_tokens)
 
 
-def _train(run: Run, task: str, gradient: selection.Params | None = None) -> TrainStats:
-    """`train_task` on `task` with the run's model, training stream and optimizer (bench.py's entry;
-    issue 14 moves bench onto public functions)."""
-    return train_task(
+def train_chosen(run: Run, task: str, gradient: selection.Params | None = None) -> TrainStats:
+    """`train_task` on `task` with the run's model, training stream and optimizer; under
+    reuse_training the last M training gradients become `run.reused`, the next selection's probes."""
+    meta = run.spec.meta
+    keep = meta.support_batches if reuses_training(run) or run.keep_training else 0
+    kept: list[probes.Probe] = []
+    stats = train_task(
         run.model,
         run.streams["train"][task],
         run.optimization,
-        run.spec.meta.train_batches,
+        meta.train_batches,
         gradient=gradient,
-        grad_accumulation=run.spec.meta.grad_accumulation,
+        grad_accumulation=meta.grad_accumulation,
         device=run.device,
         autocast=run.autocast,
         counter=run.flops,
         check=lambda value, what: _check(value, what, run),
+        keep=keep,
+        kept=kept,
+        selection_params=meta.selection_params,
     )
+    if keep:
+        run.reused = {task: kept} if len(kept) >= 2 else None
+    return stats
 
 
 def pretrain(
@@ -575,26 +632,17 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
             elif last is not None and run.episode % meta.select_every:  # between selections: keep it
                 chosen, explored, reused = last, False, True
             else:  # Algorithm 1: every source's utility on the same target batches, the policy's choice
-                picked = select_task(run)
+                picked, head_flops = select_step(run)
                 chosen, explored, reused = picked.chosen, picked.explored, False
-                fit_flops += step_target_heads(run, picked.targets)  # aware: one head-only step
+                fit_flops += head_flops
             utilities = picked.utilities if picked else {}
             chosen, explored, utilities = distributed.agree(chosen, explored, utilities, run.sources)
             t1 = time.perf_counter()
-            stats = train_task(  # N steps on the chosen task
-                run.model,
-                run.streams["train"][chosen],
-                run.optimization,
-                meta.train_batches,
-                gradient=picked.gradient if picked else None,  # first order: its support gradient
-                grad_accumulation=meta.grad_accumulation,
-                device=run.device,
-                autocast=run.autocast,
-                counter=run.flops,
-                check=lambda value, what: _check(value, what, run),
-            )
+            stats = train_chosen(run, chosen, picked.gradient if picked else None)  # N steps on it
             # FLOPs and tokens of the whole global batch (each rank counted its share)
-            counts = distributed.sum_counts(stats[1:], replicated=not run.streams["train"][chosen].sharded)
+            counts = distributed.sum_counts(
+                (stats.flops, stats.tokens), replicated=not run.streams["train"][chosen].sharded
+            )
             stats = TrainStats(stats.loss, *counts)
             t2 = time.perf_counter()
             run.episode += 1
@@ -663,13 +711,10 @@ def _start_event(run: Run) -> dict[str, Any]:
     }
 
 
-def _fit_heads_first(run: Run, callback: Callback) -> tuple[float, int]:
-    """`fit_all_heads` once, before a fresh run's first selection (every rank then holds rank 0's
-    heads); (seconds, FLOPs) it took, which the first selection is charged with."""
-    if run.episode != 0:
-        return 0.0, 0
-    t, meta = time.perf_counter(), run.spec.meta
-    fitted = fitting.fit_all_heads(
+def fit_run_heads(run: Run) -> dict[str, Any]:
+    """`fitting.fit_all_heads` with the run's model, fitting streams, heads and settings."""
+    meta = run.spec.meta
+    return fitting.fit_all_heads(
         run.model,
         run.streams["fit"],
         run.sources,
@@ -680,6 +725,15 @@ def _fit_heads_first(run: Run, callback: Callback) -> tuple[float, int]:
         run.device,
         run.flops,
     )
+
+
+def _fit_heads_first(run: Run, callback: Callback) -> tuple[float, int]:
+    """`fit_all_heads` once, before a fresh run's first selection (every rank then holds rank 0's
+    heads); (seconds, FLOPs) it took, which the first selection is charged with."""
+    if run.episode != 0:
+        return 0.0, 0
+    t = time.perf_counter()
+    fitted = fit_run_heads(run)
     seconds = time.perf_counter() - t
     if run.world > 1:
         distributed.broadcast_parameters([run.model.heads])

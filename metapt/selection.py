@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.func import functional_call
 
+from metapt import probes
 from metapt.model import MultiTaskModel
 
 Params = dict[str, torch.Tensor]
@@ -106,9 +107,10 @@ def detached(model: MultiTaskModel) -> Params:
     return {n: p.detach() for n, p in model.named_parameters()}
 
 
-def trainable(model: MultiTaskModel, task: str) -> list[str]:
-    """Names of the parameters an inner step on `task` updates: the encoder and the task's head."""
-    return [*model.encoder_parameters(), *model.head_parameters(task)]
+def trainable(model: MultiTaskModel, task: str, rule: str = "all") -> list[str]:
+    """Names of the parameters an inner step on `task` updates: the encoder (`all`, or its top K
+    layers for `top:K`) and the task's head."""
+    return probes.selected(model, task, rule)
 
 
 def loss_at(
@@ -188,17 +190,19 @@ def exact(
     normalize: str,
     autocast: Autocast,
     step: str = "sgd",
+    rule: str = "all",
 ) -> Estimate:
     """Algorithm 1 as written: for every support batch, theta' by one inner step, then the target
     losses at theta'. The inner gradients follow `autocast`; the scoring forwards run in fp32,
-    because a gain is a small difference of two large losses (bf16 would round it away)."""
+    because a gain is a small difference of two large losses (bf16 would round it away). `rule`: the
+    parameters the inner step moves (`all`, or `top:K`: the top K layers and the head)."""
     params = detached(model)
     columns = [t for t, _ in targets]
     base = target_losses(model, params, targets)  # (J,) fp32
     w = _weights(base, columns, normalize)
     terms, floor = {}, 0.0
     for source, batches in support.items():
-        names, rows = trainable(model, source), []
+        names, rows = trainable(model, source, rule), []
         for batch in batches:
             stepped, _ = inner_step(model, params, names, source, batch, alpha, autocast, step)
             after = target_losses(model, stepped, targets)
@@ -208,11 +212,6 @@ def exact(
         terms[source] = torch.stack(rows)
     floor *= max(len(b) for b in support.values())
     return Estimate(_values(terms, _offset(base, normalize)), terms, columns, float(base.mean()), floor)
-
-
-def _dot(a: Params, b: Params) -> float:
-    """sum over the names of `a` that `b` also holds of <a[n], b[n]>, accumulated in float64."""
-    return float(sum(torch.sum(a[n] * b[n], dtype=torch.float64) for n in a if n in b))
 
 
 def _add(total: Params, grads: Params) -> None:
@@ -234,10 +233,45 @@ def batch_gradient(
     return {n: g for n, g in zip(names, grads) if g is not None}, loss.detach()
 
 
-def _row(g: Params, columns: list[Params], step: str, alpha: float) -> torch.Tensor:
-    """alpha * (g . c for every column gradient c), scaled by 1 / |g_encoder| for `normalized`."""
-    scale = alpha / max(encoder_norm(g), 1e-30) if step == "normalized" else alpha
-    return torch.tensor([scale * _dot(g, c) for c in columns], dtype=torch.float64)
+def _scale(probe: probes.Probe, step: str, alpha: float) -> float:
+    """alpha, or alpha / |g_encoder| for `normalized` (the covered encoder part)."""
+    return alpha / max(probe.norm, 1e-30) if step == "normalized" else alpha
+
+
+@dataclass
+class Probing:
+    """How a first-order selection takes its gradients: which parameters (`rule`: all | top:K), how it
+    keeps them (`sketch`: 0 exactly, else folded into that many numbers with signs from `generator`),
+    whether it keeps every source's summed support gradient (`sums`, for support reuse), and
+    gradients computed before (`given`: task -> probes, e.g. the last training batches')."""
+
+    rule: str = "all"
+    sketch: int = 0
+    generator: torch.Generator | None = None
+    sums: bool = True
+    given: dict[str, list[probes.Probe]] = field(default_factory=dict)
+
+
+def _store(model: MultiTaskModel, probing: Probing, rows: int, step: str) -> probes.Store:
+    return probes.Store(model, probing.rule, rows, probing.sketch, probing.generator, step == "normalized")
+
+
+def _probe(
+    model: MultiTaskModel,
+    params: Params,
+    store: probes.Store,
+    task: str,
+    batch: Batch,
+    autocast: Autocast,
+    probing: Probing,
+    keep: bool,
+    total: Params | None,
+) -> probes.Probe:
+    """One batch's gradient as a probe (kept in `store` or not); added to `total` when given."""
+    g, loss = batch_gradient(model, params, store.selected(task), task, batch, autocast)
+    if total is not None:
+        _add(total, g)
+    return store.add(task, g, float(loss), keep)
 
 
 def first_order(
@@ -248,27 +282,29 @@ def first_order(
     normalize: str,
     autocast: Autocast,
     step: str = "sgd",
+    probing: Probing | None = None,
 ) -> Estimate:
     """L_j(theta - alpha g) ~ L_j(theta) - alpha g . g_j: one backward per support and per target
-    batch, no scoring forwards. Keeps one gradient per target batch (they pair with every support
-    batch) and every source's summed support gradient (the engine may train on the chosen one)."""
+    batch, no scoring forwards. Keeps one probe per target batch (they pair with every support batch)
+    and, with `probing.sums`, every source's summed support gradient (the engine may train on it)."""
+    probing = probing or Probing()
     params = detached(model)
-    columns, grads, losses = [t for t, _ in targets], [], []
-    every = list(params)
+    columns = [t for t, _ in targets]
+    store = _store(model, probing, len(targets), step)
     for t, batch in targets:
-        g, loss = batch_gradient(model, params, every, t, batch, autocast)
-        grads.append(g)
-        losses.append(loss)
-    base = torch.stack(losses)
+        _probe(model, params, store, t, batch, autocast, probing, True, None)
+    base = torch.tensor([p.loss for p in store.probes])
     w = _weights(base, columns, normalize)
     terms, summed = {}, {}
     for source, batches in support.items():
-        names, rows, total = trainable(model, source), [], {}
+        total: Params | None = {} if probing.sums else None
+        rows = []
         for batch in batches:
-            g, _ = batch_gradient(model, params, names, source, batch, autocast)
-            rows.append(w * _row(g, grads, step, alpha))
-            _add(total, g)
-        terms[source], summed[source] = torch.stack(rows), total
+            probe = _probe(model, params, store, source, batch, autocast, probing, False, total)
+            rows.append(w * _scale(probe, step, alpha) * store.dots(probe))
+        terms[source] = torch.stack(rows)
+        if total is not None:
+            summed[source] = total
     values = _values(terms, _offset(base, normalize))
     return Estimate(values, terms, columns, float(base.mean()), None, summed)
 
@@ -280,37 +316,47 @@ def shared(
     normalize: str,
     autocast: Autocast,
     step: str = "sgd",
+    probing: Probing | None = None,
 ) -> Estimate:
     """Downstream-agnostic first-order utilities without target batches: the sources' support batches
     double as the target batches. With targets = sources, u(s) needs target batches of every t
     independent of s's batch i. For t != s, t's own M support batches are. For t = s, batch i must not
     score itself (E[g.g] = |E g|^2 + variance: a bias towards noisy tasks), so the other M - 1
     support batches of s stand in for M, scaled by M / (M - 1): the diagonal terms are 0. Each term
-    has the expectation of the target-batch estimate's; it needs M >= 2 and one backward per batch."""
+    has the expectation of the target-batch estimate's; it needs M >= 2 and one backward per batch
+    (none for a source whose probes are `probing.given`)."""
+    probing = probing or Probing()
     params = detached(model)
-    grads, losses, columns = [], [], []
+    counts = {s: len(probing.given.get(s, batches)) for s, batches in support.items()}
+    for source, m in counts.items():
+        if m < 2:
+            raise ValueError(f"shared utilities need at least 2 support batches of {source!r}")
+    store = _store(model, probing, sum(counts.values()), step)
     summed: dict[str, Params] = {}
     for source, batches in support.items():
-        if len(batches) < 2:
-            raise ValueError(f"shared utilities need at least 2 support batches of {source!r}")
-        names, total = trainable(model, source), {}
-        for batch in batches:
-            g, loss = batch_gradient(model, params, names, source, batch, autocast)
-            grads.append(g)
-            losses.append(loss)
-            columns.append(source)
-            _add(total, {n: v.clone() for n, v in g.items()})
-        summed[source] = total
-    base = torch.stack(losses)
+        total: Params | None = {} if probing.sums and source not in probing.given else None
+        if source in probing.given:  # computed before (flat): folded like the others
+            for p in probing.given[source]:
+                store.add_given(p)
+        for batch in batches if source not in probing.given else ():
+            _probe(model, params, store, source, batch, autocast, probing, True, total)
+        if total is not None:
+            summed[source] = total
+    columns = [p.task for p in store.probes]
+    base = torch.tensor([p.loss for p in store.probes])
     w = _weights(base, columns, normalize)
-    index = torch.tensor([i for batches in support.values() for i in range(len(batches))])  # (K,)
+    gram = store.gram()  # (K, K)
+    index = torch.tensor([i for m in counts.values() for i in range(m)])  # (K,)
     terms, replicates, k = {}, {}, 0
-    for source, batches in support.items():
-        m, own = len(batches), torch.tensor([t == source for t in columns])
-        pairs = torch.stack([w * _row(grads[k + i], grads, step, alpha) for i in range(m)])  # (M, K)
+    for source, m in counts.items():
+        own = torch.tensor([t == source for t in columns])
+        scales = torch.tensor(
+            [_scale(store.probes[k + i], step, alpha) for i in range(m)], dtype=torch.float64
+        )
+        pairs = w * scales[:, None] * gram[k : k + m]  # (M, K)
         pairs[torch.arange(m), k + torch.arange(m)] = 0.0  # a batch never scores itself
         terms[source] = torch.where(own, pairs * m / (m - 1), pairs)
-        if m >= 3 and len({len(b) for b in support.values()}) == 1:
+        if m >= 3 and len(set(counts.values())) == 1:
             replicates[source] = _leave_one_out(pairs, own, index, m)
         k += m
     values = _values(terms, _offset(base, normalize))

@@ -222,6 +222,29 @@ class MetaSpec:
         choices=("sgd", "normalized"),
         help="theta - alpha g, or theta - alpha g / |g_encoder| (every task steps the same distance)",
     )
+    support_batch_size: int = _f(
+        0,
+        low=0,
+        high=65_536,
+        help="meta: examples per support batch (a probe), 0: each source's [batch] size",
+    )
+    selection_params: str = _f(
+        "all",
+        help="meta: the parameters selection differentiates: all, or top:K (the top K encoder layers and "
+        "the heads; not the embeddings)",
+    )
+    sketch: int = _f(
+        0,
+        low=0,
+        high=1 << 30,
+        help="first order: keep each support gradient's encoder part as a random-sign sketch of this "
+        "many numbers (0: exactly)",
+    )
+    reuse_training: bool = _f(
+        False,
+        help="agnostic first order: the chosen task's last M training gradients stand in for its support "
+        "batches at the next selection",
+    )
     mixture: str = _f("", help="mixture scheduler: a mixture.json to replay (relative to this file)")
     mixture_phases: bool = _f(False, help="mixture: replay each phase's shares, not the overall ones")
 

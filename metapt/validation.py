@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -330,9 +331,24 @@ def run_problems(
     if meta.scheduler == "single" and meta.single_task and meta.single_task not in [t.name for t in sources]:
         why = f"{meta.single_task!r} is not a source; allowed: {', '.join(meta.sources)}"
         found.append(("[meta].single_task", why))
+    found += [("[meta].selection_params", m) for m in _params_problems(spec)]
     if meta.scheduler == "mixture" and len(sources) == len(meta.sources):  # names known: check the file
         found += [("[meta].mixture", m) for m in _mixture_problems(path, meta, sources)]
     return [Problem(str(path), key, message) for key, message in found]
+
+
+def _params_problems(spec: RunSpec) -> list[str]:
+    """`all`, or `top:K` with 1 <= K (and K <= [model].num_layers for a new encoder)."""
+    rule = spec.meta.selection_params
+    match = re.fullmatch(r"top:(\d+)", rule)
+    if rule != "all" and (match is None or int(match.group(1)) < 1):
+        return [f"{rule!r} is not allowed; allowed: 'all', or 'top:K' with K >= 1 (e.g. 'top:1')"]
+    if match and not spec.model.pretrained and int(match.group(1)) > spec.model.num_layers:
+        return [
+            f"{rule!r} asks for more layers than [model].num_layers = {spec.model.num_layers}; "
+            f"allowed: top:1 to top:{spec.model.num_layers}, or 'all'"
+        ]
+    return []
 
 
 def _mixture_problems(path: Path, meta: MetaSpec, sources: list[TaskSpec]) -> list[str]:

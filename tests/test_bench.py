@@ -26,8 +26,9 @@ import torch
 from conftest import write
 from rich.console import Console
 
-from metapt import bench, engine, selection
+from metapt import bench, engine, selection, study
 from metapt.cli import app
+from metapt.plain import replay as replay_batches
 from metapt.resolve import parse_run
 from metapt.runspec import override
 from metapt.spec import RunSpec
@@ -121,8 +122,11 @@ def test_bench_json_reports_every_figure(runner, specs: dict[str, Path]) -> None
     assert r["mfu"] == pytest.approx(r["train_flops_per_s"] / r["matmul_flops_per_s"])
     assert set(r["selection_call_seconds"]) == {"exact", "first_order", "shared"}
     assert r["untouched_parameters_shared"] is True
-    assert set(r["targets"]) == set(bench.TARGETS)
-    assert all(t["met"] in (True, False) for t in r["targets"].values())
+    assert set(r["targets"]) == set(bench.TARGETS) - {"sources_memory_ratio"}  # no --sources
+    assert [v["name"] for v in r["variants"]] == ["spec", *study.VARIANTS]
+    assert r["reference_batches"] == study.REFERENCE and r["reference_episodes"] == 2
+    for key, t in r["targets"].items():  # no sure episode: no agreement to judge
+        assert t["met"] in (True, False) or (key == "reference_agreement" and r["reference_sure_share"] == 0)
 
     console = Console(width=200, record=True, file=io.StringIO())
     console.print(bench.table(r))
@@ -259,7 +263,7 @@ def test_reuse_leaves_the_selection_alone_and_trains_on_the_support_gradient(
     picked = engine.select_task(a)
     chosen = picked.chosen
     with monkeypatch.context() as m:
-        m.setattr(engine, "_reuses_support", lambda run: False)
+        m.setattr(engine, "reuses_support", lambda run: False)
         plain = engine.select_task(b)
     assert plain.gradient is None and picked.gradient is not None
     assert dataclasses.replace(picked, gradient=None) == plain  # bitwise the same selection
@@ -282,16 +286,16 @@ def test_reuse_leaves_the_selection_alone_and_trains_on_the_support_gradient(
         else:
             torch.testing.assert_close(picked.gradient[name], expected[name], rtol=1e-4, atol=1e-7)
 
-    # _train steps on it first, then draws N - 1 = 2 batches; plain training draws 3.
-    fresh = bench._replay(a.streams["train"][chosen], 3)
+    # train_task steps on it first, then draws N - 1 = 2 batches; plain training draws 3.
+    fresh = replay_batches(a.streams["train"][chosen], 3)
     count = a.streams["train"][chosen].state_dict()["count"]
-    _, train_flops, n_tokens = engine._train(a, chosen, picked.gradient)
+    _, train_flops, n_tokens = engine.train_chosen(a, chosen, picked.gradient)
     assert a.streams["train"][chosen].state_dict()["count"] == count + 2
     assert train_flops == sum(a.flops.train(chosen, x) for x in fresh[:2])
     assert n_tokens == sum(int(x["attention_mask"].sum()) for x in fresh[:2])
     assert a.schedule.last_epoch == 3  # still N optimizer steps
     assert all(p.grad is None for p in a.model.parameters())
-    engine._train(b, chosen)
+    engine.train_chosen(b, chosen)
     assert b.streams["train"][chosen].state_dict()["count"] == count + 3 and b.schedule.last_epoch == 3
 
 
@@ -306,7 +310,7 @@ def test_a_short_run_chooses_the_same_tasks_with_and_without_reuse(
 
     reused = records(tmp_path / "reuse")
     with monkeypatch.context() as m:
-        m.setattr(engine, "_reuses_support", lambda run: False)
+        m.setattr(engine, "reuses_support", lambda run: False)
         plain = records(tmp_path / "plain")
     assert [r["chosen"] for r in reused] == [r["chosen"] for r in plain]
     assert reused[0]["utilities"] == plain[0]["utilities"]
@@ -318,7 +322,7 @@ def test_a_short_run_chooses_the_same_tasks_with_and_without_reuse(
 def test_prefetched_batches_are_the_streams_next_ones(specs: dict[str, Path], tmp_path: Path) -> None:
     run = engine.setup(tiny(specs["pair"], tmp_path / "out"), resume=False)
     stream = run.streams["train"]["docs"]
-    expected = bench._replay(stream, 5)
+    expected = replay_batches(stream, 5)
     got = list(engine._prefetched(stream, 5))
     assert len(got) == 5 and stream.state_dict()["count"] == 5  # nothing drawn beyond the 5
     for x, y in zip(got, expected):

@@ -338,7 +338,7 @@ def test_a_masked_lm_target_leaves_no_gradient_for_training(tmp_path: Path) -> N
     assert all(torch.equal(p, before[n]) for n, p in run.model.encoder.named_parameters())
     stream = run.streams["train"][picked.chosen]
     count = stream.state_dict()["count"]
-    engine._train(run, picked.chosen, picked.gradient)
+    engine.train_chosen(run, picked.chosen, picked.gradient)
     assert stream.state_dict()["count"] == count + run.spec.meta.train_batches
 
 

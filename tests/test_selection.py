@@ -49,7 +49,7 @@ def agnostic(tmp_path_factory: pytest.TempPathFactory) -> engine.Run:
 
 
 def draw(run: engine.Run, per_task: int = 2) -> tuple[dict, list]:
-    """Support batches of every source and target batches of every target, as `engine._select` draws."""
+    """Support batches of every source and target batches of every target, as `engine.draw_batches` draws."""
     support = {s: [run.streams["support"][s].next() for _ in range(per_task)] for s in run.sources}
     targets = [(t, run.streams["target"][t].next()) for t in run.targets for _ in range(per_task)]
     return support, targets

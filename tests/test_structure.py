@@ -11,11 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "metapt"
 
 # Private names still reached across modules, each with the reason it is still there. Remove an entry
 # when its reason goes; a new use anywhere else fails the test.
-KNOWN: dict[tuple[str, str], str] = {
-    ("bench.py", "metapt.engine._train"): "issue 16, second part: a public train_task",
-    ("bench.py", "metapt.engine._shares_targets"): "issue 16, second part: bench on public functions",
-    ("bench.py", "metapt.engine._reuses_support"): "issue 16, second part: bench on public functions",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def _is_module(dotted: str) -> bool:

@@ -1,0 +1,203 @@
+"""`metapt bench`'s selection study (metapt/study.py, growth.py, ghost.py; issue #14): the reference's
+sure rule and the agreement counts by hand, variants parsed from the command line, the bench leaving
+the run's trajectory as `pretrain` makes it, the ghost inner product against materialised gradients,
+and the replicated sources of `--sources`. Tiny runs; no timing is asserted."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write
+
+from metapt import bench, engine, ghost, growth, selection, study
+from metapt.cli import app
+from metapt.errors import MetaptError
+from metapt.model import batch_to
+from metapt.resolve import parse_run
+from metapt.runspec import override
+from metapt.spec import MetaSpec
+
+TASK = """kind = "masked_lm"
+[data]
+format = "synthetic"
+corpus = "{corpus}"
+size = 40
+[batch]
+size = 4
+max_length = 32
+"""
+RUN = """[run]
+output_dir = "ckpt"
+episodes = 4
+device = "cpu"
+[model]
+hidden_size = 32
+num_layers = 1
+num_heads = 2
+intermediate_size = 64
+max_length = 64
+[tokenizer]
+vocab_size = 300
+[meta]
+setting = "agnostic"
+sources = ["docs.toml", "shuffled.toml"]
+utility = "first_order"
+normalize = "relative"
+inner_lr = 1e-3
+support_batches = 2
+support_batch_size = 2
+train_batches = 3
+policy = "bandit"
+sketch = 1000
+epsilon = 0.1
+"""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def spec_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("study-specs")
+    for name, corpus in (("docs", "documents"), ("shuffled", "shuffled")):
+        write(folder, f"{name}.toml", TASK.format(corpus=corpus))
+    return write(folder, "run.toml", RUN)
+
+
+def estimate(values: dict[str, float], terms: dict[str, list]) -> selection.Estimate:
+    tensors = {s: torch.tensor(t, dtype=torch.float64) for s, t in terms.items()}
+    return selection.Estimate(values, tensors, ["x", "x"], 1.0)
+
+
+def test_the_reference_is_sure_when_its_leader_leads_by_more_than_two_standard_errors(
+    spec_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a - b = [[1, 3], [3, 5]]: rows sum to 4, 8 (M var = 2 * 8 = 16), columns to 4, 8 (J var = 16),
+    # an additive matrix (no interaction): gap SE = sqrt(32) = 5.657
+    run = engine.setup(override(parse_run(spec_path), output_dir=tmp_path / "out"), resume=False)
+    streams = study._streams(run, run.spec.meta, "reference")
+    terms = {"docs": [[1.0, 3.0], [3.0, 5.0]], "shuffled": [[0.0, 0.0], [0.0, 0.0]]}
+    for lead, sure in ((12.0, True), (10.0, False)):
+        monkeypatch.setattr(
+            selection, "exact", lambda *a, lead=lead, **k: estimate({"docs": lead, "shuffled": 0.0}, terms)
+        )
+        ref = study.reference(run, streams, 2)
+        assert ref["leader"] == "docs" and ref["sure"] is sure
+        assert ref["z"] == pytest.approx(lead / 32**0.5)
+
+
+def test_agreement_counts_only_the_sure_episodes_by_hand() -> None:
+    ref = [("a", True), ("a", True), ("b", False), ("b", True)]
+    chosen = [["a", "b"], ["a", "a"], ["a", "b"], ["b", "b"]]  # per episode: variant 0, variant 1
+    leaders = [["a", "a"], ["b", "a"], ["b", "b"], ["b", "a"]]
+    records = [
+        {
+            "reference": {"leader": leader, "sure": sure},
+            "train_seconds": 1.0,
+            "variants": [
+                {"chosen": c, "estimate_leader": e, "policy_leader": c, "seconds": 0.25 * (k + 1)}
+                for k, (c, e) in enumerate(zip(cs, es))
+            ],
+        }
+        for (leader, sure), cs, es in zip(ref, chosen, leaders)
+    ]
+    rows = study.rows(records, ["spec", "other"], [{}, {}])
+    # variant 0 chose a, a, b in the 3 sure episodes (leaders a, a, b): 3/3; over all 4: a, a, a, b vs
+    # a, a, b, b: 3/4; its estimate led a, b, b: 2/3
+    assert (rows[0]["agreement_sure"], rows[0]["agreement_all"], rows[0]["estimate_agreement_sure"]) == (
+        1.0,
+        0.75,
+        pytest.approx(2 / 3),
+    )
+    # variant 1: b, a, b in the sure ones -> 2/3; all: b, a, b, b -> 3/4; estimate a, a, a -> 2/3
+    assert (rows[1]["agreement_sure"], rows[1]["agreement_all"]) == (pytest.approx(2 / 3), 0.75)
+    assert rows[1]["estimate_agreement_sure"] == pytest.approx(2 / 3)
+    assert rows[0]["policy_agreement_sure"] == 1.0 and rows[1]["policy_agreement_sure"] == pytest.approx(
+        2 / 3
+    )
+    assert rows[0]["selection_share"] == pytest.approx(0.25 / 1.25)
+    assert rows[1]["selection_share"] == pytest.approx(0.5 / 1.5)
+
+
+def test_variants_parse_meta_keys_and_refuse_unknown_ones() -> None:
+    base = MetaSpec()
+    got = study.parse_variant("support_batch_size=8, policy=greedy,reuse_training=true,sketch=0", base)
+    assert (got.support_batch_size, got.policy, got.reuse_training, got.sketch) == (8, "greedy", True, 0)
+    assert study.parse_variant("", base) == base
+    with pytest.raises(MetaptError, match="'nokey=1' is not KEY=VALUE over a \\[meta\\] key"):
+        study.parse_variant("nokey=1", base)
+    with pytest.raises(
+        MetaptError, match="--variant: 'policy=best': 'best' is not allowed; allowed: bandit, greedy"
+    ):
+        study.parse_variant("policy=best", base)
+    with pytest.raises(MetaptError, match="--variant: 'support_batch_size=-1': -1 is out of range"):
+        study.parse_variant("support_batch_size=-1", base)
+    with pytest.raises(MetaptError, match="--variant: 'sketch=x': 'x' is not an integer"):
+        study.parse_variant("sketch=x", base)
+
+
+def test_the_bench_leaves_the_trajectory_as_pretrain_makes_it(spec_path: Path, tmp_path: Path) -> None:
+    # fitted heads, one untimed episode, then the timed ones: the study, the comparisons and the
+    # plain twin draw from their own streams and RNGs, so the engine's choices are pretrain's
+    spec = override(parse_run(spec_path), output_dir=tmp_path / "out")
+    result = bench.bench(
+        spec, episodes=3, variants=["policy=greedy", "sketch=0"], reference=2, sources=[1, 3]
+    )
+    engine.pretrain(spec)
+    made = [
+        json.loads(line)["chosen"] for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert result["choices"] == made[1:4]
+    names = [row["name"] for row in result["variants"]]
+    assert names == ["spec", "policy=greedy", "sketch=0"]
+    assert result["variants"][0]["estimator"] == "shared" and result["variants"][0]["sketch"] == 1000
+    assert result["reference_episodes"] == 3 and len(result["reference_z"]) == 3
+    assert 0.0 <= result["reference_sure_share"] <= 1.0
+    for row in result["variants"]:
+        assert 0.0 < row["selection_share"] < 1.0 and len(row["choices"]) == 3
+        assert row["memory_ratio"] is None or row["memory_ratio"] > 0
+    assert [g["sources"] for g in result["sources"]] == [1, 3]
+    assert set(result["targets"]) == set(bench.TARGETS)
+    assert [g["batch_size"] for g in result["ghost"]] == [1, 2, 4]  # 1 example, the probe, the batch
+
+
+def test_a_ghost_inner_product_is_the_materialised_one(spec_path: Path, tmp_path: Path) -> None:
+    run = engine.setup(override(parse_run(spec_path), output_dir=tmp_path / "out"), resume=False)
+    stream = run.streams["train"]["docs"]
+    first, second = (batch_to(stream.next(), run.device) for _ in range(2))
+    got = ghost.measure(run.model, "docs", first, second)
+    assert got["ghost_value"] == pytest.approx(got["materialised_value"], rel=1e-5)
+    assert got["ghost_max_error"] < 1e-5
+    # 1 layer: query, key, value, attention output (32 -> 32), intermediate (32 -> 64), output (64 -> 32)
+    assert got["ghost_layers"] == 6
+    tokens = int(first["attention_mask"].sum())
+    assert got["ghost_tokens"] == tokens
+    assert got["ghost_factor_bytes"] == 4 * tokens * (4 * 64 + 96 + 96)
+    assert got["ghost_gradient_bytes"] == 4 * (4 * 32 * 32 + 2 * 32 * 64)
+    assert got["ghost_breakeven_tokens"] == pytest.approx(32 * 64 / 96)
+    assert all(p.grad is None for p in run.model.parameters())
+
+
+def test_sources_are_replicated_under_new_names(spec_path: Path) -> None:
+    spec = parse_run(spec_path)
+    five = growth.replicate(spec, 5)
+    assert [t.name for t in five.sources] == ["docs", "shuffled", "docs-2", "shuffled-2", "docs-3"]
+    assert five.meta.sources == ("docs", "shuffled", "docs-2", "shuffled-2", "docs-3")
+    assert dataclasses.replace(five.sources[2], name="docs") == spec.sources[0]  # the same task otherwise
+
+
+def test_bad_bench_options_exit_2(runner, spec_path: Path) -> None:
+    result = runner.invoke(app, ["bench", str(spec_path), "--sources", "4,x"])
+    assert result.exit_code == 2 and "--sources '4,x': expected comma-separated counts >= 1" in result.output
+    result = runner.invoke(app, ["bench", str(spec_path), "--variant", "nokey=1", "--episodes", "1"])
+    assert result.exit_code == 2 and "'nokey=1' is not KEY=VALUE" in result.output
