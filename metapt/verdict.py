@@ -148,20 +148,18 @@ def per_seed_lines(results: dict[str, Any]) -> list[str]:
     for name, entry in results["schedulers"].items():
         final = (entry.get("heldout") or {}).get("final")
         if final is not None and len(final["values"]) == len(seeds):
-            cells = [f"{v:.3f}" for v in final["values"]]
-            lines.append(
-                f"| {name} | held-out loss | final | "
-                + " | ".join(cells)
-                + f" | {final['mean']:.3f} ± {final['std']:.3f} |"
-            )
+            lines.append(_seed_row(name, "held-out loss", "final", final, 3))
         for task in results["downstream_tasks"]:
             for split in ("validation", "test"):
                 score = entry["downstream"][task].get(split, {}).get(entry["main_metric"][task])
                 if score is not None and len(score["values"]) == len(seeds):
-                    cells = [f"{v:.2f}" for v in score["values"]]
-                    lines.append(
-                        f"| {name} | {task} | {split} | "
-                        + " | ".join(cells)
-                        + f" | {score['mean']:.2f} ± {score['std']:.2f} |"
-                    )
+                    lines.append(_seed_row(name, task, split, score, 2))
     return lines
+
+
+def _seed_row(name: str, what: str, split: str, values: dict[str, Any], digits: int) -> str:
+    """One per-seed table row: the values, then mean ± std, at `digits` decimals."""
+    cells = " | ".join(f"{v:.{digits}f}" for v in values["values"])
+    return (
+        f"| {name} | {what} | {split} | {cells} | {values['mean']:.{digits}f} ± {values['std']:.{digits}f} |"
+    )

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,6 +27,17 @@ def _offline_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         for key, value in OFFLINE.items():
             mp.setenv(key, value)
         yield cache
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """torch on one intra-op thread for a test module (`pytestmark = pytest.mark.usefixtures(...)`),
+    module-scoped runs included: bitwise comparisons need the same thread count throughout, and on a
+    busy 2-core machine two threads wait on each other for every op."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import errno
 import json
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,12 +35,7 @@ AGNOSTIC = FIXTURES / "runs" / "agnostic.toml"
 BINARY = bytes(range(256))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read(fmt: str, path: Path, **data: object) -> object:

@@ -18,7 +18,6 @@ import copy
 import dataclasses
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -67,14 +66,7 @@ epsilon = 0.0
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: bitwise comparisons need a fixed count, and on a busy 2-core machine two
-    threads wait on each other for every op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -250,6 +250,7 @@ def test_report_without_matplotlib_says_how_to_install(
             "unknown scheduler 'meta:bandti' (did you mean 'meta:bandit'?)",
         ),
         (["--schedulers", "uniform:bandit"], "unknown scheduler 'uniform:bandit'"),
+        (["--schedulers", "meta:"], "unknown scheduler 'meta:'"),
         (["--seeds", "1,x"], "--seeds '1,x': expected comma-separated integers"),
         (["--seeds", "2,2"], "expected distinct non-negative integers"),
         (["--budget", "1e9", "--episodes", "2"], "--budget and --episodes both given"),

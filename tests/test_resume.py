@@ -7,11 +7,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from metapt import checkpoint, engine, resuming
@@ -25,12 +23,7 @@ RUNS = Path(__file__).parent / "fixtures" / "runs"
 AGNOSTIC = RUNS / "agnostic.toml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(out: Path, episodes: int = 4, **meta: object) -> RunSpec:

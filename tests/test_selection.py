@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,14 +23,7 @@ RUNS = Path(__file__).parent / "fixtures" / "runs"
 NO_AUTOCAST = contextlib.nullcontext
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread, also for the module-scoped runs (bitwise comparisons need the same
-    count throughout; and on a busy 2-core machine two threads wait on each other for every op)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(tmp_path: Path, name: str = "agnostic.toml", **meta: object) -> RunSpec:

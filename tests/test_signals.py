@@ -13,11 +13,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import write
 from typer.testing import CliRunner
 
@@ -34,12 +32,7 @@ AGNOSTIC = RUNS / "agnostic.toml"
 SCRIPT = Path(sys.executable).with_name("metapt")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(out: Path, episodes: int = 4, **meta: object) -> RunSpec:
