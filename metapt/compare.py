@@ -43,13 +43,12 @@ def parse_schedulers(text: str) -> list[str]:
     """Comma-separated scheduler names, checked against the known ones; `meta:POLICY` is the meta
     scheduler with that [meta].policy (e.g. meta:greedy,meta:bandit compares the two policies)."""
     names = [s.strip() for s in text.split(",") if s.strip()]
-    allowed = ", ".join([*SCHEDULERS, *(f"meta:{p}" for p in POLICIES)])
+    known = [*SCHEDULERS, *(f"meta:{p}" for p in POLICIES)]
+    allowed = ", ".join(known)
     if not names:
         raise MetaptError(f"--schedulers {text!r}: name at least one scheduler; allowed: {allowed}")
     for name in names:
-        base, _, policy = name.partition(":")
-        if base not in SCHEDULERS or (policy and (base != "meta" or policy not in POLICIES)):
-            known = [*SCHEDULERS, *(f"meta:{p}" for p in POLICIES)]
+        if name not in known:
             raise MetaptError(
                 f"--schedulers: unknown scheduler {name!r}{suggest(name, known)}; allowed: {allowed}"
             )
