@@ -50,7 +50,7 @@ _sync, _timed = study.sync_for, study.timed
 def throughput(
     run: engine.Run, plain: tuple, sync: Callable[[], None], say: Say, rounds: int = 2
 ) -> dict[str, float]:
-    """`engine.train_task` vs `plain_steps` on the same N batches, for every source and `rounds` times,
+    """`steps.train_task` vs `plain_steps` on the same N batches, for every source and `rounds` times,
     alternating which goes first: a load spike on a shared machine then hurts both alike."""
     meta = run.spec.meta
     totals = dict.fromkeys(("engine_s", "plain_s", "tokens", "flops", "steps"), 0.0)
@@ -116,10 +116,9 @@ def episodes_for(spec: RunSpec, episodes: int | None) -> int:
 def run_episodes(
     run: engine.Run, n: int, sync: Callable[[], None], say: Say, lab: study.Study, compare: engine.Run
 ) -> dict[str, Any]:
-    """`n` engine episodes (selection every `select_every`, as `engine.pretrain` decides), each
+    """`n` engine episodes (selecting when `engine.selects`, as `engine.pretrain` does), each
     preceded by the study on the weights it selects on and followed by an untimed utility comparison
     and a timed matrix product. The study and the comparison draw from their own streams."""
-    every = run.spec.meta.select_every
     out: dict[str, Any] = {"selection_s": 0.0, "train_s": 0.0, "selections": 0, "choices": []}
     out["records"], out["rates"], last, gradient = [], [], run.history[-1] if run.history else None, None
     out["explored"] = []
@@ -127,7 +126,7 @@ def run_episodes(
         say(f"episode {e + 1}/{n}: reference and {len(lab.views)} variants")
         lab.episode(run, sync)
         explored = False
-        if last is None or run.episode % every == 0:
+        if engine.selects(run, last):
             picked, seconds = _timed(lambda: engine.select_step(run)[0], sync)
             last, gradient, explored = picked.chosen, picked.gradient, picked.explored
             out["selection_s"] += seconds

@@ -1,23 +1,22 @@
 """`metapt pretrain`: the episode loop of Algorithm 1 and of the baseline schedulers.
 
-Per episode: (meta) `select_task` samples the target batches once, scores every source task's M inner
-steps on them and lets the policy choose, then `step_target_heads` gives the aware target heads one
-head-only step; (baselines) the scheduler draws the task; then `train_task` takes N AdamW steps on the
-chosen task. `setup` assembles the run from metapt/builders.py. One JSON line per episode goes to
-OUTPUT_DIR/metrics.jsonl; the screen is reached only through `callback(event, data)`.
+Per episode: (meta) `select_step` draws the target batches once and `steps.select_task` scores every
+source task's M inner steps on them and lets the policy choose, then `steps.step_target_heads` gives
+the aware target heads one head-only step; (baselines) the scheduler draws the task; then
+`steps.train_task` takes N AdamW steps on the chosen task (`train_chosen`). `setup` assembles the run
+from metapt/builders.py. One JSON line per episode goes to OUTPUT_DIR/metrics.jsonl (episodelog.py);
+the screen is reached only through `callback(event, data)`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import datasets
 import torch
@@ -25,6 +24,7 @@ import torch
 from metapt import (
     checkpoint,
     distributed,
+    episodelog,
     fitting,
     heldout,
     mixture,
@@ -33,6 +33,7 @@ from metapt import (
     policies,
     probes,
     resuming,
+    runstate,
     selection,
 )
 from metapt.builders import build_encoder, build_model, build_optimizers, build_streams
@@ -47,13 +48,14 @@ from metapt.data.pipeline import (
 )
 from metapt.data.tokenizer import load_tokenizer, train_wordpiece
 from metapt.device import autocast_for, pick_device
-from metapt.errors import MetaptError, TrainingError
-from metapt.flops import FlopCounter, tokens
+from metapt.errors import TrainingError
+from metapt.flops import FlopCounter
 from metapt.interrupts import interrupts
 from metapt.model import MultiTaskModel, batch_to
 from metapt.schedulers import BASELINES
 from metapt.spec import RunSpec
-from metapt.train import Optimization, accumulate
+from metapt.steps import InnerStep, Selection, TrainStats, select_task, step_target_heads, train_task
+from metapt.train import Optimization
 
 Callback = Callable[[str, dict[str, Any]], None]
 TOKENIZER_SAMPLE = 100_000  # records of a streamed source read to build a vocabulary
@@ -177,7 +179,7 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
     )
     if resume_dir is not None:  # the checkpoint's state, with the run spec's learning rates
         rates = resuming.rates(run.optimizer, head_optimizer)
-        _restore(run, resume_dir)
+        runstate.restore(run, resume_dir)
         resuming.reapply(rates, run.schedule, run.optimizer, head_optimizer)
     if world > 1:  # as DDP does: every rank starts from rank 0's weights
         distributed.broadcast_parameters([model])
@@ -209,91 +211,6 @@ def _roles(spec: RunSpec) -> tuple[list[str], list[str]]:
         sources.insert(0, meta.single_task)
     targets = [t.name for t in spec.targets] if meta.setting == "aware" else list(sources)
     return sources, targets
-
-
-def _restore(run: Run, folder: Path) -> None:
-    _, heads, _, state = checkpoint.load_state(folder)
-    run.model.heads.load_state_dict({k: v.to(run.device) for k, v in heads.items()})
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.schedule.load_state_dict(state["schedule"])
-    if run.head_optimizer is not None:
-        run.head_optimizer.load_state_dict(state["head_optimizer"])
-    for group, streams in run.streams.items():
-        for name, s in streams.items():
-            s.load_state_dict(state["streams"][group][name])
-    run.explore.set_state(state["explore"])
-    run.policy.load_state_dict(state.get("policy", {}))
-    run.reused = probes.from_state(state.get("reused", {}), run.device)
-    torch.set_rng_state(state["torch_rng"])
-    if torch.cuda.is_available() and "cuda_rng" in state:
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    ranks = state.get("rank_rng", [])
-    if run.world > 1 and len(ranks) == run.world:  # each rank's own dropout RNG (same world size only)
-        torch.set_rng_state(ranks[run.rank]["torch"])
-        if "cuda" in ranks[run.rank] and run.device.type == "cuda":
-            torch.cuda.set_rng_state(ranks[run.rank]["cuda"], run.device)
-    run.episode, run.history, run.totals = state["episode"], list(state["history"]), dict(state["totals"])
-
-
-def save(run: Run) -> Path:
-    """Checkpoint the run after `run.episode` completed episodes. Every rank calls it; rank 0 writes
-    (with every rank's RNG state), and the others wait until the checkpoint is complete."""
-    rng = {"torch": torch.get_rng_state()}
-    if run.device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(run.device)
-    ranks = distributed.gather(rng)
-    if run.rank != 0:
-        distributed.barrier("waiting for rank 0 to write the checkpoint")
-        return run.out / f"checkpoint-{run.episode:06d}"
-    state = {
-        "episode": run.episode,
-        "history": run.history,
-        "totals": run.totals,
-        "optimizer": run.optimizer.state_dict(),
-        "schedule": run.schedule.state_dict(),
-        "head_optimizer": run.head_optimizer.state_dict() if run.head_optimizer else {},
-        "streams": {g: {n: s.state_dict() for n, s in ss.items()} for g, ss in run.streams.items()},
-        "explore": run.explore.get_state(),
-        "policy": run.policy.state_dict(),
-        "reused": probes.state_of(run.reused),
-        "torch_rng": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    if run.world > 1:
-        state["rank_rng"] = ranks
-    heads_info = {
-        n: {
-            "kind": t.spec.kind,
-            "spec": t.spec.path,
-            "info": t.info,
-            "role": "source" if n in run.sources else "target",
-        }
-        for n, t in run.tasks.items()
-    }
-    manifest = {
-        "run_spec": run.spec.path,
-        "setting": run.spec.meta.setting,
-        "scheduler": run.spec.meta.scheduler,
-        "seed": run.spec.run.seed,
-        "episodes": run.spec.run.episodes,
-        "spec": resuming.fingerprint(run.spec),  # what --resume compares the run spec with
-    }
-    records = mixture.read_records(run.out / "metrics.jsonl", run.episode)
-    mix = {mixture.FILE: json.dumps(mixture.summarise(run.sources, run.history, records), indent=2)}
-    folder = checkpoint.save(
-        run.out,
-        run.episode,
-        run.model.encoder,
-        run.tokenizer,
-        run.model.heads,
-        heads_info,
-        state,
-        manifest,
-        mix,
-    )
-    distributed.barrier("writing the checkpoint")
-    return folder
 
 
 def _check(value: float, what: str, run: Run) -> None:
@@ -336,40 +253,6 @@ def reuses_training(run: Run) -> bool:
     return meta.reuse_training and meta.scheduler == "meta" and shares_targets(run) and enough
 
 
-def _prefetched(stream: BatchStream, n: int) -> Any:
-    """A generator of the stream's next `n` batches, each collated in a background thread while the
-    one before it trains (on CPU collation is ~4% of a step). It never draws more than `n`, so the
-    stream ends where drawing them one by one leaves it, with the same batches."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    if n <= 0:
-        return
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        upcoming = pool.submit(stream.next)
-        for i in range(n):
-            batch = upcoming.result()
-            if i + 1 < n:
-                upcoming = pool.submit(stream.next)
-            yield batch
-
-
-@dataclass
-class Selection:
-    """One meta step: the task chosen, the evidence it was chosen on, and what it cost."""
-
-    chosen: str
-    explored: bool
-    utilities: dict[str, float]  # u(s) as Algorithm 1 sums them
-    utility_se: dict[str, float | None]  # their standard errors (None with one support batch)
-    lead_z: float | None  # how far the chosen task leads the runner-up, in standard errors
-    policy_scores: dict[str, float]  # what the policy ranked by (greedy: the utilities)
-    floor: float | None  # rounding resolution of a utility (exact)
-    target_loss: float  # mean target loss at theta
-    flops: int
-    gradient: selection.Params | None  # the chosen task's mean support gradient (first-order reuse)
-    targets: selection.TargetBatches  # the target batches every candidate was scored on
-
-
 def draw_batches(run: Run, shared: bool, given: Any = ()) -> tuple[selection.TargetBatches, dict[str, list]]:
     """This selection's target batches (M of every target, shared by every candidate) and M support
     batches of every source (none of a `given` one: its probes were kept from training)."""
@@ -387,32 +270,6 @@ def draw_batches(run: Run, shared: bool, given: Any = ()) -> tuple[selection.Tar
     return targets, support
 
 
-def estimate_utilities(run: Run) -> tuple[selection.Estimate, selection.TargetBatches, int]:
-    """Score every source (dropout off): (the estimate, the target batches it used, its FLOPs)."""
-    meta, model = run.spec.meta, run.model
-    shared = shares_targets(run)  # agnostic first-order: the support batches are the target batches
-    given = (run.reused or {}) if reuses_training(run) else {}
-    targets, support = draw_batches(run, shared, given)
-    target_fwd = sum(run.flops.forward(t, b) for t, b in targets)
-    support_train = sum(run.flops.train(s, b) for s, bs in support.items() for b in bs)
-    args = (meta.inner_lr, meta.normalize, run.autocast, meta.inner_step)
-    probing = selection.Probing(meta.selection_params, meta.sketch, _signs(run), reuses_support(run), given)
-    model.eval()  # dropout off: otherwise the utilities are noise (DESIGN.md section 1)
-    try:
-        if meta.utility == "exact":
-            estimate = selection.exact(model, support, targets, *args, meta.selection_params)
-            flops = target_fwd + support_train + target_fwd * sum(len(b) for b in support.values())
-        elif shared:
-            estimate = selection.shared(model, support, *args, probing)
-            flops = support_train
-        else:  # the target losses at theta come with the target gradients' forwards
-            estimate = selection.first_order(model, support, targets, *args, probing)
-            flops = 3 * target_fwd + support_train
-    finally:
-        model.train()
-    return estimate, targets, flops
-
-
 def _signs(run: Run) -> torch.Generator | None:
     """The sketch's random signs for this selection: fresh every episode (so sketch errors average out
     over selections) and a function of the seed and the episode (so a resumed run draws the same)."""
@@ -421,126 +278,47 @@ def _signs(run: Run) -> torch.Generator | None:
     return torch.Generator().manual_seed(stable_seed(run.spec.run.seed, "sketch", run.episode))
 
 
-def select_task(run: Run) -> Selection:
-    """The meta step: estimate every source's utility on the same target batches, and let the policy
-    choose. The live model is not changed (the aware target heads step after it: `step_target_heads`)."""
+def select_run(run: Run) -> Selection:
+    """`steps.select_task` on the run: its model and policy, this selection's batches from its
+    streams, the probes its last training kept (reuse_training), its [meta] settings."""
     meta = run.spec.meta
-    estimate, targets, flops = estimate_utilities(run)
-    for u in estimate.values.values():
-        _check(u, "a task utility", run)
-    # torchrun: every rank scored the same batches; the average makes the policies' inputs identical
-    values = distributed.average(estimate.values)
-    choice = run.policy.choose(values, run.explore)
-    se = {s: estimate.se(s) for s in values}
-    if meta.policy == "greedy":
-        runner = (
-            policies.argmax({s: v for s, v in values.items() if s != choice.chosen})
-            if len(values) > 1
-            else None
-        )
-        gap = None if runner is None else estimate.gap_se(choice.chosen, runner)
-        lead = None if gap is None or gap == 0 else (values[choice.chosen] - values[runner]) / gap
-    else:
-        lead = policies.lead(choice.scores, choice.score_se, choice.chosen)
-    gradient = None
-    # the gradient of the chosen task's mean support loss (dropout off); none when its probes were
-    # kept from training (reuse_training)
-    if reuses_support(run) and choice.chosen in estimate.gradients:
-        gradient = {n: g.div_(meta.support_batches) for n, g in estimate.gradients[choice.chosen].items()}
-    return Selection(
-        choice.chosen,
-        choice.explored,
-        values,
-        se,
-        lead,
-        choice.scores,
-        estimate.floor,
-        estimate.target_loss,
-        flops,
-        gradient,
+    estimator = "shared" if shares_targets(run) else meta.utility
+    given = (run.reused or {}) if reuses_training(run) else {}
+    targets, support = draw_batches(run, estimator == "shared", given)
+    return select_task(
+        run.model,
+        support,
         targets,
+        run.policy,
+        estimator=estimator,
+        inner=InnerStep(meta.inner_lr, meta.normalize, run.autocast, meta.inner_step),
+        probing=selection.Probing(
+            meta.selection_params, meta.sketch, _signs(run), reuses_support(run), given
+        ),
+        explore=run.explore,
+        counter=run.flops,
+        check=lambda value, what: _check(value, what, run),
     )
 
 
-def step_target_heads(run: Run, targets: selection.TargetBatches) -> int:
-    """One head-only AdamW step (`head_lr`, the encoder frozen) of the aware target heads on a
-    selection's target batches, so they keep up with the encoder; the next selection scores with
-    them, on other batches. Returns its FLOPs (0 without aware target heads)."""
+def selects(run: Run, last: str | None) -> bool:
+    """Whether the meta scheduler's episode `run.episode` selects: the first one (nothing chosen yet,
+    `last` None), then every `select_every`-th; in between it keeps `last`."""
+    return last is None or run.episode % run.spec.meta.select_every == 0
+
+
+def select_step(run: Run) -> tuple[Selection, int]:
+    """The episode's meta step: `select_run`, then (aware) the target heads' head-only step on the
+    batches it scored; (the selection, that step's FLOPs)."""
+    picked = select_run(run)
     if run.head_optimizer is None:
-        return 0
-    flops = 0
-    for t, batch in targets:
-        loss, _ = run.model(t, batch, detach_encoder=True)
-        loss.backward()
-        flops += run.flops.forward(t, batch)
-    run.head_optimizer.step()
-    run.model.zero_grad(set_to_none=True)  # nothing of the target update reaches the training step
+        return picked, 0
+    flops = step_target_heads(run.model, run.head_optimizer, picked.targets, run.flops)
     if run.world > 1:
         # Every rank stepped its copy of the target heads on the same batches; rank 0's copy wins, so
         # per-rank dropout or CUDA kernels cannot make the copies drift apart.
         distributed.broadcast_parameters([run.model.heads[t] for t in run.targets])
-    return flops
-
-
-class TrainStats(NamedTuple):
-    """What `train_task` did: the mean loss, the FLOPs and the tokens of the batches it drew."""
-
-    loss: float
-    flops: int
-    tokens: int
-
-
-def select_step(run: Run) -> tuple[Selection, int]:
-    """The episode's meta step: `select_task`, then (aware) the target heads' head-only step on the
-    batches it scored; (the selection, that step's FLOPs)."""
-    picked = select_task(run)
-    return picked, step_target_heads(run, picked.targets)
-
-
-def train_task(
-    model: MultiTaskModel,
-    stream: BatchStream,
-    optimization: Optimization,
-    steps: int,
-    *,
-    gradient: selection.Params | None,
-    grad_accumulation: int,
-    device: torch.device,
-    autocast: Callable[[], contextlib.AbstractContextManager],
-    counter: FlopCounter,
-    check: Callable[[float, str], None],
-    keep: int = 0,
-    kept: list[probes.Probe] | None = None,
-    selection_params: str = "all",
-) -> TrainStats:
-    """N = `steps` optimizer steps on the stream's task, each on a fresh batch (split into
-    `grad_accumulation` micro-batches unless the kind's examples interact; under torchrun the ranks'
-    gradients averaged). With `gradient` (first-order selection's mean support gradient of this task)
-    the first step is taken with it and N - 1 batches are drawn: its FLOPs were counted by selection,
-    its loss and tokens are not in the result. `check(loss, what)` raises on a non-finite loss. With
-    `keep` = K > 0 (reuse_training), the gradients of the last K batches are appended to `kept`."""
-    task = stream.task.name
-    parts = grad_accumulation if KINDS[stream.task.spec.kind].micro_batches else 1
-    losses, flops, n_tokens = [], 0, 0
-    model.zero_grad(set_to_none=True)
-    if gradient is not None:
-        for name, p in model.named_parameters():
-            if name in gradient:
-                p.grad = gradient[name]
-        optimization.step(model)
-        steps -= 1
-    for i, batch in enumerate(_prefetched(stream, steps)):
-        batch = batch_to(batch, device)
-        loss = accumulate(lambda b: model(task, b)[0], batch, parts, autocast)
-        loss = distributed.average_gradients(model, loss, batch)  # torchrun: the global batch's mean
-        check(float(loss), f"the training loss of {task!r}")
-        if kept is not None and i >= steps - keep:  # reuse_training: before clipping, as a selection does
-            kept.append(probes.capture(model, task, selection_params, float(loss)))
-        optimization.step(model)
-        losses.append(float(loss))
-        flops += counter.train(task, batch)
-        n_tokens += tokens(batch)
-    return TrainStats(sum(losses) / max(1, len(losses)), flops, n_tokens)
+    return picked, flops
 
 
 def train_chosen(run: Run, task: str, gradient: selection.Params | None = None) -> TrainStats:
@@ -609,7 +387,7 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
         if spec.run.eval_every and run.episode < total
         else None
     )
-    metrics_path = _metrics_file(run)
+    metrics_path = episodelog.open_metrics(run.out, run.rank, run.episode)
     watch = pointless.Divergence.from_metrics(metrics_path)
 
     def spent() -> float:
@@ -629,7 +407,7 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
                     run.episode, total, sizes, run.explore, meta.temperature, shares
                 )
                 chosen, explored, reused = run.sources[i], False, False
-            elif last is not None and run.episode % meta.select_every:  # between selections: keep it
+            elif not selects(run, last):  # between selections: keep the last task
                 chosen, explored, reused = last, False, True
             else:  # Algorithm 1: every source's utility on the same target batches, the policy's choice
                 picked, head_flops = select_step(run)
@@ -648,17 +426,20 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
             run.episode += 1
             run.history.append(chosen)
             last = chosen
-            cost = Cost(
+            cost = episodelog.Cost(
                 t1 - t0, t2 - t1, (picked.flops if picked else 0) + fit_flops, stats.flops, stats.tokens
             )
             fit_seconds, fit_flops = 0.0, 0
-            _account(run.totals, cost, picked)
-            record = _record(run, chosen, explored, reused, utilities, picked, stats, cost)
+            episodelog.account(run.totals, cost, picked)
+            lr = run.schedule.get_last_lr()[0]
+            record = episodelog.record(
+                run.episode, chosen, (explored, reused), utilities, picked, stats, cost, lr, run.history
+            )
             final = run.episode == total or stop.asked or (max_flops is not None and spent() >= max_flops)
             if held is not None and heldout.due(run.episode, spec.run.eval_every, final):
                 # measured, not charged: evaluation FLOPs are not in `spent()`
                 record |= heldout.evaluate(run.model, run.tasks, held, run.flops, run.autocast, spec.run)
-            _append(metrics_path, record, run.rank)
+            episodelog.append(metrics_path, record, run.rank)
             callback("episode", record)
             if warning := watch.observe(chosen, run.episode, stats.loss, meta.lr, meta.max_grad_norm):
                 callback("warning", {"message": warning})
@@ -670,30 +451,13 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
                 or stopping
                 or out_of_budget
             ):
-                save(run)
+                runstate.save(run)
                 callback("checkpoint", {"episode": run.episode, "path": str(run.out)})
     if total == 0 and not resume:  # `--episodes 0`: the initial weights, a baseline for finetuning
-        save(run)
+        runstate.save(run)
     summary = _summary(run, total, stop.signal)
     callback("end", summary)
     return summary
-
-
-def _metrics_file(run: Run) -> Path:
-    """OUTPUT_DIR/metrics.jsonl, claimed by rank 0 and cut back to the checkpoint's episodes."""
-    path = run.out / "metrics.jsonl"
-    if run.rank == 0:
-        run.out.mkdir(parents=True, exist_ok=True)
-        outdir.claim(run.out, path.name)
-        _truncate_metrics(path, run.episode)
-    return path
-
-
-def _append(path: Path, record: dict[str, Any], rank: int) -> None:
-    """One JSON line (rank 0 alone writes)."""
-    if rank == 0:
-        with path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
 
 
 def _start_event(run: Run) -> dict[str, Any]:
@@ -741,55 +505,6 @@ def _fit_heads_first(run: Run, callback: Callback) -> tuple[float, int]:
     return seconds, fitted["flops"]
 
 
-class Cost(NamedTuple):
-    """What an episode spent: seconds and FLOPs of selecting and of training, and training tokens."""
-
-    selection_seconds: float
-    train_seconds: float
-    selection_flops: int
-    train_flops: int
-    tokens: int
-
-
-def _account(totals: dict[str, float], cost: Cost, picked: Selection | None) -> None:
-    """Add an episode's cost to the run's totals, and count a selection's lead against its noise."""
-    for key, value in cost._asdict().items():
-        totals[key] += value
-    if picked is not None:
-        _count_noise(totals, picked.lead_z)
-
-
-def _record(
-    run: Run,
-    chosen: str,
-    explored: bool,
-    reused: bool,
-    utilities: dict[str, float],
-    picked: Selection | None,
-    stats: TrainStats,
-    cost: Cost,
-) -> dict[str, Any]:
-    """The episode's metrics.jsonl line (DESIGN.md section 6); the selection's fields are empty when the
-    episode did not select."""
-    return {
-        "episode": run.episode,
-        "chosen": chosen,
-        "explored": explored,
-        "reused": reused,
-        "utilities": utilities,
-        "utility_se": picked.utility_se if picked else {},
-        "lead_z": picked.lead_z if picked else None,
-        "policy_scores": picked.policy_scores if picked else {},
-        "utility_floor": picked.floor if picked else None,
-        "train_loss": stats.loss,
-        "target_loss": picked.target_loss if picked else None,
-        "lr": run.schedule.get_last_lr()[0],
-        **cost._asdict(),
-        "counts": dict(Counter(run.history)),
-        **heldout.EMPTY,  # filled in on the episodes that evaluate
-    }
-
-
 def _summary(run: Run, total: int, stopped_by: int) -> dict[str, Any]:
     """What `pretrain` returns (and the callback's "end" event): episodes done, counts, totals, a message."""
     done = run.episode >= total
@@ -798,7 +513,7 @@ def _summary(run: Run, total: int, stopped_by: int) -> dict[str, Any]:
         f"(selection {run.totals['selection_seconds']:.1f}s, training {run.totals['train_seconds']:.1f}s)"
     )
     return {
-        "noise": noise_verdict(run.totals, run.spec.meta.policy),
+        "noise": episodelog.noise_verdict(run.totals, run.spec.meta.policy),
         "episodes": run.episode,
         "complete": done,
         "output_dir": str(run.out),
@@ -808,68 +523,3 @@ def _summary(run: Run, total: int, stopped_by: int) -> dict[str, Any]:
         "rank": run.rank,
         "signal": stopped_by,  # the signal that stopped the run early (0: none)
     }
-
-
-SURE = 2.0  # a choice is above noise when it leads the runner-up by more than this many standard errors
-
-
-def _count_noise(totals: dict[str, float], lead: float | None) -> None:
-    """Count a selection, and whether its lead was within noise or had no error bar."""
-    totals["selections"] = totals.get("selections", 0) + 1
-    if lead is None:
-        totals["selections_without_se"] = totals.get("selections_without_se", 0) + 1
-    elif abs(lead) <= SURE:
-        totals["selections_within_noise"] = totals.get("selections_within_noise", 0) + 1
-
-
-def noise_verdict(totals: dict[str, float], policy: str) -> str | None:
-    """A one-line warning when most selections could not tell their tasks apart, else None."""
-    n = int(totals.get("selections", 0))
-    within, unknown = (
-        int(totals.get("selections_within_noise", 0)),
-        int(totals.get("selections_without_se", 0)),
-    )
-    if n == 0:
-        return None
-    if unknown * 2 > n:
-        return (
-            f"{unknown} of {n} selections had no standard error (one support batch per source, or two "
-            "with the agnostic shared estimate): nothing shows whether the choices beat noise; use "
-            'support_batches >= 2 (>= 3 for the shared estimate) or policy = "bandit"'
-        )
-    if within * 2 > n:
-        what = "its running estimates" if policy == "bandit" else "the utilities"
-        return (
-            f"{within} of {n} selections chose within {SURE:g} standard errors of the runner-up by {what}: "
-            "most choices were not distinguishable from noise"
-        )
-    return None
-
-
-def _truncate_metrics(path: Path, episodes_done: int) -> None:
-    """Drop metric lines of episodes after the checkpoint being resumed (their work was lost), and a
-    last line cut short by a kill mid-write. The file is replaced atomically."""
-    if not path.exists():
-        return
-    if episodes_done == 0:
-        path.unlink()
-        return
-    lines = path.read_text(errors="replace").splitlines()
-    keep = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            episode = json.loads(line)["episode"]
-        except (ValueError, KeyError, TypeError):
-            if number == len(lines):  # the line being written when the process died
-                continue
-            raise MetaptError(
-                f"{path}:{number}: not an episode record; metapt writes one JSON object per line. "
-                "Remove or fix that line, then --resume again."
-            ) from None
-        if episode <= episodes_done:
-            keep.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)

@@ -63,7 +63,7 @@ def memory(
     run: engine.Run, views: dict[str, engine.Run], train_step: Callable[[str], None], rounds: int = 2
 ) -> dict[str, Any]:
     """Peak memory of `train_step(source)` for every source (the largest), and of one
-    `engine.select_task` of every view (a run sharing the model: the spec's selection and variants)."""
+    `engine.select_run` of every view (a run sharing the model: the spec's selection and variants)."""
     reset, peak, method = peak_probe(run.device)
     out: dict[str, Any] = {"memory_method": method if reset else None, "selections": {}}
     if reset is None or peak is None:
@@ -78,7 +78,7 @@ def memory(
             train, train_extra = max(train, peak()), max(train_extra, peak() - base)
         for name, v in views.items():
             base = reset()
-            picked = engine.select_task(v)
+            picked = engine.select_run(v)
             top, extra = peak(), peak() - base
             del picked
             selections[name] = (max(selections[name][0], top), max(selections[name][1], extra))

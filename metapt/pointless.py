@@ -36,7 +36,7 @@ class Divergence:
                     r = json.loads(line)
                     watch.first.setdefault(r["chosen"], (int(r["episode"]), float(r["train_loss"])))
                 except (ValueError, KeyError, TypeError):
-                    continue  # _truncate_metrics has already refused or dropped such lines
+                    continue  # episodelog.truncate has already refused or dropped such lines
         return watch
 
     def observe(self, task: str, episode: int, loss: float, lr: float, clip: float) -> str | None:

@@ -6,7 +6,7 @@ Before every engine episode (so on the weights that episode selects on), the stu
   of each, training-sized), whose leader is *sure* when it leads the runner-up by more than `SURE`
   standard errors of their gap (`Estimate.gap_se`);
 - runs every *variant* (the run spec with [meta] keys changed, e.g. `support_batch_size=8`) through
-  `engine.select_task` on a view of the run: its own support and target streams, its own policy (with
+  `engine.select_run` on a view of the run: its own support and target streams, its own policy (with
   epsilon 0: exploration is a choice not to agree) and no target-head step, so the live model and
   the run's streams, RNG and policy are untouched and the engine's trajectory is `pretrain`'s. Each
   variant is timed, and its choice compared with the reference's leader.
@@ -96,7 +96,7 @@ def _streams(run: engine.Run, meta: MetaSpec, salt: str) -> dict[str, dict[str, 
 
 def view(run: engine.Run, meta: MetaSpec, salt: str) -> engine.Run:
     """A run that shares `run`'s model and everything it reads, with its own streams, policy and
-    generators: `engine.select_task` on it leaves `run` as it was."""
+    generators: `engine.select_run` on it leaves `run` as it was."""
     meta = dataclasses.replace(meta, epsilon=0.0)
     return dataclasses.replace(
         run,
@@ -155,7 +155,7 @@ class Study:
         for v in self.views:
             v.episode, v.model = run.episode, run.model
             sync()
-            picked, seconds = timed(lambda v=v: engine.select_task(v), sync)
+            picked, seconds = timed(lambda v=v: engine.select_run(v), sync)
             record["variants"].append(
                 {
                     "chosen": picked.chosen,

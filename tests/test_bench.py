@@ -25,7 +25,7 @@ import torch
 from conftest import write
 from rich.console import Console
 
-from metapt import bench, engine, selection, study
+from metapt import bench, engine, selection, steps, study
 from metapt.cli import app
 from metapt.plain import replay as replay_batches
 from metapt.resolve import parse_run
@@ -252,11 +252,11 @@ def test_reuse_leaves_the_selection_alone_and_trains_on_the_support_gradient(
     a = engine.setup(tiny(specs["pair"], tmp_path / "a"), resume=False)
     b = engine.setup(tiny(specs["pair"], tmp_path / "b"), resume=False)
     support_state = {s: a.streams["support"][s].state_dict() for s in a.sources}
-    picked = engine.select_task(a)
+    picked = engine.select_run(a)
     chosen = picked.chosen
     with monkeypatch.context() as m:
         m.setattr(engine, "reuses_support", lambda run: False)
-        plain = engine.select_task(b)
+        plain = engine.select_run(b)
     assert plain.gradient is None and picked.gradient is not None
     assert dataclasses.replace(picked, gradient=None) == plain  # bitwise the same selection
     assert all(p.grad is None for p in a.model.parameters())  # the reused gradient is an argument
@@ -315,8 +315,8 @@ def test_prefetched_batches_are_the_streams_next_ones(specs: dict[str, Path], tm
     run = engine.setup(tiny(specs["pair"], tmp_path / "out"), resume=False)
     stream = run.streams["train"]["docs"]
     expected = replay_batches(stream, 5)
-    got = list(engine._prefetched(stream, 5))
+    got = list(steps.prefetched(stream, 5))
     assert len(got) == 5 and stream.state_dict()["count"] == 5  # nothing drawn beyond the 5
     for x, y in zip(got, expected):
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
-    assert list(engine._prefetched(stream, 0)) == [] and stream.state_dict()["count"] == 5
+    assert list(steps.prefetched(stream, 0)) == [] and stream.state_dict()["count"] == 5

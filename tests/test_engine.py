@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from torch.optim.lr_scheduler import LambdaLR
 
-from metapt import checkpoint, engine, schedulers, train
+from metapt import checkpoint, engine, episodelog, schedulers, train
 from metapt.errors import TrainingError
 from metapt.model import MultiTaskModel
 from metapt.resolve import parse_run
@@ -324,7 +324,7 @@ def test_a_masked_lm_target_leaves_no_gradient_for_training(tmp_path: Path) -> N
     run = engine.setup(tiny(tmp_path / "out", "planted.toml"), resume=False)
     assert run.spec.meta.utility == "exact" and run.head_optimizer is not None
     before = {n: p.detach().clone() for n, p in run.model.encoder.named_parameters()}
-    picked = engine.select_task(run)
+    picked = engine.select_run(run)
     assert picked.gradient is None
     assert all(p.grad is None for p in run.model.parameters())
     assert all(torch.equal(p, before[n]) for n, p in run.model.encoder.named_parameters())
@@ -371,14 +371,14 @@ def test_a_bandit_run_logs_its_estimates_and_resumes_bitwise(tmp_path: Path) -> 
 
 def test_most_choices_within_noise_say_so() -> None:
     totals = {"selections": 10, "selections_within_noise": 6}
-    assert engine.noise_verdict(totals, "greedy").startswith(
+    assert episodelog.noise_verdict(totals, "greedy").startswith(
         "6 of 10 selections chose within 2 standard errors"
     )
-    assert engine.noise_verdict({"selections": 10, "selections_within_noise": 5}, "greedy") is None
-    assert "no standard error" in engine.noise_verdict(
+    assert episodelog.noise_verdict({"selections": 10, "selections_within_noise": 5}, "greedy") is None
+    assert "no standard error" in episodelog.noise_verdict(
         {"selections": 4, "selections_without_se": 3}, "greedy"
     )
-    assert engine.noise_verdict({}, "bandit") is None
+    assert episodelog.noise_verdict({}, "bandit") is None
 
 
 # ------------------------------------------------------------------------------- NaN stops

@@ -49,7 +49,7 @@ def test_support_probes_have_the_probe_size_and_their_flops_are_counted(tmp_path
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(selection, "shared", spy)
-        picked = engine.select_task(run)
+        picked = engine.select_run(run)
     support = seen[0]
     assert {s: [b["input_ids"].shape[0] for b in bs] for s, bs in support.items()} == {
         "mlm": [2, 2],
@@ -70,7 +70,7 @@ def test_a_sketch_keeps_d_numbers_per_probe_and_no_sums(tmp_path: Path) -> None:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(selection, "_store", spy)
-        picked = engine.select_task(run)
+        picked = engine.select_run(run)
     assert stores[0].matrix.shape == (4, 1000)  # 2 sources x M = 2 probes, 1000 numbers each
     assert not engine.reuses_support(run) and picked.gradient is None  # no model-sized sums kept
     assert engine.reuses_support(engine.setup(tiny(tmp_path / "b"), resume=False))
@@ -89,7 +89,7 @@ def test_reuse_training_keeps_the_last_m_training_gradients_before_clipping(tmp_
         seen.append(torch.cat([live[n].grad.reshape(-1) for n in names]).clone())
         step(self, model)
 
-    picked = engine.select_task(run)
+    picked = engine.select_run(run)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Optimization, "step", spy)
         engine.train_chosen(run, picked.chosen, picked.gradient)
@@ -102,7 +102,7 @@ def test_reuse_training_keeps_the_last_m_training_gradients_before_clipping(tmp_
     # the next selection takes them: the chosen task's support stream does not move, the other's does
     counts = {s: run.streams["support"][s].state_dict()["count"] for s in run.sources}
     other = next(s for s in run.sources if s != picked.chosen)
-    engine.select_task(run)
+    engine.select_run(run)
     after = {s: run.streams["support"][s].state_dict()["count"] for s in run.sources}
     assert after == {picked.chosen: counts[picked.chosen], other: counts[other] + 2}
 

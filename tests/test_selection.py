@@ -224,7 +224,7 @@ def test_the_engine_scores_with_dropout_off_on_batches_shared_by_every_source(tm
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(selection, "exact", spy)
-        picked = engine.select_task(run)
+        picked = engine.select_run(run)
     assert run.model.training and not picked.explored  # back to train mode for the training steps
     assert scored[0][0] is False
     assert [t for t, _ in scored[0][1]] == ["mlm", "mlm_shuffled"]  # one batch per target, M = 1
