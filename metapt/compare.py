@@ -332,12 +332,12 @@ def _compare(
             )
             runs[-1]["finetune"] = {t.name: str(run_dir / "finetune" / t.name) for t in tasks}
         results["schedulers"][s] = summarise(runs, finetuned, [t.name for t in tasks])
-    results["best"] = report.best_by_validation(results)
+    results["best"] = verdict.best_by_validation(results)
     results["reference"] = "uniform" if "uniform" in schedulers else None  # paired differences, speedups
     stats.against(results["schedulers"], [t.name for t in tasks])
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(report.markdown(results))
+    (out / "results.md").write_text(verdict.markdown(results))
     verdict.compare_plot(results, out / "compare.png")
     callback("done", {"dir": str(out)})
     return results

@@ -10,11 +10,9 @@ the screen is reached only through `callback(event, data)`.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +37,6 @@ from metapt import (
 from metapt.builders import build_encoder, build_model, build_optimizers, build_streams
 from metapt.catalog import KINDS
 from metapt.data.pipeline import (
-    BatchStream,
     TaskData,
     load_task,
     stable_seed,
@@ -51,54 +48,14 @@ from metapt.device import autocast_for, pick_device
 from metapt.errors import TrainingError
 from metapt.flops import FlopCounter
 from metapt.interrupts import interrupts
-from metapt.model import MultiTaskModel, batch_to
+from metapt.model import batch_to
+from metapt.runstate import Run
 from metapt.schedulers import BASELINES
 from metapt.spec import RunSpec
 from metapt.steps import InnerStep, Selection, TrainStats, select_task, step_target_heads, train_task
-from metapt.train import Optimization
 
 Callback = Callable[[str, dict[str, Any]], None]
 TOKENIZER_SAMPLE = 100_000  # records of a streamed source read to build a vocabulary
-
-
-@dataclass
-class Run:
-    """Everything an episode reads and updates; built by `setup`, saved by `save`."""
-
-    spec: RunSpec
-    out: Path
-    device: torch.device
-    autocast: Callable[[], contextlib.AbstractContextManager]
-    tokenizer: Any
-    model: MultiTaskModel
-    tasks: dict[str, TaskData]
-    sources: list[str]
-    targets: list[str]
-    streams: dict[str, dict[str, BatchStream]]  # "train" | "support" | "target" -> task -> stream
-    optimizer: torch.optim.Optimizer
-    schedule: torch.optim.lr_scheduler.LambdaLR
-    head_optimizer: torch.optim.Optimizer | None
-    explore: torch.Generator
-    flops: FlopCounter
-    policy: Any = None  # metapt.policies: turns a selection's estimates into the task (meta scheduler)
-    episode: int = 0
-    history: list[str] = field(default_factory=list)
-    totals: dict[str, float] = field(
-        default_factory=lambda: dict.fromkeys(
-            ("selection_seconds", "train_seconds", "selection_flops", "train_flops", "tokens"), 0.0
-        )
-    )
-    rank: int = 0  # under torchrun: this process's rank of `world`; only rank 0 writes
-    world: int = 1
-    notes: list[str] = field(default_factory=list)  # resume: settings kept or changed, for the log
-    # reuse_training: the chosen task's last training gradients, the next selection's probes of it
-    reused: dict[str, list[probes.Probe]] | None = None
-    keep_training: bool = False  # keep them even when the spec does not reuse them (bench variants)
-
-    @property
-    def optimization(self) -> Optimization:
-        """The training optimizer with its schedule and the spec's clipping, as `train_task` takes it."""
-        return Optimization(self.optimizer, self.schedule, self.spec.meta.max_grad_norm)
 
 
 def _corpus_texts(tasks: list[TaskData]) -> list[str]:

@@ -1,20 +1,66 @@
-"""A run's checkpoint state: what `save` writes after an episode (through checkpoint.py, atomically)
-and `restore` loads into a freshly set-up run, so that a resumed run continues bitwise: the heads,
-both optimizers and the schedule, every batch stream's position, every RNG (each rank's under
-torchrun), the policy's state, the probes kept for reuse_training, the episode count and totals."""
+"""A run's state (`Run`, assembled by engine.setup) and its checkpoint: what `save` writes after an
+episode (through checkpoint.py, atomically) and `restore` loads into a freshly set-up run, so that a
+resumed run continues bitwise: the heads, both optimizers and the schedule, every batch stream's
+position, every RNG (each rank's under torchrun), the policy's state, the probes kept for
+reuse_training, the episode count and totals."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from metapt import checkpoint, distributed, mixture, probes, resuming
+from metapt.data.pipeline import BatchStream, TaskData
+from metapt.flops import FlopCounter
+from metapt.model import MultiTaskModel
+from metapt.spec import RunSpec
+from metapt.train import Optimization
 
-if TYPE_CHECKING:
-    from metapt.engine import Run
+
+@dataclass
+class Run:
+    """Everything an episode reads and updates; built by `engine.setup`, saved by `save`."""
+
+    spec: RunSpec
+    out: Path
+    device: torch.device
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    tokenizer: Any
+    model: MultiTaskModel
+    tasks: dict[str, TaskData]
+    sources: list[str]
+    targets: list[str]
+    streams: dict[str, dict[str, BatchStream]]  # "train" | "support" | "target" -> task -> stream
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    head_optimizer: torch.optim.Optimizer | None
+    explore: torch.Generator
+    flops: FlopCounter
+    policy: Any = None  # metapt.policies: turns a selection's estimates into the task (meta scheduler)
+    episode: int = 0
+    history: list[str] = field(default_factory=list)
+    totals: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("selection_seconds", "train_seconds", "selection_flops", "train_flops", "tokens"), 0.0
+        )
+    )
+    rank: int = 0  # under torchrun: this process's rank of `world`; only rank 0 writes
+    world: int = 1
+    notes: list[str] = field(default_factory=list)  # resume: settings kept or changed, for the log
+    # reuse_training: the chosen task's last training gradients, the next selection's probes of it
+    reused: dict[str, list[probes.Probe]] | None = None
+    keep_training: bool = False  # keep them even when the spec does not reuse them (bench variants)
+
+    @property
+    def optimization(self) -> Optimization:
+        """The training optimizer with its schedule and the spec's clipping, as `train_task` takes it."""
+        return Optimization(self.optimizer, self.schedule, self.spec.meta.max_grad_norm)
 
 
 def restore(run: Run, folder: Path) -> None:

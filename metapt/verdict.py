@@ -1,6 +1,7 @@
-"""What `metapt compare` reports beyond the scores table: results.md's paired and per-seed sections,
-the held-out columns, and compare.png (held-out loss against FLOPs per scheduler beside each
-downstream task's score with its 95% interval). The numbers come from metapt/stats.py.
+"""What `metapt compare` reports: results.md (the scores table with the best validation mean in
+bold, the paired and per-seed sections, the held-out columns, the sources chosen) and compare.png
+(held-out loss against FLOPs per scheduler beside each downstream task's score with its 95%
+interval). The numbers come from metapt/stats.py.
 
 matplotlib is imported only by the drawing (through report.figure, on an Agg canvas).
 """
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from metapt import stats
+from metapt.report import figure, png_bytes
 
 
 def _half_width(values: list[float]) -> float:
@@ -27,7 +29,6 @@ def compare_plot(results: dict[str, Any], output: Path) -> Path:
     """compare.png: held-out loss against pretraining FLOPs per scheduler (mean over seeds, band ±
     one std), then per downstream task the main score (mean with its 95% t interval over seeds)
     against the run's total FLOPs; filled markers validation, hollow markers test."""
-    from metapt.report import figure, png_bytes  # report imports this module for results.md
 
     tasks = results["downstream_tasks"]
     fig = figure(5.5 * (1 + len(tasks)), 4.8)
@@ -163,3 +164,93 @@ def _seed_row(name: str, what: str, split: str, values: dict[str, Any], digits: 
     return (
         f"| {name} | {what} | {split} | {cells} | {values['mean']:.{digits}f} ± {values['std']:.{digits}f} |"
     )
+
+
+def best_by_validation(results: dict[str, Any]) -> dict[str, list[str]]:
+    """Per downstream task, the schedulers with the highest validation mean of the main metric (ties
+    share it). Test scores play no part."""
+    best = {}
+    for t in results["downstream_tasks"]:
+        scores = {}
+        for s, entry in results["schedulers"].items():
+            v = entry["downstream"][t].get("validation", {}).get(entry["main_metric"][t])
+            if v is not None:
+                scores[s] = v["mean"]
+        if scores:
+            best[t] = [s for s, v in scores.items() if v == max(scores.values())]
+    return best
+
+
+def _score(entry: dict[str, Any], task: str, split: str) -> str:
+    v = entry["downstream"][task].get(split, {}).get(entry["main_metric"][task])
+    return "-" if v is None else f"{v['mean']:.2f} ± {v['std']:.2f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """results.md: the comparison table, how often each source was chosen, and what was run."""
+    schedulers, tasks = results["schedulers"], results["downstream_tasks"]
+    first = next(iter(schedulers.values()))
+    compute = (
+        f"a budget of {results['budget']:.3g} FLOPs per run (selection FLOPs count against it)"
+        if results["budget"] is not None
+        else f"{results['episodes']} episode{'' if results['episodes'] == 1 else 's'} per run"
+    )
+    lines = [
+        f"# Scheduler comparison: {results['run_spec']}",
+        "",
+        f"Setting {results['setting']}; sources {', '.join(results['sources'])}; seeds "
+        f"{', '.join(map(str, results['seeds']))}; {compute}. Scores are mean ± standard deviation over "
+        "seeds. Each finetuning run keeps its best epoch by the validation main metric; test scores are "
+        "reported, never used to choose. **Bold**: best validation mean per task.",
+        "",
+    ]
+    header = [
+        "scheduler",
+        "episodes",
+        "selection FLOPs",
+        "training FLOPs",
+        "total FLOPs",
+        "wall s (selection + training)",
+        "held-out loss (final)",
+        "FLOPs to uniform's held-out loss (speedup)",
+    ]
+    for t in tasks:
+        metric = first["main_metric"][t]
+        header += [f"{t} {metric} (validation)", f"{t} {metric} (test)"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for s, e in schedulers.items():
+        p = e["pretrain"]
+        row = [s, f"{p['episodes']:g}", f"{p['selection_flops']:.3g}", f"{p['train_flops']:.3g}"]
+        row += [
+            f"{p['total_flops']:.3g}",
+            f"{p['wall_seconds']:.1f} ({p['selection_seconds']:.1f} + {p['train_seconds']:.1f})",
+            *heldout_cells(e, results.get("reference") is not None),
+        ]
+        for t in tasks:
+            val = _score(e, t, "validation")
+            row += [f"**{val}**" if s in results["best"].get(t, ()) else val, _score(e, t, "test")]
+        lines.append("| " + " | ".join(row) + " |")
+    for s, e in schedulers.items():
+        for r in e["runs"]:
+            if not r["budget_reached"]:
+                lines.append(
+                    f"\nNote: {s}, seed {r['seed']} reached its episode cap ({r['episode_cap']}) with "
+                    f"{r['total_flops']:.3g} FLOPs, before the budget."
+                )
+    lines += paired_lines(results) + per_seed_lines(results)
+    lines += ["", "## Source tasks chosen (episodes, mean over seeds)", ""]
+    sources = results["sources"]
+    lines += ["| scheduler | " + " | ".join(sources) + " |", "|" + "---|" * (len(sources) + 1)]
+    for s, e in schedulers.items():
+        counts, n = e["pretrain"]["counts"], max(1e-12, e["pretrain"]["episodes"])
+        lines.append(
+            f"| {s} | " + " | ".join(f"{counts[t]:g} ({100 * counts[t] / n:.0f}%)" for t in sources) + " |"
+        )
+    lines += [
+        "",
+        "Files: `<scheduler>/seed-<s>/` is each pretraining run (metrics.jsonl, report.png, checkpoint) "
+        "with `finetune/<task>/` inside; `compare.png` plots the held-out loss and the downstream score "
+        "against pretraining FLOPs.",
+        "",
+    ]
+    return "\n".join(lines)

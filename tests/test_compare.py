@@ -289,7 +289,7 @@ def test_compare_a_budget_below_one_episode_exits_2(runner: CliRunner, tmp_path:
 
 
 def test_markdown_bolds_every_scheduler_tied_on_validation_only() -> None:
-    from metapt.report import best_by_validation, markdown
+    from metapt.verdict import best_by_validation, markdown
 
     def entry(val: float, test: float) -> dict:
         pre = {"selection_flops": 0.0, "train_flops": 1e6, "total_flops": 1e6, "wall_seconds": 1.0}
