@@ -8,6 +8,7 @@ holds every rule, reporting every problem in a file at once.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,14 @@ SPLITS = ("train", "validation", "test")
 def _f(
     default: Any,
     *,
-    choices: tuple = (),
+    choices: Collection[str] = (),
     low: float | None = None,
     high: float | None = None,
     help: str = "",
     required: bool = False,
 ) -> Any:
-    """A dataclass field with its allowed values; `required` strings may not be empty."""
+    """A dataclass field with its allowed values (a registry itself, so that an entry added at run
+    time is allowed too); `required` strings may not be empty."""
     meta = {"choices": choices, "low": low, "high": high, "help": help, "required": required}
     if isinstance(default, (dict, tuple)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
@@ -37,7 +39,7 @@ def _f(
 # ---------------------------------------------------------------------------------- task specs
 @dataclass(frozen=True)
 class DataSpec:
-    format: str = _f("", choices=tuple(FORMATS), help="how the data is stored", required=True)
+    format: str = _f("", choices=FORMATS, help="how the data is stored", required=True)
     train: str = _f(
         "",
         help="local: file, folder or glob relative to the spec; hf: split name; "
@@ -114,7 +116,7 @@ class FinetuneSpec:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    kind: str = _f("", choices=tuple(KINDS), help="task kind (see `metapt inspect-tasks`)", required=True)
+    kind: str = _f("", choices=KINDS, help="task kind (see `metapt inspect-tasks`)", required=True)
     name: str = _f("", help="task name; default: the file stem")
     description: str = _f("", help="one line shown by inspect-tasks")
     data: DataSpec = field(default_factory=DataSpec)

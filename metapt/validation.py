@@ -14,6 +14,7 @@ import dataclasses
 import glob
 import re
 import typing
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def _allowed(options: typing.Iterable[str]) -> str:
 def check(
     value: Any,
     want: type,
-    choices: tuple = (),
+    choices: Collection[str] = (),
     low: float | None = None,
     high: float | None = None,
     required: bool = False,
@@ -61,7 +62,7 @@ def check(
     return value, []
 
 
-def _not_allowed(value: Any, choices: tuple) -> str:
+def _not_allowed(value: Any, choices: Collection[str]) -> str:
     return f"{value!r} is not allowed{suggest(str(value), choices)}; allowed: {_allowed(choices)}"
 
 

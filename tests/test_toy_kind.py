@@ -33,11 +33,13 @@ from metapt import catalog, kinds
 from metapt.catalog import KindInfo
 from metapt.data.pipeline import eval_batches, load_task, stream_for
 from metapt.data.tokenizer import train_wordpiece
+from metapt.errors import MetaptError
 from metapt.finetune import build, evaluate, finetune_one
 from metapt.finetune import score as score_split
 from metapt.kinds.base import Batch, Info, Kind
 from metapt.kinds.common import feature_inputs, write_jsonl
 from metapt.spec import BatchSpec, DataSpec, FinetuneSpec, TaskSpec
+from metapt.validation import parse_task
 
 INFO = KindInfo(
     role="target",
@@ -186,6 +188,24 @@ def _encoder(tokenizer: Any) -> BertModel:
 
 
 # ---------------------------------------------------------------------------------- tests
+def test_a_kind_registered_at_run_time_is_a_valid_spec_kind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The spec's allowed kinds are the registry itself, not a copy taken at import.
+    for split, rows in SPLITS.items():
+        write_jsonl(tmp_path / f"{split}.jsonl", ({"text": t, "label": label} for t, label in rows))
+    path = tmp_path / "toy.toml"
+    path.write_text(
+        'kind = "toy"\nname = "toy"\n[data]\nformat = "jsonl"\n'
+        'train = "train.jsonl"\nvalidation = "validation.jsonl"\ntest = "test.jsonl"\n'
+    )
+    with pytest.raises(MetaptError, match="'toy' is not allowed"):
+        parse_task(path)
+    monkeypatch.setitem(catalog.KINDS, "toy", INFO)
+    monkeypatch.setitem(kinds.IMPLEMENTATIONS, "toy", Kind.of(sys.modules[__name__]))
+    assert parse_task(path).kind == "toy"
+
+
 def test_load_prepares_and_encodes_by_the_contract(toy: None, spec: TaskSpec, tokenizer: Any) -> None:
     task = load_task(spec, tokenizer, ("train", "validation"))
     assert task.info == {"labels": ["long", "short"], "vocab_size": len(tokenizer)}
