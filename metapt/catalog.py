@@ -281,6 +281,7 @@ SYNTHETIC_CORPORA: tuple[str, ...] = (
     "squad",
     "articles",
     "claims",
+    "types",
 )
 
 HEAD_TYPES: tuple[str, ...] = tuple(dict.fromkeys(h for k in KINDS.values() for h in k.heads))

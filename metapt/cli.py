@@ -454,7 +454,7 @@ def compare(
         None,
         "--downstream",
         help="Comma-separated tasks to finetune on (default: the targets of an aware run, else "
-        "conll2012-synthetic,claims-synthetic).",
+        "conll2012-synthetic,claims-synthetic,types-synthetic).",
     ),
     output_dir: Path = typer.Option(
         None, "--output-dir", help="Default: the run spec's output_dir + '-compare'."

@@ -32,8 +32,9 @@ from metapt.runspec import override
 from metapt.spec import RunSpec, TaskSpec
 
 Callback = Callable[[str, dict[str, Any]], None]
-# Agnostic runs: the synthetic world's few-shot SRL, and closed-book claims that only the sources' facts decide.
-DEFAULT_DOWNSTREAM = ("conll2012-synthetic", "claims-synthetic")
+# Agnostic runs: the synthetic world's few-shot SRL, closed-book claims that only the sources' facts decide,
+# and closed-book word typing, whose scored words only the sources place (it rises with pretraining).
+DEFAULT_DOWNSTREAM = ("conll2012-synthetic", "claims-synthetic", "types-synthetic")
 # With a budget the episode count only sets the LR schedule's length (the budget stops the run): an
 # estimate from one probe episode, with room for episodes cheaper than the probe's.
 CAP_SLACK = 1.25
@@ -64,7 +65,7 @@ def folder(name: str) -> str:
 
 def downstream_tasks(spec: RunSpec, names: str | None) -> list[TaskSpec]:
     """The --downstream tasks (names or spec files); default: an aware run's targets, else
-    conll2012-synthetic and claims-synthetic. Each needs a labelled train and validation split."""
+    conll2012-synthetic, claims-synthetic and types-synthetic. Each needs a labelled train and validation split."""
     if names is not None:
         tasks = [task_spec(n.strip(), None, {}) for n in names.split(",") if n.strip()]
         if not tasks:

@@ -61,7 +61,7 @@ def _count(corpus: str, text: str) -> int:
         return len(_conll04_sentences(text))
     if corpus == "conll2012":
         return len(_conll2012_sentences(text))
-    if corpus in ("pairs", "claims"):
+    if corpus in ("pairs", "claims", "types"):
         return len(text.splitlines()) - 1
     return text.count('"id"')
 
@@ -104,7 +104,18 @@ def test_file_names_carry_the_cache_key(cache: Path) -> None:
         == cache / "synthetic" / f"v{synthetic.GENERATOR_VERSION}" / "conll2012-seed7-size20-test.gold_conll"
     )
     formats = [generate(c, 20, 0, "train")[0] for c in CORPORA]
-    assert formats == ["text", "text", "dailydialog", "conll04", "conll2012", "tsv", "squad", "jsonl", "tsv"]
+    assert formats == [
+        "text",
+        "text",
+        "dailydialog",
+        "conll04",
+        "conll2012",
+        "tsv",
+        "squad",
+        "jsonl",
+        "tsv",
+        "tsv",
+    ]
 
 
 def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 Every corpus of the same seed describes the same world (metapt/data/world.py): `documents`, `articles`
 (the documents with titles and entity spans), `dialogues`, `squad`, `pairs`, `conll04` and `conll2012`
 state its facts, `shuffled` has its words but no facts, and `claims` asks whether facts are true without
-stating them (knowledge only the sources give).
+stating them (knowledge only the sources give), and `types` asks what kind of thing a word of the world
+is (metapt/data/lexicon.py).
 The files are read back by the same readers as real data, so the synthetic path tests them too.
 """
 
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from metapt.data import lexicon
 from metapt.data import world as W
 from metapt.data.world import Ent, Sentence, Stated, World, render
 from metapt.errors import DataError
@@ -269,6 +271,11 @@ def _write_claims(job: _Job) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _write_types(job: _Job) -> str:
+    """TSV of words in neutral frames (index, sentence, label: the word's type), words disjoint across splits."""
+    return lexicon.write_types(job.world, job.seed, job.split, job.count)
+
+
 # ------------------------------------------------------------------------------------- CoNLL
 POS = dict(
     x.split(":")
@@ -406,13 +413,14 @@ WRITERS: dict[str, Callable[[_Job], str]] = {
     "documents": _write_documents, "shuffled": _write_shuffled, "dialogues": _write_dialogues,
     "conll04": _write_conll04, "conll2012": _write_conll2012, "pairs": _write_pairs, "squad": _write_squad,
     "articles": _write_articles,
-    "claims": _write_claims,
+    "claims": _write_claims, "types": _write_types,
 }
 # corpus -> (format name the readers know, file extension)
 CORPUS_FORMATS: dict[str, tuple[str, str]] = {
     "documents": ("text", "txt"), "shuffled": ("text", "txt"), "dialogues": ("dailydialog", "txt"),
     "conll04": ("conll04", "corp"), "conll2012": ("conll2012", "gold_conll"), "pairs": ("tsv", "tsv"),
     "squad": ("squad", "json"), "articles": ("jsonl", "jsonl"), "claims": ("tsv", "tsv"),
+    "types": ("tsv", "tsv"),
 }
 # fmt: on
 
