@@ -11,7 +11,9 @@
   chosen almost always; sources within noise of each other share the episodes in proportion to how
   likely each is the best, so evidence accumulates instead of a coin flip deciding. The discount
   forgets old selections (the effective window is (1 + discount) / (1 - discount) selections), so the
-  choice follows utilities that change as training proceeds. Epsilon stays as a floor on exploration.
+  choice follows utilities that change as training proceeds. The first selection, before any source
+  has an error bar, takes its values' leader (as greedy would). Epsilon stays as a floor on
+  exploration.
 
 A policy is a small object with `choose(values, generator) -> Choice` and `state_dict()` /
 `load_state_dict()` (saved in checkpoints: a resumed run makes the same choices).
@@ -108,16 +110,19 @@ class Bandit:
         means, ses = {}, {}
         for name in names:
             means[name], ses[name] = self.posterior(name)
-        spread = max((s for s in ses.values() if s is not None), default=0.0)
-        # a source with too little evidence for an error bar draws with the widest one seen (or
-        # uniformly when none has one yet): it is as uncertain as anything
+        bars = [s for s in ses.values() if s is not None]
+        # a source with too little evidence for an error bar draws with the widest one seen: it is
+        # as uncertain as anything. When none has one yet (the first selection), this selection's
+        # values are all the evidence there is, so their leader is chosen (a unit-width draw would be
+        # a blind one: the utilities are far smaller than 1)
+        spread = max(bars, default=0.0)
         draws = {
             n: means[n] + (ses[n] if ses[n] is not None else spread or 1.0) * z for n, z in zip(names, noise)
         }
         leader = argmax(means)
         if random is not None:
             return Choice(random, True, means, ses)
-        chosen = argmax(draws)
+        chosen = argmax(draws) if bars else leader
         return Choice(chosen, chosen != leader, means, ses)
 
     def state_dict(self) -> dict[str, Any]:

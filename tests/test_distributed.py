@@ -206,6 +206,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     bandit = write(
         tmp, "bandit.toml", RUN.replace("support_batches = 1", 'support_batches = 2\npolicy = "bandit"')
     )
+    # the shipped default's cheap selection (tasks/agnostic.toml): the shared agnostic estimate on
+    # small probes, the chosen task's last training gradients reused, sketches, the bandit
+    cheap = RUN.replace('utility = "exact"', 'utility = "first_order"').replace(
+        "support_batches = 1",
+        'support_batches = 2\nsupport_batch_size = 2\nreuse_training = true\nsketch = 1024\npolicy = "bandit"',
+    )
+    agnostic = write(tmp, "agnostic.toml", cheap.replace("episodes = 3", "episodes = 4"))
     for name, corpus in (("docs", "documents"), ("shuffled", "shuffled")):
         write(tmp, f"tasks/{name}.toml", SOURCE.format(corpus=corpus))
     pairs = write(tmp, "pairs.toml", PAIRS)
@@ -214,12 +221,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     try:
         engine.pretrain(override(parse_run(spec), output_dir=tmp / "one"))
         engine.pretrain(override(parse_run(bandit), output_dir=tmp / "one-bandit"))
+        engine.pretrain(override(parse_run(agnostic), output_dir=tmp / "one-agnostic"))
         finetune_one(str(tmp / "one"), task_spec(str(pairs), None, {}), 0, tmp / "ft-one", "cpu")
     finally:
         torch.set_num_threads(threads)
     jobs = [
         {"name": "two", "spec": str(spec), "out": str(tmp / "two"), "kind": "pretrain"},
         {"name": "bandit", "spec": str(bandit), "out": str(tmp / "two-bandit"), "kind": "pretrain"},
+        {"name": "agnostic", "spec": str(agnostic), "out": str(tmp / "two-agnostic"), "kind": "pretrain"},
         {"name": "cut", "spec": str(spec), "out": str(tmp / "cut"), "kind": "pretrain", "crash": 2},
         {"name": "resumed", "spec": str(spec), "out": str(tmp / "cut"), "kind": "pretrain", "resume": True},
         {
@@ -259,6 +268,23 @@ def test_two_ranks_make_the_bandits_choices_as_one_process(runs: dict[str, Path]
     assert [r["chosen"] for r in two] == [r["chosen"] for r in one] and len(one) == 3
     for a, b in zip(one, two):
         assert b["policy_scores"] == pytest.approx(a["policy_scores"], rel=1e-3)  # float order
+
+
+def test_two_ranks_make_the_cheap_selections_choices_as_one_process(runs: dict[str, Path]) -> None:
+    # reuse_training keeps the training gradients after they are averaged over the ranks, so every
+    # rank's reused probes are the one process's; the sketch's signs are a function of the seed and
+    # the episode: the same choices and running means as one process.
+    tmp = runs["tmp"]
+    one = [json.loads(line) for line in (tmp / "one-agnostic" / "metrics.jsonl").open()]
+    two = [json.loads(line) for line in (tmp / "two-agnostic" / "metrics.jsonl").open()]
+    assert len(one) == 4 and [r["chosen"] for r in two] == [r["chosen"] for r in one]
+    # from episode 2 on the chosen task's probes are its kept training gradients: no support batches
+    # of it are drawn, so a selection costs less than the first one
+    assert all(r["selection_flops"] < one[0]["selection_flops"] for r in one[1:])
+    assert [r["explored"] for r in two] == [r["explored"] for r in one]
+    for a, b in zip(one, two):
+        assert b["utilities"] == pytest.approx(a["utilities"], rel=1e-3, abs=1e-9)  # float order
+        assert b["policy_scores"] == pytest.approx(a["policy_scores"], rel=1e-3, abs=1e-9)
 
 
 def test_only_rank_0_writes(runs: dict[str, Path]) -> None:

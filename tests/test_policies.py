@@ -67,6 +67,36 @@ def test_a_restored_bandit_makes_the_same_choices() -> None:
     assert a == b
 
 
+def test_the_first_selection_takes_its_values_leader() -> None:
+    # No source has an error bar yet: the utilities (far smaller than 1) are all the evidence, so
+    # the bandit picks their leader for every seed instead of a unit-width (blind) draw, and draws
+    # exactly what any later selection draws (n normals, the epsilon pair): resumes stay aligned.
+    values = {"a": 0.001, "b": 0.003, "c": -0.002}
+    for seed in range(20):
+        draws = torch.Generator().manual_seed(seed)
+        choice = Bandit(0.0).choose(values, draws)
+        assert (choice.chosen, choice.explored) == ("b", False)
+        same = torch.Generator().manual_seed(seed)
+        torch.randn(3, generator=same, dtype=torch.float64), torch.rand((), generator=same)
+        torch.randint(3, (), generator=same)
+        assert torch.equal(draws.get_state(), same.get_state())
+    # ties: the first, as greedy; epsilon still explores at the first selection
+    assert Bandit(0.0).choose({"a": 0.0, "b": 0.0}, torch.Generator().manual_seed(0)).chosen == "a"
+    explored = [Bandit(1.0).choose(values, torch.Generator().manual_seed(s)) for s in range(20)]
+    assert all(c.explored for c in explored) and {c.chosen for c in explored} == set(values)
+
+
+def test_a_checkpointed_bandit_state_still_loads() -> None:
+    # the state format of checkpoints written before the first-selection rule: {"stats": {name:
+    # [n, q, s1, s2]}}; it loads as it was and the choice follows its means.
+    state = {"stats": {"a": [1.95, 1.9025, 0.195, 0.0401], "b": [1.95, 1.9025, -0.195, 0.0401]}}
+    bandit = Bandit(0.0)
+    bandit.load_state_dict(state)
+    assert bandit.state_dict() == state
+    choice = bandit.choose({"a": 0.1, "b": -0.1}, torch.Generator().manual_seed(0))
+    assert choice.chosen == "a" and choice.scores["a"] > 0 > choice.scores["b"]
+
+
 def test_the_bandit_posterior_by_hand() -> None:
     # discount 0.5, centred values for "a": +1, then +3 -> n = 1.5, q = 1.25, s1 = 3.5, s2 = 9.5:
     # mean 7/3, n_eff = 2.25 / 1.25 = 1.8, weighted variance 9.5/1.5 - 49/9 = 8/9 scaled by
