@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,8 +11,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from metapt.resolve import parse_run
+from metapt.runspec import override
+from metapt.spec import RunSpec
+
 REPO = Path(__file__).resolve().parent.parent
 SPECS = Path(__file__).resolve().parent / "fixtures" / "specs"
+RUNS = Path(__file__).resolve().parent / "fixtures" / "runs"
 
 # Set before any test module imports `datasets` / `huggingface_hub`, which read these at import time.
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -57,3 +63,9 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def tiny_run(tmp_path: Path, name: str = "agnostic.toml", **meta: object) -> RunSpec:
+    """A tiny run spec from tests/fixtures/runs, writing under tmp_path/out, with [meta] changes."""
+    spec = override(parse_run(RUNS / name), output_dir=tmp_path / "out")
+    return dataclasses.replace(spec, meta=dataclasses.replace(spec.meta, **meta)) if meta else spec

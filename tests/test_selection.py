@@ -7,35 +7,25 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_run
 
 from metapt import engine, selection
 from metapt.policies import Greedy
-from metapt.resolve import parse_run
-from metapt.runspec import override
-from metapt.spec import RunSpec
 
-RUNS = Path(__file__).parent / "fixtures" / "runs"
 NO_AUTOCAST = contextlib.nullcontext
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny(tmp_path: Path, name: str = "agnostic.toml", **meta: object) -> RunSpec:
-    """A tiny run spec from tests/fixtures/runs, writing under tmp_path, with [meta] changes."""
-    spec = override(parse_run(RUNS / name), output_dir=tmp_path / "out")
-    return dataclasses.replace(spec, meta=dataclasses.replace(spec.meta, **meta)) if meta else spec
-
-
 @pytest.fixture(scope="module")
 def agnostic(tmp_path_factory: pytest.TempPathFactory) -> engine.Run:
     """A set-up (untrained) agnostic run: sources = targets = mlm, mlm_shuffled."""
-    run = engine.setup(tiny(tmp_path_factory.mktemp("selection")), resume=False)
+    run = engine.setup(tiny_run(tmp_path_factory.mktemp("selection")), resume=False)
     run.model.eval()
     return run
 
@@ -212,7 +202,7 @@ def test_first_order_and_exact_pick_the_same_task(agnostic: engine.Run) -> None:
 def test_the_engine_scores_with_dropout_off_on_batches_shared_by_every_source(tmp_path: Path) -> None:
     # engine.select_task against a replay on a second, identical setup: the same batches scored in eval
     # mode give the same utilities to the last bit (with dropout on they would not).
-    spec = tiny(tmp_path)
+    spec = tiny_run(tmp_path)
     run, replay = engine.setup(spec, resume=False), engine.setup(spec, resume=False)
     assert spec.model.dropout > 0 and run.model.training
     scored: list[list] = []
@@ -284,7 +274,7 @@ def test_the_shared_estimate_jackknifes_its_standard_error(tmp_path: Path) -> No
     # the same draws and the two-way decomposition would be far too small (measured: 0.02-0.35 of the
     # spread at M = 2 on the shipped default). A delete-one jackknife over the support batches is
     # calibrated from M = 3 (measured on the default: 0.8-1.2); with M = 2 there is no standard error.
-    run = engine.setup(tiny(tmp_path), resume=False)  # its own streams: the same draws in any order
+    run = engine.setup(tiny_run(tmp_path), resume=False)  # its own streams: the same draws in any order
     run.model.eval()
     values, errors, gaps, gap_errors = [], [], [], []
     for _ in range(32):
@@ -308,7 +298,7 @@ def test_exact_gains_under_bf16_autocast_match_float64(tmp_path: Path) -> None:
     # The scoring forwards run in fp32 whatever the autocast: a gain is a difference of two losses
     # ~1e4 times larger, which bf16 (8 bits of mantissa) would round away. Reference: the same
     # estimate with the whole model in float64.
-    run = engine.setup(tiny(tmp_path), resume=False)
+    run = engine.setup(tiny_run(tmp_path), resume=False)
     run.model.eval()
     support, targets = draw(run, per_task=2)
     bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
