@@ -129,7 +129,9 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
         head_optimizer=head_optimizer,
         explore=torch.Generator().manual_seed(spec.run.seed),
         flops=FlopCounter(model),
-        policy=policies.POLICIES[spec.meta.policy](spec.meta.epsilon, spec.meta.discount),
+        policy=policies.POLICIES[spec.meta.policy](
+            spec.meta.epsilon, spec.meta.discount, spec.meta.bandit_score
+        ),
         rank=rank,
         world=world,
         notes=notes,

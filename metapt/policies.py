@@ -11,7 +11,9 @@
   chosen almost always; sources within noise of each other share the episodes in proportion to how
   likely each is the best, so evidence accumulates instead of a coin flip deciding. The discount
   forgets old selections (the effective window is (1 + discount) / (1 - discount) selections), so the
-  choice follows utilities that change as training proceeds. The first selection, before any source
+  choice follows utilities that change as training proceeds. With `score = "rank"` each selection's
+  utilities enter as their ranks among the sources (centred), so that one selection's spike cannot
+  outweigh many selections' order. The first selection, before any source
   has an error bar, takes its values' leader (as greedy would). Epsilon stays as a floor on
   exploration.
 
@@ -53,7 +55,7 @@ def argmax(values: dict[str, float]) -> str:
 class Greedy:
     """Algorithm 1: epsilon-greedy on this selection's utilities; no state."""
 
-    def __init__(self, epsilon: float, discount: float = 0.0):
+    def __init__(self, epsilon: float, discount: float = 0.0, score: str = "value"):
         self.epsilon = epsilon
 
     def choose(self, values: dict[str, float], generator: torch.Generator) -> Choice:
@@ -73,13 +75,15 @@ class Greedy:
 class Bandit:
     """Discounted Gaussian Thompson sampling over the sources' centred utilities (module docstring)."""
 
-    def __init__(self, epsilon: float, discount: float = 0.95):
-        self.epsilon, self.discount = epsilon, discount
+    def __init__(self, epsilon: float, discount: float = 0.95, score: str = "value"):
+        self.epsilon, self.discount, self.score = epsilon, discount, score
         # per source: discounted weight n, squared weight q, sum of values s1 and of squares s2
         self.stats: dict[str, list[float]] = {}
 
     def observe(self, values: dict[str, float]) -> None:
-        """Decay every source's evidence and add this selection's (centred) utilities."""
+        """Decay every source's evidence and add this selection's (centred) utilities, or their ranks."""
+        if self.score == "rank":
+            values = ranks(values)
         centre = math.fsum(values.values()) / len(values)
         g = self.discount
         for name in self.stats.keys() | values.keys():
@@ -133,6 +137,13 @@ class Bandit:
 
 
 POLICIES = {"greedy": Greedy, "bandit": Bandit}
+SCORES = ("value", "rank")  # what the bandit accumulates: each selection's utilities, or their ranks
+
+
+def ranks(values: dict[str, float]) -> dict[str, float]:
+    """Each value's rank among `values` (0 = the smallest; ties share the mean of their ranks)."""
+    order = sorted(values.values())
+    return {n: (order.index(v) + len(order) - 1 - order[::-1].index(v)) / 2 for n, v in values.items()}
 
 
 def lead(scores: dict[str, float], errors: dict[str, float | None], chosen: str) -> float | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from metapt.catalog import FORMATS, HEAD_TYPES, KINDS, LOSS_TYPES, REPORT_TO, SCHEDULERS, SYNTHETIC_CORPORA
+from metapt.policies import SCORES
 
 LOCAL_FORMATS = tuple(f for f in FORMATS if f not in ("hf", "synthetic"))
 SPLITS = ("train", "validation", "test")
@@ -218,6 +219,11 @@ class MetaSpec:
     )
     discount: float = _f(
         0.95, low=0.0, high=0.9999, help="bandit: weight of the evidence of the selection before"
+    )
+    bandit_score: str = _f(
+        "value",
+        choices=SCORES,
+        help="bandit: what it accumulates, each selection's utilities or their ranks among the sources",
     )
     inner_step: str = _f(
         "sgd",

@@ -102,7 +102,7 @@ def view(run: engine.Run, meta: MetaSpec, salt: str) -> engine.Run:
         run,
         spec=dataclasses.replace(run.spec, meta=meta),
         streams=_streams(run, meta, salt),
-        policy=policies.POLICIES[meta.policy](0.0, meta.discount),
+        policy=policies.POLICIES[meta.policy](0.0, meta.discount, meta.bandit_score),
         explore=torch.Generator().manual_seed(run.spec.run.seed + 1),
         head_optimizer=None,
         history=list(run.history),

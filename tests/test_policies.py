@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from metapt.policies import Bandit, Greedy, lead
+from metapt.policies import Bandit, Greedy, lead, ranks
 
 
 def noisy(means: dict[str, float], sd: float, g: torch.Generator) -> dict[str, float]:
@@ -108,6 +108,27 @@ def test_the_bandit_posterior_by_hand() -> None:
     assert mean == pytest.approx(7 / 3)
     assert se == pytest.approx(math.sqrt((8 / 9) * (1.8 / 0.8) / 1.8))
     assert bandit.posterior("c") == (0.0, None)
+
+
+def test_ranks_by_hand_ties_share_their_mean_rank() -> None:
+    assert ranks({"a": 3.0, "b": 1.0, "c": 3.0, "d": -5.0}) == {"a": 2.5, "b": 1.0, "c": 2.5, "d": 0.0}
+
+
+def test_a_rank_bandit_is_not_carried_by_one_spike() -> None:
+    # b leads a by a little in 9 selections; a has one spike 100x larger. By value the spike wins
+    # the discounted mean; by rank b is ahead in 9 of 10 selections and leads.
+    history = [{"a": 0.0, "b": 0.01}] * 4 + [{"a": 1.0, "b": 0.0}] + [{"a": 0.0, "b": 0.01}] * 5
+    by_value, by_rank = Bandit(0.0, 0.95), Bandit(0.0, 0.95, "rank")
+    for values in history:
+        by_value.observe(values)
+        by_rank.observe(values)
+    assert by_value.posterior("a")[0] > by_value.posterior("b")[0]
+    assert by_rank.posterior("b")[0] > by_rank.posterior("a")[0]
+    # centred ranks of two sources are -0.5 / +0.5: b's discounted mean by hand
+    weights = [0.95**k for k in range(10)][::-1]  # the last selection has weight 1
+    b = [0.5 if v["b"] > v["a"] else -0.5 for v in history]
+    want = sum(w * x for w, x in zip(weights, b)) / sum(weights)
+    assert by_rank.posterior("b")[0] == pytest.approx(want)
 
 
 def test_lead_is_the_gap_in_standard_errors() -> None:
