@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,26 @@ from metapt.spec import RunSpec
 REPO = Path(__file__).resolve().parent.parent
 SPECS = Path(__file__).resolve().parent / "fixtures" / "specs"
 RUNS = Path(__file__).resolve().parent / "fixtures" / "runs"
+# The [model] and [tokenizer] tables of a tiny run spec: a 1-layer, 32-wide BERT over a 300-word WordPiece.
+TINY_MODEL = """[model]
+hidden_size = 32
+num_layers = 1
+num_heads = 2
+intermediate_size = 64
+max_length = 64
+[tokenizer]
+vocab_size = 300
+"""
+# A small synthetic masked-LM source over `{corpus}` (documents, shuffled, ...): 40 records, batches of 4.
+MLM_TASK = """kind = "masked_lm"
+[data]
+format = "synthetic"
+corpus = "{corpus}"
+size = 40
+[batch]
+size = 4
+max_length = 32
+"""
 
 # Set before any test module imports `datasets` / `huggingface_hub`, which read these at import time.
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -69,3 +89,17 @@ def tiny_run(tmp_path: Path, name: str = "agnostic.toml", **meta: object) -> Run
     """A tiny run spec from tests/fixtures/runs, writing under tmp_path/out, with [meta] changes."""
     spec = override(parse_run(RUNS / name), output_dir=tmp_path / "out")
     return dataclasses.replace(spec, meta=dataclasses.replace(spec.meta, **meta)) if meta else spec
+
+
+class Crash(Exception):
+    """Stands for the process dying right after a checkpoint."""
+
+
+def crash_after(episode: int) -> Callable[[str, dict], None]:
+    """A `pretrain` callback that raises Crash once the checkpoint after `episode` is written."""
+
+    def die(event: str, data: dict) -> None:
+        if event == "checkpoint" and data["episode"] == episode:
+            raise Crash
+
+    return die

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write
+from conftest import MLM_TASK, TINY_MODEL, write
 from rich.console import Console
 
 from metapt import bench, engine, selection, steps, study
@@ -33,28 +33,14 @@ from metapt.runspec import override
 from metapt.spec import RunSpec
 
 NO_AUTOCAST = contextlib.nullcontext
-TASK = """kind = "masked_lm"
-[data]
-format = "synthetic"
-corpus = "{corpus}"
-size = 40
-[batch]
-size = 4
-max_length = 32
-"""
-RUN = """[run]
+RUN = (
+    """[run]
 output_dir = "ckpt"
 episodes = 2
 device = "cpu"
-[model]
-hidden_size = 32
-num_layers = 1
-num_heads = 2
-intermediate_size = 64
-max_length = 64
-[tokenizer]
-vocab_size = 300
-[meta]
+"""
+    + TINY_MODEL
+    + """[meta]
 setting = "agnostic"
 sources = [{sources}]
 utility = "first_order"
@@ -64,6 +50,7 @@ support_batches = 2
 train_batches = 3
 epsilon = 0.0
 """
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -75,7 +62,7 @@ def specs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     task on the documents, whose head the tests copy from the first: a planted related pair)."""
     folder = tmp_path_factory.mktemp("bench-specs")
     for name, corpus in (("docs", "documents"), ("twin", "documents"), ("shuffled", "shuffled")):
-        write(folder, f"{name}.toml", TASK.format(corpus=corpus))
+        write(folder, f"{name}.toml", MLM_TASK.format(corpus=corpus))
     return {
         "pair": write(folder, "pair.toml", RUN.format(sources='"docs.toml", "shuffled.toml"')),
         "twins": write(folder, "twins.toml", RUN.format(sources='"docs.toml", "twin.toml", "shuffled.toml"')),

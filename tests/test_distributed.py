@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import write
+from conftest import MLM_TASK, write
 from safetensors.torch import load_file
 
 from metapt import checkpoint, distributed, engine
@@ -55,16 +55,6 @@ lr = 1e-3
 support_batches = 1
 train_batches = 2
 epsilon = 0.3
-"""
-SOURCE = """\
-kind = "masked_lm"
-[data]
-format = "synthetic"
-corpus = "{corpus}"
-size = 40
-[batch]
-size = 4
-max_length = 32
 """
 PAIRS = """\
 kind = "classification"
@@ -214,7 +204,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     agnostic = write(tmp, "agnostic.toml", cheap.replace("episodes = 3", "episodes = 4"))
     for name, corpus in (("docs", "documents"), ("shuffled", "shuffled")):
-        write(tmp, f"tasks/{name}.toml", SOURCE.format(corpus=corpus))
+        write(tmp, f"tasks/{name}.toml", MLM_TASK.format(corpus=corpus))
     pairs = write(tmp, "pairs.toml", PAIRS)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

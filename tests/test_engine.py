@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import Crash, crash_after
 from safetensors.torch import load_file
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -244,10 +245,6 @@ def test_the_same_seed_gives_the_same_run_bitwise(meta_run: tuple, tmp_path: Pat
     assert not torch.equal(a["embeddings.word_embeddings.weight"], b["embeddings.word_embeddings.weight"])
 
 
-class Crash(Exception):
-    """Stands for the process dying right after a checkpoint."""
-
-
 def test_resume_after_a_crash_matches_the_uninterrupted_run(meta_run: tuple, tmp_path: Path) -> None:
     # The run is cut after the episode-2 checkpoint of the same 4-episode spec. (Running --episodes 2
     # and then resuming with 4 cannot match bitwise: the LR schedule decays to zero over the episodes
@@ -255,10 +252,7 @@ def test_resume_after_a_crash_matches_the_uninterrupted_run(meta_run: tuple, tmp
     first, _, _ = meta_run
     out = tmp_path / "out"
 
-    def die(event: str, data: dict) -> None:
-        if event == "checkpoint" and data["episode"] == 2:
-            raise Crash
-
+    die = crash_after(2)
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(Crash):
         engine.pretrain(tiny(out), callback=die)
@@ -352,10 +346,7 @@ def test_a_bandit_run_logs_its_estimates_and_resumes_bitwise(tmp_path: Path) -> 
         spec, run=dataclasses.replace(spec.run, output_dir=str(tmp_path / "half"), checkpoint_every=3)
     )
 
-    def die(event: str, data: dict) -> None:
-        if event == "checkpoint" and data["episode"] == 3:
-            raise Crash
-
+    die = crash_after(3)
     with pytest.raises(Crash):
         engine.pretrain(half, callback=die)
     engine.pretrain(half, resume=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import Crash, crash_after
 from safetensors.torch import load_file
 
 from metapt import checkpoint, engine, heldout
@@ -78,18 +79,11 @@ def test_evaluating_changes_no_later_episode(tmp_path: Path) -> None:
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-class Crash(Exception):
-    """Stands for the process dying right after a checkpoint."""
-
-
 def test_a_resumed_run_scores_the_same_heldout_batches(tmp_path: Path) -> None:
     """Also the resume of a baseline scheduler is bitwise (weights included)."""
     engine.pretrain(tiny(tmp_path / "whole", eval_every=1, checkpoint_every=2))
 
-    def die(event: str, data: dict) -> None:
-        if event == "checkpoint" and data["episode"] == 2:
-            raise Crash
-
+    die = crash_after(2)
     with pytest.raises(Crash):
         engine.pretrain(tiny(tmp_path / "parts", eval_every=1, checkpoint_every=2), callback=die)
     assert checkpoint.resolve(tmp_path / "parts").name == "checkpoint-000002"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import write
+from conftest import Crash, crash_after, write
 from safetensors.torch import load_file
 
 from metapt import engine, probes, selection
@@ -125,13 +125,7 @@ def test_cheap_selection_resumes_bitwise(tmp_path: Path) -> None:
     engine.pretrain(full)
     half = dataclasses.replace(full, run=dataclasses.replace(full.run, output_dir=str(tmp_path / "half")))
 
-    class Crash(Exception):
-        pass
-
-    def die(event: str, data: dict) -> None:
-        if event == "checkpoint" and data["episode"] == 2:
-            raise Crash
-
+    die = crash_after(2)
     with pytest.raises(Crash):
         engine.pretrain(half, callback=die)
     engine.pretrain(half, resume=True)

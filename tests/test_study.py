@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write
+from conftest import MLM_TASK, TINY_MODEL, write
 
 from metapt import bench, engine, ghost, growth, selection, study
 from metapt.cli import app
@@ -21,28 +21,14 @@ from metapt.resolve import parse_run
 from metapt.runspec import override
 from metapt.spec import MetaSpec
 
-TASK = """kind = "masked_lm"
-[data]
-format = "synthetic"
-corpus = "{corpus}"
-size = 40
-[batch]
-size = 4
-max_length = 32
-"""
-RUN = """[run]
+RUN = (
+    """[run]
 output_dir = "ckpt"
 episodes = 4
 device = "cpu"
-[model]
-hidden_size = 32
-num_layers = 1
-num_heads = 2
-intermediate_size = 64
-max_length = 64
-[tokenizer]
-vocab_size = 300
-[meta]
+"""
+    + TINY_MODEL
+    + """[meta]
 setting = "agnostic"
 sources = ["docs.toml", "shuffled.toml"]
 utility = "first_order"
@@ -55,6 +41,7 @@ policy = "bandit"
 sketch = 1000
 epsilon = 0.1
 """
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -64,7 +51,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def spec_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("study-specs")
     for name, corpus in (("docs", "documents"), ("shuffled", "shuffled")):
-        write(folder, f"{name}.toml", TASK.format(corpus=corpus))
+        write(folder, f"{name}.toml", MLM_TASK.format(corpus=corpus))
     return write(folder, "run.toml", RUN)
 
 
