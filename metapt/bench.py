@@ -186,13 +186,20 @@ def bench(
     variants: list[str] | None = None,
     reference: int = study.REFERENCE,
     sources: list[int] | None = None,
+    check: bool = False,
 ) -> dict[str, Any]:
     """Measure the spec's meta step and training in one process; returns the figures (README, bench).
     `variants`: [meta] changes the study runs beside the spec (default study.VARIANTS); `reference`:
-    the reference's batches (0: none); `sources`: source counts for the growth measurement."""
+    the reference's batches (0: none); `sources`: source counts for the growth measurement; `check`:
+    also a second reference on its own batches (`reference_self_agreement`, the ceiling)."""
     say = say or (lambda message: None)
     chosen = list(study.VARIANTS if variants is None else variants)
-    result = _measure(spec, episodes_for(spec, episodes), say, chosen, reference)
+    second = study.again(reference) if check and reference else None
+    result = _measure(
+        spec, episodes_for(spec, episodes), say, chosen + ([second] if second else []), reference
+    )
+    if second:
+        result["reference_self_agreement"] = result["variants"][-1]["agreement_sure"]
     gc.collect()  # the measured run is gone before the growth runs' memory is read
     if sources:
         result["sources"] = growth.growth(spec, sources, say)

@@ -397,6 +397,12 @@ def bench(
     reference: int = typer.Option(
         8, "--reference", min=0, help="Support and target batches of the exact reference (0: none)."
     ),
+    reference_check: bool = typer.Option(
+        False,
+        "--reference-check",
+        help="Also score a second reference on its own batches: how often it agrees with a sure one "
+        "is the ceiling of any estimate's agreement (doubles the reference's time).",
+    ),
     sources: str = typer.Option(
         None, "--sources", help="Source counts for the growth measurement, e.g. 4,8,16 (sources replicated)."
     ),
@@ -422,6 +428,7 @@ def bench(
         variants=variants,
         reference=reference,
         sources=counts,
+        check=reference_check,
     )
     if as_json:
         print(json.dumps(result))

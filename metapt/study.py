@@ -46,6 +46,12 @@ VARIANTS = (
 )
 
 
+def again(m: int) -> str:
+    """The reference as a variant on batches of its own (`bench --reference-check`): how often this
+    second, independent reference agrees with a sure one is the ceiling of any estimate's agreement."""
+    return f"utility=exact,support_batches={m},target_batches={m},support_batch_size=0,selection_params=all,policy=greedy"
+
+
 _KINDS = {int: "an integer", float: "a number", str: "a string"}
 
 

@@ -132,7 +132,7 @@ def test_the_bench_leaves_the_trajectory_as_pretrain_makes_it(spec_path: Path, t
     # plain twin draw from their own streams and RNGs, so the engine's choices are pretrain's
     spec = override(parse_run(spec_path), output_dir=tmp_path / "out")
     result = bench.bench(
-        spec, episodes=3, variants=["policy=greedy", "sketch=0"], reference=2, sources=[1, 3]
+        spec, episodes=3, variants=["policy=greedy", "sketch=0"], reference=2, sources=[1, 3], check=True
     )
     engine.pretrain(spec)
     made = [
@@ -140,7 +140,12 @@ def test_the_bench_leaves_the_trajectory_as_pretrain_makes_it(spec_path: Path, t
     ]
     assert result["choices"] == made[1:4]
     names = [row["name"] for row in result["variants"]]
-    assert names == ["spec", "policy=greedy", "sketch=0"]
+    assert names == ["spec", "policy=greedy", "sketch=0", study.again(2)]
+    second = result["variants"][-1]  # --reference-check: the reference again, on its own batches
+    assert (
+        second["estimator"] == "exact" and second["policy"] == "greedy" and second["support_batch_size"] == 0
+    )
+    assert result["reference_self_agreement"] == second["agreement_sure"]
     assert result["variants"][0]["estimator"] == "shared" and result["variants"][0]["sketch"] == 1000
     assert result["reference_episodes"] == 3 and len(result["reference_z"]) == 3
     assert 0.0 <= result["reference_sure_share"] <= 1.0
@@ -150,6 +155,19 @@ def test_the_bench_leaves_the_trajectory_as_pretrain_makes_it(spec_path: Path, t
     assert [g["sources"] for g in result["sources"]] == [1, 3]
     assert set(result["targets"]) == set(bench.TARGETS)
     assert [g["batch_size"] for g in result["ghost"]] == [1, 2, 4]  # 1 example, the probe, the batch
+
+
+def test_the_second_reference_scores_batches_of_its_own(spec_path: Path, tmp_path: Path) -> None:
+    # the ceiling is only a ceiling if the second reference is an independent draw of the first
+    run = engine.setup(override(parse_run(spec_path), output_dir=tmp_path / "out"), resume=False)
+    lab = study.Study(run, [study.again(2)], 2)
+    meta = lab.views[1].spec.meta
+    assert (meta.utility, meta.support_batches, meta.target_batches, meta.policy) == ("exact", 2, 2, "greedy")
+    for group in ("support", "target"):
+        for task in run.sources:
+            mine, reference = lab.views[1].streams[group][task].next(), lab.ref_streams[group][task].next()
+            assert mine["input_ids"].shape == reference["input_ids"].shape  # training-sized, both
+            assert not torch.equal(mine["input_ids"], reference["input_ids"])
 
 
 def test_a_ghost_inner_product_is_the_materialised_one(spec_path: Path, tmp_path: Path) -> None:
