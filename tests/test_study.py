@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import MLM_TASK, TINY_MODEL, write
 
-from metapt import bench, engine, ghost, growth, selection, study
+from metapt import bench, engine, ghost, growth, pointless, selection, study
 from metapt.cli import app
 from metapt.errors import MetaptError
 from metapt.model import batch_to
@@ -200,3 +200,17 @@ def test_bad_bench_options_exit_2(runner, spec_path: Path) -> None:
     assert result.exit_code == 2 and "--sources '4,x': expected comma-separated counts >= 1" in result.output
     result = runner.invoke(app, ["bench", str(spec_path), "--variant", "nokey=1", "--episodes", "1"])
     assert result.exit_code == 2 and "'nokey=1' is not KEY=VALUE" in result.output
+
+
+def test_target_batches_are_said_to_do_nothing_for_the_shared_estimate(spec_path: Path) -> None:
+    # agnostic first order with M >= 2 takes the shared estimate: it draws no target batches
+    spec = parse_run(spec_path)
+
+    def warned(**meta: object) -> bool:
+        changed = dataclasses.replace(spec, meta=dataclasses.replace(spec.meta, **meta))
+        return any("target_batches" in w for w in pointless.run_warnings(changed, {}, 0))
+
+    assert warned(target_batches=8)
+    assert not warned(target_batches=0)
+    assert not warned(target_batches=8, utility="exact")
+    assert not warned(target_batches=8, support_batches=1)
