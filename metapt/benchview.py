@@ -36,7 +36,7 @@ ROWS = (
     ("reference_sure_share", "episodes where the reference is sure"),
     ("reference_agreement", "the spec's choices agree with a sure reference"),
     ("engine_agreement_sure", "same, the engine's choices (with exploration)"),
-    ("reference_self_agreement", "a second reference agrees with a sure one (ceiling)"),
+    ("reference_self_agreement", "ceiling: a second reference agrees"),
     ("selection_peak_bytes", "peak memory, the spec's selection"),
     ("train_peak_bytes", "peak memory, plain training step"),
     ("memory_ratio", "selection / training peak"),
