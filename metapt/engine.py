@@ -183,15 +183,9 @@ def _check(value: float, what: str, run: Run) -> None:
 
 
 def shares_targets(run: Run) -> bool:
-    """Agnostic first-order selection scores the sources' support gradients against each other
-    (`selection.shared_utilities`): no target batches. It needs M >= 2 support batches per source."""
-    meta = run.spec.meta
-    return (
-        meta.utility == "first_order"
-        and meta.setting == "agnostic"
-        and meta.support_batches >= 2
-        and run.targets == run.sources
-    )
+    """The run selects with the shared estimate (`MetaSpec.shares_targets`, and its targets are its
+    sources)."""
+    return run.spec.meta.shares_targets and run.targets == run.sources
 
 
 def reuses_support(run: Run) -> bool:

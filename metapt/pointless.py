@@ -90,12 +90,7 @@ def _meta_warnings(spec: RunSpec) -> list[str]:
         )
     if meta.inner_lr == 0:
         out.append("[meta].inner_lr = 0: the inner step does not move, so every source scores the same")
-    if (
-        meta.setting == "agnostic"
-        and meta.utility == "first_order"
-        and meta.support_batches >= 2
-        and meta.target_batches
-    ):
+    if meta.shares_targets and meta.target_batches:
         out.append(
             f"[meta].target_batches = {meta.target_batches} has no effect: agnostic first-order selection scores "
             "the sources' support batches against each other (the shared estimate, no target batches)"

@@ -256,6 +256,12 @@ class MetaSpec:
     mixture: str = _f("", help="mixture scheduler: a mixture.json to replay (relative to this file)")
     mixture_phases: bool = _f(False, help="mixture: replay each phase's shares, not the overall ones")
 
+    @property
+    def shares_targets(self) -> bool:
+        """Agnostic first-order selection with M >= 2 scores the sources' support gradients against each
+        other (the shared estimate, `selection.shared`): it draws no target batches."""
+        return self.utility == "first_order" and self.setting == "agnostic" and self.support_batches >= 2
+
 
 @dataclass(frozen=True)
 class RunSpec:

@@ -145,7 +145,9 @@ def test_the_bench_leaves_the_trajectory_as_pretrain_makes_it(spec_path: Path, t
     assert (
         second["estimator"] == "exact" and second["policy"] == "greedy" and second["support_batch_size"] == 0
     )
-    assert result["reference_self_agreement"] == second["agreement_sure"]
+    sure = [i for i, z in enumerate(result["reference_z"]) if z is not None and z > study.SURE]
+    hits = sum(second["choices"][i] == result["reference_leaders"][i] for i in sure)
+    assert result["reference_self_agreement"] == (hits / len(sure) if sure else None)
     assert result["variants"][0]["estimator"] == "shared" and result["variants"][0]["sketch"] == 1000
     assert result["reference_episodes"] == 3 and len(result["reference_z"]) == 3
     assert 0.0 <= result["reference_sure_share"] <= 1.0
