@@ -420,6 +420,8 @@ def bench(
     if threads is not None:
         torch.set_num_threads(threads)
     counts = _counts(sources) if sources else None
+    if reference_check and reference == 0:
+        raise MetaptError("--reference-check compares two references: it needs --reference M with M >= 1")
     variants = None if not variant else [] if variant == ["none"] else list(variant)
     result = run_bench(
         spec,

@@ -202,6 +202,8 @@ def test_bad_bench_options_exit_2(runner, spec_path: Path) -> None:
     assert result.exit_code == 2 and "--sources '4,x': expected comma-separated counts >= 1" in result.output
     result = runner.invoke(app, ["bench", str(spec_path), "--variant", "nokey=1", "--episodes", "1"])
     assert result.exit_code == 2 and "'nokey=1' is not KEY=VALUE" in result.output
+    result = runner.invoke(app, ["bench", str(spec_path), "--reference", "0", "--reference-check"])
+    assert result.exit_code == 2 and "--reference-check compares two references" in result.output
 
 
 def test_target_batches_are_said_to_do_nothing_for_the_shared_estimate(spec_path: Path) -> None:
