@@ -287,6 +287,11 @@ SYNTHETIC_CORPORA: tuple[str, ...] = (
 HEAD_TYPES: tuple[str, ...] = tuple(dict.fromkeys(h for k in KINDS.values() for h in k.heads))
 LOSS_TYPES: tuple[str, ...] = tuple(dict.fromkeys(x for k in KINDS.values() for x in k.losses))
 
+# compare's downstream tasks for agnostic runs: the synthetic world's few-shot SRL, closed-book claims
+# that only the sources' facts decide, and closed-book word typing, whose scored words only the
+# sources place (it rises with pretraining).
+DEFAULT_DOWNSTREAM: tuple[str, ...] = ("conll2012-synthetic", "claims-synthetic", "types-synthetic")
+
 SCHEDULERS: tuple[str, ...] = (
     "meta",
     "uniform",

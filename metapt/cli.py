@@ -18,6 +18,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from metapt import outdir
+from metapt.catalog import DEFAULT_DOWNSTREAM
 from metapt.errors import MetaptError, TrainingError
 
 # emoji off: a file name such as `a:x:b` must print as written, not with an emoji in it.
@@ -463,7 +464,7 @@ def compare(
         None,
         "--downstream",
         help="Comma-separated tasks to finetune on (default: the targets of an aware run, else "
-        "conll2012-synthetic,claims-synthetic,types-synthetic).",
+        f"{','.join(DEFAULT_DOWNSTREAM)}).",
     ),
     output_dir: Path = typer.Option(
         None, "--output-dir", help="Default: the run spec's output_dir + '-compare'."

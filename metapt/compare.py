@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from metapt import distributed, mixture, outdir, report, reporting, stats, verdict
-from metapt.catalog import KINDS, SCHEDULERS
+from metapt.catalog import DEFAULT_DOWNSTREAM, KINDS, SCHEDULERS
 from metapt.engine import pretrain
 from metapt.errors import MetaptError, suggest
 from metapt.finetune import aggregate, finetune_one, task_spec
@@ -32,9 +32,6 @@ from metapt.runspec import override
 from metapt.spec import RunSpec, TaskSpec
 
 Callback = Callable[[str, dict[str, Any]], None]
-# Agnostic runs: the synthetic world's few-shot SRL, closed-book claims that only the sources' facts decide,
-# and closed-book word typing, whose scored words only the sources place (it rises with pretraining).
-DEFAULT_DOWNSTREAM = ("conll2012-synthetic", "claims-synthetic", "types-synthetic")
 # With a budget the episode count only sets the LR schedule's length (the budget stops the run): an
 # estimate from one probe episode, with room for episodes cheaper than the probe's.
 CAP_SLACK = 1.25
@@ -65,7 +62,7 @@ def folder(name: str) -> str:
 
 def downstream_tasks(spec: RunSpec, names: str | None) -> list[TaskSpec]:
     """The --downstream tasks (names or spec files); default: an aware run's targets, else
-    conll2012-synthetic, claims-synthetic and types-synthetic. Each needs a labelled train and validation split."""
+    `DEFAULT_DOWNSTREAM`. Each needs a labelled train and validation split."""
     if names is not None:
         tasks = [task_spec(n.strip(), None, {}) for n in names.split(",") if n.strip()]
         if not tasks:
