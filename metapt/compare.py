@@ -32,9 +32,19 @@ from metapt.runspec import override
 from metapt.spec import RunSpec, TaskSpec
 
 Callback = Callable[[str, dict[str, Any]], None]
-# With a budget the episode count only sets the LR schedule's length (the budget stops the run): an
-# estimate from one probe episode, with room for episodes cheaper than the probe's.
-CAP_SLACK = 1.25
+# With a budget the budget stops the run and sets the LR schedule (engine.pretrain); the episode count
+# is a cap, estimated from one probe episode with room for episodes cheaper than the probe's (a meta
+# run picks its tasks, and they can cost 30% less than the probe's). Schedulers whose choices follow
+# the episode count (sequential's stages, a replayed mixture's phases) spread them over the cap, so
+# theirs stays close to the estimate: their last stage or phase can be cut short.
+CAP_SLACK = 2.0
+PLANNED_SLACK = 1.25
+PLANNED = ("sequential", "mixture")
+
+
+def slack(scheduler: str) -> float:
+    """How far past the probe's estimate a scheduler's episode cap is set under a budget."""
+    return PLANNED_SLACK if scheduler in PLANNED else CAP_SLACK
 
 
 def parse_schedulers(text: str) -> list[str]:
@@ -99,7 +109,7 @@ def episode_caps(
     spec: RunSpec, schedulers: list[str], seed: int, budget: float, out: Path, device: str | None
 ) -> dict[str, dict[str, float]]:
     """Run one probe episode per scheduler: refuse a budget smaller than any first episode, and size
-    each run's LR schedule to the episodes the budget buys (selection spread over select_every)."""
+    each run's episode cap from the episodes the budget buys (selection spread over select_every)."""
     probes: dict[str, dict[str, float]] = {}
     try:
         for s in schedulers:
@@ -116,7 +126,7 @@ def episode_caps(
             per_episode = train + (sel - once) / (spec.meta.select_every if s.startswith("meta") else 1)
             probes[s] = {
                 "first_episode_flops": sel + train,
-                "cap": max(1, math.ceil(CAP_SLACK * (budget - once) / per_episode)),
+                "cap": max(1, math.ceil(slack(s) * (budget - once) / per_episode)),
             }
     finally:
         shutil.rmtree(out / ".probe", ignore_errors=True)
@@ -248,7 +258,7 @@ def _cap(caps: dict[str, dict[str, float]], scheduler: str, meta_run: dict | Non
         return int(caps[scheduler]["cap"])
     assert meta_run is not None, "a replay runs after its seed's meta run"
     per_episode = meta_run["train_flops"] / max(1, meta_run["episodes"])
-    return max(1, math.ceil(CAP_SLACK * budget / per_episode))
+    return max(1, math.ceil(slack(scheduler) * budget / per_episode))
 
 
 def compare(

@@ -33,6 +33,7 @@ from metapt import (
     resuming,
     runstate,
     selection,
+    train,
 )
 from metapt.builders import build_encoder, build_model, build_optimizers, build_streams
 from metapt.catalog import KINDS
@@ -309,7 +310,10 @@ def pretrain(
 ) -> dict[str, Any]:
     """Run the episodes of a run spec; returns a summary. Ctrl-C or SIGTERM finishes the episode,
     saves, and stops. With `max_flops`, the run also stops after the episode in which selection +
-    training FLOPs reach it (equal-compute comparisons: the meta scheduler's selection counts).
+    training FLOPs reach it (equal-compute comparisons: the meta scheduler's selection counts), and
+    the LR schedule follows the FLOPs: before each episode's training it is put at the share of the
+    budget spent, so it decays to 0 at the budget however many episodes that takes (the episode count
+    is a cap, and the schedule's resolution).
 
     The output folder must be empty or absent unless `resume` (continue its checkpoint) or
     `overwrite` (remove metapt's own files there first); rank 0 holds its lock while the run writes.
@@ -368,6 +372,7 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
                 fit_flops += head_flops
             utilities = picked.utilities if picked else {}
             chosen, explored, utilities = distributed.agree(chosen, explored, utilities, run.sources)
+            _follow_budget(run, spent() + (picked.flops if picked else 0) + fit_flops, max_flops)
             t1 = time.perf_counter()
             stats = train_chosen(run, chosen, picked.gradient if picked else None)  # N steps on it
             # FLOPs and tokens of the whole global batch (each rank counted its share)
@@ -411,6 +416,14 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
     summary = _summary(run, total, stop.signal)
     callback("end", summary)
     return summary
+
+
+def _follow_budget(run: Run, spent: float, max_flops: float | None) -> None:
+    """Under a budget, before an episode trains: put the LR schedule at the budget's share spent
+    (selection included), so it warms up and decays to 0 over the FLOPs, not over the episode cap."""
+    if max_flops is not None:
+        steps = run.spec.run.episodes * run.spec.meta.train_batches
+        train.seek(run.schedule, min(steps, round(steps * spent / max_flops)))
 
 
 def _start_event(run: Run) -> dict[str, Any]:

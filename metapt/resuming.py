@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from metapt import train
 from metapt.errors import CheckpointError
 from metapt.spec import RunSpec
 
@@ -164,7 +165,6 @@ def reapply(
     for groups, optimizer in zip(saved, optimizers):
         for i, (g, values) in enumerate(zip(optimizer.param_groups if optimizer else [], groups)):
             g.update(values)
-            if optimizer is schedule.optimizer:  # the scheduled rate at the schedule's position
+            if optimizer is schedule.optimizer:
                 schedule.base_lrs[i] = values["initial_lr"]
-                g["lr"] = values["initial_lr"] * schedule.lr_lambdas[i](schedule.last_epoch)
-    schedule._last_lr = [g["lr"] for g in schedule.optimizer.param_groups]
+    train.seek(schedule, schedule.last_epoch)  # the scheduled rates at the schedule's position

@@ -38,6 +38,16 @@ def warmup_linear(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def seek(schedule: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
+    """Put the schedule at `step` and its optimizer's learning rates at the rates it gives there (base
+    rate x factor), as if it had stepped that far: a resume, or a budget's FLOPs setting the position."""
+    schedule.last_epoch = step
+    groups = schedule.optimizer.param_groups
+    for g, base, factor in zip(groups, schedule.base_lrs, schedule.lr_lambdas):
+        g["lr"] = base * factor(step)
+    schedule._last_lr = [g["lr"] for g in groups]
+
+
 def items(batch: Batch) -> int:
     """How many terms a batch's loss averages: non-ignored labels, else examples."""
     if "labels" in batch:

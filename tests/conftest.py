@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -103,3 +104,14 @@ def crash_after(episode: int) -> Callable[[str, dict], None]:
             raise Crash
 
     return die
+
+
+def stop_after(episode: int) -> Callable[[str, dict], None]:
+    """A `pretrain` callback that sends SIGTERM once `episode` is logged: the engine finishes that
+    episode, saves a checkpoint and stops, as under Slurm or torchrun."""
+
+    def stop(event: str, data: dict) -> None:
+        if event == "episode" and data["episode"] == episode:
+            signal.raise_signal(signal.SIGTERM)
+
+    return stop

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from conftest import stop_after
 from safetensors.torch import load_file as safetensors_load
 from transformers import AutoModel, AutoTokenizer
 
@@ -91,16 +93,16 @@ def test_a_streamed_corpus_trains_and_resumes_like_an_uninterrupted_run(tmp_path
     )
     spec = parse_run(tmp_path / "run.toml")
 
-    def run(out: str, resume: bool = False, max_flops: float | None = None) -> list[str]:
+    def run(out: str, resume: bool = False, callback: Callable | None = None) -> list[str]:
         engine.pretrain(
-            override(spec, episodes=3, output_dir=tmp_path / out), resume=resume, max_flops=max_flops
+            override(spec, episodes=3, output_dir=tmp_path / out), resume=resume, callback=callback
         )
         return [json.loads(x)["chosen"] for x in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
 
     whole = run("whole")
-    # Stop after episode 1 (a budget of 1 FLOP; same LR schedule as the whole run), then resume: the
-    # stream must skip what it consumed, so the rest of the run is the uninterrupted one.
-    assert len(run("parts", max_flops=1)) == 1
+    # Stop after episode 1 (SIGTERM: finish it and save), then resume: the stream must skip what it
+    # consumed, so the rest of the run is the uninterrupted one.
+    assert len(run("parts", callback=stop_after(1))) == 1
     assert run("parts", resume=True) == whole
     a, b = (safetensors_load(tmp_path / d / "model.safetensors") for d in ("whole", "parts"))
     assert all(torch.equal(a[k], b[k]) for k in a)

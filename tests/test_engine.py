@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import Crash, crash_after
+from conftest import Crash, crash_after, stop_after
 from safetensors.torch import load_file
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -282,6 +282,53 @@ def test_extending_a_finished_run_differs_only_by_its_lr_schedule(
         (r["chosen"], r["explored"]) for r in lines(whole)
     ]
     assert any(r["explored"] for r in lines(whole)[2:])  # the resumed half explored at least once
+    assert_same_weights(whole, parts)
+
+
+def _budget_for(meta_run: tuple, episodes: float) -> float:
+    """FLOPs for about `episodes` episodes of the tiny meta run (its first one also fits the heads)."""
+    records = lines(meta_run[0])
+    mean = sum(r["selection_flops"] + r["train_flops"] for r in records[1:]) / (len(records) - 1)
+    return records[0]["selection_flops"] + records[0]["train_flops"] + (episodes - 1) * mean
+
+
+def test_under_a_budget_the_lr_follows_the_flops_not_the_episode_cap(meta_run: tuple, tmp_path: Path) -> None:
+    budget = _budget_for(meta_run, 5.5)
+    runs = {}
+    for cap in (10, 30):
+        summary = engine.pretrain(tiny(tmp_path / str(cap), episodes=cap), max_flops=budget)
+        runs[cap] = lines(tmp_path / str(cap))
+        # the budget stopped the run, not the cap: after the episode that reached it
+        spent = [sum(r["selection_flops"] + r["train_flops"] for r in runs[cap][:e]) for e in (-1, None)]
+        assert summary["episodes"] < cap and spent[0] < budget <= spent[1]
+    assert chosen(tmp_path / "10") == chosen(tmp_path / "30")  # the cap changes the LR only
+    n, base, warmup_ratio = 2, 1e-3, 0.06  # train_batches, [meta].lr, [meta].warmup_ratio (default)
+    for cap, records in runs.items():
+        steps = cap * n
+        warmup = int(steps * warmup_ratio)
+        before = 0.0
+        for r in records:
+            # put at the share of the budget spent when its training starts, then N steps on
+            at = min(steps, round(steps * (before + r["selection_flops"]) / budget)) + n
+            factor = (at + 1) / (warmup + 1) if at < warmup else max(0.0, (steps - at) / (steps - warmup))
+            assert r["lr"] == pytest.approx(base * factor, rel=1e-9)
+            before += r["selection_flops"] + r["train_flops"]
+        # decayed to near 0 at the budget; by the step count a 30-episode cap would still be at 0.9
+        assert records[-1]["lr"] < 0.25 * base
+    # the two caps agree to within one episode's share of the decay
+    for a, b in zip(runs[10], runs[30]):
+        assert abs(a["lr"] - b["lr"]) <= base * 2 / len(runs[10])
+
+
+def test_a_budget_run_resumes_bitwise(meta_run: tuple, tmp_path: Path) -> None:
+    budget = _budget_for(meta_run, 4.5)
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert engine.pretrain(tiny(whole, episodes=12), max_flops=budget)["episodes"] == 5
+    assert (
+        engine.pretrain(tiny(parts, episodes=12), callback=stop_after(2), max_flops=budget)["episodes"] == 2
+    )
+    engine.pretrain(tiny(parts, episodes=12), resume=True, max_flops=budget)
+    assert [(r["chosen"], r["lr"]) for r in lines(parts)] == [(r["chosen"], r["lr"]) for r in lines(whole)]
     assert_same_weights(whole, parts)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import stop_after
 from typer.testing import CliRunner
 
 from metapt import engine, mixture, schedulers
@@ -114,9 +115,9 @@ def test_a_mixture_run_replays_the_counts_of_a_meta_run(meta_run: tuple, tmp_pat
     replay = [r["chosen"] for r in lines(tmp_path / "overall")]
     assert Counter(replay) == Counter(meta_choices)
     # per phase: 6 phases of one episode each give back meta's sequence itself, also across a resume
-    # (max_flops=1 stops the run after its first episode, with a checkpoint)
+    # (SIGTERM stops the run after its first episode, with a checkpoint)
     phased = tiny(tmp_path / "phased", 6, scheduler="mixture", mixture=str(source), mixture_phases=True)
-    assert engine.pretrain(phased, max_flops=1)["episodes"] == 1
+    assert engine.pretrain(phased, callback=stop_after(1))["episodes"] == 1
     engine.pretrain(phased, resume=True)
     assert [r["chosen"] for r in lines(tmp_path / "phased")] == meta_choices
 
