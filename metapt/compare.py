@@ -356,7 +356,7 @@ def describe(event: str, data: dict[str, Any]) -> str | None:
     if event == "probe":
         return (
             f"probe {data['scheduler']}: first episode {data['first_episode_flops']:.3g} FLOPs, "
-            f"LR schedule over {int(data['cap'])} episodes"
+            f"episode cap {int(data['cap'])} (the budget stops the run and sets the LR schedule)"
         )
     if event == "run":
         return (
