@@ -110,7 +110,7 @@ def _recorder(job: dict, rank: int, seen: list[dict]) -> Callable[[str, dict], N
 
     def callback(event: str, data: dict) -> None:
         if event == "episode":
-            seen.append({k: data[k] for k in ("chosen", "explored", "utilities", "train_loss")})
+            seen.append({k: data[k] for k in ("chosen", "explored", "utilities", "train_loss", "lr")})
             if job.get("fail") == (rank, data["episode"]):
                 raise RuntimeError(f"rank {rank} failed on purpose")
             if job.get("stall") == (rank, data["episode"]):
@@ -129,7 +129,9 @@ def _run(job: dict, callback: Callable[[str, dict], None]) -> dict[str, Any]:
             finetune_one(job["checkpoint"], spec, 0, Path(job["out"]), "cpu")
         else:
             spec = override(parse_run(job["spec"]), output_dir=Path(job["out"]))
-            engine.pretrain(spec, resume=job.get("resume", False), callback=callback)
+            engine.pretrain(
+                spec, resume=job.get("resume", False), callback=callback, max_flops=job.get("max_flops")
+            )
     except Crash:
         return {"crashed": True}
     except Exception as e:
@@ -212,6 +214,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         engine.pretrain(override(parse_run(spec), output_dir=tmp / "one"))
         engine.pretrain(override(parse_run(bandit), output_dir=tmp / "one-bandit"))
         engine.pretrain(override(parse_run(agnostic), output_dir=tmp / "one-agnostic"))
+        # a budget that the third episode reaches (the ranks must agree on where the LR is, and stop)
+        flops = [
+            r["selection_flops"] + r["train_flops"]
+            for r in map(json.loads, (tmp / "one-agnostic" / "metrics.jsonl").open())
+        ]
+        budget = flops[0] + flops[1] + flops[2] / 2
+        engine.pretrain(override(parse_run(agnostic), output_dir=tmp / "one-budget"), max_flops=budget)
         finetune_one(str(tmp / "one"), task_spec(str(pairs), None, {}), 0, tmp / "ft-one", "cpu")
     finally:
         torch.set_num_threads(threads)
@@ -219,6 +228,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         {"name": "two", "spec": str(spec), "out": str(tmp / "two"), "kind": "pretrain"},
         {"name": "bandit", "spec": str(bandit), "out": str(tmp / "two-bandit"), "kind": "pretrain"},
         {"name": "agnostic", "spec": str(agnostic), "out": str(tmp / "two-agnostic"), "kind": "pretrain"},
+        {
+            "name": "budget",
+            "spec": str(agnostic),
+            "out": str(tmp / "two-budget"),
+            "kind": "pretrain",
+            "max_flops": budget,
+        },
         {"name": "cut", "spec": str(spec), "out": str(tmp / "cut"), "kind": "pretrain", "crash": 2},
         {"name": "resumed", "spec": str(spec), "out": str(tmp / "cut"), "kind": "pretrain", "resume": True},
         {
@@ -275,6 +291,18 @@ def test_two_ranks_make_the_cheap_selections_choices_as_one_process(runs: dict[s
     for a, b in zip(one, two):
         assert b["utilities"] == pytest.approx(a["utilities"], rel=1e-3, abs=1e-9)  # float order
         assert b["policy_scores"] == pytest.approx(a["policy_scores"], rel=1e-3, abs=1e-9)
+
+
+def test_two_ranks_under_a_budget_stop_and_set_the_lr_as_one_process(runs: dict[str, Path]) -> None:
+    tmp = runs["tmp"]
+    one = [json.loads(line) for line in (tmp / "one-budget" / "metrics.jsonl").open()]
+    assert len(one) == 3  # the budget stopped the 4-episode run in its third episode
+    ranks = [seen(tmp, "budget", r)["episodes"] for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # the same choices and learning rates on both ranks
+    assert [e["chosen"] for e in ranks[0]] == [r["chosen"] for r in one]
+    # the summed FLOPs read as one process's, so the LR is put at the same share of the budget
+    assert [e["lr"] for e in ranks[0]] == pytest.approx([r["lr"] for r in one], rel=1e-12)
+    assert max_diff(tmp / "one-budget", tmp / "two-budget") < 1e-4
 
 
 def test_only_rank_0_writes(runs: dict[str, Path]) -> None:
