@@ -367,6 +367,7 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
             elif not selects(run, last):  # between selections: keep the last task
                 chosen, explored, reused = last, False, True
             else:  # Algorithm 1: every source's utility on the same target batches, the policy's choice
+                fit_flops += _refit_source_heads(run)  # every [meta].refit_heads_every-th selection
                 picked, head_flops = select_step(run)
                 chosen, explored, reused = picked.chosen, picked.explored, False
                 fit_flops += head_flops
@@ -469,6 +470,26 @@ def _fit_heads_first(run: Run, callback: Callback) -> tuple[float, int]:
         distributed.broadcast_parameters([run.model.heads])
     callback("heads", {**fitted, "seconds": seconds})
     return seconds, fitted["flops"]
+
+
+def _refit_source_heads(run: Run) -> int:
+    """Before every `refit_heads_every`-th selection after the first (0: none): the sources' heads
+    fitted again on the frozen encoder, as `fit_all_heads` fits them, so that a source the policy has
+    not chosen lately is scored through a head that fits today's encoder, not the first one. Its
+    FLOPs, charged to the selection."""
+    meta = run.spec.meta
+    selection = run.episode // meta.select_every  # the selection about to be made (0: the first)
+    if not meta.refit_heads_every or selection == 0 or selection % meta.refit_heads_every:
+        return 0
+    heads = [p for s in run.sources for p in run.model.heads[s].parameters()]
+    optimizer = torch.optim.AdamW(heads, lr=meta.head_lr)
+    limit = meta.head_fit_steps
+    _, flops, _ = fitting.fit_heads(
+        run.model, run.streams["fit"], run.sources, optimizer, limit, run.device, run.flops
+    )
+    if run.world > 1:  # rank 0's heads for every rank, as after the first fit
+        distributed.broadcast_parameters([run.model.heads[s] for s in run.sources])
+    return flops
 
 
 def _summary(run: Run, total: int, stopped_by: int) -> dict[str, Any]:

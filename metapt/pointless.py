@@ -95,6 +95,11 @@ def _meta_warnings(spec: RunSpec) -> list[str]:
             f"[meta].target_batches = {meta.target_batches} has no effect: agnostic first-order selection scores "
             "the sources' support batches against each other (the shared estimate, no target batches)"
         )
+    if meta.refit_heads_every and meta.head_fit_steps == 0:
+        out.append(
+            f"[meta].refit_heads_every = {meta.refit_heads_every} does nothing: [meta].head_fit_steps = 0 "
+            "allows no fitting steps"
+        )
     if episodes > 1 and meta.select_every >= episodes:
         out.append(f"[meta].select_every = {meta.select_every}: the meta step chooses once for the whole run")
     return out

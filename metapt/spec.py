@@ -212,6 +212,14 @@ class MetaSpec:
         help="aware: at most this many head-only steps fit the target heads on the frozen encoder "
         "before the first selection (stops early when the loss stops falling; 0: none)",
     )
+    refit_heads_every: int = _f(
+        0,
+        low=0,
+        high=100_000,
+        help="meta: fit the sources' heads again on the frozen encoder, as before the first selection, "
+        "before every k-th selection after it (an unchosen source's head is otherwise the one fitted "
+        "to the initial encoder; 0: never again)",
+    )
     policy: str = _f(
         "greedy",
         choices=("greedy", "bandit"),

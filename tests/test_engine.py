@@ -332,6 +332,51 @@ def test_a_budget_run_resumes_bitwise(meta_run: tuple, tmp_path: Path) -> None:
     assert_same_weights(whole, parts)
 
 
+def test_refit_heads_every_fits_the_source_heads_again_before_those_selections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fits: list[tuple[int, list[str], int]] = []  # (episodes done, tasks fitted, FLOPs)
+    done: list[int] = []
+    real = engine.fitting.fit_heads
+
+    def spy(model: MultiTaskModel, streams: dict, fitted: list[str], *args: Any) -> tuple[int, int, float]:
+        out = real(model, streams, fitted, *args)
+        fits.append((len(done), list(fitted), out[1]))
+        return out
+
+    monkeypatch.setattr(engine.fitting, "fit_heads", spy)
+    count = lambda event, data: done.append(1) if event == "episode" else None  # noqa: E731
+    plain, refit = tmp_path / "plain", tmp_path / "refit"
+    engine.pretrain(tiny(plain, episodes=6, select_every=2), callback=count)
+    assert [(e, f) for e, f, _ in fits if f] == [(0, ["mlm", "mlm_shuffled"])]  # once, before the first
+    fits.clear(), done.clear()
+    engine.pretrain(tiny(refit, episodes=6, select_every=2, refit_heads_every=1), callback=count)
+    # selections before episodes 1, 3 and 5: the sources' heads again before the 2nd and the 3rd
+    assert [(e, f) for e, f, _ in fits if f] == [
+        (0, ["mlm", "mlm_shuffled"]),
+        (2, ["mlm", "mlm_shuffled"]),
+        (4, ["mlm", "mlm_shuffled"]),
+    ]
+    extra = {e: flops for e, f, flops in fits if f and e}
+    # charged to that episode's selection: the same batches were scored, plus the fitting
+    for e, (a, b) in enumerate(zip(lines(plain), lines(refit))):
+        assert b["selection_flops"] - a["selection_flops"] == extra.get(e, 0)
+    heads = load_file(plain / "heads.safetensors"), load_file(refit / "heads.safetensors")
+    assert not all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+
+
+def test_a_run_that_refits_heads_resumes_bitwise(tmp_path: Path) -> None:
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    spec = lambda out: tiny(out, episodes=5, refit_heads_every=2)  # noqa: E731
+    engine.pretrain(spec(whole))
+    engine.pretrain(spec(parts), callback=stop_after(3))
+    engine.pretrain(spec(parts), resume=True)
+    assert [(r["chosen"], r["selection_flops"]) for r in lines(parts)] == [
+        (r["chosen"], r["selection_flops"]) for r in lines(whole)
+    ]
+    assert_same_weights(whole, parts)
+
+
 def test_ctrl_c_finishes_the_episode_saves_and_resumes(meta_run: tuple, tmp_path: Path) -> None:
     first, _, _ = meta_run
     out = tmp_path / "out"

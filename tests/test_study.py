@@ -218,3 +218,15 @@ def test_target_batches_are_said_to_do_nothing_for_the_shared_estimate(spec_path
     assert not warned(target_batches=0)
     assert not warned(target_batches=8, utility="exact")
     assert not warned(target_batches=8, support_batches=1)
+
+
+def test_refit_heads_every_without_fitting_steps_is_said_to_do_nothing(spec_path: Path) -> None:
+    spec = parse_run(spec_path)
+
+    def warned(**meta: object) -> bool:
+        changed = dataclasses.replace(spec, meta=dataclasses.replace(spec.meta, **meta))
+        return any("refit_heads_every" in w for w in pointless.run_warnings(changed, {}, 0))
+
+    assert warned(refit_heads_every=2, head_fit_steps=0)
+    assert not warned(refit_heads_every=2)
+    assert not warned(refit_heads_every=0, head_fit_steps=0)
