@@ -110,7 +110,7 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
         model,
         [n for n in targets if n not in sources],
         spec.meta,
-        spec.run.episodes * spec.meta.train_batches,
+        schedule_steps(spec),
     )
     run = Run(
         spec=spec,
@@ -419,11 +419,16 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
     return summary
 
 
+def schedule_steps(spec: RunSpec) -> int:
+    """The LR schedule's length: N training steps in each of the run's episodes."""
+    return spec.run.episodes * spec.meta.train_batches
+
+
 def _follow_budget(run: Run, spent: float, max_flops: float | None) -> None:
     """Under a budget, before an episode trains: put the LR schedule at the budget's share spent
     (selection included), so it warms up and decays to 0 over the FLOPs, not over the episode cap."""
     if max_flops is not None:
-        steps = run.spec.run.episodes * run.spec.meta.train_batches
+        steps = schedule_steps(run.spec)
         train.seek(run.schedule, min(steps, round(steps * spent / max_flops)))
 
 
@@ -481,11 +486,8 @@ def _refit_source_heads(run: Run) -> int:
     selection = run.episode // meta.select_every  # the selection about to be made (0: the first)
     if not meta.refit_heads_every or selection == 0 or selection % meta.refit_heads_every:
         return 0
-    heads = [p for s in run.sources for p in run.model.heads[s].parameters()]
-    optimizer = torch.optim.AdamW(heads, lr=meta.head_lr)
-    limit = meta.head_fit_steps
-    _, flops, _ = fitting.fit_heads(
-        run.model, run.streams["fit"], run.sources, optimizer, limit, run.device, run.flops
+    _, flops, _ = fitting.fit_source_heads(
+        run.model, run.streams["fit"], run.sources, meta.head_lr, meta.head_fit_steps, run.device, run.flops
     )
     if run.world > 1:  # rank 0's heads for every rank, as after the first fit
         distributed.broadcast_parameters([run.model.heads[s] for s in run.sources])

@@ -34,9 +34,7 @@ def fit_all_heads(
     with a separate AdamW (`head_lr`), so the training optimizer's state starts as without fitting.
     Returns the steps and held-out losses of both fits, and their FLOPs together."""
     steps, flops, loss = fit_heads(model, streams, head_only, head_optimizer, limit, device, counter)
-    heads = [p for s in sources for p in model.heads[s].parameters()]
-    source_fit = torch.optim.AdamW(heads, lr=head_lr)
-    s_steps, s_flops, s_loss = fit_heads(model, streams, sources, source_fit, limit, device, counter)
+    s_steps, s_flops, s_loss = fit_source_heads(model, streams, sources, head_lr, limit, device, counter)
     return {
         "steps": steps,
         "loss": loss,
@@ -44,6 +42,22 @@ def fit_all_heads(
         "source_loss": s_loss,
         "flops": flops + s_flops,
     }
+
+
+def fit_source_heads(
+    model: MultiTaskModel,
+    streams: dict[str, BatchStream],
+    sources: list[str],
+    head_lr: float,
+    limit: int,
+    device: torch.device,
+    counter: FlopCounter,
+) -> tuple[int, int, float]:
+    """`fit_heads` on the sources' heads with an AdamW of their own (`head_lr`), so the training
+    optimizer's state is as without fitting: before the first selection, and at every refit."""
+    heads = [p for s in sources for p in model.heads[s].parameters()]
+    optimizer = torch.optim.AdamW(heads, lr=head_lr)
+    return fit_heads(model, streams, sources, optimizer, limit, device, counter)
 
 
 def fit_heads(

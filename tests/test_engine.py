@@ -313,11 +313,12 @@ def test_under_a_budget_the_lr_follows_the_flops_not_the_episode_cap(meta_run: t
             factor = (at + 1) / (warmup + 1) if at < warmup else max(0.0, (steps - at) / (steps - warmup))
             assert r["lr"] == pytest.approx(base * factor, rel=1e-9)
             before += r["selection_flops"] + r["train_flops"]
-        # decayed to near 0 at the budget; by the step count a 30-episode cap would still be at 0.9
+        # decayed to near 0 at the budget; by the step count a 30-episode cap would still be above 0.8
         assert records[-1]["lr"] < 0.25 * base
-    # the two caps agree to within one episode's share of the decay
+    # the two caps agree to within one episode's share of the shorter schedule's decay
+    steps, warmup = 10 * n, int(10 * n * warmup_ratio)
     for a, b in zip(runs[10], runs[30]):
-        assert abs(a["lr"] - b["lr"]) <= base * 2 / len(runs[10])
+        assert abs(a["lr"] - b["lr"]) <= base * n / (steps - warmup)
 
 
 def test_a_budget_run_resumes_bitwise(meta_run: tuple, tmp_path: Path) -> None:
@@ -349,7 +350,8 @@ def test_refit_heads_every_fits_the_source_heads_again_before_those_selections(
     plain, refit = tmp_path / "plain", tmp_path / "refit"
     engine.pretrain(tiny(plain, episodes=6, select_every=2), callback=count)
     assert [(e, f) for e, f, _ in fits if f] == [(0, ["mlm", "mlm_shuffled"])]  # once, before the first
-    fits.clear(), done.clear()
+    fits.clear()
+    done.clear()
     engine.pretrain(tiny(refit, episodes=6, select_every=2, refit_heads_every=1), callback=count)
     # selections before episodes 1, 3 and 5: the sources' heads again before the 2nd and the 3rd
     assert [(e, f) for e, f, _ in fits if f] == [

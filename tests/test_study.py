@@ -206,27 +206,22 @@ def test_bad_bench_options_exit_2(runner, spec_path: Path) -> None:
     assert result.exit_code == 2 and "--reference-check compares two references" in result.output
 
 
+def _warns(spec_path: Path, key: str, **meta: object) -> bool:
+    """Whether the run spec with these [meta] changes is warned about, naming `key`."""
+    spec = parse_run(spec_path)
+    changed = dataclasses.replace(spec, meta=dataclasses.replace(spec.meta, **meta))
+    return any(key in w for w in pointless.run_warnings(changed, {}, 0))
+
+
 def test_target_batches_are_said_to_do_nothing_for_the_shared_estimate(spec_path: Path) -> None:
     # agnostic first order with M >= 2 takes the shared estimate: it draws no target batches
-    spec = parse_run(spec_path)
-
-    def warned(**meta: object) -> bool:
-        changed = dataclasses.replace(spec, meta=dataclasses.replace(spec.meta, **meta))
-        return any("target_batches" in w for w in pointless.run_warnings(changed, {}, 0))
-
-    assert warned(target_batches=8)
-    assert not warned(target_batches=0)
-    assert not warned(target_batches=8, utility="exact")
-    assert not warned(target_batches=8, support_batches=1)
+    assert _warns(spec_path, "target_batches", target_batches=8)
+    assert not _warns(spec_path, "target_batches", target_batches=0)
+    assert not _warns(spec_path, "target_batches", target_batches=8, utility="exact")
+    assert not _warns(spec_path, "target_batches", target_batches=8, support_batches=1)
 
 
 def test_refit_heads_every_without_fitting_steps_is_said_to_do_nothing(spec_path: Path) -> None:
-    spec = parse_run(spec_path)
-
-    def warned(**meta: object) -> bool:
-        changed = dataclasses.replace(spec, meta=dataclasses.replace(spec.meta, **meta))
-        return any("refit_heads_every" in w for w in pointless.run_warnings(changed, {}, 0))
-
-    assert warned(refit_heads_every=2, head_fit_steps=0)
-    assert not warned(refit_heads_every=2)
-    assert not warned(refit_heads_every=0, head_fit_steps=0)
+    assert _warns(spec_path, "refit_heads_every", refit_heads_every=2, head_fit_steps=0)
+    assert not _warns(spec_path, "refit_heads_every", refit_heads_every=2)
+    assert not _warns(spec_path, "refit_heads_every", refit_heads_every=0, head_fit_steps=0)
