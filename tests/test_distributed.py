@@ -344,7 +344,9 @@ def test_a_failing_rank_stops_the_job_with_a_clear_error(runs: dict[str, Path], 
     env = {distributed.TIMEOUT_ENV: "20"}
     codes = spawn([{**job, "fail": (1, 2)}], tmp_path, env, limit=90, teardown=False)
     assert time.monotonic() - start < 60
-    assert codes[1] == 1
+    # The failing rank records its error before it exits; on its way out gloo may abort it (SIGABRT)
+    # when the survivor's socket closes under it (seen once on a loaded machine): its error stands.
+    assert codes[1] in (1, -signal.SIGABRT)
     assert seen(tmp_path, "fail", 1)["error"] == "RuntimeError: rank 1 failed on purpose"
     # The survivor either raises our TrainingError or, when gloo's socket to the dead peer closes in
     # the middle of a collective, is aborted by gloo itself (SIGABRT): either way it does not hang.
