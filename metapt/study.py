@@ -10,7 +10,11 @@ Before every engine episode (so on the weights that episode selects on), the stu
   epsilon 0: exploration is a choice not to agree) and no target-head step, so the live model and
   the run's streams, RNG and policy are untouched and the engine's trajectory is `pretrain`'s. Each
   variant is timed, and its choice compared with the reference's leader.
-Variants with the same probe size draw the same batches in the same episode.
+Variants with the same probe size draw the same batches in the same episode. A variant selects in the
+episodes where `engine.selects` says its `select_every` would (the first study episode, then every
+k-th) and in between keeps its last choice, at no cost: its agreement is that of the choice in effect,
+and its share of the time is measured over the episodes it selected in. The weights are still the
+engine's run's, not those of a run that held the variant's choices.
 """
 
 from __future__ import annotations
@@ -158,8 +162,12 @@ class Study:
         """Score the reference and every variant on the run's current weights."""
         record: dict[str, Any] = {"reference": reference(run, self.ref_streams, self.m) if self.m else None}
         record["variants"] = []
-        for v in self.views:
+        for k, v in enumerate(self.views):
             v.episode, v.model = run.episode, run.model
+            held = self.records[-1]["variants"][k] if self.records else None
+            if held is not None and not engine.selects(v, held["chosen"]):
+                record["variants"].append({**held, "seconds": 0.0, "selected": False})
+                continue
             sync()
             picked, seconds = timed(lambda v=v: engine.select_run(v), sync)
             record["variants"].append(
@@ -169,6 +177,7 @@ class Study:
                     # the bandit's mean leader (its evidence so far; greedy: the estimate's)
                     "policy_leader": policies.argmax(picked.policy_scores or picked.utilities),
                     "seconds": seconds,
+                    "selected": True,
                 }
             )
             picked = None
@@ -209,12 +218,13 @@ def settings(meta: MetaSpec, shared: bool) -> dict[str, Any]:
         "selection_params": meta.selection_params,
         "sketch": meta.sketch,
         "reuse_training": meta.reuse_training,
+        "select_every": meta.select_every,
     }
 
 
 def summarise(study: Study) -> list[dict[str, Any]]:
-    """Per variant: its settings, seconds and share of an episode, and agreement with the reference
-    (its choices, and its per-selection estimate's leader) in the sure episodes and in all."""
+    """Per variant: its settings, seconds per selection and share of the episodes' time, and agreement
+    with the reference (its choices, and its estimate's leader) in the sure episodes and in all."""
     kinds = [settings(v.spec.meta, engine.shares_targets(v)) for v in study.views]
     return rows(study.records, study.names, kinds)
 
@@ -224,10 +234,10 @@ def rows(records: list[dict], names: list[str], kinds: list[dict]) -> list[dict[
     refs = [r["reference"] for r in records]
     sure = [i for i, r in enumerate(refs) if r is not None and r["sure"]]
     scored = [i for i, r in enumerate(refs) if r is not None]
-    train = statistics.mean(r["train_seconds"] for r in records)
+    train = sum(r["train_seconds"] for r in records)
     out = []
     for k, (name, kind) in enumerate(zip(names, kinds)):
-        seconds = statistics.mean(r["variants"][k]["seconds"] for r in records)
+        made = [r["variants"][k]["seconds"] for r in records if r["variants"][k].get("selected", True)]
 
         def agree(key: str, episodes: list[int], k: int = k) -> float | None:
             if not episodes:
@@ -239,8 +249,9 @@ def rows(records: list[dict], names: list[str], kinds: list[dict]) -> list[dict[
             {
                 "name": name,
                 **kind,
-                "selection_seconds": seconds,
-                "selection_share": seconds / (seconds + train),
+                "selections": len(made),
+                "selection_seconds": statistics.mean(made),
+                "selection_share": sum(made) / (sum(made) + train),
                 "agreement_sure": agree("chosen", sure),
                 "agreement_all": agree("chosen", scored),
                 "estimate_agreement_sure": agree("estimate_leader", sure),

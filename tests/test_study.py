@@ -110,6 +110,33 @@ def test_agreement_counts_only_the_sure_episodes_by_hand() -> None:
     assert rows[1]["selection_share"] == pytest.approx(0.5 / 1.5)
 
 
+def test_a_held_choice_costs_nothing_and_counts_against_each_episodes_reference_by_hand() -> None:
+    # select_every = 2: chosen in episodes 1 and 3 (0.5 s each), held in 2 and 4 (0 s); training 1 s
+    refs = [("a", True), ("b", True), ("b", True), ("b", False)]
+    picks = [("a", True), ("a", False), ("b", True), ("b", False)]
+    records = [
+        {
+            "reference": {"leader": leader, "sure": sure},
+            "train_seconds": 1.0,
+            "variants": [
+                {
+                    "chosen": c,
+                    "estimate_leader": c,
+                    "policy_leader": c,
+                    "seconds": 0.5 if made else 0.0,
+                    "selected": made,
+                }
+            ],
+        }
+        for (leader, sure), (c, made) in zip(refs, picks)
+    ]
+    (row,) = study.rows(records, ["select_every=2"], [{}])
+    assert row["selections"] == 2 and row["selection_seconds"] == 0.5  # per selection made
+    assert row["selection_share"] == pytest.approx(1.0 / (1.0 + 4.0))  # over all 4 episodes' time
+    # the choice in effect a, a, b against the sure leaders a, b, b: episode 2's held a misses
+    assert row["agreement_sure"] == pytest.approx(2 / 3) and row["agreement_all"] == 0.75
+
+
 def test_variants_parse_meta_keys_and_refuse_unknown_ones() -> None:
     base = MetaSpec()
     got = study.parse_variant("support_batch_size=8, policy=greedy,reuse_training=true,sketch=0", base)
@@ -131,16 +158,20 @@ def test_the_bench_leaves_the_trajectory_as_pretrain_makes_it(spec_path: Path, t
     # fitted heads, one untimed episode, then the timed ones: the study, the comparisons and the
     # plain twin draw from their own streams and RNGs, so the engine's choices are pretrain's
     spec = override(parse_run(spec_path), output_dir=tmp_path / "out")
-    result = bench.bench(
-        spec, episodes=3, variants=["policy=greedy", "sketch=0"], reference=2, sources=[1, 3], check=True
-    )
+    variants = ["policy=greedy", "sketch=0", "select_every=2"]
+    result = bench.bench(spec, episodes=3, variants=variants, reference=2, sources=[1, 3], check=True)
     engine.pretrain(spec)
     made = [
         json.loads(line)["chosen"] for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
     ]
     assert result["choices"] == made[1:4]
     names = [row["name"] for row in result["variants"]]
-    assert names == ["spec", "policy=greedy", "sketch=0", study.again(2)]
+    assert names == ["spec", *variants, study.again(2)]
+    # select_every = 2 selects in the first study episode (the run's episode 1), then in episode 2,
+    # and holds episode 2's choice in episode 3; the others select in all three
+    assert [row["selections"] for row in result["variants"]] == [3, 3, 3, 2, 3]
+    held = result["variants"][3]
+    assert held["select_every"] == 2 and held["choices"][2] == held["choices"][1]
     second = result["variants"][-1]  # --reference-check: the reference again, on its own batches
     assert (
         second["estimator"] == "exact" and second["policy"] == "greedy" and second["support_batch_size"] == 0
