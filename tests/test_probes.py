@@ -120,10 +120,13 @@ def test_a_store_adds_the_heads_only_for_the_same_task(run: engine.Run) -> None:
                 heads = list(model.head_parameters(ti))
                 want += dot({n: a[n].double() for n in heads}, {n: b[n].double() for n in heads})
             assert float(gram[i, j]) == pytest.approx(want, rel=1e-5), (i, j)
-    # a probe that is not kept: its inner products with the kept ones, the same numbers
+    # a probe that is not kept: its inner products with the kept ones, the same numbers up to float32
+    # rounding (a matrix-vector product against the Gram's matrix product: seen 1.2e-6 apart, relative);
+    # a head term added or left out would move an entry by about |head grad|^2, far more than this
     probe = store.add("mlm", grads[0][1], 1.0, keep=False)
     assert len(store.probes) == 3
-    torch.testing.assert_close(store.dots(probe), gram[0], rtol=1e-6, atol=1e-6)
+    rounding = 1e-6 * float(gram.diagonal().max())
+    torch.testing.assert_close(store.dots(probe), gram[0], rtol=1e-5, atol=rounding)
 
 
 # ------------------------------------------------------------------------------------ estimates
