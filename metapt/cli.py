@@ -416,6 +416,7 @@ def bench(
     from metapt.bench import table
     from metapt.resolve import find_run, parse_run
     from metapt.runspec import override
+    from metapt.study import parse_variant
 
     spec = override(parse_run(find_run(run_spec)), device=device)
     if threads is not None:
@@ -424,6 +425,8 @@ def bench(
     if reference_check and reference == 0:
         raise MetaptError("--reference-check compares two references: it needs --reference M with M >= 1")
     variants = None if not variant else [] if variant == ["none"] else list(variant)
+    for text in variants or ():  # a usage mistake is told before the run is set up
+        parse_variant(text, spec.meta)
     result = run_bench(
         spec,
         episodes,

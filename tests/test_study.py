@@ -233,6 +233,9 @@ def test_bad_bench_options_exit_2(runner, spec_path: Path) -> None:
     assert result.exit_code == 2 and "--sources '4,x': expected comma-separated counts >= 1" in result.output
     result = runner.invoke(app, ["bench", str(spec_path), "--variant", "nokey=1", "--episodes", "1"])
     assert result.exit_code == 2 and "'nokey=1' is not KEY=VALUE" in result.output
+    assert "setting up the run" not in result.output  # told before anything is built
+    result = runner.invoke(app, ["bench", str(spec_path), "--variant", "select_every=0"])
+    assert result.exit_code == 2 and "'select_every=0': 0 is out of range" in result.output
     result = runner.invoke(app, ["bench", str(spec_path), "--reference", "0", "--reference-check"])
     assert result.exit_code == 2 and "--reference-check compares two references" in result.output
 
