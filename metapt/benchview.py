@@ -89,6 +89,7 @@ def _main(result: dict[str, Any]) -> Any:
 
 VARIANT_COLUMNS = (  # the settings columns are in --json (estimator, policy, M, probe, params, ...)
     ("name", "variant"),
+    ("selections", "sel."),
     ("selection_seconds", "s/sel"),
     ("selection_share", "share"),
     ("agreement_sure", "agree"),
@@ -107,7 +108,8 @@ def _variants(result: dict[str, Any]) -> Any:
     title = (
         f"variants on the same weights; reference: exact, {result.get('reference_batches')} x "
         f"{result.get('reference_batches')} batches, sure in {sure} of {result.get('reference_episodes')} "
-        "episodes. agree: the variant's choices are the sure reference's leader; est.: its estimate's "
+        "episodes. sel.: selections made (select_every k: the first episode, then every k-th; the choice "
+        "held in between); agree: the variant's choices are the sure reference's leader; est.: its estimate's "
         "argmax is; mean: the bandit's mean leader is (greedy: est.); all: choices over every episode; "
         "mem, extra: peak memory / a training step's, in all and above what was held"
     )
