@@ -147,9 +147,10 @@ def run_episodes(
 
 
 def _warm_up(run: engine.Run, lab: study.Study, compare: engine.Run, plain: tuple, sync: Any) -> float:
-    """As `pretrain` starts: the heads fitted, then one episode (untimed); one comparison, one study
-    episode, one plain step per source. Returns the head fitting's seconds."""
+    """As `pretrain` starts: the heads fitted, then one episode (untimed), the variants selecting
+    beside it; one comparison, one plain step per source. Returns the head fitting's seconds."""
     fitted, fit_seconds = _timed(lambda: engine.fit_run_heads(run), sync)
+    lab.start(run)  # the variants' warm-up selections, on the weights the engine's selects on
     picked, _ = engine.select_step(run)
     engine.train_chosen(run, picked.chosen, picked.gradient)
     run.episode += 1

@@ -10,11 +10,11 @@ Before every engine episode (so on the weights that episode selects on), the stu
   epsilon 0: exploration is a choice not to agree) and no target-head step, so the live model and
   the run's streams, RNG and policy are untouched and the engine's trajectory is `pretrain`'s. Each
   variant is timed, and its choice compared with the reference's leader.
-Variants with the same probe size draw the same batches in the same episode. A variant selects in the
-episodes where `engine.selects` says its `select_every` would (the first study episode, then every
-k-th) and in between keeps its last choice, at no cost: its agreement is that of the choice in effect,
-and its share of the time is measured over the episodes it selected in. The weights are still the
-engine's run's, not those of a run that held the variant's choices.
+Variants with the same probe size draw the same batches in the same episode. A variant selects where
+`engine.selects` says its `select_every` would, as the engine does: in the warm-up episode (`start`,
+untimed and not scored), then in every k-th; in between it keeps its last choice at no cost. So its
+agreement is that of the choice in effect, and its share is its selections' time over all the timed
+episodes' time. The weights are still the engine's run's, not those of a run that held its choices.
 """
 
 from __future__ import annotations
@@ -53,7 +53,10 @@ VARIANTS = (
 def again(m: int) -> str:
     """The reference as a variant on batches of its own (`bench --reference-check`): how often this
     second, independent reference agrees with a sure one is the ceiling of any estimate's agreement."""
-    return f"utility=exact,support_batches={m},target_batches={m},support_batch_size=0,selection_params=all,policy=greedy"
+    return (
+        f"utility=exact,support_batches={m},target_batches={m},support_batch_size=0,selection_params=all,"
+        "policy=greedy,select_every=1"
+    )
 
 
 _KINDS = {int: "an integer", float: "a number", str: "a string"}
@@ -157,6 +160,14 @@ class Study:
             run, dataclasses.replace(run.spec.meta, support_batch_size=0), "reference"
         )
         self.records: list[dict[str, Any]] = []
+        self.started: list[dict[str, Any]] = []
+
+    def start(self, run: engine.Run) -> None:
+        """Every variant's selection in the warm-up episode (before the engine's own, on the same
+        weights): the choice a variant with select_every > 1 holds until its next selection."""
+        for v in self.views:
+            v.episode, v.model = run.episode, run.model
+            self.started.append(_picked(engine.select_run(v), 0.0))
 
     def episode(self, run: engine.Run, sync: Callable[[], None]) -> dict[str, Any]:
         """Score the reference and every variant on the run's current weights."""
@@ -164,22 +175,14 @@ class Study:
         record["variants"] = []
         for k, v in enumerate(self.views):
             v.episode, v.model = run.episode, run.model
-            held = self.records[-1]["variants"][k] if self.records else None
+            last = self.records[-1]["variants"] if self.records else self.started
+            held = last[k] if last else None
             if held is not None and not engine.selects(v, held["chosen"]):
                 record["variants"].append({**held, "seconds": 0.0, "selected": False})
                 continue
             sync()
             picked, seconds = timed(lambda v=v: engine.select_run(v), sync)
-            record["variants"].append(
-                {
-                    "chosen": picked.chosen,
-                    "estimate_leader": policies.argmax(picked.utilities),
-                    # the bandit's mean leader (its evidence so far; greedy: the estimate's)
-                    "policy_leader": policies.argmax(picked.policy_scores or picked.utilities),
-                    "seconds": seconds,
-                    "selected": True,
-                }
-            )
+            record["variants"].append(_picked(picked, seconds))
             picked = None
         self.records.append(record)
         return record
@@ -191,6 +194,18 @@ class Study:
             v.history.append(task)
             same = v.spec.meta.selection_params == run.spec.meta.selection_params
             v.reused = run.reused if same else None
+
+
+def _picked(picked: Any, seconds: float) -> dict[str, Any]:
+    """What the study keeps of one variant's selection."""
+    return {
+        "chosen": picked.chosen,
+        "estimate_leader": policies.argmax(picked.utilities),
+        # the bandit's mean leader (its evidence so far; greedy: the estimate's)
+        "policy_leader": policies.argmax(picked.policy_scores or picked.utilities),
+        "seconds": seconds,
+        "selected": True,
+    }
 
 
 def sync_for(device: torch.device) -> Callable[[], None]:

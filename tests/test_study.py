@@ -167,9 +167,10 @@ def test_the_bench_leaves_the_trajectory_as_pretrain_makes_it(spec_path: Path, t
     assert result["choices"] == made[1:4]
     names = [row["name"] for row in result["variants"]]
     assert names == ["spec", *variants, study.again(2)]
-    # select_every = 2 selects in the first study episode (the run's episode 1), then in episode 2,
-    # and holds episode 2's choice in episode 3; the others select in all three
-    assert [row["selections"] for row in result["variants"]] == [3, 3, 3, 2, 3]
+    # select_every = 2 selects as the engine would: in the warm-up episode 0 (untimed), then in
+    # episode 2 of the timed 1, 2, 3, holding the warm-up's choice in 1 and episode 2's in 3; the others
+    # (the second reference too, whatever the spec's select_every) select in all three
+    assert [row["selections"] for row in result["variants"]] == [3, 3, 3, 1, 3]
     held = result["variants"][3]
     assert held["select_every"] == 2 and held["choices"][2] == held["choices"][1]
     second = result["variants"][-1]  # --reference-check: the reference again, on its own batches
@@ -196,6 +197,8 @@ def test_the_second_reference_scores_batches_of_its_own(spec_path: Path, tmp_pat
     lab = study.Study(run, [study.again(2)], 2)
     meta = lab.views[1].spec.meta
     assert (meta.utility, meta.support_batches, meta.target_batches, meta.policy) == ("exact", 2, 2, "greedy")
+    holding = dataclasses.replace(run.spec.meta, select_every=4)  # the ceiling is scored every episode
+    assert study.parse_variant(study.again(2), holding).select_every == 1
     for group in ("support", "target"):
         for task in run.sources:
             mine, reference = lab.views[1].streams[group][task].next(), lab.ref_streams[group][task].next()
