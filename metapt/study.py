@@ -10,9 +10,10 @@ Before every engine episode (so on the weights that episode selects on), the stu
   epsilon 0: exploration is a choice not to agree) and no target-head step, so the live model and
   the run's streams, RNG and policy are untouched and the engine's trajectory is `pretrain`'s. Each
   variant is timed, and its choice compared with the reference's leader.
-Variants with the same probe size draw the same batches in the same episode. A variant selects where
-`engine.selects` says its `select_every` would, as the engine does: in the warm-up episode (`start`,
-untimed and not scored), then in every k-th; in between it keeps its last choice at no cost. So its
+Variants with the same probe size and schedule draw the same batches in the same episode. A variant
+with select_every = k > 1 selects where `engine.selects` says, as the engine does: in the warm-up
+episode (`start`, untimed and not scored), then in every k-th; in between it keeps its last choice at
+no cost (with k = 1 it selects in every timed episode, the warm-up skipped). So its
 agreement is that of the choice in effect, and its share is its selections' time over all the timed
 episodes' time. The weights are still the engine's run's, not those of a run that held its choices.
 """
@@ -163,11 +164,13 @@ class Study:
         self.started: list[dict[str, Any]] = []
 
     def start(self, run: engine.Run) -> None:
-        """Every variant's selection in the warm-up episode (before the engine's own, on the same
-        weights): the choice a variant with select_every > 1 holds until its next selection."""
+        """The warm-up episode's selection (before the engine's own, on the same weights) of every
+        variant with select_every > 1: the choice it holds until its next selection. A variant that
+        selects every episode needs no held choice and skips it."""
         for v in self.views:
             v.episode, v.model = run.episode, run.model
-            self.started.append(_picked(engine.select_run(v), 0.0))
+            holds = v.spec.meta.select_every > 1
+            self.started.append(_picked(engine.select_run(v), 0.0) if holds else None)
 
     def episode(self, run: engine.Run, sync: Callable[[], None]) -> dict[str, Any]:
         """Score the reference and every variant on the run's current weights."""
