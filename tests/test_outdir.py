@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -227,24 +228,30 @@ def test_a_locked_folder_exits_2_naming_the_holder_and_a_killed_holder_leaves_no
 
 def test_two_pretrain_processes_on_one_folder(tmp_path: Path) -> None:
     """The second exits 2 saying who holds the folder; the first writes its episodes alone. The first
-    asks for more episodes than it can run before the second has started (under load a short run could
-    finish first and free the folder) and is stopped by SIGTERM once the second has been refused."""
+    asks for far more episodes than it can run while the second starts (a short run, even one of 40
+    episodes, has finished first under load) and is stopped by SIGTERM once the second has been
+    refused and its own first episode is logged (its handler is in place by then)."""
     env = {k: v for k, v in os.environ.items() if k != "METAPT_DEBUG"}
-    out = tmp_path / "run"
-    cmd = [str(SCRIPT), "pretrain", str(AGNOSTIC), "--episodes", "40", "--output-dir", str(out), "-q"]
+    out, total = tmp_path / "run", 100_000
+    cmd = [str(SCRIPT), "pretrain", str(AGNOSTIC), "--episodes", str(total), "--output-dir", str(out), "-q"]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 60
-    while not ((out / outdir.LOCK).is_file() and (out / outdir.LOCK).read_text()):
-        assert time.monotonic() < deadline and first.poll() is None, first.communicate()
-        time.sleep(0.05)
+
+    def wait_for(ready: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 120
+        while not ready():
+            assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+            time.sleep(0.05)
+
+    wait_for(lambda: (out / outdir.LOCK).is_file() and bool((out / outdir.LOCK).read_text()))
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    assert first.poll() is None, "the first run ended before the second checked the folder"
     assert second.returncode == 2, second.stderr
     assert f"{out} is in use by metapt pretrain (pid {first.pid}" in second.stderr
+    metrics = out / "metrics.jsonl"
+    wait_for(lambda: metrics.is_file() and bool(metrics.read_text().strip()))
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=300) == 128 + signal.SIGTERM, first.communicate()
-    episodes = [json.loads(x)["episode"] for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert 1 <= len(episodes) < 40 and episodes == list(range(1, len(episodes) + 1))
+    episodes = [json.loads(x)["episode"] for x in metrics.read_text().splitlines()]
+    assert 1 <= len(episodes) < total and episodes == list(range(1, len(episodes) + 1))
 
 
 # ------------------------------------------------------------------------------------- report
