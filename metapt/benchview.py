@@ -108,8 +108,8 @@ def _variants(result: dict[str, Any]) -> Any:
     title = (
         f"variants on the same weights; reference: exact, {result.get('reference_batches')} x "
         f"{result.get('reference_batches')} batches, sure in {sure} of {result.get('reference_episodes')} "
-        "episodes. sel.: selections made (select_every k: the first episode, then every k-th; the choice "
-        "held in between); agree: the variant's choices are the sure reference's leader; est.: its estimate's "
+        "episodes. sel.: selections made in them (select_every k > 1: the warm-up's, then every k-th "
+        "episode's, held in between); agree: the variant's choices are the sure reference's leader; est.: its estimate's "
         "argmax is; mean: the bandit's mean leader is (greedy: est.); all: choices over every episode; "
         "mem, extra: peak memory / a training step's, in all and above what was held"
     )

@@ -161,16 +161,16 @@ class Study:
             run, dataclasses.replace(run.spec.meta, support_batch_size=0), "reference"
         )
         self.records: list[dict[str, Any]] = []
-        self.started: list[dict[str, Any]] = []
+        self.held: list[dict[str, Any] | None] = [None] * len(self.views)  # each one's last selection
 
     def start(self, run: engine.Run) -> None:
         """The warm-up episode's selection (before the engine's own, on the same weights) of every
         variant with select_every > 1: the choice it holds until its next selection. A variant that
         selects every episode needs no held choice and skips it."""
-        for v in self.views:
-            v.episode, v.model = run.episode, run.model
-            holds = v.spec.meta.select_every > 1
-            self.started.append(_picked(engine.select_run(v), 0.0) if holds else None)
+        for k, v in enumerate(self.views):
+            if v.spec.meta.select_every > 1:
+                v.episode, v.model = run.episode, run.model
+                self.held[k] = _picked(engine.select_run(v), 0.0)
 
     def episode(self, run: engine.Run, sync: Callable[[], None]) -> dict[str, Any]:
         """Score the reference and every variant on the run's current weights."""
@@ -178,14 +178,14 @@ class Study:
         record["variants"] = []
         for k, v in enumerate(self.views):
             v.episode, v.model = run.episode, run.model
-            last = self.records[-1]["variants"] if self.records else self.started
-            held = last[k] if last else None
+            held = self.held[k]
             if held is not None and not engine.selects(v, held["chosen"]):
                 record["variants"].append({**held, "seconds": 0.0, "selected": False})
                 continue
             sync()
             picked, seconds = timed(lambda v=v: engine.select_run(v), sync)
-            record["variants"].append(_picked(picked, seconds))
+            self.held[k] = _picked(picked, seconds)
+            record["variants"].append(self.held[k])
             picked = None
         self.records.append(record)
         return record
@@ -199,7 +199,7 @@ class Study:
             v.reused = run.reused if same else None
 
 
-def _picked(picked: Any, seconds: float) -> dict[str, Any]:
+def _picked(picked: engine.Selection, seconds: float) -> dict[str, Any]:
     """What the study keeps of one variant's selection."""
     return {
         "chosen": picked.chosen,
@@ -267,8 +267,8 @@ def rows(records: list[dict], names: list[str], kinds: list[dict]) -> list[dict[
             {
                 "name": name,
                 **kind,
-                "selections": len(made),
-                "selection_seconds": statistics.mean(made),
+                "selections": len(made),  # 0: held the warm-up's choice through every timed episode
+                "selection_seconds": statistics.mean(made) if made else None,
                 "selection_share": sum(made) / (sum(made) + train),
                 "agreement_sure": agree("chosen", sure),
                 "agreement_all": agree("chosen", scored),

@@ -236,20 +236,29 @@ def test_two_pretrain_processes_on_one_folder(tmp_path: Path) -> None:
     cmd = [str(SCRIPT), "pretrain", str(AGNOSTIC), "--episodes", str(total), "--output-dir", str(out), "-q"]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
+    def stopped() -> tuple[str, str]:
+        """The first run's output for a failed assertion, once it is ended (it would run for hours)."""
+        if first.poll() is None:
+            first.kill()
+        return first.communicate()
+
     def wait_for(ready: Callable[[], bool]) -> None:
         deadline = time.monotonic() + 120
         while not ready():
-            assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline and first.poll() is None, stopped()
             time.sleep(0.05)
 
-    wait_for(lambda: (out / outdir.LOCK).is_file() and bool((out / outdir.LOCK).read_text()))
-    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    assert second.returncode == 2, second.stderr
-    assert f"{out} is in use by metapt pretrain (pid {first.pid}" in second.stderr
-    metrics = out / "metrics.jsonl"
-    wait_for(lambda: metrics.is_file() and bool(metrics.read_text().strip()))
-    first.send_signal(signal.SIGTERM)
-    assert first.wait(timeout=300) == 128 + signal.SIGTERM, first.communicate()
+    try:
+        wait_for(lambda: (out / outdir.LOCK).is_file() and bool((out / outdir.LOCK).read_text()))
+        second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        assert second.returncode == 2, second.stderr
+        assert f"{out} is in use by metapt pretrain (pid {first.pid}" in second.stderr
+        metrics = out / "metrics.jsonl"
+        wait_for(lambda: metrics.is_file() and bool(metrics.read_text().strip()))
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=300) == 128 + signal.SIGTERM, stopped()
+    finally:
+        stopped()  # never left running after a failure
     episodes = [json.loads(x)["episode"] for x in metrics.read_text().splitlines()]
     assert 1 <= len(episodes) < total and episodes == list(range(1, len(episodes) + 1))
 

@@ -135,6 +135,11 @@ def test_a_held_choice_costs_nothing_and_counts_against_each_episodes_reference_
     assert row["selection_share"] == pytest.approx(1.0 / (1.0 + 4.0))  # over all 4 episodes' time
     # the choice in effect a, a, b against the sure leaders a, b, b: episode 2's held a misses
     assert row["agreement_sure"] == pytest.approx(2 / 3) and row["agreement_all"] == 0.75
+    # a variant that held the warm-up's choice through every timed episode: no selection to time
+    for r in records:
+        r["variants"][0].update(seconds=0.0, selected=False)
+    (row,) = study.rows(records, ["select_every=12"], [{}])
+    assert (row["selections"], row["selection_seconds"], row["selection_share"]) == (0, None, 0.0)
 
 
 def test_variants_parse_meta_keys_and_refuse_unknown_ones() -> None:
