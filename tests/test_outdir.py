@@ -181,6 +181,18 @@ def test_finetune_refuses_its_earlier_output_without_overwrite(tmp_path: Path) -
         outdir.check(tmp_path / "theirs", "finetune", overwrite=True)
 
 
+def test_finetune_into_the_checkpoint_it_reads_is_refused_even_with_overwrite(
+    finished: Path, tmp_path: Path, runner: CliRunner
+) -> None:
+    out = used(finished, tmp_path)
+    before = snapshot(out)
+    args = ["finetune", "--task", "conll2012-synthetic", str(out), "--output-dir", str(out)]
+    result = runner.invoke(app, [*args, "--epochs", "1", "-q", "--overwrite"])
+    assert result.exit_code == 2, result.output
+    assert f"--output-dir {out}: holds the checkpoint being finetuned ({out})" in result.stderr
+    assert snapshot(out) == before  # before: --overwrite removed the checkpoint, then failed to load it
+
+
 def test_compare_refuses_a_used_folder_before_it_trains(tmp_path: Path, runner: CliRunner) -> None:
     out = tmp_path / "cmp"
     write(out, "results.md", "my table")
