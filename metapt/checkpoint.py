@@ -149,6 +149,8 @@ def resolve(path: Path) -> Path:
         meta = json.loads(manifest.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{manifest}: corrupt manifest ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{manifest}: corrupt manifest (a JSON {type(meta).__name__}, not an object)")
     missing = [
         f
         for f in ("config.json", "model.safetensors", HEADS, HEADS_INFO, STATE)

@@ -52,9 +52,12 @@ def fingerprint(spec: RunSpec) -> dict[str, Any]:
 
 def _read(folder: Path, name: str) -> dict[str, Any]:
     try:
-        return json.loads((folder / name).read_text())
+        value = json.loads((folder / name).read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{folder / name}: unreadable ({e})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{folder / name}: unreadable (a JSON {type(value).__name__}, not an object)")
+    return value
 
 
 def _fixed(spec: RunSpec, folder: Path, saved: dict[str, Any]) -> list[str]:

@@ -142,9 +142,21 @@ def unfinished_manifest(folder: Path) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), "complete": False}))
 
 
+def list_in(name: str) -> object:
+    """A corruption that leaves valid JSON of the wrong shape in `name`: `[]` instead of an object."""
+
+    def corrupt(folder: Path) -> None:
+        (folder / name).write_text("[]")
+
+    return corrupt
+
+
 @pytest.mark.parametrize(
     ("corrupt", "message"),
     [
+        (list_in(checkpoint.MANIFEST), "metapt.json: corrupt manifest (a JSON list, not an object)"),
+        (list_in(checkpoint.HEADS_INFO), "heads.json: unreadable (a JSON list, not an object)"),
+        (list_in("config.json"), "config.json: unreadable (a JSON list, not an object)"),
         (truncate_state, "corrupt checkpoint"),
         (delete_weights, "incomplete checkpoint (missing model.safetensors)"),
         (garble_manifest, "corrupt manifest"),
@@ -163,6 +175,22 @@ def test_a_corrupt_checkpoint_is_a_checkpoint_error(
     result = runner.invoke(app, ["pretrain", str(AGNOSTIC), "--output-dir", str(out), "--resume", "-q"])
     assert result.exit_code == 2, result.output
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_tokenizer_config_of_the_wrong_shape_exits_2(
+    finished: Path, tmp_path: Path, runner: CliRunner
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(finished, out, symlinks=True)
+    list_in("tokenizer_config.json")(out / "checkpoint-000002")
+    for args in (
+        ["pretrain", str(AGNOSTIC), "--output-dir", str(out), "--resume", "-q"],
+        ["finetune", "--task", "conll2012-synthetic", str(out), "--epochs", "1", "-q"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output  # was 1: "internal error: AttributeError"
+        assert f"cannot load a tokenizer from '{(out / 'checkpoint-000002').resolve()}'" in result.stderr
+    assert not (out / "finetune").exists()
 
 
 def test_resume_without_a_checkpoint_is_a_checkpoint_error(tmp_path: Path, runner: CliRunner) -> None:

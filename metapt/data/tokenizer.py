@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from metapt.errors import MetaptError
@@ -60,7 +61,9 @@ def load_tokenizer(name_or_dir: str) -> Any:
 
     try:
         tok = AutoTokenizer.from_pretrained(name_or_dir)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # a local folder's tokenizer files that transformers cannot parse
+        if not isinstance(e, (OSError, ValueError)) and not Path(name_or_dir).is_dir():
+            raise
         raise MetaptError(
             f"cannot load a tokenizer from {name_or_dir!r}: {e}. Give a local folder "
             "with tokenizer files, or a hub id while online."
