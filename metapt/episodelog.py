@@ -135,6 +135,8 @@ def truncate(path: Path, episodes_done: int) -> None:
             continue
         try:
             episode = json.loads(line)["episode"]
+            if not isinstance(episode, int) or isinstance(episode, bool):  # "2", null: not a count
+                raise TypeError(episode)
         except (ValueError, KeyError, TypeError):
             if number == len(lines):  # the line being written when the process died
                 continue

@@ -158,6 +158,21 @@ def test_a_truncated_last_metrics_line_does_not_block_resume(halfway: Path, tmp_
     assert [json.dumps(r) for r in records[:2]] == lines
 
 
+@pytest.mark.parametrize("episode", ["null", '"2"', "true"])
+def test_a_metrics_line_whose_episode_is_not_a_number_is_not_a_record(
+    halfway: Path, tmp_path: Path, episode: str
+) -> None:
+    out = copy(halfway, tmp_path)
+    metrics = out / "metrics.jsonl"
+    first, second = metrics.read_text().splitlines()
+    metrics.write_text(f'{first}\n{{"episode": {episode}, "chosen": "mlm"}}\n{second}\n')
+    with pytest.raises(MetaptError, match=r"metrics\.jsonl:2: not an episode record"):  # was a TypeError
+        engine.pretrain(tiny(out), resume=True)
+    metrics.write_text(f'{first}\n{second}\n{{"episode": {episode}}}\n')  # the last line: dropped
+    assert engine.pretrain(tiny(out, episodes=3), resume=True)["complete"]
+    assert [json.loads(x)["episode"] for x in metrics.read_text().splitlines()] == [1, 2, 3]
+
+
 def test_a_corrupt_metrics_line_before_the_last_exits_2(halfway: Path, tmp_path: Path) -> None:
     out = copy(halfway, tmp_path)
     metrics = out / "metrics.jsonl"
