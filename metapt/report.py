@@ -60,10 +60,12 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         if (
             not isinstance(record, dict)
             or not isinstance(record.get("episode"), int)
-            or "chosen" not in record
+            or not isinstance(record.get("chosen"), str)
+            or not isinstance(record.get("train_loss"), (int, float))  # every plot reads these three
         ):
             raise MetaptError(
-                f"{path}:{number}: not an episode record (expected a JSON object with episode and chosen)"
+                f"{path}:{number}: not an episode record (expected a JSON object with episode, chosen "
+                "and train_loss)"
             )
         if records and not record["episode"] > records[-1]["episode"]:  # two runs wrote one file
             raise MetaptError(

@@ -219,6 +219,15 @@ def test_report_on_a_malformed_line_names_it(runner: CliRunner, tmp_path: Path) 
     assert f"{tmp_path / 'metrics.jsonl'}:2: not an episode record" in result.stderr
 
 
+def test_report_on_a_record_without_a_training_loss_names_it(runner: CliRunner, tmp_path: Path) -> None:
+    good = '{"episode": 1, "chosen": "mlm", "train_loss": 1.0}\n'
+    for bad in ('{"episode": 2, "chosen": "mlm"}', '{"episode": 2, "chosen": 5, "train_loss": 1.0}'):
+        write(tmp_path, "metrics.jsonl", f"{good}{bad}\n")
+        result = runner.invoke(app, ["report", str(tmp_path)])
+        assert result.exit_code == 2, result.output  # was 1: internal error: KeyError: 'train_loss'
+        assert f"{tmp_path / 'metrics.jsonl'}:2: not an episode record" in result.stderr
+
+
 def test_report_refuses_an_unknown_format(runner: CliRunner, tmp_path: Path) -> None:
     write(tmp_path, "metrics.jsonl", '{"episode": 1, "chosen": "mlm", "train_loss": 1.0}\n')
     result = runner.invoke(app, ["report", str(tmp_path), "--output", str(tmp_path / "r.pdf")])
