@@ -291,6 +291,8 @@ LOSS_TYPES: tuple[str, ...] = tuple(dict.fromkeys(x for k in KINDS.values() for 
 # that only the sources' facts decide, and closed-book word typing, whose scored words only the
 # sources place (it rises with pretraining).
 DEFAULT_DOWNSTREAM: tuple[str, ...] = ("conll2012-synthetic", "claims-synthetic", "types-synthetic")
+# The largest seed: torch.manual_seed takes 64 bits, and a run seeds its exploration with seed + 1.
+MAX_SEED = 2**63 - 1
 
 SCHEDULERS: tuple[str, ...] = (
     "meta",

@@ -18,7 +18,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from metapt import outdir
-from metapt.catalog import DEFAULT_DOWNSTREAM
+from metapt.catalog import DEFAULT_DOWNSTREAM, MAX_SEED
 from metapt.errors import MetaptError, TrainingError
 
 # emoji off: a file name such as `a:x:b` must print as written, not with an emoji in it.
@@ -207,7 +207,7 @@ def pretrain(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Start again in a used output dir: removes only metapt's own files there."
     ),
-    seed: int = typer.Option(None, "--seed", min=0, help="Override [run].seed."),
+    seed: int = typer.Option(None, "--seed", min=0, max=MAX_SEED, help="Override [run].seed."),
     device: str = typer.Option(
         None, "--device", help="Override [run].device (auto, cpu, cuda, cuda:N, mps)."
     ),
@@ -268,7 +268,7 @@ def finetune(
         None, "--max-length", min=8, help="Tokens per sequence (default: the spec's [batch].max_length)."
     ),
     seed: int = typer.Option(
-        0, "--seed", min=0, help="Seed of the head's initialisation, data order and dropout."
+        0, "--seed", min=0, max=MAX_SEED, help="Seed of the head's initialisation, data order and dropout."
     ),
     seeds: str = typer.Option(None, "--seeds", help="Several seeds, e.g. 1,2,3: mean and std are reported."),
     output_dir: Path = typer.Option(None, "--output-dir", help="Default: CKPT/finetune/TASK."),
@@ -360,8 +360,10 @@ def _seeds(text: str) -> list[int]:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise MetaptError(f"--seeds {text!r}: expected comma-separated integers such as 1,2,3") from None
-    if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
-        raise MetaptError(f"--seeds {text!r}: expected distinct non-negative integers such as 1,2,3")
+    if not values or any(not 0 <= v <= MAX_SEED for v in values) or len(set(values)) != len(values):
+        raise MetaptError(
+            f"--seeds {text!r}: expected distinct non-negative integers up to {MAX_SEED} such as 1,2,3"
+        )
     return values
 
 

@@ -13,7 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metapt.catalog import FORMATS, HEAD_TYPES, KINDS, LOSS_TYPES, REPORT_TO, SCHEDULERS, SYNTHETIC_CORPORA
+from metapt.catalog import (
+    FORMATS,
+    HEAD_TYPES,
+    KINDS,
+    LOSS_TYPES,
+    MAX_SEED,
+    REPORT_TO,
+    SCHEDULERS,
+    SYNTHETIC_CORPORA,
+)
 from metapt.policies import SCORES
 
 LOCAL_FORMATS = tuple(f for f in FORMATS if f not in ("hf", "synthetic"))
@@ -137,7 +146,7 @@ class TaskSpec:
 @dataclass(frozen=True)
 class RunSection:
     output_dir: str = _f("ckpt", help="checkpoints and metrics.jsonl (relative to the working directory)")
-    seed: int = _f(0, low=0, help="seed of weights, data order, masking and exploration")
+    seed: int = _f(0, low=0, high=MAX_SEED, help="seed of weights, data order, masking and exploration")
     episodes: int = _f(100, low=1, help="episodes to run")
     device: str = _f("auto", help="auto | cpu | cuda | cuda:N | mps")
     precision: str = _f("auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto: bf16 on CUDA")

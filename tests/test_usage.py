@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SPECS, write
+from conftest import REPO, SPECS, write
 from typer.testing import CliRunner
 
 from metapt.cli import _usage_error, app
@@ -38,6 +38,12 @@ def metapt(*args: str, cwd: Path | None = None, columns: int = 80) -> subprocess
         (["frobnicate"], "metapt [OPTIONS] COMMAND", "No such command 'frobnicate'."),
         (["pretrainn"], "metapt [OPTIONS] COMMAND", "Did you mean 'pretrain'?"),
         (["finetune", "ckpt"], "metapt finetune [OPTIONS]", "Missing option '--task'"),
+        (["pretrain", "agnostic", "--seed", str(2**64)], "metapt pretrain [OPTIONS]", "'--seed'"),
+        (
+            ["finetune", "--task", "mlm", "ckpt", "--seed", str(2**64)],
+            "metapt finetune [OPTIONS]",
+            "'--seed'",
+        ),
     ],
 )
 def test_usage_errors_exit_2_with_the_usage_line(
@@ -50,6 +56,18 @@ def test_usage_errors_exit_2_with_the_usage_line(
     assert "internal error" not in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == ""
     assert list(tmp_path.iterdir()) == []  # nothing was written
+
+
+def test_a_seed_torch_cannot_take_exits_2(tmp_path: Path, runner: CliRunner) -> None:
+    # before: a seed of 2**64 passed every check and ended in "internal error: ValueError: Overflow"
+    spec = write(tmp_path, "run.toml", (REPO / "tasks" / "agnostic.toml").read_text())
+    spec.write_text(spec.read_text().replace("\nseed = 0\n", f"\nseed = {2**64}\n", 1))
+    result = runner.invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 2, result.output
+    assert f"[run].seed: {2**64} is out of range; allowed: between 0 and {2**63 - 1}" in result.stderr
+    result = runner.invoke(app, ["compare", "agnostic", "--seeds", f"1,{2**64}", "--episodes", "1"])
+    assert result.exit_code == 2, result.output
+    assert f"--seeds '1,{2**64}': expected distinct non-negative integers up to {2**63 - 1}" in result.stderr
 
 
 def test_a_mistyped_option_gets_a_did_you_mean(tmp_path: Path) -> None:
