@@ -83,7 +83,11 @@ def save(
             "is still current. Free some space and run again with --resume."
         ) from None
     links = [f.name for f in tmp.iterdir()]
-    outdir.claim(output_dir, name, "current", *links)
+    # A top-level file of one of these names that is not metapt's link (someone's own mixture.json)
+    # is never recorded as metapt's, so that no later --overwrite removes it.
+    theirs = [f for f in links if (output_dir / f).exists() and not (output_dir / f).is_symlink()]
+    outdir.claim(output_dir, name, "current", *(f for f in links if f not in theirs))
+    outdir.disown(output_dir, *theirs)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     _atomic_symlink(name, output_dir / "current")

@@ -38,7 +38,7 @@ WRITES = {
         "|".join(
             [r"checkpoint-\d{6}", "current", r"metrics\.jsonl", r"report\.(png|html)", "finetune"]
             + [re.escape(n) for n in _HF_FILES]
-            + [r"heads\.(safetensors|json)", r"training_state\.pt", r"metapt\.json"]
+            + [r"heads\.(safetensors|json)", r"training_state\.pt", r"metapt\.json", r"mixture\.json"]
         )
     ),
     "finetune": re.compile(r"results\.json|predictions|model|seed-\d+|evaluation-\w+\.json"),

@@ -115,6 +115,25 @@ def test_a_file_metapt_would_write_blocks_even_overwrite(tmp_path: Path) -> None
     assert sorted(p.name for p in out.iterdir()) == ["config.json"]  # not even a lock file was left
 
 
+def test_a_mixture_json_of_the_users_blocks_overwrite_and_is_never_recorded(
+    finished: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "mine"
+    write(out, "mixture.json", '{"mine": true}')  # e.g. a mixture written for the mixture scheduler
+    with pytest.raises(MetaptError, match=r"holds mixture\.json, which metapt did not write"):
+        engine.pretrain(tiny(out), overwrite=True)  # before: it trained, then failed at the checkpoint
+    run = tmp_path / "run"
+    shutil.copytree(finished, run, symlinks=True)
+    (run / "mixture.json").unlink()  # the user replaces metapt's link with a file of their own
+    write(run, "mixture.json", '{"mine": true}')
+    with pytest.raises(MetaptError, match=r"mixture\.json: metapt did not write this file"):
+        engine.pretrain(tiny(run, episodes=3), resume=True)
+    assert "mixture.json" not in outdir.owned(run)  # before: recorded, so --overwrite removed it
+    with pytest.raises(MetaptError, match=r"holds mixture\.json, which metapt did not write"):
+        engine.pretrain(tiny(run), overwrite=True)
+    assert (run / "mixture.json").read_text() == '{"mine": true}'
+
+
 def test_a_run_that_fails_leaves_no_folder_behind(tmp_path: Path) -> None:
     spec = tiny(tmp_path / "new" / "run")
     data = dataclasses.replace(spec.sources[0].data, format="jsonl", train=str(tmp_path / "gone.jsonl"))
