@@ -287,7 +287,15 @@ def load_finetuned(
             f"{folder}: not a finetuned model (expected head.safetensors and head.json from "
             "`metapt finetune`)"
         )
-    saved = json.loads(info_file.read_text())
+    try:
+        saved = json.loads(info_file.read_text())
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        raise MetaptError(f"{info_file}: unreadable ({e}); finetune again to rewrite it") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("kind"), str) or "info" not in saved:
+        raise MetaptError(
+            f"{info_file}: not the head facts `metapt finetune` writes (a JSON object with kind and "
+            "info); finetune again to rewrite it"
+        )
     if saved["kind"] != spec.kind:
         raise MetaptError(f"{folder} holds a {saved['kind']} head, but task {spec.name!r} is {spec.kind}")
     tokenizer = load_tokenizer(str(folder))

@@ -381,6 +381,22 @@ def test_evaluate_bad_split_or_folder_exits_2(finetuned: Any, runner: CliRunner,
     assert "not a finetuned model (expected head.safetensors and head.json" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [(b"\x87garbage", "head.json: unreadable ("), (b"[]", "head.json: not the head facts")],
+)
+def test_evaluate_with_a_corrupt_head_json_exits_2(
+    finetuned: Any, runner: CliRunner, tmp_path: Path, text: bytes, message: str
+) -> None:
+    spec, out, _, _ = finetuned("classification")
+    copy = tmp_path / "ft"
+    shutil.copytree(out, copy)
+    (copy / "model" / "head.json").write_bytes(text)
+    result = runner.invoke(app, ["evaluate", "--task", str(spec), str(copy)])
+    assert result.exit_code == 2, result.output  # was 1: internal error: UnicodeDecodeError / TypeError
+    assert f"{copy / 'model' / message}" in result.stderr
+
+
 # ------------------------------------------------------------------ 3. --data and input errors
 def test_data_points_a_shipped_hub_task_at_local_glue_files(
     ckpt: Path, runner: CliRunner, tmp_path: Path
