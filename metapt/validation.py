@@ -142,6 +142,8 @@ def _split(problem: str) -> tuple[str, str]:
 # ---------------------------------------------------------------------------------- files
 def read_toml(path: Path) -> dict:
     """Parse one TOML file; a missing file or a syntax error is a SpecError naming the line."""
+    if path.is_dir():  # it exists: "no such file" would send the user looking for it
+        raise SpecError([Problem(str(path), "", "a folder, not a spec file; name a .toml file in it")])
     if not path.is_file():
         raise SpecError([Problem(str(path), "", "no such file")])
     try:

@@ -92,6 +92,19 @@ def test_validate_a_missing_file(runner: CliRunner, tmp_path: Path) -> None:
     assert result.stderr == f"error: 1 problem found:\n  {tmp_path / 'absent.toml'}: no such file\n"
 
 
+def test_a_folder_given_as_a_spec_file_is_named_a_folder(runner: CliRunner, tmp_path: Path) -> None:
+    for args in (
+        ["validate", str(tmp_path)],
+        ["pretrain", str(tmp_path)],
+        ["finetune", "--task", str(tmp_path), "x"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert (
+            f"{tmp_path}: a folder, not a spec file; name a .toml file in it" in result.stderr
+        )  # was "no such file"
+
+
 def test_validate_a_syntax_error_names_the_line(runner: CliRunner) -> None:
     path = SPECS / "task_toml_syntax.toml"
     result = runner.invoke(app, ["validate", str(path)])
