@@ -292,27 +292,17 @@ def finetune(
     lead = distributed.rank() == 0  # under torchrun every rank trains; rank 0 alone prints and writes
     source = encoder_source(checkpoint)
     load_tokenizer(source)  # a bad CKPT fails before any folder is made in it
-    _not_around(out, Path(source), checkpoint)
     if lead and output_dir is None:
         outdir.claim_if_ours(Path(checkpoint), "finetune")
-    guard = outdir.run_folder(out, "finetune", "metapt finetune", False, overwrite) if lead else None
+    guard = (
+        outdir.run_folder(out, "finetune", "metapt finetune", False, overwrite, (Path(source),))
+        if lead
+        else None
+    )
     with guard or contextlib.nullcontext() as lock:
         if lock is not None and lock.warning:
             _say(f"warning: {lock.warning}")
         _finetune_seeds(checkpoint, spec, seed_list, out, quiet, lead, names)
-
-
-def _not_around(out: Path, source: Path, checkpoint: str) -> None:
-    """MetaptError when the encoder being finetuned lies in one of metapt's entries of the output
-    folder (a pretraining run's checkpoint): --overwrite would remove it before it is read."""
-    if not source.exists() or not source.resolve().is_relative_to(out.resolve()):  # a hub id, or elsewhere
-        return
-    inside = source.resolve().relative_to(out.resolve()).parts
-    if inside and inside[0] in outdir.owned(out):
-        raise MetaptError(
-            f"--output-dir {out}: holds the checkpoint being finetuned ({checkpoint}); finetuning "
-            "there would write over it. Give another --output-dir (default: CKPT/finetune/TASK)"
-        )
 
 
 def _finetune_seeds(

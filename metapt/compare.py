@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metapt import distributed, mixture, outdir, report, reporting, stats, verdict
+from metapt import distributed, mixture, outdir, report, reporting, runspec, stats, verdict
 from metapt.catalog import DEFAULT_DOWNSTREAM, KINDS, SCHEDULERS
 from metapt.engine import pretrain
 from metapt.errors import MetaptError, suggest
@@ -283,7 +283,7 @@ def compare(
     report.require_matplotlib()
     out = Path(out)
     schedulers = mixture.run_order(schedulers, spec)
-    with outdir.run_folder(out, "compare", "metapt compare", False, overwrite):
+    with outdir.run_folder(out, "compare", "metapt compare", False, overwrite, runspec.inputs(spec)):
         outdir.claim(out, ".probe", *map(folder, schedulers), "results.json", "results.md", "compare.png")
         return _compare(spec, schedulers, seeds, tasks, out, budget, episodes, device, callback)
 

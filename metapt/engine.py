@@ -31,6 +31,7 @@ from metapt import (
     policies,
     probes,
     resuming,
+    runspec,
     runstate,
     selection,
     train,
@@ -323,7 +324,8 @@ def pretrain(
     if distributed.rank() != 0:
         return _episodes(spec, resume, callback, max_flops)
     folder = Path(spec.run.output_dir)
-    with outdir.run_folder(folder, "pretrain", "metapt pretrain", resume, overwrite) as lock:
+    inputs = runspec.inputs(spec)
+    with outdir.run_folder(folder, "pretrain", "metapt pretrain", resume, overwrite, inputs) as lock:
         if lock.warning:
             callback("warning", {"message": lock.warning})
         return _episodes(spec, resume, callback, max_flops)

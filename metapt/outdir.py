@@ -201,6 +201,28 @@ def check(folder: Path, kind: str, overwrite: bool) -> None:
     )
 
 
+def check_inputs(folder: Path, inputs: tuple[Path, ...]) -> None:
+    """MetaptError when a file or folder the run reads (the checkpoint to finetune, a mixture.json,
+    a pretrained encoder) lies in one of metapt's entries of `folder`, which a fresh run there
+    would remove before reading it."""
+    if not folder.is_dir():
+        return
+    ours = owned(folder)
+    for path in inputs:
+        if not path.exists():  # a hub id, or a file the run reports missing itself
+            continue
+        try:
+            inside = path.resolve().relative_to(folder.resolve()).parts
+        except ValueError:  # elsewhere
+            continue
+        holds = inside[0] in ours if inside else bool(split(folder)[0])  # in an entry, or is the folder
+        if holds:
+            raise MetaptError(
+                f"{folder} holds {path}, which this run reads; a fresh run there would remove it "
+                "first. Write elsewhere with --output-dir"
+            )
+
+
 def clear(folder: Path) -> list[str]:
     """Remove metapt's own entries from `folder` (nothing else); returns their names."""
     mine, _ = split(folder)
@@ -303,8 +325,11 @@ def _first_missing(folder: Path) -> Path | None:
 
 
 @contextlib.contextmanager
-def run_folder(folder: Path, kind: str, command: str, resume: bool, overwrite: bool) -> Iterator[Lock]:
+def run_folder(
+    folder: Path, kind: str, command: str, resume: bool, overwrite: bool, inputs: tuple[Path, ...] = ()
+) -> Iterator[Lock]:
     """Check, lock and (a fresh run with `overwrite`) clear `folder`; the lock is held in the block.
+    A fresh run is refused when one of its `inputs` lies in what it would clear.
 
     The folder is checked before anything is written into it, and again under the lock, so a
     second process that raced the first finds the folder in use, or no longer empty. Folders made
@@ -315,6 +340,7 @@ def run_folder(folder: Path, kind: str, command: str, resume: bool, overwrite: b
         raise MetaptError(f"{folder}: no such folder to resume; run without --resume to start there")
     Lock(folder, command).probe()  # a run in progress: say so, rather than that the folder is used
     if not resume:
+        check_inputs(folder, inputs)
         check(folder, kind, overwrite)
     made = _first_missing(folder)
     check_writable(folder)

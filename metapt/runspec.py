@@ -30,3 +30,13 @@ def override(
     if output_dir is not None:
         changes["output_dir"] = str(output_dir)
     return dataclasses.replace(spec, run=dataclasses.replace(spec.run, **changes))
+
+
+def inputs(spec: RunSpec) -> tuple[Path, ...]:
+    """The local files and folders a run reads besides its tasks: the mixture it replays and a
+    pretrained encoder or tokenizer (a hub id is no local path and is skipped where it is used)."""
+    from metapt.mixture import location
+
+    found = [location(spec.path, spec.meta.mixture)] if spec.meta.mixture else []
+    found += [Path(p).expanduser() for p in (spec.model.pretrained, spec.tokenizer.pretrained) if p]
+    return tuple(found)

@@ -208,8 +208,22 @@ def test_finetune_into_the_checkpoint_it_reads_is_refused_even_with_overwrite(
     args = ["finetune", "--task", "conll2012-synthetic", str(out), "--output-dir", str(out)]
     result = runner.invoke(app, [*args, "--epochs", "1", "-q", "--overwrite"])
     assert result.exit_code == 2, result.output
-    assert f"--output-dir {out}: holds the checkpoint being finetuned ({out})" in result.stderr
+    assert f"{out} holds {(out / 'current').resolve()}, which this run reads" in result.stderr
     assert snapshot(out) == before  # before: --overwrite removed the checkpoint, then failed to load it
+
+
+def test_overwrite_refuses_to_remove_the_mixture_or_encoder_the_run_reads(
+    finished: Path, tmp_path: Path
+) -> None:
+    out = used(finished, tmp_path)
+    before = snapshot(out)
+    spec = tiny(out)
+    replay = dataclasses.replace(spec.meta, scheduler="mixture", mixture=str(out / "mixture.json"))
+    warm = dataclasses.replace(spec.model, pretrained=str(out))
+    for changed in (dataclasses.replace(spec, meta=replay), dataclasses.replace(spec, model=warm)):
+        with pytest.raises(MetaptError, match="which this run reads; a fresh run there would remove it"):
+            engine.pretrain(changed, overwrite=True)  # before: removed it, then could not read it
+    assert snapshot(out) == before
 
 
 def test_compare_refuses_a_used_folder_before_it_trains(tmp_path: Path, runner: CliRunner) -> None:
