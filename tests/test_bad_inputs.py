@@ -12,6 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from conftest import write
@@ -299,6 +300,17 @@ def test_a_full_disk_while_caching_features(tmp_path: Path, monkeypatch: pytest.
     ):
         pipeline.load_task(spec, tok, ("train",))
     assert not list(pipeline.features_dir().glob("tiny-full-*"))
+
+
+def test_an_unreadable_feature_cache_entry_is_rebuilt(tmp_path: Path) -> None:
+    spec = dataclasses.replace(task(tmp_path), name="tiny-cache")  # a name no other test cached
+    tok = train_wordpiece(["ann met bob"], vocab_size=100)
+    first = pipeline.load_task(spec, tok, ("train",)).features["train"]
+    (entry,) = pipeline.features_dir().glob("tiny-cache-train-*")
+    (entry / "state.json").write_text("[")  # cut short, as by a crash or a full disk
+    again = pipeline.load_task(spec, tok, ("train",)).features["train"]  # was: JSONDecodeError
+    assert again.to_list() == first.to_list()
+    assert datasets.load_from_disk(str(entry)).to_list() == first.to_list()  # the entry was rewritten
 
 
 def test_an_os_error_on_a_named_file_exits_2(finished: Path, tmp_path: Path, runner: CliRunner) -> None:

@@ -110,6 +110,8 @@ def encode_split(
             return datasets.load_from_disk(str(path))
         except Exception:  # an unreadable cache entry is rebuilt, never trusted
             log.info("feature cache at %s unreadable; re-encoding", path)
+            # metapt's own entry, removed so that the rebuilt one can take its place below
+            shutil.rmtree(path, ignore_errors=True)
     features = kind_of(spec).encode(records, tokenizer, spec, info)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # never torch's RNG: it seeds the weights
     try:
