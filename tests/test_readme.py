@@ -20,9 +20,29 @@ REFERENCE = (DOCS / "reference.md").read_text()  # the TOML reference: every key
 COMMANDS = (DOCS / "commands.md").read_text()
 
 
+def _file_tree() -> set[str]:
+    """The paths of the README's file tree (its `## Files` section), each folder from its indentation."""
+    tree = README.split("\n## Files\n", 1)[1].split("\n## ", 1)[0]
+    folders: list[str] = []
+    paths = set()
+    for line in tree.splitlines():
+        match = re.match(r"    ( *)(\S+)", line)
+        if not match:
+            continue
+        depth, name = len(match.group(1)) // 2, match.group(2)
+        folders = folders[:depth]
+        if name.endswith("/"):
+            folders.append(name)
+        else:
+            paths.add("".join(folders) + name)
+    return paths
+
+
 def test_every_python_file_is_in_the_file_tree() -> None:
     files = sorted(p.relative_to(ROOT) for p in [*ROOT.glob("metapt/**/*.py"), *ROOT.glob("tests/*.py")])
-    missing = [str(f) for f in files if f"{f.name} " not in README]
+    tree = _file_tree()
+    assert "metapt/cli.py" in tree and "tests/test_readme.py" in tree
+    missing = [str(f) for f in files if f.as_posix() not in tree]
     assert not missing, f"README file tree lacks: {missing}"
 
 
