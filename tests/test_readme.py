@@ -9,6 +9,8 @@ import re
 import typing
 from pathlib import Path
 
+import typer.main
+
 from metapt import spec as S
 from metapt.catalog import KINDS
 from metapt.cli import app
@@ -78,6 +80,21 @@ def test_every_command_is_documented() -> None:
     assert {"pretrain", "finetune", "evaluate", "inspect-tasks", "validate"} <= set(commands)
     missing = [c for c in commands if f"| `metapt {c}" not in COMMANDS]
     assert not missing
+
+
+def test_every_option_is_in_its_commands_row() -> None:
+    """docs/commands.md's row of a command shows every long option its --help lists."""
+    rows = {
+        line.split("`")[1].split()[1]: line for line in COMMANDS.splitlines() if line.startswith("| `metapt ")
+    }
+    missing = [
+        f"{name} {opt}"
+        for name, command in typer.main.get_command(app).commands.items()
+        for param in command.params
+        for opt in param.opts
+        if opt.startswith("--") and opt not in rows[name].split("` |")[0]
+    ]
+    assert missing == []
 
 
 def test_every_docs_page_is_linked_from_the_readme_and_every_link_resolves() -> None:
