@@ -106,10 +106,16 @@ def noise_verdict(totals: dict[str, float], policy: str) -> str | None:
     if n == 0:
         return None
     if unknown * 2 > n:
+        # the bandit's running estimates have error bars from its second selection on, so under it
+        # this is a run of one selection, and pointing at the bandit would be no advice
+        fix = (
+            "the bandit's running estimates have them from its second selection on"
+            if policy == "bandit"
+            else 'use support_batches >= 2 (>= 3 for the shared estimate) or policy = "bandit"'
+        )
         return (
             f"{unknown} of {n} selections had no standard error (one support batch per source, or two "
-            "with the agnostic shared estimate): nothing shows whether the choices beat noise; use "
-            'support_batches >= 2 (>= 3 for the shared estimate) or policy = "bandit"'
+            f"with the agnostic shared estimate): nothing shows whether the choices beat noise; {fix}"
         )
     if within * 2 > n:
         what = "its running estimates" if policy == "bandit" else "the utilities"

@@ -464,6 +464,11 @@ def test_most_choices_within_noise_say_so() -> None:
         {"selections": 4, "selections_without_se": 3}, "greedy"
     )
     assert episodelog.noise_verdict({}, "bandit") is None
+    # a one-episode bandit run: its only selection has no running error bar yet, and the advice is not
+    # to use the bandit it already uses
+    one = episodelog.noise_verdict({"selections": 1, "selections_without_se": 1}, "bandit")
+    assert one.startswith("1 of 1 selections had no standard error") and 'policy = "bandit"' not in one
+    assert one.endswith("the bandit's running estimates have them from its second selection on")
 
 
 # ------------------------------------------------------------------------------- NaN stops
