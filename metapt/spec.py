@@ -78,11 +78,13 @@ class DataSpec:
 
     def location(self, split: str) -> str:
         """Where a split lives: a hub split name, or a path resolved against the spec file.
-        `${METAPT_DATA}` stands for that environment variable, or ./data when it is unset."""
+        `${METAPT_DATA}` stands for that environment variable, or ./data when it is unset; a relative
+        one is a folder of the working directory, not of the spec's."""
         value = getattr(self, split)
         if not value or self.format in ("hf", "synthetic"):
             return value
-        value = value.replace("${METAPT_DATA}", os.environ.get("METAPT_DATA", "data"))
+        root = os.path.abspath(os.path.expanduser(os.environ.get("METAPT_DATA", "data")))
+        value = value.replace("${METAPT_DATA}", root)
         return str(Path(self.base_dir, os.path.expanduser(value)))
 
     def synthetic_split(self, split: str) -> str:

@@ -88,3 +88,16 @@ def test_public_tasks_read_their_files_under_metapt_data(monkeypatch: pytest.Mon
         assert missing_data(data) == list(data.splits())  # nothing at /data here
     with pytest.raises(DataError, match="pytorch/examples"):  # the message says where files come from
         read_split(load_task(str(PUBLIC / "wikitext2_mlm.toml")).data, "train")
+
+
+def test_metapt_data_is_relative_to_the_working_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # `METAPT_DATA=../shared/data metapt ...` and the unset default ./data name folders from where the
+    # command runs, as the docs say, not from the spec file's folder (an installed spec's is site-packages)
+    monkeypatch.chdir(tmp_path)
+    spec = str(PUBLIC / "mrpc_files.toml")
+    monkeypatch.setenv("METAPT_DATA", "../shared/data")
+    assert load_task(spec).data.location("train") == str(tmp_path.parent / "shared/data/glue/MRPC/train.tsv")
+    monkeypatch.delenv("METAPT_DATA")
+    assert load_task(spec).data.location("train") == str(tmp_path / "data/glue/MRPC/train.tsv")
