@@ -191,13 +191,14 @@ def _props(path: Path) -> list[list[list[str]]]:
 
 
 def _gold_srl(path: Path) -> list[tuple[list[str], list[int], list[list[str]]]]:
-    """(words, predicate positions, BIO per predicate) per sentence of a *_gold_conll file."""
+    """(verb column: lemma on predicate rows, "-" elsewhere; predicate positions; BIO per predicate)
+    per sentence of a *_gold_conll file."""
     out = []
     for rows in blocks(path):
         cells = [c for _, c in rows]
         predicates = [i for i, c in enumerate(cells) if c[6] != "-"]
         columns = [brackets_to_bio([c[k] for c in cells]) for k in range(11, len(cells[0]) - 1)]
-        out.append(([c[3] for c in cells], predicates, columns))
+        out.append(([c[6] for c in cells], predicates, columns))
     return out
 
 
@@ -239,9 +240,8 @@ def _srl(path: Path) -> dict[str, float]:
     gold = _gold_srl(FX / "conll2012" / "development" / "nw_demo_0002.gold_conll")
     assert len(sentences) == len(gold) == 3
     pred_flat, gold_flat = [], []
-    for rows, (words, predicates, columns) in zip(sentences, gold, strict=True):
-        marks = [r[0] for r in rows]  # the predicate's word on its row, "-" elsewhere
-        assert marks == [w if i in predicates else "-" for i, w in enumerate(words)]
+    for rows, (verbs, _, columns) in zip(sentences, gold, strict=True):
+        assert [r[0] for r in rows] == verbs  # the predicate's lemma on its row (srl-eval.pl), "-" elsewhere
         assert all(len(r) == 1 + len(columns) for r in rows)
         pred_flat += [brackets_to_bio([r[k] for r in rows]) for k in range(1, 1 + len(columns))]
         gold_flat += columns

@@ -199,6 +199,7 @@ def test_conll2005_release_words_and_props_gz():
         "id": "train.01:1",
         "tokens": ["Investors", "said", "prices", "would", "rise", "."],
         "predicate_indices": [1, 4],
+        "predicate_lemmas": ["say", "rise"],  # the props' verb column: srl-eval.pl matches on it
         "srl_tags": [
             ["B-A0", "B-V", "B-A1", "I-A1", "I-A1", "O"],
             ["O", "O", "B-A1", "B-AM-MOD", "B-V", "O"],
@@ -239,6 +240,7 @@ def test_conll2012_two_documents():
         "part": 0,
         "tokens": ["Mary", "wanted", "to", "visit", "Paris", "."],
         "predicate_indices": [1, 3],
+        "predicate_lemmas": ["want", "visit"],  # column 7, the predicate lemma
         "srl_tags": [
             ["B-ARG0", "B-V", "B-ARG1", "I-ARG1", "I-ARG1", "O"],
             ["O", "O", "O", "B-V", "B-ARG1", "O"],

@@ -1,6 +1,7 @@
 """Column formats: SRL (CoNLL-2005, OntoNotes CoNLL-2012) and relation extraction (CoNLL04, SpERT, DyGIE++).
 
-SRL records: {"id", "tokens", "predicate_indices", "srl_tags"} with one BIO tag list per proposition.
+SRL records: {"id", "tokens", "predicate_indices", "predicate_lemmas", "srl_tags"} with one BIO tag list
+per proposition; a predicate's lemma is the file's verb column at its row (its word where that is "-").
 Relation records: {"id", "tokens", "entities": [{start, end (exclusive), type}],
 "relations": [{head, tail (entity indices), type}]}.
 """
@@ -43,7 +44,8 @@ def blocks(path: Path) -> Iterator[Rows]:
 
 
 def _srl(rows: Rows, path: Path, words: list[str], lemma_col: int, first_prop: int) -> dict:
-    """tokens, predicate_indices and srl_tags of one sentence whose rows all have the same cells."""
+    """tokens, predicate_indices, predicate_lemmas and srl_tags of one sentence whose rows all have the
+    same cells."""
     width = len(rows[0][1])
     for n, cells in rows:
         if len(cells) != width:
@@ -60,7 +62,10 @@ def _srl(rows: Rows, path: Path, words: list[str], lemma_col: int, first_prop: i
             raise DataError(f"{path}:{rows[0][0]}: column {k + 1} has no (V*) span and no predicate row")
         predicates.append(lemma_rows[k - first_prop] if verb is None else verb)
         columns.append(tags)
-    return {"tokens": words, "predicate_indices": predicates, "srl_tags": columns}
+    # srl-eval.pl skips a predicted proposition whose verb differs from the gold file's (the lemma in
+    # CoNLL-2005 props), so the predictions file needs the lemma, not the word.
+    lemmas = [rows[p][1][lemma_col] if rows[p][1][lemma_col] != "-" else words[p] for p in predicates]
+    return {"tokens": words, "predicate_indices": predicates, "predicate_lemmas": lemmas, "srl_tags": columns}
 
 
 def _conll2005_file(path: Path) -> Iterator[dict]:

@@ -157,16 +157,25 @@ def score(
 def write_predictions(
     path: Path, predictions: list[list[list[str]]], records: datasets.Dataset, info: Info
 ) -> None:
-    """CoNLL props as srl-eval.pl reads them: per token the predicate word (or "-") and one bracket
-    column per predicate; a blank line after each sentence."""
+    """CoNLL props as srl-eval.pl reads them: per token the predicate's lemma (the record's
+    predicate_lemmas, else its word) or "-", and one bracket column per predicate; a blank line after
+    each sentence. srl-eval.pl scores a proposition only if its verb equals the gold file's."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    lemmas = (
+        records["predicate_lemmas"]
+        if "predicate_lemmas" in records.column_names
+        else [
+            [tokens[p] for p in predicates]
+            for tokens, predicates in zip(records["tokens"], records["predicate_indices"], strict=True)
+        ]
+    )
     with path.open("w", encoding="utf-8") as f:
-        for tokens, predicates, columns in zip(
-            records["tokens"], records["predicate_indices"], predictions, strict=True
+        for tokens, predicates, verbs, columns in zip(
+            records["tokens"], records["predicate_indices"], lemmas, predictions, strict=True
         ):
             brackets = [bio_to_brackets(tags) for tags in columns]
-            marked = set(predicates)
-            for i, word in enumerate(tokens):
-                f.write("\t".join([word if i in marked else "-", *(b[i] for b in brackets)]) + "\n")
+            marked = dict(zip(predicates, verbs, strict=True))
+            for i in range(len(tokens)):
+                f.write("\t".join([marked.get(i, "-"), *(b[i] for b in brackets)]) + "\n")
             f.write("\n")
