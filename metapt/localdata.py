@@ -27,13 +27,14 @@ BY_EXTENSION = {
 BY_DATASET = {"super_glue": "superglue", "squad": "squad", "squad_v2": "squad"}
 
 
+def _names_split(name: str, split: str) -> bool:
+    """Whether a file or folder name has a word naming the split (train, dev, valid, test ...)."""
+    return bool(set(re.split(r"[._\-\d]+", name.lower())) & set(PREFIXES[split]))
+
+
 def _match(folder: Path, split: str) -> str:
     """The entries of `folder` whose name has a word naming the split (train, dev, valid, test ...)."""
-    hits = sorted(
-        p
-        for p in folder.iterdir()
-        if not p.name.startswith(".") and set(re.split(r"[._\-\d]+", p.name.lower())) & set(PREFIXES[split])
-    )
+    hits = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and _names_split(p.name, split))
     if not hits:
         return ""
     if len(hits) == 1:
@@ -57,7 +58,10 @@ def _format(spec: TaskSpec, path: Path) -> str:
     if spec.data.format == "hf" and spec.data.dataset.rsplit("/", 1)[-1] in BY_DATASET:
         return BY_DATASET[spec.data.dataset.rsplit("/", 1)[-1]]
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
+    # The split files tell the format, not a LICENSE.txt or readme.txt beside them (GLUE's STS-B).
+    inside = {f: f.relative_to(path).parts if path.is_dir() else (f.name,) for f in files}
+    in_splits = [f for f in files if any(_names_split(part, s) for part in inside[f] for s in PREFIXES)]
+    for f in in_splits + files:
         if f.suffix in BY_EXTENSION:
             return BY_EXTENSION[f.suffix]
     raise MetaptError(

@@ -465,6 +465,21 @@ def test_data_reads_local_glue_stsb_files(ckpt: Path, runner: CliRunner, tmp_pat
     assert result.exit_code == 0, result.output
 
 
+def test_data_format_comes_from_the_split_files_not_a_licence_beside_them(tmp_path: Path) -> None:
+    # GLUE's STS-B folder ships LICENSE.txt and readme.txt next to train.tsv and dev.tsv; the first
+    # file with a known extension (LICENSE.txt) used to make the format "text", so the reader found
+    # no label column.
+    shutil.copytree(FX / "stsb", tmp_path / "STS-B")
+    (tmp_path / "STS-B" / "LICENSE.txt").write_text("Licence terms.\n")
+    (tmp_path / "STS-B" / "readme.txt").write_text("STS Benchmark.\n")
+    spec = task_spec("stsb", tmp_path / "STS-B", {})
+    assert spec.data.format == "tsv"
+    assert spec.data.train.endswith("train.tsv") and spec.data.validation.endswith("dev.tsv")
+    assert (
+        len(read_split(spec.data, "train")) == len((FX / "stsb" / "train.tsv").read_text().splitlines()) - 1
+    )
+
+
 def test_data_reads_a_local_superglue_wsc_file() -> None:
     spec = task_spec(
         "wsc", Path(__file__).parent / "fixtures" / "data" / "superglue" / "wsc" / "train.jsonl", {}
