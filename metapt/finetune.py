@@ -49,13 +49,20 @@ def task_spec(task: str, data: Path | None, overrides: dict[str, Any]) -> TaskSp
     spec = load_task_spec(task)
     if data is not None:
         spec = with_local_data(spec, data)
-    batch = {k: v for k, v in overrides.items() if k in ("size", "max_length") and v is not None}
+    if overrides.get("size") is not None:
+        spec = dataclasses.replace(spec, batch=dataclasses.replace(spec.batch, size=overrides["size"]))
+    if overrides.get("max_length") is not None:
+        spec = with_max_length(spec, overrides["max_length"])
     ft = {k: v for k, v in overrides.items() if k in ("epochs", "lr") and v is not None}
-    return dataclasses.replace(
-        spec,
-        batch=dataclasses.replace(spec.batch, **batch),
-        finetune=dataclasses.replace(spec.finetune, **ft),
-    )
+    return dataclasses.replace(spec, finetune=dataclasses.replace(spec.finetune, **ft))
+
+
+def with_max_length(spec: TaskSpec, max_length: int) -> TaskSpec:
+    """The spec with [batch].max_length set; a shorter one scales [batch].stride with it (SQuAD's
+    384 / 128 at 128 positions: 42), so the windows keep their overlap ratio and room for the question."""
+    batch = spec.batch
+    stride = batch.stride * max_length // batch.max_length if max_length < batch.max_length else batch.stride
+    return dataclasses.replace(spec, batch=dataclasses.replace(batch, max_length=max_length, stride=stride))
 
 
 def main_metric(spec: TaskSpec, metrics: dict[str, float]) -> str:
@@ -145,6 +152,7 @@ def finetune_one(
     if rank == 0:  # the callers check the folder first (metapt finetune, compare)
         outdir.claim(out, "model", "predictions", "results.json", kind="finetune")
     source = encoder_source(checkpoint)
+    asked = spec.batch
     tokenizer, encoder, spec = _encoder(source, spec)
     task = load_task(spec, tokenizer, _splits(spec))
     # Seeded after load_task: a cold feature cache draws from torch's global RNG (pipeline.encode_split).
@@ -166,6 +174,11 @@ def finetune_one(
     warnings = task.warnings + pointless.finetune_warnings(
         ft.lr, ft.epochs * steps_per_epoch, ft.warmup_ratio
     )
+    if spec.batch.max_length < asked.max_length:
+        warnings.append(
+            f"[batch].max_length = {asked.max_length} cut to the encoder's {spec.batch.max_length} "
+            f"positions (stride {asked.stride} -> {spec.batch.stride})"
+        )
     for warning in warnings if rank == 0 else []:  # also in results.json
         callback("warning", {"message": warning})
     for epoch in range(ft.epochs):
@@ -187,12 +200,13 @@ def finetune_one(
 
 
 def _encoder(source: str, spec: TaskSpec) -> tuple[Any, torch.nn.Module, TaskSpec]:
-    """(tokenizer, encoder, the spec with [batch].max_length cut to the encoder's positions)."""
+    """(tokenizer, encoder, the spec with [batch].max_length cut to the encoder's positions, and its
+    stride with it)."""
     tokenizer = load_tokenizer(source)
     encoder = load_encoder(source)
     limit = encoder.config.max_position_embeddings - (2 if encoder.config.model_type == "roberta" else 0)
     if spec.batch.max_length > limit:
-        spec = dataclasses.replace(spec, batch=dataclasses.replace(spec.batch, max_length=limit))
+        spec = with_max_length(spec, limit)
     return tokenizer, encoder, spec
 
 

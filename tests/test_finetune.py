@@ -6,7 +6,6 @@ pretrained metapt checkpoint as the encoder. A 1-layer, 32-wide BERT keeps the w
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import re
@@ -430,7 +429,6 @@ def test_data_reads_a_local_copy_in_the_fields_format(
     spec = task_spec(task, FX / folder, {"epochs": 1, "size": 4, "max_length": 64, "lr": 1e-3})
     assert (spec.data.format, spec.data.dataset) == (FORMAT[task], "")
     assert tuple(len(read_split(spec.data, s)) for s in ("train", "validation")) == counts
-    spec = spec if kind != "extractive_qa" else _with_stride(spec, 16)
     results = finetune_one(str(ckpt), spec, 0, tmp_path)
     assert (results["task"], results["kind"]) == (task, kind)
     assert sorted(results["metrics"]["validation"]) == sorted(METRICS[kind])
@@ -446,8 +444,18 @@ def test_data_reads_a_local_copy_in_the_fields_format(
 FORMAT = {"conll2012": "conll2012", "squad": "squad", "copa": "superglue"}
 
 
-def _with_stride(spec: Any, stride: int) -> Any:
-    return dataclasses.replace(spec, batch=dataclasses.replace(spec.batch, stride=stride))
+def test_a_shorter_max_length_scales_the_stride_with_it(ckpt: Path, tmp_path: Path) -> None:
+    # SQuAD's spec (384 tokens, stride 128) on an encoder of 128 positions: the windows keep their
+    # overlap ratio, 128 * 128 // 384 = 42, and room for the question (a stride of 128 left none).
+    spec = task_spec("squad", FX / "squad", {"epochs": 1, "size": 4, "lr": 1e-3})
+    assert (spec.batch.max_length, spec.batch.stride) == (384, 128)
+    assert task_spec("squad", None, {"max_length": 96}).batch.stride == 128 * 96 // 384
+    assert task_spec("squad", None, {"max_length": 512}).batch.stride == 128  # longer: kept
+    results = finetune_one(str(ckpt), spec, 0, tmp_path)
+    assert (
+        "[batch].max_length = 384 cut to the encoder's 128 positions (stride 128 -> 42)"
+        in results["warnings"]
+    )
 
 
 def test_data_reads_local_glue_stsb_files(ckpt: Path, runner: CliRunner, tmp_path: Path) -> None:
