@@ -32,14 +32,17 @@ def _names_split(name: str, split: str) -> bool:
     return bool(set(re.split(r"[._\-\d]+", name.lower())) & set(PREFIXES[split]))
 
 
-def _match(folder: Path, split: str) -> str:
-    """The entries of `folder` whose name has a word naming the split (train, dev, valid, test ...)."""
+def _match(folder: Path, split: str, named: str = "") -> str:
+    """The entries of `folder` whose name has a word naming the split (train, dev, valid, test ...);
+    of several, the one the spec's own path for the split ends in (`named`: CoNLL-2005's test.wsj,
+    not test.brown beside it), else all of them."""
     hits = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and _names_split(p.name, split))
     if not hits:
         return ""
     if len(hits) == 1:
         return str(hits[0])
-    return str(folder / _common(hits))
+    same = [p for p in hits if named and p.name == named]
+    return str(same[0]) if same else str(folder / _common(hits))
 
 
 def _common(paths: list[Path]) -> str:
@@ -73,7 +76,8 @@ def _format(spec: TaskSpec, path: Path) -> str:
 
 def with_local_data(spec: TaskSpec, path: Path) -> TaskSpec:
     """The spec reading `path`: a file becomes the train split; a folder's train*/dev*|val*/test*
-    entries become the splits (or, with none, the whole folder is the train split)."""
+    entries become the splits (or, with none, the whole folder is the train split); of several
+    entries for one split, the one named as in the spec."""
     path = Path(path).absolute()
     if not path.exists():
         raise MetaptError(f"--data {path}: no such file or folder")
@@ -81,7 +85,7 @@ def with_local_data(spec: TaskSpec, path: Path) -> TaskSpec:
     if path.is_file():
         splits = {"train": str(path), "validation": "", "test": ""}
     else:
-        splits = {s: _match(path, s) for s in PREFIXES}
+        splits = {s: _match(path, s, Path(getattr(spec.data, s)).name) for s in PREFIXES}
         if not any(splits.values()):
             splits = {"train": str(path), "validation": "", "test": ""}
     data = dataclasses.replace(spec.data, format=fmt, base_dir="/", dataset="", **splits)

@@ -488,6 +488,19 @@ def test_data_format_comes_from_the_split_files_not_a_licence_beside_them(tmp_pa
     )
 
 
+def test_data_on_the_conll2005_release_takes_the_specs_test_wsj_not_test_brown_too(tmp_path: Path) -> None:
+    # The release folder has test.wsj/ and test.brown/ side by side; both name the test split, and
+    # the glob test.* read them as one test set (2842 sentences on the real release), while CoNLL-2005
+    # reports WSJ and Brown apart and tasks/conll2005.toml reads test.wsj.
+    release = Path(__file__).parent / "fixtures" / "data" / "conll2005" / "release" / "train"
+    for split in ("train", "devel", "test.wsj", "test.brown"):
+        shutil.copytree(release, tmp_path / split)
+    spec = task_spec("conll2005", tmp_path, {})
+    assert (spec.data.train, spec.data.validation) == (str(tmp_path / "train"), str(tmp_path / "devel"))
+    assert spec.data.test == str(tmp_path / "test.wsj")
+    assert len(read_split(spec.data, "test")) == len(read_split(spec.data, "train"))
+
+
 def test_data_reads_a_local_superglue_wsc_file() -> None:
     spec = task_spec(
         "wsc", Path(__file__).parent / "fixtures" / "data" / "superglue" / "wsc" / "train.jsonl", {}
