@@ -78,6 +78,7 @@ def test_public_tasks_read_their_files_under_metapt_data(monkeypatch: pytest.Mon
         ),
         "sst2_files": ("glue/SST-2/train.tsv", "glue/SST-2/dev.tsv"),
         "mrpc_files": ("glue/MRPC/train.tsv", "glue/MRPC/dev.tsv"),
+        "cola_files": ("glue/CoLA/train.tsv", "glue/CoLA/dev.tsv"),
         "conll04_spert": ("conll04/spert/conll04_train.json", "conll04/spert/conll04_dev.json"),
     }
     for name, (train, validation) in expected.items():
@@ -101,3 +102,14 @@ def test_metapt_data_is_relative_to_the_working_directory(
     assert load_task(spec).data.location("train") == str(tmp_path.parent / "shared/data/glue/MRPC/train.tsv")
     monkeypatch.delenv("METAPT_DATA")
     assert load_task(spec).data.location("train") == str(tmp_path / "data/glue/MRPC/train.tsv")
+
+
+def test_cola_files_read_glues_headerless_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GLUE's CoLA TSVs have no header: source, label, the original mark, sentence. With a header row
+    # assumed, the first sentence became the column names and no "sentence" column was found.
+    monkeypatch.setenv("METAPT_DATA", str(Path(__file__).resolve().parent / "fixtures" / "data"))
+    data = load_task(str(PUBLIC / "cola_files.toml")).data
+    train, dev = read_split(data, "train"), read_split(data, "validation")
+    assert (len(train), len(dev)) == (5, 2)
+    assert (train[1]["text"], train[1]["label"]) == ("The cat the mat on sat.", "0")
+    assert [r["label"] for r in dev] == ["0", "1"]
