@@ -135,15 +135,18 @@ def _quiet_libraries() -> None:
 
 
 @app.command()
-def validate(files: list[Path] = typer.Argument(..., help="Run specs or task specs.")) -> None:
+def validate(
+    files: list[Path] = typer.Argument(..., help="Run specs or task specs (files or built-in names)."),
+) -> None:
     """Check specs (and every task a run spec references) without loading any model."""
     from metapt.errors import SpecError
-    from metapt.resolve import parse_any
+    from metapt.resolve import find_run, parse_any
     from metapt.spec import RunSpec
     from metapt.validation import missing_data
 
     problems = []
     for path in files:
+        path = find_run(str(path))  # a file, or a built-in name as pretrain takes (`agnostic`, `squad`)
         try:
             spec = parse_any(path)
         except SpecError as e:

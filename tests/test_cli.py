@@ -66,6 +66,19 @@ def test_validate_a_shipped_run_spec_from_another_folder(
     assert result.stdout.strip() == f"ok {path} (run spec, {tasks} tasks)"
 
 
+def test_validate_takes_built_in_names_as_pretrain_does(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./tasks here: the names resolve to the built-in specs
+    result = runner.invoke(app, ["validate", "agnostic", "squad"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("ok ") and lines[0].endswith("agnostic.toml (run spec, 4 tasks)")
+    assert lines[1].endswith("squad.toml (task 'squad')")
+    missing = runner.invoke(app, ["validate", "no-such-spec"])
+    assert missing.exit_code == 2 and "no-such-spec: no such file" in missing.stderr
+
+
 def test_validate_a_bad_spec_exits_2_with_one_message(runner: CliRunner) -> None:
     result = runner.invoke(app, ["validate", str(BAD_TASK)])
     assert result.exit_code == 2
