@@ -159,6 +159,7 @@ def validate(
                     f"[yellow]note:[/] {t.name}: data for {', '.join(gone)} not present; "
                     f"{escape(t.data.obtain)}",
                     highlight=False,
+                    soft_wrap=True,
                 )
         what = f"run spec, {len(tasks)} tasks" if isinstance(spec, RunSpec) else f"task {spec.name!r}"
         console.print(f"[green]ok[/] {escape(str(path))} ({escape(what)})", highlight=False, soft_wrap=True)
@@ -440,7 +441,7 @@ def bench(
     result = run_bench(
         spec,
         episodes,
-        say=lambda message: err.print(message, highlight=False),
+        say=lambda message: err.print(message, highlight=False, soft_wrap=True),
         variants=variants,
         reference=reference,
         sources=counts,

@@ -184,6 +184,7 @@ def finetune_reporter(console: Console, quiet: bool = False) -> Iterator[Callbac
                 f"epochs of {data['steps']} steps",
                 markup=False,
                 highlight=False,
+                soft_wrap=True,
             )
         elif event == "step":
             if data["step"] == 1:
@@ -199,6 +200,7 @@ def finetune_reporter(console: Console, quiet: bool = False) -> Iterator[Callbac
                 f"epoch {data['epoch']}: validation {shown}  (main: {data['main']})",
                 markup=False,
                 highlight=False,
+                soft_wrap=True,
             )
 
     with bar:

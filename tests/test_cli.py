@@ -161,6 +161,16 @@ def test_validate_ok_line_is_not_folded(runner: CliRunner, tmp_path: Path) -> No
     assert result.stdout.splitlines() == [f"ok {deep} (task 'task')"]
 
 
+def test_validate_note_on_missing_data_is_one_line(runner: CliRunner, tmp_path: Path) -> None:
+    # The note with the spec's obtain line (~200 characters) was folded at 80 columns when piped.
+    spec = REPO / "tasks" / "public" / "wikitext2_mlm.toml"
+    result = runner.invoke(app, ["validate", str(spec)], env={"COLUMNS": "80", "METAPT_DATA": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    note, ok = result.stdout.splitlines()
+    assert note.startswith("note: wikitext2_mlm: data for train, validation not present; ") and len(note) > 80
+    assert ok == f"ok {spec} (task 'wikitext2_mlm')"
+
+
 # ------------------------------------------------------------------------------ inspect-tasks
 def _rows(runner: CliRunner, *args: str, code: int = 0) -> list[dict]:
     result = runner.invoke(app, ["inspect-tasks", "--json", *args])
