@@ -136,7 +136,9 @@ def _quiet_libraries() -> None:
 
 @app.command()
 def validate(
-    files: list[Path] = typer.Argument(..., help="Run specs or task specs (files or built-in names)."),
+    files: list[Path] = typer.Argument(
+        ..., metavar="FILE|NAME", help="Run specs or task specs (files or built-in names)."
+    ),
 ) -> None:
     """Check specs (and every task a run spec references) without loading any model."""
     from metapt.errors import SpecError
@@ -170,7 +172,7 @@ def validate(
 @app.command("inspect-tasks")
 def inspect_tasks(
     paths: list[Path] = typer.Argument(
-        None, help="Spec files or folders (default: ./tasks and the built-in specs)."
+        None, metavar="PATH", help="Spec files or folders (default: ./tasks and the built-in specs)."
     ),
     count: bool = typer.Option(
         False, "--count", help="Load each split through its reader and count examples."
@@ -202,7 +204,9 @@ def inspect_tasks(
 
 @app.command()
 def pretrain(
-    run_spec: str = typer.Argument(..., help="A run spec (TOML file, or a built-in name such as agnostic)."),
+    run_spec: str = typer.Argument(
+        ..., metavar="RUN.toml", help="A run spec (TOML file, or a built-in name such as agnostic)."
+    ),
     episodes: int = typer.Option(
         None, "--episodes", min=0, help="Override [run].episodes (0: save the initial weights only)."
     ),
@@ -256,7 +260,9 @@ def pretrain(
 
 @app.command()
 def finetune(
-    checkpoint: str = typer.Argument(..., help="A metapt checkpoint, Hugging Face encoder folder or hub id."),
+    checkpoint: str = typer.Argument(
+        ..., metavar="CKPT", help="A metapt checkpoint, Hugging Face encoder folder or hub id."
+    ),
     task: str = typer.Option(..., "--task", help="A task name or task spec file."),
     data: Path = typer.Option(None, "--data", help="A local copy of the task's data (file or folder)."),
     epochs: int = typer.Option(
@@ -370,7 +376,9 @@ def _print_results(results: dict, where: Path) -> None:
 
 @app.command()
 def evaluate(
-    finetuned_dir: Path = typer.Argument(..., help="A folder written by `metapt finetune`."),
+    finetuned_dir: Path = typer.Argument(
+        ..., metavar="FINETUNED_DIR", help="A folder written by `metapt finetune`."
+    ),
     task: str = typer.Option(..., "--task", help="A task name or task spec file."),
     split: str = typer.Option("validation", "--split", help="The split to score: validation or test."),
     data: Path = typer.Option(None, "--data", help="A local copy of the task's data (file or folder)."),
@@ -389,7 +397,9 @@ def evaluate(
 
 @app.command()
 def bench(
-    run_spec: str = typer.Argument("agnostic", help="A run spec (TOML file, or a built-in name)."),
+    run_spec: str = typer.Argument(
+        "agnostic", metavar="RUN.toml", help="A run spec (TOML file, or a built-in name)."
+    ),
     episodes: int = typer.Option(
         None, "--episodes", min=1, help="Episodes to time (default: 2 x select_every, 4 to the run's)."
     ),
@@ -463,7 +473,9 @@ def _counts(text: str) -> list[int]:
 
 @app.command()
 def compare(
-    run_spec: str = typer.Argument(..., help="A run spec (TOML file, or a built-in name such as agnostic)."),
+    run_spec: str = typer.Argument(
+        ..., metavar="RUN.toml", help="A run spec (TOML file, or a built-in name such as agnostic)."
+    ),
     schedulers: str = typer.Option(
         "meta,uniform,proportional,temperature,sequential,single",
         "--schedulers",
@@ -534,7 +546,9 @@ def compare(
 
 @app.command()
 def report(
-    run_dir: Path = typer.Argument(..., help="A pretraining output folder (it holds metrics.jsonl)."),
+    run_dir: Path = typer.Argument(
+        ..., metavar="RUN_DIR", help="A pretraining output folder (it holds metrics.jsonl)."
+    ),
     output: Path = typer.Option(
         None, "--output", "-o", help="FILE.png or FILE.html (default: RUN_DIR/report.png)."
     ),

@@ -30,7 +30,7 @@ def metapt(*args: str, cwd: Path | None = None, columns: int = 80) -> subprocess
 @pytest.mark.parametrize(
     ("args", "usage", "message"),
     [
-        (["pretrain"], "metapt pretrain [OPTIONS]", "Missing argument"),
+        (["pretrain"], "metapt pretrain [OPTIONS]", "Missing argument 'RUN.toml'"),  # as the docs name it
         (["pretrain", "agnostic", "--bogus"], "metapt pretrain [OPTIONS]", "No such option: --bogus"),
         (["pretrain", "agnostic", "--episods", "3"], "metapt pretrain [OPTIONS]", "--episodes"),
         (["pretrain", "agnostic", "--episodes", "abc"], "metapt pretrain [OPTIONS]", "'--episodes'"),
