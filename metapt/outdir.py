@@ -171,8 +171,9 @@ def _describe(folder: Path) -> str:
 
 def check(folder: Path, kind: str, overwrite: bool) -> None:
     """MetaptError unless a fresh run of `kind` (pretrain | finetune | compare) may write `folder`:
-    it is absent or empty, or `overwrite` is given and nothing metapt did not write has a name the
-    run writes. The message lists what is there and how to go on."""
+    it is absent or empty, or `overwrite` is given, what metapt wrote there is a `kind` run's, and
+    nothing metapt did not write has a name the run writes. The message lists what is there and how
+    to go on."""
     if folder.exists() and not folder.is_dir():
         raise MetaptError(f"{folder}: the output folder is a file; give a folder with --output-dir")
     mine, theirs = split(folder)
@@ -182,6 +183,15 @@ def check(folder: Path, kind: str, overwrite: bool) -> None:
             f"{folder} holds {_shown(folder, clash)}, which metapt did not write and a {kind} run "
             "writes; metapt never replaces those. Choose another folder with --output-dir, or move "
             "them away."
+        )
+    was = _read(folder).get("kind") or ("pretrain" if _legacy(folder) else "")
+    if overwrite and mine and was and was != kind:
+        # --overwrite starts a run of the same kind again; a pretraining checkpoint (hours of work)
+        # is not removed by a compare or finetune run pointed at its folder by mistake.
+        raise MetaptError(
+            f"{folder} holds metapt's {was} {_describe(folder)}: {_shown(folder, mine, 4)}. A {kind} run "
+            f"does not overwrite it (--overwrite starts only a {was} run there again): write elsewhere "
+            "with --output-dir, or remove that folder yourself first."
         )
     if overwrite or not (mine or theirs):
         return

@@ -106,6 +106,27 @@ def test_overwrite_removes_only_metapts_entries(finished: Path, tmp_path: Path) 
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-000001", "checkpoint-500"]
 
 
+@pytest.mark.parametrize("record", [True, False])  # False: a folder of an older metapt, no record
+def test_overwrite_by_another_kind_of_run_keeps_the_pretraining_checkpoint(
+    finished: Path, tmp_path: Path, runner: CliRunner, record: bool
+) -> None:
+    # `compare --overwrite` (or finetune) pointed at a pretraining folder by mistake removed its
+    # checkpoint: --overwrite starts a run of the kind that wrote the folder again, no other.
+    out = tmp_path / "run"
+    shutil.copytree(finished, out, symlinks=True)
+    if not record:
+        (out / outdir.RECORD).unlink()
+    before = snapshot(out)
+    with pytest.raises(
+        MetaptError, match=r"holds metapt's pretrain run \(a checkpoint after episode 2 of 2\)"
+    ):
+        outdir.check(out, "compare", overwrite=True)
+    with pytest.raises(MetaptError, match="A finetune run does not overwrite it"):
+        outdir.check(out, "finetune", overwrite=True)
+    outdir.check(out, "pretrain", overwrite=True)  # the same kind may start again
+    assert snapshot(out) == before
+
+
 def test_a_file_metapt_would_write_blocks_even_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "mine"
     write(out, "config.json", '{"mine": true}')
