@@ -8,6 +8,7 @@ import difflib
 import errno
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typer.core import TyperGroup
 from metapt import outdir
 from metapt.catalog import DEFAULT_DOWNSTREAM, MAX_SEED
 from metapt.errors import MetaptError, TrainingError
+from metapt.interrupts import terminate_as_interrupt
 
 # emoji off: a file name such as `a:x:b` must print as written, not with an emoji in it.
 console = Console(emoji=False)
@@ -65,7 +67,8 @@ class Boundary(TyperGroup):
 
     def invoke(self, ctx: typer.Context) -> object:
         try:
-            return super().invoke(ctx)
+            with terminate_as_interrupt():
+                return super().invoke(ctx)
         except MetaptError as e:
             if _debug():
                 raise
@@ -76,9 +79,9 @@ class Boundary(TyperGroup):
                 raise
             err.print(f"[bold red]training stopped:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (interrupts.Stopped): 128 + the signal
             err.print("interrupted")
-            raise typer.Exit(130) from None
+            raise typer.Exit(128 + getattr(e, "signal", signal.SIGINT)) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as e:

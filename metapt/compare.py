@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import shutil
+import signal
 import statistics
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from metapt.catalog import DEFAULT_DOWNSTREAM, KINDS, SCHEDULERS
 from metapt.engine import pretrain
 from metapt.errors import MetaptError, suggest
 from metapt.finetune import aggregate, finetune_one, task_spec
+from metapt.interrupts import Stopped
 from metapt.policies import POLICIES
 from metapt.runspec import override
 from metapt.spec import RunSpec, TaskSpec
@@ -120,7 +122,7 @@ def episode_caps(
                 callback=lambda e, d, fitting=fitting: fitting.append(d["flops"]) if e == "heads" else None,
             )
             if not summary["complete"]:
-                raise KeyboardInterrupt  # Ctrl-C during the probe
+                raise Stopped(summary["signal"] or signal.SIGINT)  # Ctrl-C or SIGTERM during the probe
             sel, train = summary["totals"]["selection_flops"], summary["totals"]["train_flops"]
             once = sum(fitting)
             per_episode = train + (sel - once) / (spec.meta.select_every if s.startswith("meta") else 1)
@@ -169,7 +171,7 @@ def pretrain_run(
     setup = time.perf_counter() - start - loop
     total = totals["selection_flops"] + totals["train_flops"]
     if not summary["complete"] and (budget is None or total < budget):
-        raise KeyboardInterrupt  # Ctrl-C stopped the run early: do not go on to the next one
+        raise Stopped(summary["signal"] or signal.SIGINT)  # stopped early: do not go on to the next run
     curve = stats.heldout_curve(report.read_metrics(run_dir))  # (FLOPs so far, held-out mean loss)
     return {
         "seed": seed,

@@ -1,5 +1,7 @@
 """Ctrl-C and SIGTERM during pretraining: the first one asks the loop to finish its episode and save, a
-second one stops at once (the handler it replaced is back by then). torchrun and Slurm send SIGTERM."""
+second one stops at once (the handler it replaced is back by then). torchrun and Slurm send SIGTERM.
+Outside that loop (finetuning, compare's later steps, setup) SIGTERM stops the command as Ctrl-C does,
+through `Stopped`, so it exits 143 with its cleanup run instead of dying where it is."""
 
 from __future__ import annotations
 
@@ -8,6 +10,33 @@ import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+
+class Stopped(KeyboardInterrupt):
+    """A command stopped early by a signal (SIGINT, SIGTERM); the CLI exits 128 + `signal`."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signum)
+        self.signal = signum
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM in the main thread raises Stopped(SIGTERM) where Ctrl-C would
+    raise KeyboardInterrupt; the previous handler comes back after. Elsewhere, nothing changes."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Stopped(signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from metapt import checkpoint, engine, pointless
 from metapt.cli import app
 from metapt.errors import TrainingError
-from metapt.interrupts import interrupts
+from metapt.interrupts import Stopped, interrupts, terminate_as_interrupt
 from metapt.resolve import parse_run
 from metapt.runspec import override
 from metapt.spec import RunSpec
@@ -43,6 +43,36 @@ def tiny(out: Path, episodes: int = 4, **meta: object) -> RunSpec:
 def lines(out: Path) -> list[dict]:
     path = out / "metrics.jsonl"
     return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+
+
+def test_sigterm_outside_the_pretraining_loop_stops_as_ctrl_c_does() -> None:
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Stopped) as stopped, terminate_as_interrupt():
+        signal.raise_signal(signal.SIGTERM)
+    assert isinstance(stopped.value, KeyboardInterrupt) and stopped.value.signal == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_sigterm_during_finetuning_exits_143_without_a_traceback(tmp_path: Path) -> None:
+    # It was the default kill (a process status of -15, no cleanup, no message).
+    env = {k: v for k, v in os.environ.items() if k != "METAPT_DEBUG"}
+    env["OMP_NUM_THREADS"] = "1"
+    ckpt = tmp_path / "ckpt"
+    engine.pretrain(tiny(ckpt, episodes=0))
+    out = tmp_path / "ft"
+    cmd = [str(SCRIPT), "finetune", "--task", "conll2012-synthetic", str(ckpt), "--epochs", "500"]
+    process = subprocess.Popen(
+        [*cmd, "--output-dir", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "model").is_dir():  # the first epoch is scored and saved
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, (stdout, stderr)
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert not (out / "results.json").exists()  # not finished, so nothing says it was
 
 
 def test_sigterm_and_ctrl_c_stop_after_the_episode_save_and_exit_128_plus_the_signal(tmp_path: Path) -> None:
