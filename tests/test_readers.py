@@ -351,6 +351,14 @@ def test_squad_v2_impossible_questions_have_no_answers():
     assert "plausible_answers" not in ds.column_names
 
 
+def test_nq_scores_its_no_short_answer_questions_as_it_trains_them() -> None:
+    # Such records have no answer text; they train as no-answer ([CLS]) and, without this option,
+    # were left out of the score, so predicting "no answer" for them could never be credited.
+    from metapt.resolve import load_task
+
+    assert load_task("natural_questions").options["version_2_with_negative"] is True
+
+
 def test_nq_long_answer_context_and_short_answer_offsets(caplog: pytest.LogCaptureFixture):
     with caplog.at_level(logging.WARNING, logger="metapt"):
         ds = read("nq", "nq/dev.jsonl")
