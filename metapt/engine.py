@@ -322,13 +322,19 @@ def pretrain(
     task and on when to stop, and only rank 0 writes metrics.jsonl and checkpoints."""
     callback = callback or (lambda event, data: None)
     if distributed.rank() != 0:
-        return _episodes(spec, resume, callback, max_flops)
+        return _train(spec, resume, callback, max_flops)
     folder = Path(spec.run.output_dir)
     inputs = runspec.inputs(spec)
     with outdir.run_folder(folder, "pretrain", "metapt pretrain", resume, overwrite, inputs) as lock:
         if lock.warning:
             callback("warning", {"message": lock.warning})
-        return _episodes(spec, resume, callback, max_flops)
+        return _train(spec, resume, callback, max_flops)
+
+
+def _train(spec: RunSpec, resume: bool, callback: Callback, max_flops: float | None) -> dict[str, Any]:
+    """`_episodes`, unless the checkpoint to resume already has the run's episodes (then nothing runs)."""
+    done = _already_done(spec, callback) if resume else None
+    return done if done is not None else _episodes(spec, resume, callback, max_flops)
 
 
 # Algorithm 1 reads top to bottom in one function (STYLE.md 1): its length is the episode's.
@@ -494,6 +500,35 @@ def _refit_source_heads(run: Run) -> int:
     if run.world > 1:  # rank 0's heads for every rank, as after the first fit
         distributed.broadcast_parameters([run.model.heads[s] for s in run.sources])
     return flops
+
+
+def _already_done(spec: RunSpec, callback: Callback) -> dict[str, Any] | None:
+    """The summary of a resume whose checkpoint already has the run's episodes, which trains and
+    writes nothing (no data is read, no model built); None when there are episodes to train. A run
+    spec that cannot continue the checkpoint is refused all the same."""
+    out = Path(spec.run.output_dir)
+    folder = checkpoint.resolve(out)
+    spec, _ = resuming.reconcile(spec, folder)  # its notes are about episodes that will not run
+    if resuming.episode_of(folder) < spec.run.episodes:
+        return None
+    _, _, _, state = checkpoint.load_state(folder)
+    message = resuming.nothing_to_train(out, state["episode"], spec.run.episodes)
+    if state["episode"] > spec.run.episodes:  # fewer episodes than done: most likely a mistake
+        callback("warning", {"message": message})
+        message = f"nothing trained; the checkpoint in {out} is left at episode {state['episode']}"
+    summary = {
+        "noise": None,  # no selection was made in this run
+        "episodes": state["episode"],
+        "complete": True,
+        "output_dir": str(out),
+        "counts": dict(Counter(state["history"])),
+        "totals": dict(state["totals"]),
+        "message": message,
+        "rank": distributed.rank(),
+        "signal": 0,
+    }
+    callback("end", summary)
+    return summary
 
 
 def _summary(run: Run, total: int, stopped_by: int) -> dict[str, Any]:

@@ -134,6 +134,28 @@ def reconcile(spec: RunSpec, folder: Path) -> tuple[RunSpec, list[str]]:
     return spec, notes
 
 
+def episode_of(folder: Path) -> int:
+    """The episodes a checkpoint folder (from `checkpoint.resolve`) has done."""
+    return _read(folder, "metapt.json").get("episode", 0)
+
+
+def _episodes(n: int) -> str:
+    return f"{n} episode{'' if n == 1 else 's'}"
+
+
+def nothing_to_train(out: Path, episode: int, episodes: int) -> str:
+    """What a resume says when the checkpoint in `out`, after `episode` episodes, already has the
+    run's `episodes` (all of them, or more)."""
+    more = f"To train on, resume with --episodes above {episode} (or raise [run].episodes)."
+    if episode == episodes:
+        return f"{out} is already finished: its checkpoint has all {_episodes(episodes)}; nothing to train. {more}"
+    return (
+        f"nothing to train: the checkpoint in {out} is already at episode {episode}, past the "
+        f"{_episodes(episodes)} this run asks for (--episodes or [run].episodes); it is left as it "
+        f"was. {more}"
+    )
+
+
 def check_heads(folder: Path, tasks: dict[str, Any]) -> None:
     """CheckpointError when a task's kind or labels (its head's shape) differ from the checkpoint's."""
     heads, out = _read(folder, "heads.json"), []

@@ -181,3 +181,46 @@ def test_a_corrupt_metrics_line_before_the_last_exits_2(halfway: Path, tmp_path:
     with pytest.raises(MetaptError, match=r"metrics\.jsonl:2: not an episode record"):
         engine.pretrain(tiny(out), resume=True)
     assert metrics.read_text() == f"{first}\nnot json\n{second}\n"  # left as it was
+
+
+@pytest.mark.parametrize(
+    ("episodes", "said"),
+    [
+        (
+            1,
+            "warning: nothing to train: the checkpoint in {out} is already at episode 2, past the 1 episode "
+            "this run asks for (--episodes or [run].episodes); it is left as it was. To train on, resume "
+            "with --episodes above 2 (or raise [run].episodes).\n"
+            "nothing trained; the checkpoint in {out} is left at episode 2\n",
+        ),
+        (
+            2,
+            "{out} is already finished: its checkpoint has all 2 episodes; nothing to train. To train on, "
+            "resume with --episodes above 2 (or raise [run].episodes).\n",
+        ),
+    ],
+)
+def test_resuming_a_run_that_has_its_episodes_says_so_and_trains_nothing(
+    halfway: Path, tmp_path: Path, runner: CliRunner, episodes: int, said: str
+) -> None:
+    out = copy(halfway, tmp_path)
+    metrics = (out / "metrics.jsonl").read_text()
+    state = (out / "current" / "training_state.pt").read_bytes()
+    args = ["pretrain", str(AGNOSTIC), "--output-dir", str(out), "--resume", "--episodes", str(episodes)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == said.format(out=out)  # no "finished 2/1 episodes", no episode lines
+    assert result.stderr == ""  # nor the earlier selections' noise warning: this run made none
+    assert checkpoint.resolve(out).name == "checkpoint-000002"
+    assert (out / "metrics.jsonl").read_text() == metrics
+    assert (out / "current" / "training_state.pt").read_bytes() == state
+
+
+def test_a_finished_run_is_still_checked_against_the_run_spec(halfway: Path, tmp_path: Path) -> None:
+    out = copy(halfway, tmp_path)
+    spec = tiny(out, episodes=2)
+    spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, hidden_size=64))
+    with pytest.raises(CheckpointError, match=r"\[model\]\.hidden_size: checkpoint 32, run spec 64"):
+        engine.pretrain(spec, resume=True)
+    summary = engine.pretrain(tiny(out, episodes=2), resume=True)
+    assert summary["complete"] and summary["episodes"] == 2 and sum(summary["counts"].values()) == 2
