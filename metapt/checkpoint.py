@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ MANIFEST = "metapt.json"
 STATE = "training_state.pt"
 HEADS = "heads.safetensors"
 HEADS_INFO = "heads.json"
+_FILES = ("config.json", "model.safetensors", HEADS, HEADS_INFO, STATE)  # besides the manifest
 
 
 def _fsync_dir(path: Path) -> None:
@@ -137,11 +139,60 @@ def _write(
     _fsync_dir(tmp)
 
 
+def _episode_if_intact(folder: Path) -> int | None:
+    """The episode of a complete checkpoint folder (every file, the completion mark), else None."""
+    try:
+        meta = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    whole = isinstance(meta, dict) and meta.get("complete") and isinstance(meta.get("episode"), int)
+    return meta["episode"] if whole and all((folder / f).is_file() for f in _FILES) else None
+
+
+def lost_current(path: Path) -> str | None:
+    """Why `path`, a metapt output folder whose `current` link is missing or points to nothing, has
+    no current checkpoint, naming the intact checkpoints metapt recorded there and how to make one
+    current; None when `current` is there or `path` is not such a folder. metapt never picks one
+    itself: which checkpoint a run continues is the user's choice."""
+    link = path / "current"
+    if link.exists() or not path.is_dir():
+        return None
+    mine = outdir.owned(path)
+    found = {
+        p.name: e
+        for p in sorted(path.glob("checkpoint-[0-9]*"))
+        if p.name in mine and p.is_dir() and (e := _episode_if_intact(p)) is not None
+    }
+    if not found and "current" not in mine:
+        return None  # not an output folder of metapt's
+    why = (
+        f"its `current` link points to {os.readlink(link)}, which is gone"
+        if link.is_symlink()
+        else "its `current` link is missing"
+    )
+    if not found:
+        return (
+            f"{path}: {why}, and no intact checkpoint metapt wrote is left there; pretrain again "
+            "(--overwrite starts again in this folder)"
+        )
+    latest = max(found, key=found.__getitem__)
+    listed = ", ".join(f"{n}/ (after episode {e})" for n, e in found.items())
+    these = "it is" if len(found) == 1 else "they are"
+    return (
+        f"{path}: {why}, so no checkpoint is current; metapt wrote {listed} there and {these} intact. "
+        f"metapt does not pick one itself; to go on from {latest}, run\n"
+        f"  ln -sfn {latest} {shlex.quote(str(link))}\n"
+        "and run the command again (pretrain: with --resume)"
+    )
+
+
 def resolve(path: Path) -> Path:
     """The checkpoint folder behind an output directory (or the folder itself); errors say what is wrong."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint directory")
+    if why := lost_current(path):
+        raise CheckpointError(why)
     folder = (path / "current").resolve() if (path / "current").exists() else path
     manifest = folder / MANIFEST
     if not manifest.is_file():
@@ -155,11 +206,7 @@ def resolve(path: Path) -> Path:
         raise CheckpointError(f"{manifest}: corrupt manifest ({e})") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{manifest}: corrupt manifest (a JSON {type(meta).__name__}, not an object)")
-    missing = [
-        f
-        for f in ("config.json", "model.safetensors", HEADS, HEADS_INFO, STATE)
-        if not (folder / f).is_file()
-    ]
+    missing = [f for f in _FILES if not (folder / f).is_file()]
     if missing or not meta.get("complete"):
         raise CheckpointError(
             f"{folder}: incomplete checkpoint (missing {', '.join(missing) or 'completion mark'})"

@@ -18,10 +18,11 @@ from safetensors.torch import load_file, save_file
 from metapt import distributed, outdir, pointless
 from metapt.builders import build_model
 from metapt.catalog import KINDS
+from metapt.checkpoint import lost_current
 from metapt.data.pipeline import TaskData, eval_batches, kind_of, load_task, stable_seed
 from metapt.data.tokenizer import load_tokenizer
 from metapt.device import autocast_for, pick_device
-from metapt.errors import MetaptError
+from metapt.errors import CheckpointError, MetaptError
 from metapt.localdata import with_local_data
 from metapt.model import MultiTaskModel, batch_to, load_encoder, saved_state
 from metapt.resolve import load_task as load_task_spec
@@ -36,6 +37,8 @@ def encoder_source(checkpoint: str) -> str:
     path = Path(checkpoint)
     if (path / "current").is_dir():
         return str((path / "current").resolve())
+    if why := lost_current(path):  # a metapt output dir without its current checkpoint
+        raise CheckpointError(why)
     if path.exists() and not (path / "config.json").is_file():
         raise MetaptError(
             f"{checkpoint}: not an encoder folder (no config.json); give a metapt checkpoint, "

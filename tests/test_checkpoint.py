@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from metapt import checkpoint, engine
+from metapt import checkpoint, engine, outdir
 from metapt.cli import app
 from metapt.errors import CheckpointError
 from metapt.resolve import parse_run
@@ -276,3 +276,55 @@ def test_a_pretrained_pooler_is_saved_back_unchanged(tmp_path: Path) -> None:
     roberta.save_pretrained(tmp_path / "roberta", state_dict=saved_state(roberta))
     report, loaded = load_report(tmp_path / "roberta")
     assert report == "" and loaded.pooler.dense.weight.shape == (32, 32)
+
+
+@pytest.mark.parametrize("lose", ["link", "folder"])
+def test_a_lost_current_link_names_the_intact_checkpoints_and_how_to_go_on(
+    finished: Path, tmp_path: Path, runner: CliRunner, lose: str
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(finished, out, symlinks=True)
+    if lose == "link":  # `current` deleted: checkpoint-000002 is intact
+        (out / "current").unlink()
+        why, said = "its `current` link is missing", "metapt wrote checkpoint-000002/ (after episode 2)"
+    else:  # the folder `current` points to deleted; an older intact one metapt recorded is left
+        shutil.copytree(out / "checkpoint-000002", out / "checkpoint-000001", symlinks=True)
+        manifest = out / "checkpoint-000001" / checkpoint.MANIFEST
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "episode": 1}))
+        outdir.claim(out, "checkpoint-000001")
+        shutil.copytree(out / "checkpoint-000002", out / "checkpoint-000003", symlinks=True)  # not metapt's
+        shutil.rmtree(out / "checkpoint-000002")
+        why = "its `current` link points to checkpoint-000002, which is gone"
+        said = "metapt wrote checkpoint-000001/ (after episode 1)"
+    latest = "checkpoint-000002" if lose == "link" else "checkpoint-000001"
+    expected = (
+        f"{out}: {why}, so no checkpoint is current; {said} there and it is intact. metapt does not "
+        f"pick one itself; to go on from {latest}, run\n  ln -sfn {latest} {out / 'current'}\n"
+        "and run the command again (pretrain: with --resume)"
+    )
+    with pytest.raises(CheckpointError) as caught:
+        checkpoint.resolve(out)
+    assert str(caught.value) == expected  # was "not a metapt checkpoint (no metapt.json)"
+    for args in (
+        ["pretrain", str(AGNOSTIC), "--output-dir", str(out), "--resume", "--episodes", "3", "-q"],
+        ["finetune", "--task", "conll2012-synthetic", str(out), "--epochs", "1", "-q"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert result.stderr == f"error: {expected}\n"
+    assert not (out / "current").exists() and not (out / "finetune").exists()  # nothing guessed or written
+    (out / "current").unlink(missing_ok=True)
+    (out / "current").symlink_to(latest)  # as the message says
+    assert checkpoint.resolve(out) == (out / latest).resolve()
+
+
+def test_a_lost_current_checkpoint_with_none_left_says_so(finished: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(finished, out, symlinks=True)
+    shutil.rmtree(out / "checkpoint-000002")
+    with pytest.raises(CheckpointError) as caught:
+        checkpoint.resolve(out)
+    assert str(caught.value) == (
+        f"{out}: its `current` link points to checkpoint-000002, which is gone, and no intact "
+        "checkpoint metapt wrote is left there; pretrain again (--overwrite starts again in this folder)"
+    )
