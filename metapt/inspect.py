@@ -10,9 +10,9 @@ from rich.text import Text
 
 from metapt.catalog import KINDS, roles
 from metapt.errors import MetaptError, MissingDataError
-from metapt.resolve import task_files
+from metapt.resolve import run_references, task_files
 from metapt.spec import TaskSpec
-from metapt.validation import parse_task
+from metapt.validation import is_run_spec, parse_task, read_toml
 
 
 def _location(spec: TaskSpec) -> str:
@@ -37,19 +37,52 @@ def count_examples(spec: TaskSpec) -> dict[str, int]:
     return counts
 
 
-def describe_tasks(paths: list[Path] | None, count: bool) -> list[dict[str, Any]]:
-    """One dict per task spec under `paths`; a spec or its data that fails is listed with the reason."""
-    rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for path in task_files(paths):
+# (name, its spec file, or the run spec when no file has that name, why not, its role in a run)
+Entry = tuple[str, Path, MetaptError | None, dict[str, str] | None]
+
+
+def _entries(paths: list[Path] | None) -> list[Entry]:
+    """The task specs to list: those in the folders and files of `paths` (default: the search
+    roots), and for a run spec file given by name, every task it references, with its role there.
+    A run spec found in a folder is not a task, and is skipped."""
+    out: list[Entry] = []
+    for p in paths or [None]:
         try:
+            run = p is not None and p.is_file() and is_run_spec(read_toml(p))
+        except MetaptError:  # not readable: listed below, with why
+            run = False
+        if not run:
+            out += [(f.stem, f, None, None) for f in task_files(None if p is None else [p])]
+            continue
+        try:
+            refs = run_references(p)
+        except MetaptError as e:
+            out.append((p.stem, p, e, None))
+            continue
+        for role, ref, found in refs:
+            missing = found if isinstance(found, MetaptError) else None
+            out.append((Path(ref).stem, p if missing else found, missing, {"run": str(p), "role": role}))
+    return out
+
+
+def describe_tasks(paths: list[Path] | None, count: bool) -> list[dict[str, Any]]:
+    """One dict per task spec under `paths` (a run spec: the tasks it references, with their roles in
+    `runs`); a spec or its data that fails is listed with the reason."""
+    rows: list[dict[str, Any]] = []
+    seen: dict[str, dict[str, Any]] = {}
+    for stem, path, missing, used in _entries(paths):
+        runs = {"runs": [used]} if used else {}
+        try:
+            if missing is not None:
+                raise missing
             spec = parse_task(path, check_data=False)
         except MetaptError as e:
-            rows.append({"name": path.stem, "path": str(path), "error": str(e), "invalid": True})
+            rows.append({"name": stem, "path": str(path), "error": str(e), "invalid": True, **runs})
             continue
-        if spec.name in seen:  # ./tasks shadows a built-in spec of the same name
+        if spec.name in seen:  # ./tasks shadows a built-in spec of the same name; a task used twice
+            if used and used not in seen[spec.name].setdefault("runs", []):
+                seen[spec.name]["runs"].append(used)
             continue
-        seen.add(spec.name)
         info = KINDS[spec.kind]
         row: dict[str, Any] = {
             "name": spec.name,
@@ -62,7 +95,9 @@ def describe_tasks(paths: list[Path] | None, count: bool) -> list[dict[str, Any]
             "metric": spec.options.get("main_metric") or info.metrics[0],
             "description": spec.description,
             "path": str(path),
+            **runs,
         }
+        seen[spec.name] = row
         if count:
             try:
                 row["counts"] = count_examples(spec)
@@ -82,14 +117,15 @@ def invalid(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _cells(r: dict[str, Any], count: bool) -> list[str]:
     """A row's cells as plain text, as the table shows them."""
+    used = ", ".join(f"{u['role']} in {u['run']}" for u in r.get("runs", []))
     if "kind" not in r:
-        return [r["name"], "invalid", "", r["error"].splitlines()[-1].strip(), "", ""] + (
+        return [r["name"], "invalid", used, r["error"].splitlines()[-1].strip(), "", ""] + (
             [""] if count else []
         )
     cells = [
         r["name"],
         r["kind"],
-        ", ".join(r["roles"]),
+        used or ", ".join(r["roles"]),
         f"{r['format']}: {r['location']}",
         r["head"],
         r["loss"],

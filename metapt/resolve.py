@@ -62,6 +62,30 @@ def task_files(paths: list[Path] | None = None) -> list[Path]:
     return out
 
 
+def run_references(path: Path) -> list[tuple[str, str, Path | SpecError]]:
+    """(role: source | target, the reference as written, its spec file or why no file has that name)
+    for every task a run spec's [meta].sources and [meta].targets name, in order; found as
+    `parse_run` finds them. SpecError when the lists are not lists of names or files."""
+    meta = read_toml(path).get("meta", {})
+    out: list[tuple[str, str, Path | SpecError]] = []
+    for role, key in (("source", "sources"), ("target", "targets")):
+        refs = meta.get(key, []) if isinstance(meta, dict) else []
+        if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+            raise SpecError(
+                [Problem(str(path), f"[meta].{key}", "expected a list of task names or spec files")]
+            )
+        for ref in refs:
+            if ref.endswith(".toml") or "/" in ref:
+                out.append((role, ref, path.parent / ref))  # a missing file is reported when parsed
+                continue
+            try:
+                out.append((role, ref, find_task(ref)))
+            except SpecError as e:
+                problems = [Problem(str(path), f"[meta].{key}", q.message) for q in e.problems]
+                out.append((role, ref, SpecError(problems)))
+    return out
+
+
 def find_task(name: str) -> Path:
     """The spec file for a task name; an unknown name lists the known ones."""
     known: dict[str, Path] = {}

@@ -283,6 +283,54 @@ def test_inspect_tasks_path_lists_only_that_folder(
     assert row["name"] == "conll2012-synthetic"
 
 
+def test_inspect_tasks_of_a_run_spec_lists_its_tasks_with_their_roles(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)  # where the names of tasks/aware.toml resolve as pretrain resolves them
+    run = REPO / "tests" / "fixtures" / "runs" / "agnostic.toml"
+    rows = _rows(runner, str(run))  # was []: a run spec is not a task, so nothing was listed
+    assert [(r["name"], r["path"], r["runs"]) for r in rows] == [
+        (name, str(run.parent / "tasks" / f"{name}.toml"), [{"run": str(run), "role": "source"}])
+        for name in ("mlm", "mlm_shuffled")
+    ]
+    assert rows[0]["kind"] == "masked_lm" and rows[0]["location"] == "documents (size 48, seed 0)"
+    aware = {r["name"]: r["runs"] for r in _rows(runner, "tasks/aware.toml")}
+    assert [n for n, used in aware.items() if used[0]["role"] == "target"] == [
+        "conll04-synthetic",
+        "conll2012-synthetic",
+        "claims-synthetic",
+        "squad-synthetic",
+    ]
+    assert len(aware) == 8 and aware["mlm"] == [{"run": "tasks/aware.toml", "role": "source"}]
+    result = runner.invoke(app, ["inspect-tasks", "--count", str(run)])
+    assert result.exit_code == 0, result.output
+    assert [line.split("\t") for line in result.stdout.splitlines()[1:]] == [
+        ["mlm", "masked_lm", f"source in {run}", "synthetic: documents (size 48, seed 0)", "mlm"]
+        + ["cross_entropy", "train 48, validation 9, test 9"],
+        ["mlm_shuffled", "masked_lm", f"source in {run}", "synthetic: shuffled (size 48, seed 0)", "mlm"]
+        + ["cross_entropy", "train 48, validation 9, test 9"],
+    ]
+
+
+def test_inspect_tasks_of_a_run_spec_lists_a_reference_to_no_spec_as_invalid(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    run = write(tmp_path, "run.toml", '[meta]\nsources = ["mlm", "nosuch", "gone.toml"]\n')
+    bad = write(tmp_path, "bad.toml", '[meta]\nsources = "mlm"\n')
+    rows = _rows(runner, str(run), str(bad), code=2)
+    assert [(r["name"], "kind" in r, r.get("runs")) for r in rows] == [
+        ("mlm", True, [{"run": str(run), "role": "source"}]),
+        ("nosuch", False, [{"run": str(run), "role": "source"}]),
+        ("gone", False, [{"run": str(run), "role": "source"}]),
+        ("bad", False, None),
+    ]
+    assert f"{run}: [meta].sources: unknown task 'nosuch'" in rows[1]["error"]
+    assert rows[2]["error"] == f"1 problem found:\n  {tmp_path / 'gone.toml'}: no such file"
+    assert rows[3]["error"] == (
+        f"1 problem found:\n  {bad}: [meta].sources: expected a list of task names or spec files"
+    )
+
+
 def test_inspect_tasks_table(runner: CliRunner, tmp_path: Path) -> None:
     write(tmp_path, "alpha.toml", 'kind = "masked_lm"\n[data]\nformat = "synthetic"\ncorpus = "shuffled"\n')
     result = runner.invoke(app, ["inspect-tasks", str(tmp_path)])
