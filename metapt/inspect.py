@@ -10,7 +10,7 @@ from rich.text import Text
 
 from metapt.catalog import KINDS, roles
 from metapt.errors import MetaptError, MissingDataError
-from metapt.resolve import run_references, task_files
+from metapt.resolve import find_run, run_references, task_files
 from metapt.spec import TaskSpec
 from metapt.validation import is_run_spec, parse_task, read_toml
 
@@ -47,6 +47,7 @@ def _entries(paths: list[Path] | None) -> list[Entry]:
     A run spec found in a folder is not a task, and is skipped."""
     out: list[Entry] = []
     for p in paths or [None]:
+        p = p if p is None or p.exists() else find_run(str(p))  # a built-in name: `agnostic`, `squad`
         try:
             run = p is not None and p.is_file() and is_run_spec(read_toml(p))
         except MetaptError:  # not readable: listed below, with why

@@ -312,6 +312,22 @@ def test_inspect_tasks_of_a_run_spec_lists_its_tasks_with_their_roles(
     ]
 
 
+def test_inspect_tasks_takes_built_in_names_as_pretrain_does(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./tasks: `agnostic` and `squad` are the built-in specs
+    rows = _rows(runner, "agnostic", "squad")
+    assert [r["name"] for r in rows] == [
+        "mlm",
+        "span_selection",
+        "response_selection",
+        "mlm_shuffled",
+        "squad",
+    ]
+    assert rows[0]["runs"][0]["role"] == "source" and rows[0]["runs"][0]["run"].endswith("agnostic.toml")
+    assert [r["name"] for r in _rows(runner, "no-such-spec", code=2)] == ["no-such-spec"]
+
+
 def test_inspect_tasks_of_a_run_spec_lists_a_reference_to_no_spec_as_invalid(
     runner: CliRunner, tmp_path: Path
 ) -> None:
