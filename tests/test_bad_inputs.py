@@ -288,7 +288,9 @@ def test_a_full_disk_while_writing_a_checkpoint(
 
 def test_a_full_disk_while_caching_features(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def full(self: object, path: str, *args: object, **kwargs: object) -> None:
-        Path(path).mkdir()
+        # As the real save_to_disk does, make the missing folders: features/ may not exist yet when
+        # this test runs alone (other tests create it by caching features first).
+        Path(path).mkdir(parents=True)
         (Path(path) / "data.arrow").write_bytes(b"half")
         raise OSError(errno.ENOSPC, "No space left on device")
 
