@@ -43,6 +43,8 @@ class KindInfo:
     # (a document's `text` is its `sentences` joined). Targets: none; the tokenizer never reads them.
     text: tuple[str, ...] = ()
     suffix: str = "jsonl"  # of the prediction files: predictions/SPLIT.SUFFIX in the field's own format
+    # Targets: the fields of `fields` holding the gold answer, which a test split may lack or leave null.
+    labels: tuple[str, ...] = ()
 
 
 MASKING = ("token", "whole_word", "phrase", "entity")
@@ -185,6 +187,7 @@ KINDS: dict[str, KindInfo] = {
         {"labels": _LABELS, "main_metric": _MAIN},
         "single sentences or pairs (GLUE, SuperGLUE)",
         suffix="tsv",
+        labels=("label",),
     ),
     "regression": KindInfo(
         "target",
@@ -195,6 +198,7 @@ KINDS: dict[str, KindInfo] = {
         {"main_metric": _MAIN},
         "a real-valued score for a sentence or pair (STS-B)",
         suffix="tsv",
+        labels=("label",),
     ),
     "token_classification": KindInfo(
         "target",
@@ -204,6 +208,7 @@ KINDS: dict[str, KindInfo] = {
         ("tokens", "tags"),
         {"labels": _LABELS, "main_metric": _MAIN},
         "BIO tagging, entity-level F1 (NER)",
+        labels=("tags",),
     ),
     "srl": KindInfo(
         "target",
@@ -214,6 +219,7 @@ KINDS: dict[str, KindInfo] = {
         {"labels": _LABELS, "main_metric": _MAIN},
         "semantic role labelling, one instance per predicate, span F1 without the V",
         suffix="props",
+        labels=("srl_tags",),
     ),
     "relation_extraction": KindInfo(
         "target",
@@ -223,6 +229,7 @@ KINDS: dict[str, KindInfo] = {
         ("tokens", "entities", "relations"),
         {"labels": _LABELS, "main_metric": _MAIN},
         "entity-pair classification over typed entity markers, micro F1 over triples",
+        labels=("relations",),
     ),
     "extractive_qa": KindInfo(
         "target",
@@ -237,6 +244,7 @@ KINDS: dict[str, KindInfo] = {
         },
         "start/end pointer with document stride (SQuAD, Natural Questions)",
         suffix="json",
+        labels=("answers",),
     ),
     "multiple_choice": KindInfo(
         "target",
@@ -306,6 +314,19 @@ SCHEDULERS: tuple[str, ...] = (
 )
 REPORT_TO: tuple[str, ...] = ("tensorboard", "wandb")  # metapt/reporting.py's BACKENDS
 SOURCE_KINDS: tuple[str, ...] = tuple(k for k, v in KINDS.items() if v.role == "source")
+
+
+def record_fields(kind: str, split: str) -> tuple[tuple[str, ...], ...]:
+    """What every record of a split needs a value (not null) for: one field of each group. A corpus
+    kind's document is its `text` or its `sentences`; a test split may be unlabelled (GLUE's test files)."""
+    info, groups = KINDS[kind], []
+    for name in info.fields:
+        if split == "test" and name in info.labels:
+            continue
+        group = DOCUMENT if info.text == DOCUMENT and name in DOCUMENT else (name,)
+        if group not in groups:
+            groups.append(group)
+    return tuple(groups)
 
 
 def roles(kind: str) -> tuple[str, ...]:

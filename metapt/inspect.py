@@ -8,7 +8,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from metapt.catalog import KINDS, roles
+from metapt.catalog import KINDS, record_fields, roles
 from metapt.errors import MetaptError, MissingDataError
 from metapt.resolve import find_run, run_references, task_files
 from metapt.spec import TaskSpec
@@ -30,7 +30,7 @@ def count_examples(spec: TaskSpec) -> dict[str, int]:
 
     counts = {}
     for split in spec.data.splits():
-        ds = read_split(spec.data, split)
+        ds = read_split(spec.data, split, record_fields(spec.kind, split))
         counts[split] = (
             ds.num_rows if hasattr(ds, "num_rows") and ds.num_rows is not None else sum(1 for _ in ds)
         )

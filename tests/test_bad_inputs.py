@@ -228,6 +228,27 @@ def test_finetune_writes_the_label_warning_into_results(
     assert len(results["warnings"]) == 1 and results["warnings"][0].startswith(warning)
 
 
+def test_a_train_record_without_its_mapped_column_exits_2(
+    encoder: Path, tmp_path: Path, runner: CliRunner
+) -> None:
+    spec_file = Path(task(tmp_path).path)
+    spec_file.write_text(spec_file.read_text() + '[data.columns]\ntext = "sentence"\n')
+    for name in ("train.jsonl", "dev.jsonl"):  # the text under "sentence"; train's 9th record misspells it
+        path = tmp_path / name
+        path.write_text(path.read_text().replace('"text"', '"sentence"'))
+    with (tmp_path / "train.jsonl").open("a") as f:
+        f.write('{"sentenc": "bob", "label": "a"}\n')
+    message = f"{tmp_path / 'train.jsonl'}:9: no 'sentence'; every train record needs a value for 'sentence'"
+    result = runner.invoke(
+        app, ["finetune", "--task", str(spec_file), str(encoder), "--output-dir", str(tmp_path / "out"), "-q"]
+    )
+    assert result.exit_code == 2, result.output  # it exited 0
+    assert result.stderr.startswith(f"error: {message}") and "Traceback" not in result.output
+    result = runner.invoke(app, ["inspect-tasks", str(spec_file), "--count"])  # it counted train 9
+    assert result.exit_code == 2, result.output
+    assert f"data unreadable: {message}" in result.stdout
+
+
 # ------------------------------------------------------------------------ checkpoints, encoders
 def truncate(path: Path) -> None:
     path = path.resolve()

@@ -443,3 +443,85 @@ def test_superglue_wsc_and_wic_texts():
     wic = read("superglue", "superglue/wic/train.jsonl", subset="wic")
     assert wic[0]["text"] == "bank: He sat on the bank of the river."
     assert wic[0]["text_pair"] == "She works at a bank." and wic[0]["label"] == 0
+
+
+# ------------------------------------------------------------------ records lacking a field
+def needs_of(kind: str, split: str = "train") -> tuple[tuple[str, ...], ...]:
+    from metapt.catalog import record_fields
+
+    return record_fields(kind, split)
+
+
+def test_record_fields_are_the_kinds_fields_with_documents_as_alternatives():
+    assert needs_of("classification") == (("text",), ("label",))
+    assert needs_of("classification", "test") == (("text",),)  # a test split may be unlabelled
+    assert needs_of("masked_lm") == (("text", "sentences"),)
+    assert needs_of("sentence_reordering") == (("text", "sentences"),)
+    assert needs_of("extractive_qa", "test") == (("context",), ("question",))
+    assert needs_of("response_selection") == (("turns",),)
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        (
+            '{"sentenc": "c d", "label": "y"}',
+            "no 'sentence'; every train record needs a value for 'sentence' ([data.columns].text = 'sentence')",
+        ),
+        (
+            '{"sentence": null, "label": "y"}',
+            "'sentence' is null; every train record needs a value for 'sentence' ([data.columns].text = 'sentence')",
+        ),
+        (
+            '{"sentence": "c d", "label": null}',
+            "'label' is null; every train record needs a value for 'label'",
+        ),
+        ('{"sentence": "c d"}', "no 'label'; every train record needs a value for 'label'"),
+    ],
+)
+def test_a_jsonl_record_lacking_a_field_names_its_line_and_column(tmp_path: Path, second: str, message: str):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"sentence": "a b", "label": "x"}\n\n' + second + "\n")  # the blank line 2 is no record
+    data = DataSpec(format="jsonl", train=str(path), columns={"text": "sentence"})
+    with pytest.raises(DataError) as e:
+        read_split(data, "train", needs_of("classification"))
+    assert str(e.value) == f"{path}:3: {message}"
+    streamed = DataSpec(format="jsonl", train=str(path), columns={"text": "sentence"}, streaming=True)
+    with pytest.raises(DataError) as e:  # a stream says so when it reaches the record
+        list(read_split(streamed, "train", needs_of("classification")))
+    assert str(e.value).startswith(f"{path}:3: ")
+
+
+def test_a_csv_empty_cell_and_a_json_record_lacking_a_field_are_named(tmp_path: Path):
+    csv_file = tmp_path / "train.csv"
+    csv_file.write_text('sentence,label\na b,x\n"c\nd",y\ne f,\n')  # record 3 starts on line 5
+    with pytest.raises(DataError) as e:
+        read_split(DataSpec(format="csv", train=str(csv_file)), "train", (("sentence",), ("label",)))
+    assert (
+        str(e.value)
+        == f"{csv_file}:5: 'label' is an empty cell; every train record needs a value for 'label'"
+    )
+    json_file = tmp_path / "dev.json"
+    json_file.write_text('{"data": [{"text": "a", "label": "x"}, {"label": "y"}]}')
+    with pytest.raises(DataError) as e:
+        read_split(
+            DataSpec(format="json", validation=str(json_file)), "validation", needs_of("classification")
+        )
+    assert (
+        str(e.value) == f"{json_file}: record 2: no 'text'; every validation record needs a value for 'text'"
+    )
+
+
+def test_optional_fields_and_test_labels_may_be_null(tmp_path: Path):
+    path = tmp_path / "test.jsonl"
+    path.write_text('{"s": "a b", "text_pair": "c", "label": null}\n{"s": "d", "text_pair": null}\n')
+    data = DataSpec(format="jsonl", test=str(path), columns={"text": "s"})
+    ds = read_split(data, "test", needs_of("classification", "test"))
+    assert ds.to_list() == [
+        {"text": "a b", "text_pair": "c", "label": None},
+        {"text": "d", "text_pair": None, "label": None},
+    ]
+    corpus = tmp_path / "corpus.jsonl"  # a document is its text or its sentences
+    corpus.write_text('{"text": "A b. C d."}\n{"sentences": ["E f."]}\n')
+    ds = read_split(DataSpec(format="jsonl", train=str(corpus)), "train", needs_of("masked_lm"))
+    assert ds.to_list() == [{"text": "A b. C d.", "sentences": None}, {"text": None, "sentences": ["E f."]}]

@@ -140,9 +140,10 @@ def load_task(
     `info` holds the kind's facts from the train records plus "vocab_size" once a tokenizer is known;
     pass a checkpoint's saved `info` to score with the label order a head was trained with.
     """
+    from metapt.catalog import record_fields
     from metapt.data.readers import read_split
 
-    records = records or {s: read_split(spec.data, s) for s in splits}
+    records = records or {s: read_split(spec.data, s, record_fields(spec.kind, s)) for s in splits}
     _check_fields(spec, records)
     if info is None:
         info = kind_of(spec).prepare(spec, records.get("train"))
