@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -525,3 +526,20 @@ def test_optional_fields_and_test_labels_may_be_null(tmp_path: Path):
     corpus.write_text('{"text": "A b. C d."}\n{"sentences": ["E f."]}\n')
     ds = read_split(DataSpec(format="jsonl", train=str(corpus)), "train", needs_of("masked_lm"))
     assert ds.to_list() == [{"text": "A b. C d.", "sentences": None}, {"text": None, "sentences": ["E f."]}]
+
+
+def test_a_record_of_another_type_names_its_line_and_columns(tmp_path: Path):
+    path = tmp_path / "train.jsonl"
+    good = '{"sentence": "a b", "label": "x"}\n'
+    path.write_text(good * 4 + "\n" + '{"sentence": 5, "label": ["y"]}\n' + good)  # line 6
+    with pytest.raises(DataError) as e:
+        read_split(DataSpec(format="jsonl", train=str(path)), "train")
+    assert str(e.value) == (
+        f"{path}:6: column 'sentence' is a number (5), where the records before it have a string; "
+        "column 'label' is a list (['y']), where the records before it have a string; "
+        "every record must have one type per column (Expected bytes, got a 'int' object)"
+    )
+    listed = tmp_path / "train.json"
+    listed.write_text('[{"id": 1}, {"id": 2}, {"id": {"n": 3}}]')
+    with pytest.raises(DataError, match=rf"^{re.escape(str(listed))}: record 3: column 'id' is an object"):
+        read_split(DataSpec(format="json", train=str(listed)), "train")

@@ -107,13 +107,64 @@ def _jsonl_records(
             yield record
 
 
-def _records(records: list[dict], where: list[Path]) -> datasets.Dataset:
+def _records(records: list[dict], where: list[Path], data: DataSpec) -> datasets.Dataset:
     """An in-memory dataset with every key any record has (absent: None); clashing types: DataError."""
     keys = dict.fromkeys(k for r in records for k in r)  # from_list would keep the first record's keys only
     try:
         return datasets.Dataset.from_dict({k: [r.get(k) for r in records] for k in keys})
     except (ValueError, TypeError) as e:  # pyarrow's ArrowInvalid / ArrowTypeError are among these
-        raise DataError(f"{where[0]}: records do not share one schema ({e})") from None
+        raise _schema_error(records, list(keys), where, data, e) from None
+
+
+_JSON_TYPES = {
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "true/false",
+    list: "a list",
+    dict: "an object",
+}
+
+
+def _fits(values: list, n: int) -> bool:
+    """Whether the first `n` values make one Arrow column (as `datasets` converts them)."""
+    try:
+        datasets.Dataset.from_dict({"v": values[:n]})
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def _schema_error(
+    records: list[dict], keys: list[str], files: list[Path], data: DataSpec, e: Exception
+) -> DataError:
+    """The first record (file and line) whose value of a column does not fit the type of the records
+    before it. Only on failure: columns are tried one by one, each by halving to the shortest prefix
+    that no longer converts, so a good split is converted once."""
+    first: dict[str, int] = {}  # column -> index of its first misfit
+    for key in keys:
+        values = [r.get(key) for r in records]
+        if _fits(values, len(values)):
+            continue
+        lo, hi = 1, len(values)  # values[:hi] fails
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (mid + 1, hi) if _fits(values, mid) else (lo, mid)
+        first[key] = hi - 1
+    if not first:  # every column converts alone
+        return DataError(f"{files[0]}: records do not share one schema ({e})")
+    i = min(first.values())
+    place = _place(files, data, i, str(files[0]))[0]
+    parts = []
+    for key in [k for k in first if first[k] == i]:
+        value = records[i].get(key)
+        earlier = next((v for v in (r.get(key) for r in records[:i]) if v is not None), None)
+        was = f", where the records before it have {_JSON_TYPES.get(type(earlier), type(earlier).__name__)}"
+        parts.append(
+            f"column {key!r} is {_JSON_TYPES.get(type(value), type(value).__name__)} ({str(value)[:40]})"
+            + (was if earlier is not None else "")
+        )
+    return DataError(f"{place}: {'; '.join(parts)}; every record must have one type per column ({e})")
 
 
 def _origins(files: list[Path], data: DataSpec) -> Iterator[tuple[str, dict | None]]:
@@ -186,7 +237,7 @@ def read_text(files: list[Path], data: DataSpec) -> datasets.Dataset:
 
 
 def read_jsonl(files: list[Path], data: DataSpec) -> datasets.Dataset:
-    return _records(list(_jsonl_records([str(f) for f in files])), files)
+    return _records(list(_jsonl_records([str(f) for f in files])), files, data)
 
 
 def read_json(files: list[Path], data: DataSpec) -> datasets.Dataset:
@@ -205,7 +256,7 @@ def read_json(files: list[Path], data: DataSpec) -> datasets.Dataset:
         if not isinstance(root, list) or not all(isinstance(r, dict) for r in root):
             raise DataError(f"{path}: expected a list of JSON objects")
         records += root
-    return _records(records, files)
+    return _records(records, files, data)
 
 
 def read_parquet(files: list[Path], data: DataSpec) -> datasets.Dataset:
@@ -215,7 +266,7 @@ def read_parquet(files: list[Path], data: DataSpec) -> datasets.Dataset:
         tables = [pq.read_table(f) for f in files]
     except Exception as e:  # pyarrow raises its own error types for a file that is not Parquet
         raise DataError(f"{files[0]}: cannot be read as Parquet ({e})") from None
-    return _records([r for t in tables for r in t.to_pylist()], files)
+    return _records([r for t in tables for r in t.to_pylist()], files, data)
 
 
 # -------------------------------------------------------------------------------------- csv, tsv
