@@ -1,0 +1,188 @@
+"""Record checks of the readers, run on what they read: a record without a value for a field its kind
+needs, and a value whose type differs from the records before it, are DataErrors naming the record's
+file and line. A good split costs one Arrow pass; the files are read again only to name a bad record."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import datasets
+
+from metapt.data.files import json_lines, load_json, open_text
+from metapt.errors import DataError
+from metapt.spec import DataSpec
+
+_JSON_TYPES = {
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "true/false",
+    list: "a list",
+    dict: "an object",
+}
+
+
+def _fits(values: list, n: int) -> bool:
+    """Whether the first `n` values make one Arrow column (as `datasets` converts them)."""
+    try:
+        datasets.Dataset.from_dict({"v": values[:n]})
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def schema_error(
+    records: list[dict], keys: list[str], files: list[Path], data: DataSpec, e: Exception
+) -> DataError:
+    """The first record (file and line) whose value of a column does not fit the type of the records
+    before it. Only on failure: columns are tried one by one, each by halving to the shortest prefix
+    that no longer converts, so a good split is converted once."""
+    first: dict[str, int] = {}  # column -> index of its first misfit
+    for key in keys:
+        values = [r.get(key) for r in records]
+        if _fits(values, len(values)):
+            continue
+        lo, hi = 1, len(values)  # values[:hi] fails
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (mid + 1, hi) if _fits(values, mid) else (lo, mid)
+        first[key] = hi - 1
+    if not first:  # every column converts alone
+        return DataError(f"{files[0]}: records do not share one schema ({e})")
+    i = min(first.values())
+    place = _place(files, data, i, str(files[0]))[0]
+    parts = []
+    for key in [k for k in first if first[k] == i]:
+        value = records[i].get(key)
+        earlier = next((v for v in (r.get(key) for r in records[:i]) if v is not None), None)
+        was = f", where the records before it have {_JSON_TYPES.get(type(earlier), type(earlier).__name__)}"
+        parts.append(
+            f"column {key!r} is {_JSON_TYPES.get(type(value), type(value).__name__)} ({str(value)[:40]})"
+            + (was if earlier is not None else "")
+        )
+    return DataError(f"{place}: {'; '.join(parts)}; every record must have one type per column ({e})")
+
+
+def _origins(files: list[Path], data: DataSpec) -> Iterator[tuple[str, dict | None]]:
+    """Where each record came from ("file:line", or "file: record k") and its raw form, in reading
+    order, for the formats whose records are their files' records one for one. Read again only to
+    name a bad record, so that a good split is read once."""
+    for path in files:
+        if data.format in _ORIGINS:
+            yield from _ORIGINS[data.format](path, data)
+
+
+def _jsonl_origins(path: Path, data: DataSpec) -> Iterator[tuple[str, dict | None]]:
+    for n, record in json_lines(path):
+        yield f"{path}:{n}", record if isinstance(record, dict) else None
+
+
+def _json_origins(path: Path, data: DataSpec) -> Iterator[tuple[str, dict | None]]:
+    root = load_json(path)
+    root = next(v for v in root.values() if isinstance(v, list)) if isinstance(root, dict) else root
+    for k, record in enumerate(root, 1):
+        yield f"{path}: record {k}", record
+
+
+def _delimited_origins(path: Path, data: DataSpec) -> Iterator[tuple[str, dict | None]]:
+    delimiter, quoting = DELIMITED[data.format]
+    with open_text(path, newline="") as f:
+        rows = csv.reader(f, delimiter=delimiter, quoting=quoting)
+        if data.header:
+            next(rows, None)
+        for row in rows:
+            if row:  # blank lines make no record
+                yield f"{path}:{rows.line_num}", None
+
+
+def _parquet_origins(path: Path, data: DataSpec) -> Iterator[tuple[str, dict | None]]:
+    import pyarrow.parquet as pq
+
+    for k in range(pq.ParquetFile(path).metadata.num_rows):
+        yield f"{path}: row {k + 1}", None
+
+
+_ORIGINS = {
+    "jsonl": _jsonl_origins,
+    "json": _json_origins,
+    "csv": _delimited_origins,
+    "tsv": _delimited_origins,
+    "parquet": _parquet_origins,
+}
+
+
+def _place(files: list[Path], data: DataSpec, index: int, where: str) -> tuple[str, dict | None]:
+    """Where record `index` (from 0) came from, and its raw form when the format keeps one."""
+    found = next(itertools.islice(_origins(files, data), index, None), None)
+    return found or (f"{where}: record {index + 1}", None)
+
+
+def lacking(record: dict | None, columns: tuple[str, ...], split: str, value: object = None) -> str:
+    """What a record lacks of `columns` (a group of alternatives), for a message."""
+    if value == "":
+        what = f"{columns[0]!r} is an empty cell"
+    elif record is None:
+        what = f"{' and '.join(map(repr, columns))} missing or null"
+    else:
+        what = " and ".join(f"{c!r} is null" if c in record else f"no {c!r}" for c in columns)
+    return f"{what}; every {split} record needs a value for {' or '.join(map(repr, columns))}"
+
+
+# (delimiter, quoting) per delimited format. GLUE's TSV files do not quote: a '"' inside a cell is literal.
+DELIMITED: dict[str, tuple[str, int]] = {"csv": (",", csv.QUOTE_MINIMAL), "tsv": ("\t", csv.QUOTE_NONE)}
+
+
+def _source(field: str, columns: dict[str, str | list[str]], names: list[str]) -> str:
+    """The column of the data that became record field `field` (its [data.columns] choice, or itself)."""
+    options = columns.get(field, field)
+    options = [options] if isinstance(options, str) else options
+    return next((o for o in options if o in names), options[0])
+
+
+def source_groups(
+    needs: tuple[tuple[str, ...], ...], columns: dict[str, str | list[str]]
+) -> tuple[tuple[str, ...], ...]:
+    """`needs` in the data's own column names (every [data.columns] alternative), for a stream's records."""
+    out = []
+    for group in needs:
+        options = [columns.get(f, f) for f in group]
+        out.append(tuple(c for o in options for c in ([o] if isinstance(o, str) else o)))
+    return tuple(out)
+
+
+def check_records(
+    ds: datasets.Dataset,
+    needs: tuple[tuple[str, ...], ...],
+    names: list[str],
+    data: DataSpec,
+    files: list[Path],
+    split: str,
+    where: str,
+) -> None:
+    """Every record has a value for one field of each `needs` group. Arrow finds the first that lacks
+    one (no pass in Python); only then are the files read again, to name its line."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for group in needs:
+        present = [f for f in group if f in ds.column_names]
+        if not present:
+            continue  # no such column at all: the kind's own check (pipeline.load_task) says so
+        empty = None
+        for f in present:
+            column = ds.data.column(f)
+            none = pc.is_null(column)
+            if data.format in DELIMITED and pa.types.is_string(column.type):  # a cell is never null
+                none = pc.fill_null(pc.or_kleene(none, pc.equal(column, "")), True)
+            empty = none if empty is None else pc.and_(empty, none)
+        if not pc.any(empty).as_py():
+            continue
+        i = pc.index(empty, True).as_py()
+        place, raw = _place(files, data, i, where)
+        sources = tuple(_source(f, data.columns, names) for f in present)
+        mapped = [f"[data.columns].{f} = {s!r}" for f, s in zip(present, sources, strict=True) if f != s]
+        note = f" ({', '.join(mapped)})" if mapped else ""
+        raise DataError(f"{place}: {lacking(raw, sources, split, ds[i][present[0]])}{note}")
