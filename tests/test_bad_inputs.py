@@ -249,6 +249,25 @@ def test_a_train_record_without_its_mapped_column_exits_2(
     assert f"data unreadable: {message}" in result.stdout
 
 
+def test_a_validation_split_without_the_label_column_exits_2(
+    encoder: Path, tmp_path: Path, runner: CliRunner
+) -> None:
+    # It trained, chose "best epoch 1" on no metrics at all, and exited 0.
+    spec_file = Path(task(tmp_path).path)
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text(
+        "".join(json.dumps({"text": json.loads(x)["text"]}) + "\n" for x in dev.read_text().splitlines())
+    )
+    result = runner.invoke(
+        app, ["finetune", "--task", str(spec_file), str(encoder), "--output-dir", str(tmp_path / "out"), "-q"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "its classification records need the field(s) label, but the validation split has the columns" in (
+        result.stderr
+    )
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
 # ------------------------------------------------------------------------ checkpoints, encoders
 def truncate(path: Path) -> None:
     path = path.resolve()

@@ -167,20 +167,21 @@ def load_task(
 
 
 def _check_fields(spec: TaskSpec, records: dict[str, Any]) -> None:
-    """The fields the kind reads must be in the train split (test splits may lack labels)."""
+    """The fields the kind reads must be in the train and validation splits (the best epoch is chosen
+    on validation's labels; test splits may lack them)."""
     from metapt.catalog import KINDS
 
-    train = records.get("train")
-    names = getattr(train, "column_names", None)
-    if not names:  # a stream without known columns is checked as it is read
-        return
-    missing = [f for f in KINDS[spec.kind].fields if f not in names]
-    if missing:
-        raise MetaptError(
-            f"task {spec.name!r}: its {spec.kind} records need the field(s) {', '.join(missing)}, but the train "
-            f"split has the columns {', '.join(names)}; map them in [data.columns], e.g. "
-            f'{missing[0]} = "{names[0]}"'
-        )
+    for split in ("train", "validation"):
+        names = getattr(records.get(split), "column_names", None)
+        if not names:  # absent, or a stream without known columns (checked as it is read)
+            continue
+        missing = [f for f in KINDS[spec.kind].fields if f not in names]
+        if missing:
+            raise MetaptError(
+                f"task {spec.name!r}: its {spec.kind} records need the field(s) {', '.join(missing)}, but "
+                f"the {split} split has the columns {', '.join(names)}; map them in [data.columns], e.g. "
+                f'{missing[0]} = "{names[0]}"'
+            )
 
 
 def stable_seed(*parts: object) -> int:
