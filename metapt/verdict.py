@@ -96,10 +96,18 @@ def _score_panel(ax: Any, results: dict[str, Any], task: str) -> None:
     ax.legend(fontsize="small")
 
 
+def spread(values: dict[str, Any], digits: int) -> str:
+    """`mean ± std` over seeds; with one seed the value alone, marked so: a sample standard deviation
+    of one value does not exist, and "± 0.00" would claim a spread of none."""
+    if len(values.get("values", ())) == 1:
+        return f"{values['mean']:.{digits}f} (1 seed)"
+    return f"{values['mean']:.{digits}f} ± {values['std']:.{digits}f}"
+
+
 def heldout_cells(entry: dict[str, Any], has_reference: bool) -> list[str]:
     """The final held-out loss (mean ± std over seeds) and the FLOPs to uniform's final loss."""
     final = (entry.get("heldout") or {}).get("final")
-    loss = "-" if final is None else f"{final['mean']:.3f} ± {final['std']:.3f}"
+    loss = "-" if final is None else spread(final, 3)
     flops, speedup = entry.get("flops_to_uniform"), entry.get("speedup_vs_uniform")
     reached = "never" if flops is None else f"{flops:.3g} ({speedup:.2f}x)"
     return [loss, reached if final is not None and has_reference else "-"]
@@ -161,9 +169,7 @@ def per_seed_lines(results: dict[str, Any]) -> list[str]:
 def _seed_row(name: str, what: str, split: str, values: dict[str, Any], digits: int) -> str:
     """One per-seed table row: the values, then mean ± std, at `digits` decimals."""
     cells = " | ".join(f"{v:.{digits}f}" for v in values["values"])
-    return (
-        f"| {name} | {what} | {split} | {cells} | {values['mean']:.{digits}f} ± {values['std']:.{digits}f} |"
-    )
+    return f"| {name} | {what} | {split} | {cells} | {spread(values, digits)} |"
 
 
 def best_by_validation(results: dict[str, Any]) -> dict[str, list[str]]:
@@ -183,7 +189,7 @@ def best_by_validation(results: dict[str, Any]) -> dict[str, list[str]]:
 
 def _score(entry: dict[str, Any], task: str, split: str) -> str:
     v = entry["downstream"][task].get(split, {}).get(entry["main_metric"][task])
-    return "-" if v is None else f"{v['mean']:.2f} ± {v['std']:.2f}"
+    return "-" if v is None else spread(v, 2)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -200,8 +206,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Setting {results['setting']}; sources {', '.join(results['sources'])}; seeds "
         f"{', '.join(map(str, results['seeds']))}; {compute}. Scores are mean ± standard deviation over "
-        "seeds. Each finetuning run keeps its best epoch by the validation main metric; test scores are "
-        "reported, never used to choose. **Bold**: best validation mean per task.",
+        "seeds (with one seed, the value alone: no standard deviation). Each finetuning run keeps its "
+        "best epoch by the validation main metric; test scores are reported, never used to choose. "
+        "**Bold**: best validation mean per task.",
         "",
     ]
     header = [

@@ -340,3 +340,46 @@ def test_a_meta_policy_variant_is_the_meta_scheduler_with_that_policy() -> None:
     plain = with_scheduler(spec, "meta").meta
     assert (plain.scheduler, plain.policy) == ("meta", spec.meta.policy)
     assert folder("meta:bandit") == "meta-bandit"
+
+
+def test_markdown_with_one_seed_prints_no_standard_deviation() -> None:
+    """One seed: a sample std does not exist, so no cell claims "± 0.00"; two seeds keep mean ± std."""
+    from metapt.verdict import markdown
+
+    def entry(val: float, loss: float) -> dict:
+        pre = {"selection_flops": 0.0, "train_flops": 1e6, "total_flops": 1e6, "wall_seconds": 1.0}
+        pre |= {"selection_seconds": 0.0, "train_seconds": 1.0, "episodes": 2, "counts": {"a": 2}}
+        scores = {"validation": {"f1": {"mean": val, "std": 0.0, "values": [val]}}}
+        heldout = {"final": {"mean": loss, "std": 0.0, "values": [loss]}}
+        return {"pretrain": pre, "downstream": {"t": scores}, "main_metric": {"t": "f1"}, "runs": []} | {
+            "heldout": heldout
+        }
+
+    results = {
+        "run_spec": "run.toml",
+        "setting": "agnostic",
+        "sources": ["a"],
+        "seeds": [1],
+        "budget": None,
+        "episodes": 2,
+        "downstream_tasks": ["t"],
+        "reference": None,
+        "best": {"t": ["meta"]},
+        "schedulers": {"meta": entry(6.0, 5.5444)},
+    }
+    text = markdown(results)
+    assert "± 0" not in text
+    assert (
+        "| meta | 2 | 0 | 1e+06 | 1e+06 | 1.0 (0.0 + 1.0) | 5.544 (1 seed) | - | **6.00 (1 seed)** | - |"
+        in text
+    )
+    assert "| meta | t | validation | 6.00 | 6.00 (1 seed) |" in text
+    assert "| meta | held-out loss | final | 5.544 | 5.544 (1 seed) |" in text
+    # two seeds: 5 and 7 -> mean 6.00, sample std sqrt(2) = 1.41
+    results["seeds"] = [1, 2]
+    results["schedulers"]["meta"]["downstream"]["t"]["validation"]["f1"] = {
+        "mean": 6.0,
+        "std": 2**0.5,
+        "values": [5.0, 7.0],
+    }
+    assert "| meta | t | validation | 5.00 | 7.00 | 6.00 ± 1.41 |" in markdown(results)
