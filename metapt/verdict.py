@@ -55,7 +55,7 @@ def _heldout_panel(ax: Any, results: dict[str, Any]) -> None:
         if not curve:
             continue
         x, y, sd = zip(*curve)
-        ax.plot(x, y, color=color, label=name)
+        ax.plot(x, y, color=color, marker=".", label=name)  # a marker: a one-point curve shows too
         ax.fill_between(
             x, [a - b for a, b in zip(y, sd)], [a + b for a, b in zip(y, sd)], color=color, alpha=0.2
         )

@@ -383,3 +383,17 @@ def test_markdown_with_one_seed_prints_no_standard_deviation() -> None:
         "values": [5.0, 7.0],
     }
     assert "| meta | t | validation | 5.00 | 7.00 | 6.00 ± 1.41 |" in markdown(results)
+
+
+def test_compare_plot_draws_a_held_out_curve_of_one_point() -> None:
+    """Every run evaluating once (at its end) gives a one-point mean curve; a line without a marker
+    draws nothing there, so the scheduler vanished from compare.png's held-out panel."""
+    from metapt.report import figure
+    from metapt.verdict import _heldout_panel
+
+    entry = {"heldout": {"curve": [[2.79e8, 5.573, 0.030]], "threshold": None}, "flops_to_uniform": None}
+    ax = figure(4, 4).subplots()
+    _heldout_panel(ax, {"schedulers": {"meta": entry}, "reference": None})
+    (line,) = ax.get_lines()
+    assert list(line.get_xdata()) == [2.79e8] and list(line.get_ydata()) == [5.573]
+    assert line.get_marker() not in ("None", "", " ", None)
