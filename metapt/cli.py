@@ -332,6 +332,7 @@ def _finetune_seeds(
     from metapt import distributed, reporting
     from metapt.finetune import finetune_one, seed_folder, summarise_seeds
     from metapt.progress import finetune_reporter
+    from metapt.verdict import spread
 
     runs = []
     rank = distributed.rank()
@@ -351,7 +352,7 @@ def _finetune_seeds(
     if len(seed_list) > 1 and lead:
         summary = summarise_seeds(spec, seed_list, runs, out)
         for split, metrics in summary["metrics"].items():
-            shown = "  ".join(f"{k} {v['mean']:.2f} ± {v['std']:.2f}" for k, v in metrics.items())
+            shown = "  ".join(f"{k} {spread(v, 2)}" for k, v in metrics.items())
             _say(f"{split} over {len(seed_list)} seeds: {shown}")
         _say(f"results: {out / 'results.json'}")
 

@@ -300,9 +300,11 @@ def load_finetuned(
     are reused so predictions map to the labels it was trained with."""
     head_file, info_file = folder / "head.safetensors", folder / "head.json"
     if not head_file.is_file() or not info_file.is_file():
+        seeds = sorted(p.parent for p in folder.glob("seed-*/model") if p.is_dir())
+        hint = f"; a --seeds finetuning keeps one per seed, e.g. {seeds[0]}" if seeds else ""
         raise MetaptError(
             f"{folder}: not a finetuned model (expected head.safetensors and head.json from "
-            "`metapt finetune`)"
+            f"`metapt finetune`){hint}"
         )
     try:
         saved = json.loads(info_file.read_text())

@@ -202,6 +202,7 @@ def _draw_utilities(ax: Any, scored: list[dict[str, Any]], tasks: list[str]) -> 
     part all sources share, e.g. -L_T(theta), drops out), with a band of one standard error where
     the selection had one; a bandit's running means dashed in the same colour."""
     bandit = any(r.get("policy_scores") and r["policy_scores"] != r["utilities"] for r in scored)
+    banded = False
     for i, t in enumerate(tasks):
         rows = [r for r in scored if t in r["utilities"]]
         if not rows:
@@ -217,6 +218,7 @@ def _draw_utilities(ax: Any, scored: list[dict[str, Any]], tasks: list[str]) -> 
             if (se := (r.get("utility_se") or {}).get(t)) is not None
         ]
         if band:
+            banded = True
             e, v, se = zip(*band)
             ax.fill_between(
                 e, [a - b for a, b in zip(v, se)], [a + b for a, b in zip(v, se)], color=color, alpha=0.2
@@ -225,9 +227,10 @@ def _draw_utilities(ax: Any, scored: list[dict[str, Any]], tasks: list[str]) -> 
             ax.plot(x, [r["policy_scores"][t] for r in rows], linestyle="--", color=color, linewidth=1.2)
     ax.axhline(0.0, color="gray", linewidth=0.5)
     ax.legend(fontsize="small")
-    note = "; dashed: bandit's mean" if bandit else ""
+    notes = ["band: 1 s.e."] if banded else []  # no band is drawn where no selection had one
+    notes += ["dashed: bandit's mean"] if bandit else []
     ax.set(
-        title=f"utility - mean over sources (band: 1 s.e.{note})",
+        title="utility - mean over sources" + (f" ({'; '.join(notes)})" if notes else ""),
         xlabel="episode",
         ylabel="utility",
     )

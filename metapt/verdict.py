@@ -96,6 +96,11 @@ def _score_panel(ax: Any, results: dict[str, Any], task: str) -> None:
     ax.legend(fontsize="small")
 
 
+def _count(mean: float) -> str:
+    """A mean episode count over seeds to two decimals, without trailing zeros (28, 1.67, 0.5)."""
+    return f"{mean:.2f}".rstrip("0").rstrip(".")
+
+
 def spread(values: dict[str, Any], digits: int) -> str:
     """`mean ± std` over seeds; with one seed the value alone, marked so: a sample standard deviation
     of one value does not exist, and "± 0.00" would claim a spread of none."""
@@ -251,7 +256,9 @@ def markdown(results: dict[str, Any]) -> str:
     for s, e in schedulers.items():
         counts, n = e["pretrain"]["counts"], max(1e-12, e["pretrain"]["episodes"])
         lines.append(
-            f"| {s} | " + " | ".join(f"{counts[t]:g} ({100 * counts[t] / n:.0f}%)" for t in sources) + " |"
+            f"| {s} | "
+            + " | ".join(f"{_count(counts[t])} ({100 * counts[t] / n:.0f}%)" for t in sources)
+            + " |"
         )
     lines += [
         "",

@@ -383,6 +383,10 @@ def test_markdown_with_one_seed_prints_no_standard_deviation() -> None:
         "values": [5.0, 7.0],
     }
     assert "| meta | t | validation | 5.00 | 7.00 | 6.00 ± 1.41 |" in markdown(results)
+    # mean episode counts over seeds to two decimals (they printed as 1.66667 (83%))
+    results["sources"] = ["a", "b"]
+    results["schedulers"]["meta"]["pretrain"]["counts"] = {"a": 5 / 3, "b": 1 / 3}
+    assert "| meta | 1.67 (83%) | 0.33 (17%) |" in markdown(results)
 
 
 def test_compare_plot_draws_a_held_out_curve_of_one_point() -> None:

@@ -378,6 +378,11 @@ def test_evaluate_bad_split_or_folder_exits_2(finetuned: Any, runner: CliRunner,
     result = runner.invoke(app, ["evaluate", "--task", str(spec), str(tmp_path)])
     assert result.exit_code == 2
     assert "not a finetuned model (expected head.safetensors and head.json" in result.stderr
+    # a --seeds folder holds one model per seed/: the message names one (it said only "not a model")
+    shutil.copytree(out / "model", tmp_path / "seeds" / "seed-2" / "model")
+    result = runner.invoke(app, ["evaluate", "--task", str(spec), str(tmp_path / "seeds")])
+    assert result.exit_code == 2
+    assert f"one per seed, e.g. {tmp_path / 'seeds' / 'seed-2'}" in result.stderr
 
 
 @pytest.mark.parametrize(

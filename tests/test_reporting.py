@@ -272,3 +272,18 @@ def test_finetune_logger_logs_the_mean_training_loss_of_each_epoch(tmp_path: Pat
             log("epoch", {"epoch": epoch, "metrics": {"accuracy": 50.0 * epoch}, "main": "accuracy"})
     shown = scalars(tmp_path / "tensorboard")
     assert shown == {"train_loss": [(1, 2.0), (2, 0.375)], "validation/accuracy": [(1, 50.0), (2, 100.0)]}
+
+
+@pytest.mark.parametrize(("se", "title"), [(None, "utility - mean over sources"), (0.1, "(band: 1 s.e.)")])
+def test_the_utilities_panel_claims_a_band_only_where_one_is_drawn(se: float | None, title: str) -> None:
+    # With no standard error (support_batches = 1) no band is drawn, and the title said "band: 1 s.e."
+    pytest.importorskip("matplotlib")
+    from metapt.report import _draw_utilities, figure
+
+    fig = figure(4, 3)
+    ax = fig.add_subplot()
+    utility_se = {"a": se, "b": se} if se else None
+    scored = [{"episode": 1, "utilities": {"a": 1.0, "b": 0.5}, "utility_se": utility_se}]
+    _draw_utilities(ax, scored, ["a", "b"])
+    assert ax.get_title().endswith(title) and ("s.e." in ax.get_title()) == bool(se)
+    assert len(ax.collections) == (2 if se else 0)  # one filled band per task
