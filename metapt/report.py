@@ -79,18 +79,20 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _run_facts(run_dir: Path) -> tuple[str, list[str]]:
-    """(a title, the source tasks) from the checkpoint's metapt.json and heads.json when present, so a
-    baseline's plot lists the tasks it never chose too."""
-    title, sources = run_dir.resolve().name, []
+def _run_facts(run_dir: Path) -> tuple[str, list[str], int | None]:
+    """(a title, the source tasks, the episodes the run was asked for) from the checkpoint's
+    metapt.json and heads.json when present, so a baseline's plot lists the tasks it never chose too
+    and the title of a run with fewer episodes than asked says so."""
+    title, sources, planned = run_dir.resolve().name, [], None
     try:
         manifest = json.loads((run_dir / "metapt.json").read_text())
         title = f"{manifest['scheduler']} scheduler, {manifest['setting']}, seed {manifest['seed']}"
+        planned = manifest["episodes"] if isinstance(manifest.get("episodes"), int) else None
         heads = json.loads((run_dir / "heads.json").read_text())
         sources = [name for name, head in heads.items() if head.get("role") == "source"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # metrics.jsonl alone is enough to draw
-    return title, sources
+    return title, sources, planned
 
 
 def _tasks(records: list[dict[str, Any]], known: list[str] = ()) -> list[str]:
@@ -300,8 +302,11 @@ def report(run_dir: Path, output: Path | None = None) -> Path:
     records = read_metrics(run_dir)
     if output.parent == run_dir and output.name == "report.png":
         outdir.claim(run_dir, output.name)
-    title, sources = _run_facts(run_dir)
-    title = f"{title}: {len(records)} episode{'' if len(records) == 1 else 's'} ({run_dir})"
+    title, sources, planned = _run_facts(run_dir)
+    done = f"{len(records)} episode{'' if len(records) == 1 else 's'}"
+    if planned is not None and len(records) < planned:  # stopped (a signal, compare's budget) or running
+        done = f"{len(records)} of the {planned} episodes asked for"
+    title = f"{title}: {done} ({run_dir})"
     png = png_bytes(draw_run(records, title, sources))
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix.lower() == ".png":

@@ -4,6 +4,7 @@ masked-LM sources, 2 episodes of 1 batch) with a tiny synthetic CoNLL-2012 SRL t
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -195,6 +196,23 @@ def test_report_writes_a_png_and_an_html_page(compared: Path, runner: CliRunner,
     counts = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["counts"]
     for task in SOURCES:
         assert f"<tr><td>{task}</td><td>{counts.get(task, 0)}</td>" in html
+
+
+def test_report_title_says_when_a_run_has_fewer_episodes_than_asked(
+    compared: Path, runner: CliRunner, tmp_path: Path
+) -> None:
+    # A run stopped by Ctrl-C read "279 episodes", as if that had been all of it.
+    run = tmp_path / "run"
+    shutil.copytree(compared / "meta" / "seed-1", run, symlinks=True)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    asked = json.loads((run / "metapt.json").read_text())["episodes"]
+    assert len(lines) == asked >= 2
+    page = tmp_path / "full.html"
+    assert runner.invoke(app, ["report", str(run), "--output", str(page)]).exit_code == 0
+    assert f": {asked} episodes (" in page.read_text()
+    (run / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    assert runner.invoke(app, ["report", str(run), "--output", str(page)]).exit_code == 0
+    assert f": {asked - 1} of the {asked} episodes asked for (" in page.read_text()
 
 
 def test_report_defaults_to_run_dir_report_png(compared: Path, runner: CliRunner, tmp_path: Path) -> None:
