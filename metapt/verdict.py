@@ -120,7 +120,9 @@ def heldout_cells(entry: dict[str, Any], has_reference: bool) -> list[str]:
 
 def _interval(row: dict[str, Any]) -> list[str]:
     ci = "-" if row["ci95"] is None else f"[{row['ci95'][0]:+.2f}, {row['ci95'][1]:+.2f}]"
-    return [f"{row['mean_diff']:+.2f}", ci, f"{row['wins']}/{row['n']}"]
+    ties = row.get("ties") or 0  # seeds where the two score the same: neither ahead
+    wins = f"{row['wins']}/{row['n']}" + (f" ({ties} tied)" if ties else "")
+    return [f"{row['mean_diff']:+.2f}", ci, wins]
 
 
 def paired_lines(results: dict[str, Any]) -> list[str]:
@@ -134,7 +136,7 @@ def paired_lines(results: dict[str, Any]) -> list[str]:
         "## Against uniform, paired over seeds",
         "",
         "Scheduler minus uniform on the same seed, main metric: mean difference, its 95% interval "
-        "(Student's t, n - 1 degrees of freedom) and the seeds on which the scheduler is ahead. "
+        "(Student's t, n - 1 degrees of freedom) and the seeds on which the scheduler is ahead (and tied). "
         "FLOPs to uniform's held-out loss: where the scheduler's mean held-out curve first reaches "
         "uniform's final held-out loss; speedup = uniform's total FLOPs / that.",
         "",

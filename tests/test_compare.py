@@ -419,3 +419,12 @@ def test_compare_plot_draws_a_held_out_curve_of_one_point() -> None:
     (line,) = ax.get_lines()
     assert list(line.get_xdata()) == [2.79e8] and list(line.get_ydata()) == [5.573]
     assert line.get_marker() not in ("None", "", " ", None)
+
+
+def test_the_paired_wins_cell_counts_tied_seeds() -> None:
+    # All three seeds equal read "+0.00 [+0.00, +0.00] 0/3", as if uniform had won all three.
+    from metapt.verdict import _interval
+
+    row = {"mean_diff": 0.0, "ci95": [0.0, 0.0], "wins": 0, "ties": 3, "n": 3}
+    assert _interval(row) == ["+0.00", "[+0.00, +0.00]", "0/3 (3 tied)"]
+    assert _interval({**row, "wins": 2, "ties": 0})[2] == "2/3"
