@@ -246,7 +246,7 @@ def pretrain(
     rank = distributed.rank()
     with (  # the logger outside: W&B's closing summary prints after the live view ends
         reporting.pretrain_logger(spec, resume, rank) as log,
-        pretrain_reporter(console, spec, quiet=quiet, rank=rank) as report,
+        pretrain_reporter(console, spec, quiet=quiet, rank=rank, errors=err) as report,
     ):
         summary = run_pretrain(
             spec, resume=resume, callback=reporting.chain(report, log), overwrite=overwrite
@@ -344,7 +344,7 @@ def _finetune_seeds(
         config = reporting.finetune_config(checkpoint, spec, s)
         with (
             reporting.finetune_logger(names, where, config, rank, name) as log,
-            finetune_reporter(console, quiet or not lead) as report,
+            finetune_reporter(console, quiet or not lead, errors=err) as report,
         ):
             runs.append(finetune_one(checkpoint, spec, s, where, callback=reporting.chain(report, log)))
         if lead:

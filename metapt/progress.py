@@ -119,9 +119,11 @@ def _plain_line(event: str, data: dict[str, Any], view: PretrainView) -> str | N
 
 @contextlib.contextmanager
 def pretrain_reporter(
-    console: Console, spec: RunSpec, quiet: bool = False, rank: int = 0
+    console: Console, spec: RunSpec, quiet: bool = False, rank: int = 0, errors: Console | None = None
 ) -> Iterator[Callback]:
-    """A callback for `engine.pretrain` that draws the live view (or prints lines)."""
+    """A callback for `engine.pretrain` that draws the live view (or prints lines) on `console`, and
+    its warnings on `errors` (stderr; default: `console`)."""
+    errors = errors or console
     view = PretrainView(console, spec)
     live = (
         Live(view.render(), console=console, refresh_per_second=4, transient=False)
@@ -133,7 +135,7 @@ def pretrain_reporter(
         if rank != 0:
             return
         if event == "warning":  # shown even with --quiet, as the libraries' warnings are
-            _say(console, f"warning: {data['message']}")
+            _say(errors, f"warning: {data['message']}")
             return
         if quiet:
             return
@@ -155,8 +157,12 @@ def pretrain_reporter(
 
 
 @contextlib.contextmanager
-def finetune_reporter(console: Console, quiet: bool = False) -> Iterator[Callback]:
-    """A callback for `finetune.finetune_one`: a progress bar per epoch and a line of metrics after it."""
+def finetune_reporter(
+    console: Console, quiet: bool = False, errors: Console | None = None
+) -> Iterator[Callback]:
+    """A callback for `finetune.finetune_one`: a progress bar per epoch and a line of metrics after it
+    on `console`; warnings on `errors` (stderr; default: `console`)."""
+    errors = errors or console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(
@@ -173,7 +179,7 @@ def finetune_reporter(console: Console, quiet: bool = False) -> Iterator[Callbac
 
     def callback(event: str, data: dict[str, Any]) -> None:
         if event == "warning":  # shown even with --quiet
-            console.print(f"warning: {data['message']}", markup=False, highlight=False, soft_wrap=True)
+            _say(errors, f"warning: {data['message']}")
             return
         if quiet:
             return

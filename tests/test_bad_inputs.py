@@ -223,7 +223,7 @@ def test_finetune_writes_the_label_warning_into_results(
     )
     assert result.exit_code == 0, result.output
     warning = "task 'tiny': 2 validation labels are not in the train split's labels ('c' x2)"
-    assert f"warning: {warning}" in result.stdout
+    assert f"warning: {warning}" in result.stderr  # warnings on stderr: `-q > log` keeps them in view
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert len(results["warnings"]) == 1 and results["warnings"][0].startswith(warning)
 
