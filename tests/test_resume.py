@@ -10,6 +10,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
+from conftest import Crash, crash_after
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from metapt import checkpoint, engine, resuming
@@ -226,3 +229,35 @@ def test_a_finished_run_is_still_checked_against_the_run_spec(halfway: Path, tmp
         engine.pretrain(spec, resume=True)
     summary = engine.pretrain(tiny(out, episodes=2), resume=True)
     assert summary["complete"] and summary["episodes"] == 2 and sum(summary["counts"].values()) == 2
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"scheduler": "temperature"},  # draws from the scheduler's generator
+        {"scheduler": "sequential"},  # its stages follow [run].episodes
+        {"select_every": 3, "epsilon": 0.3},  # cut between the selections of episodes 1 and 4
+        {"grad_accumulation": 2},
+    ],
+    ids=["temperature", "sequential", "select_every", "grad_accumulation"],
+)
+def test_a_run_cut_after_a_checkpoint_resumes_bitwise(tmp_path: Path, meta: dict) -> None:
+    def run(out: Path) -> RunSpec:
+        spec = tiny(out, episodes=5, **meta)
+        return dataclasses.replace(spec, run=dataclasses.replace(spec.run, checkpoint_every=1))
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    engine.pretrain(run(whole))
+    with pytest.raises(Crash):
+        engine.pretrain(run(cut), callback=crash_after(2))
+    engine.pretrain(run(cut), resume=True)
+    timings = ("selection_seconds", "train_seconds", "eval_seconds")
+
+    def records(out: Path) -> list[dict]:
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if k not in timings} for x in lines]
+
+    assert len(records(whole)) == 5 and records(cut) == records(whole)  # choices, losses, utilities
+    for name in ("model.safetensors", "heads.safetensors"):
+        a, b = load_file(whole / name), load_file(cut / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
