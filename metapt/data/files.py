@@ -47,6 +47,23 @@ def load_json(path: Path) -> object:
         raise DataError(f"{path}: cannot be read ({e})") from None
 
 
+def json_records(path: Path) -> list[dict]:
+    """The records of a JSON file: a list of objects, or an object with exactly one list-valued key
+    (such as "data")."""
+    root = load_json(path)
+    if isinstance(root, dict):
+        lists = [k for k, v in root.items() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise DataError(
+                f"{path}: an object with {len(lists)} list-valued keys {lists} "
+                "(expected a list of records, or an object with one list such as 'data')"
+            )
+        root = root[lists[0]]
+    if not isinstance(root, list) or not all(isinstance(r, dict) for r in root):
+        raise DataError(f"{path}: expected a list of JSON objects")
+    return root
+
+
 def json_lines(path: Path) -> Iterator[tuple[int, object]]:
     """(line number, value) for each non-blank line of a JSON-lines file."""
     for n, line in numbered_lines(path):

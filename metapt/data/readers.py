@@ -18,7 +18,7 @@ from pathlib import Path
 import datasets
 
 from metapt.data import conll, qa, wikitext
-from metapt.data.files import json_lines, load_json, numbered_lines, open_text
+from metapt.data.files import json_lines, json_records, numbered_lines, open_text
 from metapt.data.records import DELIMITED, check_records, lacking, schema_error, source_groups
 from metapt.errors import DataError, MissingDataError
 from metapt.spec import DataSpec
@@ -127,21 +127,7 @@ def read_jsonl(files: list[Path], data: DataSpec) -> datasets.Dataset:
 
 def read_json(files: list[Path], data: DataSpec) -> datasets.Dataset:
     """A list of records, or an object with exactly one list-valued key (such as "data")."""
-    records = []
-    for path in files:
-        root = load_json(path)
-        if isinstance(root, dict):
-            lists = [k for k, v in root.items() if isinstance(v, list)]
-            if len(lists) != 1:
-                raise DataError(
-                    f"{path}: an object with {len(lists)} list-valued keys {lists} "
-                    "(expected a list of records, or an object with one list such as 'data')"
-                )
-            root = root[lists[0]]
-        if not isinstance(root, list) or not all(isinstance(r, dict) for r in root):
-            raise DataError(f"{path}: expected a list of JSON objects")
-        records += root
-    return _records(records, files, data)
+    return _records([r for path in files for r in json_records(path)], files, data)
 
 
 def read_parquet(files: list[Path], data: DataSpec) -> datasets.Dataset:

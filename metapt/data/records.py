@@ -11,7 +11,7 @@ from pathlib import Path
 
 import datasets
 
-from metapt.data.files import json_lines, load_json, open_text
+from metapt.data.files import json_lines, json_records, open_text
 from metapt.errors import DataError
 from metapt.spec import DataSpec
 
@@ -81,9 +81,7 @@ def _jsonl_origins(path: Path, data: DataSpec) -> Iterator[tuple[str, dict | Non
 
 
 def _json_origins(path: Path, data: DataSpec) -> Iterator[tuple[str, dict | None]]:
-    root = load_json(path)
-    root = next(v for v in root.values() if isinstance(v, list)) if isinstance(root, dict) else root
-    for k, record in enumerate(root, 1):
+    for k, record in enumerate(json_records(path), 1):
         yield f"{path}: record {k}", record
 
 
