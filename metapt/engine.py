@@ -509,16 +509,17 @@ def _already_done(spec: RunSpec, callback: Callback) -> dict[str, Any] | None:
     out = Path(spec.run.output_dir)
     folder = checkpoint.resolve(out)
     spec, _ = resuming.reconcile(spec, folder)  # its notes are about episodes that will not run
-    if resuming.episode_of(folder) < spec.run.episodes:
+    episode = resuming.episode_of(folder)
+    if episode < spec.run.episodes:
         return None
-    _, _, _, state = checkpoint.load_state(folder)
-    message = resuming.nothing_to_train(out, state["episode"], spec.run.episodes)
-    if state["episode"] > spec.run.episodes:  # fewer episodes than done: most likely a mistake
+    _, _, _, state = checkpoint.load_state(folder)  # for the summary's counts and totals
+    message = resuming.nothing_to_train(out, episode, spec.run.episodes)
+    if episode > spec.run.episodes:  # fewer episodes than done: most likely a mistake
         callback("warning", {"message": message})
-        message = f"nothing trained; the checkpoint in {out} is left at episode {state['episode']}"
+        message = f"nothing trained; the checkpoint in {out} is left at episode {episode}"
     summary = {
         "noise": None,  # no selection was made in this run
-        "episodes": state["episode"],
+        "episodes": episode,
         "complete": True,
         "output_dir": str(out),
         "counts": dict(Counter(state["history"])),

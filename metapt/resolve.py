@@ -75,11 +75,8 @@ def run_references(path: Path) -> list[tuple[str, str, Path | SpecError]]:
                 [Problem(str(path), f"[meta].{key}", "expected a list of task names or spec files")]
             )
         for ref in refs:
-            if ref.endswith(".toml") or "/" in ref:
-                out.append((role, ref, path.parent / ref))  # a missing file is reported when parsed
-                continue
-            try:
-                out.append((role, ref, find_task(ref)))
+            try:  # a missing file is reported when parsed
+                out.append((role, ref, task_path(ref, path.parent)))
             except SpecError as e:
                 problems = [Problem(str(path), f"[meta].{key}", q.message) for q in e.problems]
                 out.append((role, ref, SpecError(problems)))
@@ -106,12 +103,17 @@ def find_task(name: str) -> Path:
     )
 
 
+def task_path(ref: str, relative_to: Path | None = None) -> Path:
+    """The spec file of a task reference: a path (a .toml, relative to `relative_to` or the working
+    directory; not checked here), or a name looked up by `find_task`."""
+    if ref.endswith(".toml") or "/" in ref:
+        return Path(ref) if relative_to is None else relative_to / ref
+    return find_task(ref)
+
+
 def load_task(ref: str, relative_to: Path | None = None) -> TaskSpec:
     """A task by name, or by path (a .toml, relative to `relative_to` or the working directory)."""
-    if ref.endswith(".toml") or "/" in ref:
-        path = Path(ref) if relative_to is None else relative_to / ref
-        return parse_task(path)
-    return parse_task(find_task(ref))
+    return parse_task(task_path(ref, relative_to))
 
 
 def parse_run(path: Path) -> RunSpec:
