@@ -529,7 +529,7 @@ def test_licensed_data_missing_exits_2_saying_where_and_how(
     result = runner.invoke(app, ["finetune", "--task", "conll2012", str(ckpt), "--output-dir", str(tmp_path)])
     assert result.exit_code == 2
     message = result.stderr
-    assert f"nothing at {tmp_path / 'data' / 'conll2012' / 'train'}" in message
+    assert f"nothing at {tmp_path / 'data/conll2012/conll-formatted-ontonotes-5.0/data/train'}" in message
     assert "licensed by the LDC (LDC2013T19)" in message and "--data PATH" in message
     assert "Traceback" not in result.output
 
