@@ -22,6 +22,7 @@ from metapt.data.files import json_lines, json_records, numbered_lines, open_tex
 from metapt.data.records import DELIMITED, check_records, lacking, schema_error, source_groups
 from metapt.errors import DataError, MissingDataError
 from metapt.spec import DataSpec
+from metapt.validation import missing_data
 
 Reader = Callable[[list[Path], DataSpec], datasets.Dataset]
 
@@ -283,10 +284,27 @@ def _split_files(data: DataSpec, split: str) -> list[Path]:
             pass  # reported below with the split, the format and how to fix it
     obtain = f" {data.obtain}" if data.obtain else ""
     at = location or f"(no path: [data].{split} is not set)"
+    others = [f"{s} at {data.location(s)}" for s in missing_data(data) if s != split]
+    also = f" Also missing: {'; '.join(others)}." if others else ""
     raise MissingDataError(
-        f"task data: split {split!r} of format {data.format!r}: nothing at {at}.{obtain} "
-        f"Pass --data PATH or edit [data].{split}."
+        f"task data: split {split!r} of format {data.format!r}: nothing at {at}.{also}{_nearest(location)}"
+        f"{obtain} Pass --data PATH or edit [data].{split}."
     )
+
+
+def _nearest(location: str) -> str:
+    """What the deepest existing folder above a missing path holds: a copy in another layout shows here."""
+    folder = Path(location).parent
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    if folder == folder.parent:
+        return ""
+    names = sorted(
+        p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if not p.name.startswith(".")
+    )
+    if not names:
+        return f" {folder}/ is empty."
+    return f" {folder}/ holds {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}."
 
 
 def _from_hub(data: DataSpec, split: str) -> datasets.Dataset | datasets.IterableDataset:
