@@ -23,7 +23,7 @@ from metapt.data.pipeline import TaskData, eval_batches, kind_of, load_task, sta
 from metapt.data.tokenizer import load_tokenizer
 from metapt.device import autocast_for, pick_device
 from metapt.errors import CheckpointError, MetaptError
-from metapt.localdata import with_local_data
+from metapt.localdata import with_local_data, without_missing_test
 from metapt.model import MultiTaskModel, batch_to, load_encoder, saved_state
 from metapt.resolve import load_task as load_task_spec
 from metapt.spec import TaskSpec
@@ -155,6 +155,7 @@ def finetune_one(
     if rank == 0:  # the callers check the folder first (metapt finetune, compare)
         outdir.claim(out, "model", "predictions", "results.json", kind="finetune")
     source = encoder_source(checkpoint)
+    spec, no_test = without_missing_test(spec)
     asked = spec.batch
     tokenizer, encoder, spec = _encoder(source, spec)
     task = load_task(spec, tokenizer, _splits(spec))
@@ -177,6 +178,7 @@ def finetune_one(
     warnings = task.warnings + pointless.finetune_warnings(
         ft.lr, ft.epochs * steps_per_epoch, ft.warmup_ratio
     )
+    warnings += [no_test] if no_test else []
     if spec.batch.max_length < asked.max_length:
         warnings.append(
             f"[batch].max_length = {asked.max_length} cut to the encoder's {spec.batch.max_length} "

@@ -25,9 +25,12 @@ def _location(spec: TaskSpec) -> str:
 
 
 def count_examples(spec: TaskSpec) -> dict[str, int]:
-    """Examples per split, read through the real readers."""
+    """Examples per split, read through the real readers (a test split that is not there is left
+    out, as finetune leaves it out)."""
     from metapt.data.readers import read_split
+    from metapt.localdata import without_missing_test
 
+    spec, _ = without_missing_test(spec)
     counts = {}
     for split in spec.data.splits():
         ds = read_split(spec.data, split, record_fields(spec.kind, split))

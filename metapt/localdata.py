@@ -8,6 +8,7 @@ from pathlib import Path
 
 from metapt.errors import MetaptError
 from metapt.spec import LOCAL_FORMATS, TaskSpec
+from metapt.validation import missing_data
 
 # File or folder name prefixes of each split, as the public datasets name them.
 PREFIXES = {
@@ -90,3 +91,13 @@ def with_local_data(spec: TaskSpec, path: Path) -> TaskSpec:
             splits = {"train": str(path), "validation": "", "test": ""}
     data = dataclasses.replace(spec.data, format=fmt, base_dir="/", dataset="", **splits)
     return dataclasses.replace(spec, data=data)
+
+
+def without_missing_test(spec: TaskSpec) -> tuple[TaskSpec, str]:
+    """The spec without a local test split that matches no file, and a warning saying so ("" when
+    none was dropped): train and validation are enough to finetune and choose the best epoch, and
+    public copies often lack the test file (SpERT's conll04_test.json)."""
+    if "test" not in missing_data(spec.data):
+        return spec, ""
+    warning = f"no test split: nothing at {spec.data.location('test')}; scored on validation only"
+    return dataclasses.replace(spec, data=dataclasses.replace(spec.data, test="")), warning
