@@ -72,8 +72,13 @@ def _is_html(token: str) -> bool:
 
 
 def _nq_record(example: dict) -> dict | None:
-    """An NQ simplified example -> a SQuAD record over its long answer, or None when it has none."""
-    tokens = example["document_text"].split(" ")
+    """An NQ example -> a SQuAD record over its long answer, or None when it has none. The original
+    format's document_tokens joined by spaces are the simplified format's document_text (as the NQ
+    repository's simplify_nq_example makes it), so both read alike."""
+    if "document_text" in example:
+        tokens = example["document_text"].split(" ")
+    else:
+        tokens = [t["token"] for t in example["document_tokens"]]
     annotations = [a for a in example["annotations"] if a["long_answer"]["start_token"] >= 0]
     if not annotations:
         return None
@@ -106,17 +111,29 @@ def _nq_record(example: dict) -> dict | None:
     }
 
 
+# NQ-open (google-research-datasets/natural-questions, nq_open/): a question and its answer strings.
+NQ_OPEN = {"question", "answer"}
+
+
 def read_nq(files: list[Path], data: DataSpec) -> datasets.Dataset:
-    """Natural Questions simplified jsonl -> SQuAD records; examples without a long answer are skipped."""
+    """Natural Questions jsonl (simplified, or the original format) -> SQuAD records; examples without
+    a long answer are skipped."""
     records, skipped = [], 0
     for path in files:
         for n, example in json_lines(path):
+            if isinstance(example, dict) and set(example) <= NQ_OPEN | {"id"} and "question" in example:
+                raise DataError(
+                    f"{path}:{n}: an NQ-open record (a question and answer strings, no passage), not a "
+                    "Natural Questions example; extractive QA needs the passage, which NQ-open does not "
+                    "have, and no metapt format reads NQ-open. Use the simplified NQ files "
+                    "(example_id, question_text, document_text, annotations)"
+                )
             try:
                 record = _nq_record(example)
             except (KeyError, TypeError, IndexError) as e:
                 raise DataError(
-                    f"{path}:{n}: not a simplified NQ example ({type(e).__name__}: {e}; expected "
-                    "example_id, question_text, document_text, annotations)"
+                    f"{path}:{n}: not a Natural Questions example ({type(e).__name__}: {e}; expected "
+                    "example_id, question_text, document_text or document_tokens, annotations)"
                 ) from None
             skipped += record is None
             records += [record] if record else []
