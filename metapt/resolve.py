@@ -145,7 +145,8 @@ def _resolve(path: Path, key: str, refs: tuple[str, ...], problems: list[Problem
 
 def find_run(ref: str) -> Path:
     """A run spec by path, or by name among ./tasks and the built-in specs (`agnostic`,
-    `tasks/agnostic.toml` from any folder, `paper/aware-qa`)."""
+    `tasks/agnostic.toml` from any folder, `paper/aware-qa`); else a task spec by name (`rte`, in
+    tasks/glue/), so `validate` takes what `finetune --task` takes."""
     path = Path(ref)
     if path.is_file():
         return path
@@ -154,6 +155,11 @@ def find_run(ref: str) -> Path:
         for candidate in (root / name, root / f"{name}.toml"):
             if candidate.is_file():
                 return candidate
+    if "/" not in ref and not ref.endswith(".toml"):
+        try:
+            return find_task(ref)
+        except SpecError:
+            pass
     return path  # parse_run reports it missing
 
 
