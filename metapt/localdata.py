@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from pathlib import Path
 
 from metapt.errors import MetaptError
-from metapt.spec import LOCAL_FORMATS, TaskSpec
+from metapt.spec import LOCAL_FORMATS, DataSpec, TaskSpec
 from metapt.validation import missing_data
 
 # File or folder name prefixes of each split, as the public datasets name them.
@@ -90,7 +91,21 @@ def with_local_data(spec: TaskSpec, path: Path) -> TaskSpec:
         if not any(splits.values()):
             splits = {"train": str(path), "validation": "", "test": ""}
     data = dataclasses.replace(spec.data, format=fmt, base_dir="/", dataset="", **splits)
+    if fmt == "nq":  # said before finetune asks for the train or validation split it lacks
+        _no_nq_open(data)
     return dataclasses.replace(spec, data=data)
+
+
+def _no_nq_open(data: DataSpec) -> None:
+    """DataError when the first line of a located `nq` file is an NQ-open record."""
+    from metapt.data.files import json_lines
+    from metapt.data.qa import not_nq_open
+    from metapt.data.readers import resolve_files
+
+    for split in data.splits():
+        for path in resolve_files(data.location(split), data.format):
+            for n, example in itertools.islice(json_lines(path), 1):
+                not_nq_open(path, n, example)
 
 
 def without_missing_test(spec: TaskSpec) -> tuple[TaskSpec, str]:

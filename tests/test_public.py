@@ -240,6 +240,11 @@ def test_nq_open_is_named_as_such_not_read_as_natural_questions(tmp_path: Path, 
         "not a Natural Questions example" in result.stdout
     )
     assert "Traceback" not in result.output
+    for data in (nq_open, nq_open.parent):  # --data with the file, or its folder (no train file there)
+        args = ["finetune", "--task", "natural_questions", str(tmp_path), "--data", str(data)]
+        result = runner.invoke(app, [*args, "--output-dir", str(tmp_path / "out")])
+        assert result.exit_code == 2
+        assert f"{nq_open}:1: an NQ-open record" in " ".join(result.stderr.split())
 
 
 def test_nq_reads_the_original_format_as_the_simplified_one() -> None:

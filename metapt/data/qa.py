@@ -115,19 +115,24 @@ def _nq_record(example: dict) -> dict | None:
 NQ_OPEN = {"question", "answer"}
 
 
+def not_nq_open(path: Path, n: int, example: object) -> None:
+    """DataError when a line of an `nq` file is an NQ-open record: a different dataset, with no passage."""
+    if isinstance(example, dict) and "question" in example and set(example) <= NQ_OPEN | {"id"}:
+        raise DataError(
+            f"{path}:{n}: an NQ-open record (a question and answer strings, no passage), not a "
+            "Natural Questions example; extractive QA needs the passage, which NQ-open does not "
+            "have, and no metapt format reads NQ-open. Use the simplified NQ files "
+            "(example_id, question_text, document_text, annotations)"
+        )
+
+
 def read_nq(files: list[Path], data: DataSpec) -> datasets.Dataset:
     """Natural Questions jsonl (simplified, or the original format) -> SQuAD records; examples without
     a long answer are skipped."""
     records, skipped = [], 0
     for path in files:
         for n, example in json_lines(path):
-            if isinstance(example, dict) and set(example) <= NQ_OPEN | {"id"} and "question" in example:
-                raise DataError(
-                    f"{path}:{n}: an NQ-open record (a question and answer strings, no passage), not a "
-                    "Natural Questions example; extractive QA needs the passage, which NQ-open does not "
-                    "have, and no metapt format reads NQ-open. Use the simplified NQ files "
-                    "(example_id, question_text, document_text, annotations)"
-                )
+            not_nq_open(path, n, example)
             try:
                 record = _nq_record(example)
             except (KeyError, TypeError, IndexError) as e:
