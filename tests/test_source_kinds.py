@@ -18,6 +18,7 @@ from metapt.catalog import KINDS
 from metapt.data.tokenizer import train_wordpiece
 from metapt.kinds import masked_lm, response_selection, sentence_distance, sentence_reordering, span_selection
 from metapt.kinds.base import Kind
+from metapt.kinds.common import pad
 from metapt.kinds.losses import LOSSES
 from metapt.spec import BatchSpec, TaskSpec
 
@@ -206,31 +207,58 @@ def test_masked_lm_pinned_selection(tok: Any) -> None:
     assert torch.equal(selected, masked_lm.collate(rows, tok, spec, {}, gen(0))["labels"] != -100)
 
 
-def test_masked_lm_80_10_10(tok: Any) -> None:
-    spec = make_spec("masked_lm")
+class StubTokenizer:
+    """What masked LM's collate reads of a tokenizer: special ids 0-4, ordinary ids 5 .. size-1."""
+
+    pad_token_id, unk_token_id, cls_token_id, sep_token_id, mask_token_id = 0, 1, 2, 3, 4
+    all_special_ids = [0, 1, 2, 3, 4]
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def test_masked_lm_exact_ids_on_a_small_input() -> None:
+    # Seed 32 draws, for the (1, 8) row [CLS] 5 6 7 8 9 10 [SEP]:
+    #   pick = .8757 .2721 .4141 .7857 .1130 .5793 .6481 .0229 -> < 0.5 at cols 1, 2, 4 (col 7 is [SEP])
+    #   roll = .5874 .3254 .9485 .5219 .8782 .7254 .6929 .0259 -> col 1 < .8: [MASK]; col 2 >= .9:
+    #          unchanged; col 4 in [.8, .9): a random token
+    #   randint(7) = 2 1 4 6 6 6 5 3 -> col 4 draws 6, the 7th ordinary id of 5..11: 11
+    tok = StubTokenizer(12)
+    spec = make_spec("masked_lm", mask_probability=0.5)
+    rows = [{"input_ids": [2, 5, 6, 7, 8, 9, 10, 3], "word_starts": [1] * 8}]
+    batch = masked_lm.collate(rows, tok, spec, {}, gen(32))
+    assert batch["input_ids"].tolist() == [[2, 4, 6, 7, 11, 9, 10, 3]]
+    assert batch["labels"].tolist() == [[-100, 5, 6, -100, 8, -100, -100, -100]]
+
+
+def test_masked_lm_80_10_10_within_three_standard_errors() -> None:
+    # 200 rows of 80 or 120 ordinary tokens (20,000 candidates; the short rows padded by 40), a
+    # vocabulary of 995 ordinary ids. Expected: 15% selected, s.e. sqrt(.15 * .85 / 20000) = .0025;
+    # of the n selected 80% [MASK] (s.e. sqrt(.8 * .2 / n)), 10% random, and a random draw equal to
+    # the original (1 in 995) looks unchanged: changed .1 * 994/995, unchanged .1 + .1/995.
+    tok = StubTokenizer(1000)
     g = torch.Generator().manual_seed(1)
-    rows = [
-        {
-            "input_ids": [
-                tok.cls_token_id,
-                *(5 + torch.randint(len(tok) - 5, (100,), generator=g)).tolist(),
-                tok.sep_token_id,
-            ],
-            "word_starts": [1] * 102,
-        }
-        for _ in range(200)
-    ]
-    batch = masked_lm.collate(rows, tok, spec, {"vocab_size": len(tok)}, gen(0))
-    original = torch.tensor([r["input_ids"] for r in rows])
+    rows = []
+    for i in range(200):
+        words = (5 + torch.randint(995, (80 if i % 2 else 120,), generator=g)).tolist()
+        rows.append({"input_ids": [2, *words, 3], "word_starts": [1] * (len(words) + 2)})
+    batch = masked_lm.collate(rows, tok, make_spec("masked_lm"), {}, gen(0))
+    original = pad([r["input_ids"] for r in rows], 0)
     selected = batch["labels"] != -100
-    n = int(selected.sum())
-    assert abs(n / 20_000 - 0.15) < 0.01
-    masked = (batch["input_ids"] == tok.mask_token_id) & selected
-    kept = (batch["input_ids"] == original) & selected
+    special = original < 5  # [CLS], [SEP] and the padding
+    assert not (selected & special).any() and int((~special).sum()) == 20_000
+    n, new = int(selected.sum()), batch["input_ids"]
+    assert abs(n / 20_000 - 0.15) < 3 * math.sqrt(0.15 * 0.85 / 20_000)
+    masked = selected & (new == 4)
+    kept = selected & (new == original)
     swapped = selected & ~masked & ~kept
-    assert abs(int(masked.sum()) / n - 0.8) < 0.03
-    assert abs(int(swapped.sum()) / n - 0.1) < 0.02
-    assert abs(int(kept.sum()) / n - 0.1) < 0.02
+    for count, p in ((masked, 0.8), (swapped, 0.1 * 994 / 995), (kept, 0.1 + 0.1 / 995)):
+        assert abs(int(count.sum()) / n - p) < 3 * math.sqrt(p * (1 - p) / n), (int(count.sum()), n, p)
+    assert int(new[swapped].min()) >= 5  # random tokens are words of the vocabulary, never special
+    assert torch.equal(new[~selected], original[~selected])
 
 
 def test_masked_lm_whole_words() -> None:
