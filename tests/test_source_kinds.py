@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import zlib
 from types import ModuleType
 from typing import Any
 
@@ -338,6 +339,30 @@ def test_distance_classes_are_what_they_claim(tok: Any) -> None:
                 assert da == db and jb >= ja + 2
             else:
                 assert da != db
+
+
+def test_distance_other_document_is_never_a_piece_of_the_same_document(tok: Any) -> None:
+    # 40 copies of a sentence of n tokens and max_length 8: sentence_features keeps pieces of
+    # 8 * 8 = 64 tokens, so the one document becomes rows of 64 // n sentences, all with one id.
+    sentences = ["Boats sail there every morning."] * 40
+    n = len(tok(sentences[0], add_special_tokens=False)["input_ids"])
+    spec = make_spec("sentence_distance", max_length=8)
+    features, _ = encode(sentence_distance, spec, tok, [{"text": " ".join(sentences)}])
+    per_row = 64 // n
+    assert [len(s) for s in features["sentences"]] == [per_row] * (40 // per_row) + [40 % per_row] * (
+        40 % per_row > 1
+    )
+    assert len(features) >= 2
+    assert features["document"] == [zlib.crc32("\n".join(sentences).encode())] * len(features)
+    # Two pieces of document 7 and one of document 8 (token ids stand for sentences).
+    a1, a2 = {"sentences": [[10], [11]], "document": 7}, {"sentences": [[20], [21]], "document": 7}
+    b = {"sentences": [[30], [31]], "document": 8}
+    for seed in range(8):
+        # Only b is another document: "other" pairs a sentence of a1 with one of b.
+        first, second, label = sentence_distance.pair([a1, a2, b], 0, 2, gen(seed))
+        assert label == 2 and first in ([10], [11]) and second in ([30], [31])
+        # No other document in the batch: adjacent instead, a1's only adjacent pair (10, 11).
+        assert sentence_distance.pair([a1, a2], 0, 2, gen(seed)) == ([10], [11], 0)
 
 
 # ---------------------------------------------------------------------------- response_selection

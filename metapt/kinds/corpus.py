@@ -4,6 +4,7 @@ document, batched tokenisation and JSON-lines predictions (the corpus-based sour
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -83,15 +84,27 @@ def map_records(dataset: Any, fn: Callable[[dict[str, list]], dict[str, list]]) 
     return dataset.map(fn, batched=True, remove_columns=columns(dataset))
 
 
-def sentence_features(dataset: Any, tokenizer: Any, budget: int, min_sentences: int) -> Any:
-    """Documents -> rows {"sentences": token ids per sentence}, chunked to `budget` tokens per row;
-    rows with fewer than `min_sentences` sentences are dropped."""
+def document_id(sentences: list[str]) -> int:
+    """A document's identity, from its text: the rows cut from one document share it (also when
+    encoded in different map batches or streamed), so no pair of them counts as two documents."""
+    return zlib.crc32("\n".join(sentences).encode("utf-8"))
+
+
+def sentence_features(
+    dataset: Any, tokenizer: Any, budget: int, min_sentences: int, with_document: bool = False
+) -> Any:
+    """Documents -> rows {"sentences": token ids per sentence (and "document": its document_id when
+    `with_document`)}, chunked to `budget` tokens per row; rows with fewer than `min_sentences`
+    sentences are dropped."""
 
     def fn(batch: dict[str, list]) -> dict[str, list]:
-        rows = []
-        for doc in tokenize_nested(tokenizer, documents(batch)):
-            rows += [c for c in chunk_sentences([s for s in doc if s], budget) if len(c) >= min_sentences]
-        return {"sentences": rows}
+        rows, ids = [], []
+        docs = documents(batch)
+        for sentences, doc in zip(docs, tokenize_nested(tokenizer, docs), strict=True):
+            kept = [c for c in chunk_sentences([s for s in doc if s], budget) if len(c) >= min_sentences]
+            rows += kept
+            ids += [document_id(sentences)] * len(kept)
+        return {"sentences": rows, "document": ids} if with_document else {"sentences": rows}
 
     return map_records(dataset, fn)
 

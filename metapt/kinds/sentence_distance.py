@@ -33,9 +33,9 @@ def prepare(spec: TaskSpec, train: datasets.Dataset | None) -> Info:
 
 
 def encode(dataset: datasets.Dataset, tokenizer: Any, spec: TaskSpec, info: Info) -> datasets.Dataset:
-    """Documents -> rows {"sentences": token ids per sentence}; documents of one sentence are dropped
-    (every row must offer an adjacent pair)."""
-    return sentence_features(dataset, tokenizer, _PIECE * spec.batch.max_length, min_sentences=2)
+    """Documents -> rows {"sentences": token ids per sentence, "document": its id}; documents of one
+    sentence are dropped (every row must offer an adjacent pair)."""
+    return sentence_features(dataset, tokenizer, _PIECE * spec.batch.max_length, 2, with_document=True)
 
 
 def _draw(n: int, generator: torch.Generator) -> int:
@@ -45,7 +45,8 @@ def _draw(n: int, generator: torch.Generator) -> int:
 def pair(
     rows: list[dict], i: int, wanted: int, generator: torch.Generator
 ) -> tuple[list[int], list[int], int]:
-    """(sentence a, sentence b, class) for row i; a class the row cannot offer falls back to adjacent."""
+    """(sentence a, sentence b, class) for row i; a class the row cannot offer (no third sentence, no
+    row of another document in the batch) falls back to adjacent."""
     sents = rows[i]["sentences"]
     n = len(sents)
     if wanted == SAME_DOCUMENT and n >= 3:
@@ -55,10 +56,10 @@ def pair(
             r -= n - j - 2
             j += 1
         return sents[j], sents[j + 2 + r], SAME_DOCUMENT
-    if wanted == OTHER_DOCUMENT and len(rows) >= 2:
-        other = _draw(len(rows) - 1, generator)
-        other += other >= i  # any row but i
-        theirs = rows[other]["sentences"]
+    # A long document is cut into several rows: only a row of another document is "other".
+    others = [j for j, r in enumerate(rows) if r["document"] != rows[i]["document"]]
+    if wanted == OTHER_DOCUMENT and others:
+        theirs = rows[others[_draw(len(others), generator)]]["sentences"]
         return sents[_draw(n, generator)], theirs[_draw(len(theirs), generator)], OTHER_DOCUMENT
     j = _draw(n - 1, generator)
     return sents[j], sents[j + 1], ADJACENT
