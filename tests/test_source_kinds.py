@@ -220,6 +220,9 @@ class StubTokenizer:
     def __len__(self) -> int:
         return self.size
 
+    def num_special_tokens_to_add(self, pair: bool = False) -> int:
+        return 3 if pair else 2  # [CLS] a [SEP] b [SEP], as BERT
+
 
 def test_masked_lm_exact_ids_on_a_small_input() -> None:
     # Seed 32 draws, for the (1, 8) row [CLS] 5 6 7 8 9 10 [SEP]:
@@ -389,6 +392,34 @@ def test_response_selection_batch(tok: Any) -> None:
     metrics, out = response_selection.score(predictions, features.select(range(6)), None, spec, info)
     assert metrics == {"recall@1": 80.0}
     assert [p["id"] for p in out] == ["a-1", "a-2", "a-3", "b-1", "b-2", "b-3"]
+
+
+def test_response_selection_a_copy_of_the_true_response_is_no_negative() -> None:
+    # Rows 0 and 2 answer with the same turn (ids 7 8): each is the other's true response, so it
+    # must not be scored as a negative of the other. same_response marks [0, 2] and [2, 0].
+    rows = [
+        {"context": [5], "response": [7, 8]},
+        {"context": [6], "response": [9]},
+        {"context": [10], "response": [7, 8]},
+    ]
+    spec = make_spec("response_selection")
+    batch = response_selection.collate(rows, StubTokenizer(12), spec, {}, gen(0))
+    assert batch["same_response"].tolist() == [
+        [False, False, True],
+        [False, False, False],
+        [True, False, False],
+    ]
+    scores = torch.tensor([[2.0, 0.0, 5.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    # Row 0 over columns 0, 1 only: log(e^2 + 1) = 2.126928, nll 0.126928, smoothing's mean NLL
+    # (0.126928 + 2.126928) / 2 = 1.126928, so 0.9 * 0.126928 + 0.1 * 1.126928 = 0.226928.
+    # Row 1, all three columns: log 3 = 1.098612. Row 2 over columns 1, 2: log 2 = 0.693147.
+    loss = LOSSES["contrastive"](scores, batch, 0.1)
+    assert loss.item() == pytest.approx((0.226928 + 1.098612 + 0.693147) / 3, abs=1e-6)
+    # Without same_response the loss would be log(e^2 + 1 + e^5) - 2 for row 0, and row 0's best
+    # column would be its copy, 2: a miss. With it, row 0 picks 0; rows 1 and 2 tie, first allowed.
+    predictions = response_selection.predict(scores, batch, {})
+    assert [(p["predicted"], p["candidates"]) for p in predictions] == [(0, 2), (0, 3), (1, 2)]
+    assert LOSSES["contrastive"](torch.zeros(3, 3), {}, 0.0).item() == pytest.approx(math.log(3))
 
 
 # -------------------------------------------------------------------------------- span_selection

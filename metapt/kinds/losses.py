@@ -28,9 +28,19 @@ def mse(logits: torch.Tensor, batch: Batch, smoothing: float) -> torch.Tensor:
 
 
 def contrastive(logits: torch.Tensor, batch: Batch, smoothing: float) -> torch.Tensor:
-    """In-batch ranking: row i of the (B, B) scores should pick column i."""
-    target = torch.arange(logits.shape[0], device=logits.device)
-    return F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
+    """In-batch ranking: row i of the (B, B) scores should pick column i. Columns marked in
+    batch["same_response"] (another row's response identical to row i's) are no negatives and left
+    out, label smoothing included."""
+    scores = logits.float()
+    target = torch.arange(scores.shape[0], device=scores.device)
+    same = batch.get("same_response")
+    if same is None or not same.any():  # the usual batch: plain cross-entropy, bit for bit
+        return F.cross_entropy(scores, target, label_smoothing=smoothing)
+    allowed = ~same.to(scores.device)  # (B, B)
+    logp = scores.masked_fill(~allowed, float("-inf")).log_softmax(-1)  # (B, B)
+    nll = -logp[target, target]  # (B,)
+    uniform = -logp.masked_fill(~allowed, 0.0).sum(-1) / allowed.sum(-1)  # (B,): smoothing's part
+    return ((1 - smoothing) * nll + smoothing * uniform).mean()
 
 
 def span_cross_entropy(logits: torch.Tensor, batch: Batch, smoothing: float) -> torch.Tensor:

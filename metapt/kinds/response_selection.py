@@ -46,7 +46,9 @@ def collate(
     rows: list[dict], tokenizer: Any, spec: TaskSpec, info: Info, generator: torch.Generator
 ) -> Batch:
     """input_ids, token_type_ids, attention_mask (2B, T): the B contexts, then their B responses;
-    labels (B,) = 0..B-1, the diagonal of the (B, B) scores. No randomness.
+    labels (B,) = 0..B-1, the diagonal of the (B, B) scores; same_response (B, B): True at [i, j],
+    j != i, where response j is the same token ids as response i, so it is no negative for row i
+    (short turns such as "Thank you ." recur across dialogues). No randomness.
 
     Training needs B >= 2 (the other responses are the negatives; with B = 1 the loss is 0). A
     1-example batch is still collated, as the last batch of an evaluation split can be, and
@@ -56,6 +58,10 @@ def collate(
     ids += [join(tokenizer, r["response"], None, L)[0] for r in rows]
     batch = encoder_inputs(ids, [[0] * len(x) for x in ids], tokenizer.pad_token_id)
     batch["labels"] = torch.arange(len(rows))
+    responses = [tuple(r["response"]) for r in rows]
+    batch["same_response"] = torch.tensor(
+        [[j != i and b == a for j, b in enumerate(responses)] for i, a in enumerate(responses)]
+    ).reshape(len(rows), len(rows))
     return batch
 
 
@@ -65,17 +71,22 @@ def head(hidden_size: int, spec: TaskSpec, info: Info) -> nn.Module:
 
 
 def predict(logits: torch.Tensor, batch: Batch, info: Info) -> list[dict]:
-    """Per context {"predicted": best response column (ties: the first), "label": its own column,
-    "candidates": B}."""
-    best = logits.argmax(-1).tolist()  # (B,)
-    return [{"predicted": p, "label": i, "candidates": len(best)} for i, p in enumerate(best)]
+    """Per context {"predicted": best response column (ties: the first) among its own and the
+    negatives (a copy of its response is none), "label": its own column, "candidates": how many}."""
+    same = batch.get("same_response", torch.zeros(logits.shape, dtype=torch.bool)).to(logits.device)
+    best = logits.masked_fill(same, float("-inf")).argmax(-1).tolist()  # (B,)
+    counts = (~same).sum(-1).tolist()  # (B,): its own response and the real negatives
+    return [
+        {"predicted": p, "label": i, "candidates": n}
+        for i, (p, n) in enumerate(zip(best, counts, strict=True))
+    ]
 
 
 def score(
     predictions: list[dict], features: datasets.Dataset, records: datasets.Dataset, spec: TaskSpec, info: Info
 ) -> tuple[dict[str, float], list[dict]]:
-    """{"recall@1": % of contexts whose own response scored highest among the batch's B candidates},
-    over the contexts that had at least 2 candidates."""
+    """{"recall@1": % of contexts whose own response scored highest among their candidates (the
+    batch's responses but copies of their own), over the contexts that had at least 2 candidates."""
     ranked = [p for p in predictions if p["candidates"] >= 2]
     preds, golds = [p["predicted"] for p in ranked], [p["label"] for p in ranked]
     named = [{"id": i, **p} for i, p in zip(features["id"], predictions, strict=True)]
