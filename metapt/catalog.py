@@ -69,6 +69,15 @@ def _check_masking(options: dict[str, Any]) -> list[str]:
     ]
 
 
+def _check_blank(options: dict[str, Any]) -> list[str]:
+    """span_selection's blank must be a visible word: an empty one deletes the term from the query
+    and leaves no mark of where it was."""
+    blank = options.get("blank_token")
+    if not isinstance(blank, str) or blank.strip():
+        return []
+    return [f"[options].blank_token: {blank!r} is empty; allowed: a non-empty word such as '[BLANK]'"]
+
+
 # Per-token binary tagging kinds: heads, losses, metrics, fields.
 _WORD_TAGS = (("token_classification",), ("cross_entropy",), ("f1", "accuracy"), ("text",))
 DOCUMENT = ("text", "sentences")  # a corpus kind's text: the record's `text`, else its `sentences`
@@ -103,8 +112,9 @@ KINDS: dict[str, KindInfo] = {
         ("accuracy",),
         ("sentences",),
         {
+            # m = 1 would be one class (every document unshuffled): nothing to learn
             "max_segments": Option(
-                3, "split a paragraph into 1..m segments (sum of k! classes)", low=1, high=4
+                3, "split a paragraph into 1..m segments (sum of k! classes; m >= 2)", low=2, high=4
             )
         },
         "ERNIE 2.0 sentence reordering: classify the permutation of shuffled segments",
@@ -139,6 +149,7 @@ KINDS: dict[str, KindInfo] = {
         ("sentences",),
         {"blank_token": Option("[BLANK]", "the word that replaces the answer term in the query")},
         "masked passage retrieval (Glass et al. 2020): find the blanked term's span in a passage",
+        check=_check_blank,
         text=DOCUMENT,
     ),
     "capitalization_prediction": KindInfo(

@@ -55,6 +55,35 @@ def test_validate_a_good_task_spec(runner: CliRunner) -> None:
     assert result.stderr == ""
 
 
+@pytest.mark.parametrize(
+    ("kind", "option", "value", "allowed"),
+    [
+        ("masked_lm", "mask_probability", "0.0", "0.0 is out of range; allowed: between 0.01 and 0.9"),
+        ("masked_lm", "mask_probability", "1.0", "1.0 is out of range; allowed: between 0.01 and 0.9"),
+        (
+            "replaced_token_detection",
+            "replace_probability",
+            "1",
+            "1.0 is out of range; allowed: between 0.01 and 0.9",
+        ),
+        ("sentence_reordering", "max_segments", "1", "1 is out of range; allowed: between 2 and 4"),
+        ("response_selection", "max_context_turns", "0", "0 is out of range; allowed: between 1 and 32"),
+        ("token_document_relation", "segment_sentences", "0", "0 is out of range; allowed: between 1 and 64"),
+        ("ir_relevance", "passage_sentences", "-1", "-1 is out of range; allowed: between 1 and 64"),
+        ("span_selection", "blank_token", '" "', "' ' is empty; allowed: a non-empty word such as '[BLANK]'"),
+    ],
+)
+def test_validate_rejects_a_source_option_out_of_range(
+    runner: CliRunner, tmp_path: Path, kind: str, option: str, value: str, allowed: str
+) -> None:
+    # Exit 2 and one line naming the file, the key, the value and what is allowed.
+    spec = f'kind = "{kind}"\n[data]\nformat = "synthetic"\ncorpus = "documents"\n[options]\n{option} = {value}\n'
+    path = write(tmp_path, "bad.toml", spec)
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2, result.output
+    assert f"{path}: [options].{option}: {allowed}" in result.stderr
+
+
 @pytest.mark.parametrize(("name", "tasks"), [("agnostic", 4), ("aware", 8)])
 def test_validate_a_shipped_run_spec_from_another_folder(
     runner: CliRunner, name: str, tasks: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
