@@ -96,6 +96,18 @@ def tagged(tok: Any, row: dict) -> list[tuple[str, int]]:
     return [(tok.convert_ids_to_tokens(i), y) for i, y in zip(row["input_ids"], row["labels"]) if y != -100]
 
 
+# A hand-written WordPiece vocabulary: "Walker" is two pieces, wal ##ker, so a word or an entity
+# has several sub-words; ids 0-4 are the special tokens.
+PIECES = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "alice", "wal", "##ker", "moved", "to", "paris", "."]
+ALICE = "Alice Walker moved to Paris."  # -> [CLS] alice wal ##ker moved to paris . [SEP] = 2 5 6 ... 11 3
+
+
+def pieces_tokenizer() -> Any:
+    from transformers import BertTokenizerFast
+
+    return BertTokenizerFast(vocab={w: i for i, w in enumerate(PIECES)}, do_lower_case=True)
+
+
 # ----------------------------------------------------------------------------- knowledge masking
 def test_entity_and_phrase_rules_on_raw_text() -> None:
     texts = [r["text"] for r in RECORDS]
@@ -180,6 +192,54 @@ def test_an_entity_is_masked_whole(tok: Any) -> None:
                     assert selected[i, t] == selected[i, t - 1]
                     covered += int(selected[i, t])
     assert covered > 0
+
+
+def test_entity_masking_takes_every_piece_of_an_entity_or_none() -> None:
+    # ERNIE 1.0 (Sun et al. 2019, sec. 3.2.3): an entity is one masking unit. "Alice Walker" is
+    # cols 1-3 (alice wal ##ker); the other units are moved, to, paris, . (cols 4-7).
+    tok = pieces_tokenizer()
+    by = {}
+    for masking in ("entity", "whole_word", "token"):
+        spec = spec_of("masked_lm", masking=masking, mask_probability=0.5)
+        (row,), info = encode(spec, tok, [{"text": ALICE}])
+        assert row["input_ids"] == [2, 5, 6, 7, 8, 9, 10, 11, 3]
+        by[masking] = row, spec, info
+    assert by["entity"][0]["word_starts"] == [
+        1,
+        1,
+        0,
+        0,
+        1,
+        1,
+        1,
+        1,
+        1,
+    ]  # a unit starts at 1 (entity), 4, 5, ...
+    assert by["whole_word"][0]["word_starts"] == [1, 1, 1, 0, 1, 1, 1, 1, 1]  # ##ker continues walker
+
+    def labels(masking: str, seed: int) -> list[int]:
+        row, spec, info = by[masking]
+        return masked_lm.collate([row], tok, spec, info, gen(seed))["labels"][0].tolist()
+
+    # Seed 0 picks (< 0.5 at a unit start): .4963 .7682 .0885 .1320 .3074 .6341 .4901 .8964 .4556.
+    # Entity: col 1 (.7682) is not picked, so none of alice wal ##ker, whatever cols 2-3 drew; col 4
+    # moved and col 6 paris are. Whole words: col 2 starts "walker" (.0885): wal ##ker together.
+    assert labels("entity", 0) == [-100, -100, -100, -100, 8, -100, 10, -100, -100]
+    assert labels("whole_word", 0) == [-100, -100, 6, 7, 8, -100, 10, -100, -100]
+    # Seed 1 picks: .7576 .2793 .4031 .7347 .0293 .7999 .3971 .7544 .5695. Entity: col 1 (.2793)
+    # takes all three pieces, though ##ker drew .7347; single tokens leave ##ker out.
+    assert labels("entity", 1) == [-100, 5, 6, 7, 8, -100, 10, -100, -100]
+    assert labels("token", 1) == [-100, 5, 6, -100, 8, -100, 10, -100, -100]
+
+
+def test_capitalization_label_sits_on_the_first_piece() -> None:
+    # ERNIE 2.0 (Sun et al. 2020, sec. 4.2.1) predicts per word whether it is capitalised; the paper
+    # says nothing of sub-words. metapt labels a word's first piece and leaves the rest unlabelled:
+    # Alice -> alice 1; Walker -> wal 1, ##ker -100; moved 0; to 0; Paris -> paris 1; "." -100.
+    tok = pieces_tokenizer()
+    (row,), _ = encode(spec_of("capitalization_prediction"), tok, [{"text": ALICE}])
+    assert row["input_ids"] == [2, 5, 6, 7, 8, 9, 10, 11, 3]
+    assert row["labels"] == [-100, 1, 1, -100, 0, 0, 1, -100, -100]
 
 
 # --------------------------------------------------------------------- capitalization prediction

@@ -321,6 +321,24 @@ def test_reordering_label_decodes_to_the_applied_permutation(tok: Any) -> None:
     assert seen == {1, 2, 3}
 
 
+def test_reordering_exact_segments_and_labels() -> None:
+    # ERNIE 2.0 (Sun et al. 2020, sec. 4.2.2): 1..m segments, k = sum of n! classes (9 for m = 3).
+    # Four one-token sentences 10 11 12 13; per seed k = 1 + randint(3), the cuts 1 + randperm(3)[:k-1],
+    # then the permutation randperm(k).
+    sents = [[10], [11], [12], [13]]
+    # Seed 0: k = 3, cuts 1 + {0, 2} = {1, 3}: [10] [11 12] [13]; perm (0, 2, 1) -> 10 13 11 12;
+    # label 1! + 2! + rank of (0, 2, 1) among the 3! = 3 + 1 = 4.
+    assert sentence_reordering.shuffle_segments(sents, 3, gen(0)) == ([10, 13, 11, 12], (0, 2, 1))
+    # Seed 3: k = 2, cut 1 + 2 = 3: [10 11 12] [13]; perm (1, 0) -> 13 10 11 12; label 1 + 1 = 2.
+    assert sentence_reordering.shuffle_segments(sents, 3, gen(3)) == ([13, 10, 11, 12], (1, 0))
+    assert [sentence_reordering._labels(3)[p] for p in ((0, 2, 1), (1, 0))] == [4, 2]
+    # As the paper counts classes, an unshuffled document has one label per k (0, 1, 3): seeds 2, 1
+    # and 5 show the same input 10 11 12 13 as k = 1, 2 and 3 (docs/task-kinds.md says so).
+    same = [sentence_reordering.shuffle_segments(sents, 3, gen(seed)) for seed in (2, 1, 5)]
+    assert [ids for ids, _ in same] == [[10, 11, 12, 13]] * 3
+    assert [sentence_reordering._labels(3)[p] for _, p in same] == [0, 1, 3]
+
+
 # ----------------------------------------------------------------------------- sentence_distance
 def test_distance_classes_are_what_they_claim(tok: Any) -> None:
     spec = make_spec("sentence_distance", max_length=128)
