@@ -222,10 +222,6 @@ def _mean(values: list[float]) -> float:
     return statistics.fmean(values)
 
 
-def _std(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def summarise(
     runs: list[dict[str, Any]], finetuned: list[dict[str, dict]], tasks: list[str]
 ) -> dict[str, Any]:
@@ -240,7 +236,7 @@ def summarise(
         "setup_seconds",
     )
     pre: dict[str, Any] = {k: _mean([r[k] for r in runs]) for k in keys}
-    pre["total_flops_std"] = _std([r["total_flops"] for r in runs])
+    pre["total_flops_std"] = stats.std([r["total_flops"] for r in runs])
     pre["episodes"] = _mean([r["episodes"] for r in runs])
     pre["counts"] = {t: _mean([r["counts"][t] for r in runs]) for t in runs[0]["counts"]}
     return {

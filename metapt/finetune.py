@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from metapt import distributed, outdir, pointless
+from metapt import distributed, outdir, pointless, stats
 from metapt.builders import build_model
 from metapt.catalog import KINDS
 from metapt.checkpoint import lost_current
@@ -358,13 +358,13 @@ def evaluate(folder: Path, spec: TaskSpec, split: str, device_name: str = "auto"
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and standard deviation over seeds of every metric of every split."""
+    """Mean and sample standard deviation (None for one value) over seeds of every metric of every split."""
     out: dict[str, Any] = {}
     for split in ("validation", "test"):
         names = sorted({m for r in runs for m in r["metrics"].get(split, {})})
         for m in names:
             values = [r["metrics"][split][m] for r in runs if m in r["metrics"].get(split, {})]
-            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            sd = stats.std(values)  # None (null) with one value: no spread to report
             out.setdefault(split, {})[m] = {"mean": statistics.fmean(values), "std": sd, "values": values}
     return out
 

@@ -21,10 +21,11 @@ def mean(values: Sequence[float]) -> float:
     return math.fsum(values) / len(values)
 
 
-def std(values: Sequence[float]) -> float:
-    """The sample standard deviation (n - 1); 0.0 for a single value."""
+def std(values: Sequence[float]) -> float | None:
+    """The sample standard deviation (n - 1); None below two values: it does not exist for one, and
+    0.0 would claim a spread of none (results.json writes null, the text "(1 seed)")."""
     if len(values) < 2:
-        return 0.0
+        return None
     m = mean(values)
     return math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - 1))
 
@@ -91,7 +92,7 @@ def paired(values: Sequence[float], reference: Sequence[float]) -> dict[str, Any
     n, m = len(diffs), mean(diffs)
     ci = None
     if n > 1:
-        half = t_quantile(0.975, n - 1) * std(diffs) / math.sqrt(n)
+        half = t_quantile(0.975, n - 1) * (std(diffs) or 0.0) / math.sqrt(n)
         ci = [m - half, m + half]
     return {
         "mean_diff": m,
@@ -126,8 +127,8 @@ def at(curve: Sequence[Point], x: float) -> float:
     return curve[-1][1]
 
 
-def mean_curve(curves: Sequence[Sequence[Point]]) -> list[tuple[float, float, float]]:
-    """(FLOPs, mean, sample std) over seeds at every point of any seed's curve from the last seed's
+def mean_curve(curves: Sequence[Sequence[Point]]) -> list[tuple[float, float, float | None]]:
+    """(FLOPs, mean, sample std or None with one seed) over seeds at every point of any seed's curve from the last seed's
     first point on (where every curve has started). Empty when a curve is."""
     if not curves or any(not c for c in curves):
         return []

@@ -18,7 +18,7 @@ from metapt.report import figure, png_bytes
 def _half_width(values: list[float]) -> float:
     """Half the 95% t interval of a mean over seeds (0 for one seed)."""
     n = len(values)
-    return stats.t_quantile(0.975, n - 1) * stats.std(values) / n**0.5 if n > 1 else 0.0
+    return stats.t_quantile(0.975, n - 1) * (stats.std(values) or 0.0) / n**0.5 if n > 1 else 0.0
 
 
 COLORS = [f"C{i}" for i in range(10)]
@@ -56,9 +56,10 @@ def _heldout_panel(ax: Any, results: dict[str, Any]) -> None:
             continue
         x, y, sd = zip(*curve)
         ax.plot(x, y, color=color, marker=".", label=name)  # a marker: a one-point curve shows too
-        ax.fill_between(
-            x, [a - b for a, b in zip(y, sd)], [a + b for a, b in zip(y, sd)], color=color, alpha=0.2
-        )
+        if None not in sd:  # one seed: no std, so no band (a zero-width one would claim no spread)
+            ax.fill_between(
+                x, [a - b for a, b in zip(y, sd)], [a + b for a, b in zip(y, sd)], color=color, alpha=0.2
+            )
         if entry.get("flops_to_uniform") is not None and name != results.get("reference"):
             ax.axvline(entry["flops_to_uniform"], color=color, linestyle=":", linewidth=1)
     reference = results["schedulers"].get(results.get("reference") or "", {})
@@ -104,7 +105,7 @@ def _count(mean: float) -> str:
 def spread(values: dict[str, Any], digits: int) -> str:
     """`mean ± std` over seeds; with one seed the value alone, marked so: a sample standard deviation
     of one value does not exist, and "± 0.00" would claim a spread of none."""
-    if len(values.get("values", ())) == 1:
+    if values.get("std") is None or len(values.get("values", ())) == 1:
         return f"{values['mean']:.{digits}f} (1 seed)"
     return f"{values['mean']:.{digits}f} ± {values['std']:.{digits}f}"
 

@@ -407,6 +407,42 @@ def test_markdown_with_one_seed_prints_no_standard_deviation() -> None:
     assert "| meta | 1.67 (83%) | 0.33 (17%) |" in markdown(results)
 
 
+def _one_seed_entry() -> dict:
+    """compare's summarise of one seed's run and finetuning."""
+    from metapt.compare import summarise
+
+    run = {k: 1.0 for k in PRETRAIN_KEYS - {"counts"}} | {"setup_seconds": 0.0, "selection_seconds": 0.0}
+    run |= {"train_seconds": 1.0, "total_flops": 3e6, "seed": 1, "counts": {"mlm": 1}}
+    run["heldout_curve"] = [[1e6, 5.5], [3e6, 5.0]]
+    finetuned = [{"t": {"main_metric": "f1", "metrics": {"validation": {"f1": 6.0}}}}]
+    return summarise([run], finetuned, ["t"])
+
+
+def test_one_seed_summary_has_null_stds() -> None:
+    """compare with one seed: results.json's downstream, held-out and FLOPs stds are null (they were
+    0.0, a claimed spread of none), and results.md says "(1 seed)"."""
+    from metapt.verdict import spread
+
+    entry = _one_seed_entry()
+    assert entry["pretrain"]["total_flops_std"] is None
+    assert entry["downstream"]["t"]["validation"]["f1"] == {"mean": 6.0, "std": None, "values": [6.0]}
+    assert entry["heldout"]["final"] == {"mean": 5.0, "std": None, "values": [5.0]}
+    assert entry["heldout"]["curve"] == [[1e6, 5.5, None], [3e6, 5.0, None]]
+    assert json.loads(json.dumps(entry))["downstream"]["t"]["validation"]["f1"]["std"] is None
+    assert spread({"mean": 6.0, "std": None, "values": [6.0]}, 2) == "6.00 (1 seed)"
+
+
+def test_compare_plot_of_one_seed_draws_the_curve_without_a_band() -> None:
+    """One seed's held-out curve has no std: no ± band (None - None was a TypeError), the line stays."""
+    pytest.importorskip("matplotlib")  # the plot extra
+    from metapt.report import figure
+    from metapt.verdict import _heldout_panel
+
+    ax = figure(4, 4).subplots()
+    _heldout_panel(ax, {"schedulers": {"meta": _one_seed_entry()}, "reference": None})
+    assert len(ax.get_lines()) == 1 and not ax.collections  # the curve, and no fill_between band
+
+
 def test_compare_plot_draws_a_held_out_curve_of_one_point() -> None:
     """Every run evaluating once (at its end) gives a one-point mean curve; a line without a marker
     draws nothing there, so the scheduler vanished from compare.png's held-out panel."""

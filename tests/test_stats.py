@@ -53,6 +53,18 @@ def test_paired_difference_interval_and_wins_by_hand() -> None:
         stats.paired([1.0, 2.0], [1.0])
 
 
+def test_one_seed_has_no_standard_deviation_null_in_json() -> None:
+    """A sample std of one value does not exist: None (JSON null), not 0.0, which claims no spread."""
+    import json
+
+    assert stats.std([5.0]) is None and stats.std([]) is None
+    assert stats.std([5.0, 7.0]) == pytest.approx(math.sqrt(2))
+    one = stats.heldout_summary([curve("uniform", 1)])
+    assert one["final"] == {"mean": 4.0, "std": None, "values": [4.0]}
+    assert [row[2] for row in one["curve"]] == [None, None]
+    assert '"std": null' in json.dumps(one)
+
+
 def test_heldout_curve_counts_selection_and_training_flops_only() -> None:
     # uniform seed 2 trains 10, 10, 10, 12 FLOPs and evaluates at episodes 2 and 4 (eval FLOPs: not counted)
     assert curve("uniform", 2) == [(20.0, 5.2), (42.0, 4.2)]
