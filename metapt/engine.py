@@ -145,7 +145,7 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
     if world > 1:  # as DDP does: every rank starts from rank 0's weights
         distributed.broadcast_parameters([model])
     run.notes += [w for t in tasks.values() for w in t.warnings]
-    run.notes += pointless.run_warnings(spec, {n: train_size(t) for n, t in tasks.items()}, run.episode)
+    run.notes += pointless.run_warnings(spec, {n: train_size(t) for n, t in tasks.items()})
     return run
 
 

@@ -53,9 +53,10 @@ class Divergence:
         )
 
 
-def run_warnings(spec: RunSpec, sizes: dict[str, int], start: int) -> list[str]:
-    """What in a run spec makes (part of) the run do nothing useful; `sizes`: train examples per task,
-    `start`: episodes already done (a resumed run)."""
+def run_warnings(spec: RunSpec, sizes: dict[str, int]) -> list[str]:
+    """What in a run spec makes (part of) the run do nothing useful; `sizes`: train examples per task.
+    No "nothing to train" case: a resume whose checkpoint has all the run's episodes is answered by
+    engine._already_done (resuming.nothing_to_train) before engine.setup, which calls this."""
     meta, episodes, out = spec.meta, spec.run.episodes, []
     steps = episodes * meta.train_batches
     if meta.lr == 0:
@@ -65,8 +66,6 @@ def run_warnings(spec: RunSpec, sizes: dict[str, int], start: int) -> list[str]:
             f"[meta].warmup_ratio = {meta.warmup_ratio:g}: the warmup lasts all {steps} training steps, so "
             "the learning rate reaches [meta].lr only at the last step and never decays"
         )
-    if start >= episodes > 0:
-        out.append(f"nothing to train: the checkpoint has {start} of {episodes} episodes; raise --episodes")
     if meta.scheduler == "meta":
         out += _meta_warnings(spec)
     for t in (*spec.sources, *spec.targets):

@@ -205,9 +205,21 @@ def test_a_corrupt_metrics_line_before_the_last_exits_2(halfway: Path, tmp_path:
     ],
 )
 def test_resuming_a_run_that_has_its_episodes_says_so_and_trains_nothing(
-    halfway: Path, tmp_path: Path, runner: CliRunner, episodes: int, said: str, warned: str
+    halfway: Path,
+    tmp_path: Path,
+    runner: CliRunner,
+    monkeypatch: pytest.MonkeyPatch,
+    episodes: int,
+    said: str,
+    warned: str,
 ) -> None:
     out = copy(halfway, tmp_path)
+
+    def no_setup(*args: object, **kwargs: object) -> None:
+        raise AssertionError("engine.setup ran")
+
+    # No run is set up (so pointless.run_warnings needs no "nothing to train" case of its own).
+    monkeypatch.setattr(engine, "setup", no_setup)
     metrics = (out / "metrics.jsonl").read_text()
     state = (out / "current" / "training_state.pt").read_bytes()
     args = ["pretrain", str(AGNOSTIC), "--output-dir", str(out), "--resume", "--episodes", str(episodes)]
