@@ -186,6 +186,41 @@ def lost_current(path: Path) -> str | None:
     )
 
 
+def broken_current(path: Path) -> str | None:
+    """Why the checkpoint that `current` points to in `path`, a metapt output folder, cannot be used
+    (resolve's checks: incomplete, corrupt manifest), naming the other intact checkpoints metapt
+    wrote there and how to make one current, in lost_current's words; None when it is usable or
+    `path` is not such a folder. For readers that take only the encoder (finetune)."""
+    link = path / "current"
+    if not link.is_dir() or not ("current" in outdir.owned(path) or (link / MANIFEST).is_file()):
+        return None
+    try:
+        resolve(path)
+        return None
+    except CheckpointError as e:
+        why = str(e)
+    name, mine = link.resolve().name, outdir.owned(path)
+    found = {
+        p.name: e
+        for p in sorted(path.glob("checkpoint-[0-9]*"))
+        if p.name != name and p.name in mine and p.is_dir() and (e := _episode_if_intact(p)) is not None
+    }
+    if not found:
+        return (
+            f"{why}; {link} points to it, and no other intact checkpoint metapt wrote is left in "
+            f"{path}; pretrain again (--overwrite starts again in this folder)"
+        )
+    latest = max(found, key=found.__getitem__)
+    listed = ", ".join(f"{n}/ (after episode {e})" for n, e in found.items())
+    these = "it is" if len(found) == 1 else "they are"
+    return (
+        f"{why}; {link} points to it. metapt also wrote {listed} in {path} and {these} intact. "
+        f"metapt does not pick one itself; to go on from {latest}, run\n"
+        f"  ln -sfn {latest} {shlex.quote(str(link))}\n"
+        "and run the command again (pretrain: with --resume)"
+    )
+
+
 def resolve(path: Path) -> Path:
     """The checkpoint folder behind an output directory (or the folder itself); errors say what is wrong."""
     path = Path(path)

@@ -305,14 +305,19 @@ def finetune(
     lead = distributed.rank() == 0  # under torchrun every rank trains; rank 0 alone prints and writes
     source = encoder_source(checkpoint)
     load_tokenizer(source)  # a bad CKPT fails before any folder is made in it
-    if lead and output_dir is None:
-        outdir.claim_if_ours(Path(checkpoint), "finetune")
+    # CKPT/finetune is recorded as metapt's before it is made, and taken out again when the run
+    # fails before writing there (an encoder that does not load): CKPT's record stays as it was.
+    claim = (
+        outdir.claimed_if_ours(Path(checkpoint), "finetune")
+        if lead and output_dir is None
+        else contextlib.nullcontext()
+    )
     guard = (
         outdir.run_folder(out, "finetune", "metapt finetune", False, overwrite, (Path(source),))
         if lead
         else None
     )
-    with guard or contextlib.nullcontext() as lock:
+    with claim, guard or contextlib.nullcontext() as lock:
         if lock is not None and lock.warning:
             _say(f"warning: {lock.warning}")
         _finetune_seeds(checkpoint, spec, seed_list, out, quiet, lead, names)

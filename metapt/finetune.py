@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from metapt import distributed, outdir, pointless, stats
 from metapt.builders import build_model
 from metapt.catalog import KINDS
-from metapt.checkpoint import lost_current
+from metapt.checkpoint import broken_current, lost_current
 from metapt.data.pipeline import TaskData, eval_batches, kind_of, load_task, stable_seed
 from metapt.data.tokenizer import load_tokenizer
 from metapt.device import autocast_for, pick_device
@@ -36,6 +36,10 @@ def encoder_source(checkpoint: str) -> str:
     """The folder (or hub id) holding the encoder: a metapt output dir's current checkpoint, or as given."""
     path = Path(checkpoint)
     if (path / "current").is_dir():
+        # the encoder files alone would load, but `current` on a checkpoint that is not whole is a
+        # damaged folder: say so and name the intact ones, as pretrain --resume would refuse it
+        if why := broken_current(path):
+            raise CheckpointError(why)
         return str((path / "current").resolve())
     if why := lost_current(path):  # a metapt output dir without its current checkpoint
         raise CheckpointError(why)

@@ -116,6 +116,21 @@ def claim_if_ours(folder: Path, *names: str) -> None:
         claim(folder, *names)
 
 
+@contextlib.contextmanager
+def claimed_if_ours(folder: Path, name: str) -> Iterator[None]:
+    """`claim_if_ours(folder, name)` for a block that creates `name`. A block that fails before
+    `name` exists (run_folder removes a folder it made and left empty) takes a new entry back out,
+    so a run that never started (a bad checkpoint, bad data) leaves the record as it was."""
+    new = name not in owned(folder)
+    claim_if_ours(folder, name)  # before `name` is made: a kill in between never leaves it unrecorded
+    try:
+        yield
+    except BaseException:
+        if new and not (folder / name).exists() and not (folder / name).is_symlink():
+            disown(folder, name)
+        raise
+
+
 def disown(folder: Path, *names: str) -> None:
     """Forget entries metapt has removed."""
     record = _read(folder)

@@ -328,3 +328,59 @@ def test_a_lost_current_checkpoint_with_none_left_says_so(finished: Path, tmp_pa
         f"{out}: its `current` link points to checkpoint-000002, which is gone, and no intact "
         "checkpoint metapt wrote is left there; pretrain again (--overwrite starts again in this folder)"
     )
+
+
+def delete_heads_info(folder: Path) -> None:
+    (folder / checkpoint.HEADS_INFO).unlink()
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "why"),
+    [(delete_heads_info, "missing heads.json"), (unfinished_manifest, "missing completion mark")],
+)
+def test_finetune_on_an_incomplete_current_checkpoint_exits_2_naming_the_intact_ones(
+    finished: Path, tmp_path: Path, runner: CliRunner, corrupt: object, why: str
+) -> None:
+    """finetune followed `current` to the encoder files alone and trained from a checkpoint that
+    is not whole (exit 0); now it refuses as lost_current does, and CKPT's record is left as it was."""
+    out = tmp_path / "out"
+    shutil.copytree(finished, out, symlinks=True)
+    older = out / "checkpoint-000001"  # an intact earlier checkpoint metapt recorded there
+    shutil.copytree(out / "checkpoint-000002", older)
+    manifest = json.loads((older / checkpoint.MANIFEST).read_text())
+    (older / checkpoint.MANIFEST).write_text(json.dumps({**manifest, "episode": 1}))
+    outdir.claim(out, older.name)
+    corrupt(out / "checkpoint-000002")
+    record = (out / outdir.RECORD).read_bytes()
+    result = runner.invoke(
+        app, ["finetune", "--task", "conll2012-synthetic", str(out), "--epochs", "1", "-q"]
+    )
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.stderr.split())
+    assert (
+        f"{out / 'checkpoint-000002'}: incomplete checkpoint ({why}); {out / 'current'} points to it"
+        in message
+    )
+    assert f"metapt also wrote checkpoint-000001/ (after episode 1) in {out} and it is intact" in message
+    assert f"ln -sfn checkpoint-000001 {out / 'current'}" in message
+    assert "Traceback" not in result.stderr
+    assert not (out / "finetune").exists() and (out / outdir.RECORD).read_bytes() == record
+
+
+def test_finetune_on_weights_that_do_not_load_leaves_the_record_as_it_was(
+    finished: Path, tmp_path: Path, runner: CliRunner
+) -> None:
+    """The encoder loads after CKPT/finetune is claimed: the claim is taken back when nothing was
+    written (it stayed, naming a folder that was never made)."""
+    out = tmp_path / "out"
+    shutil.copytree(finished, out, symlinks=True)
+    weights = out / "checkpoint-000002" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    record = (out / outdir.RECORD).read_bytes()
+    assert "finetune" not in json.loads(record)["entries"]
+    result = runner.invoke(
+        app, ["finetune", "--task", "conll2012-synthetic", str(out), "--epochs", "1", "-q"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "model.safetensors" in result.stderr and "Traceback" not in result.stderr
+    assert not (out / "finetune").exists() and (out / outdir.RECORD).read_bytes() == record
