@@ -543,3 +543,87 @@ def test_a_record_of_another_type_names_its_line_and_columns(tmp_path: Path):
     listed.write_text('[{"id": 1}, {"id": 2}, {"id": {"n": 3}}]')
     with pytest.raises(DataError, match=rf"^{re.escape(str(listed))}: record 3: column 'id' is an object"):
         read_split(DataSpec(format="json", train=str(listed)), "train")
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        (
+            '{"sentence": 5, "label": "y"}',
+            "'sentence' is a number (5); every train record needs a string there",
+        ),
+        (
+            '{"sentence": "c d", "label": ["y"]}',
+            "'label' is a list (['y']); every train record needs a string or a number there",
+        ),
+    ],
+)
+def test_a_streamed_jsonl_record_of_the_wrong_type_names_its_line(tmp_path: Path, second: str, message: str):
+    """A stream is never one Arrow table, so schema_error never saw it: a number for the text trained
+    on until the tokenizer failed ("internal error: TypeError", exit 1)."""
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"sentence": "a b", "label": "x"}\n\n' + second + "\n")
+    streamed = DataSpec(format="jsonl", train=str(path), columns={"text": "sentence"}, streaming=True)
+    with pytest.raises(DataError) as e:
+        list(read_split(streamed, "train", needs_of("classification")))
+    assert str(e.value) == f"{path}:3: {message}"
+
+
+def _hub_folder(tmp_path: Path, records: list[str]) -> Path:
+    """A folder `datasets.load_dataset` reads as a hub dataset would be (offline), with a train split."""
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(r + "\n" for r in records))
+    return folder
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize(
+    ("third", "message"),
+    [
+        (
+            '{"sentence": 7, "label": 1}',
+            "'sentence' is a number (7); every train record needs a string there",
+        ),
+        ('{"sentence": "c", "question": 3, "label": 1}', None),  # not a field classification needs
+        ('{"sentence": "c", "label": {"y": 1}}', "'label' is an object ({'y': 1}); every train record needs"),
+        ('{"sentence": "c", "label": null}', "'label' "),
+    ],
+)
+def test_a_hub_record_of_the_wrong_type_or_null_is_named_by_its_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streaming: bool, third: str, message: str | None
+):
+    """Hub records (load_dataset, here of a local folder) have no file and line: "record k". A Json
+    column held the number, and streams were not checked at all (a null or a number reached training)."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    good = '{"sentence": "a b", "label": 0}'
+    folder = _hub_folder(tmp_path, [good, good, third, good])
+    data = DataSpec(
+        format="hf", dataset=str(folder), train="train", columns={"text": "sentence"}, streaming=streaming
+    )
+    if message is None:
+        assert [r["text"] for r in read_split(data, "train", needs_of("classification"))] == [
+            "a b",
+            "a b",
+            "c",
+            "a b",
+        ]
+        return
+    with pytest.raises(DataError) as e:  # a stream says so when it reaches the record
+        list(read_split(data, "train", needs_of("classification")))
+    assert str(e.value).startswith(f"{folder}: record 3: {message}")
+    assert "every train record needs" in str(e.value)
+
+
+def test_a_hub_column_of_numbers_where_text_belongs_names_the_first_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """One Arrow type for the whole column (int64): no schema clash, but not text either."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    folder = _hub_folder(tmp_path, ['{"q": 1, "label": 0}', '{"q": 2, "label": 1}'])
+    data = DataSpec(format="hf", dataset=str(folder), train="train", columns={"text": "q"})
+    with pytest.raises(DataError) as e:
+        read_split(data, "train", needs_of("classification"))
+    assert str(e.value) == (
+        f"{folder}: record 1: 'q' is a number (1); every train record needs a string there ([data.columns].text = 'q')"
+    )

@@ -19,7 +19,15 @@ import datasets
 
 from metapt.data import conll, qa, wikitext
 from metapt.data.files import json_lines, json_records, numbered_lines, open_text
-from metapt.data.records import DELIMITED, check_records, lacking, schema_error, source_groups
+from metapt.data.records import (
+    DELIMITED,
+    check_records,
+    checked_stream,
+    record_problem,
+    schema_error,
+    source_fields,
+    source_groups,
+)
 from metapt.errors import DataError, MissingDataError
 from metapt.spec import DataSpec
 from metapt.validation import missing_data
@@ -95,17 +103,20 @@ def _text_documents(files: list[str]) -> Iterator[dict]:
 
 
 def _jsonl_records(
-    files: list[str], needs: tuple[tuple[str, ...], ...] = (), split: str = ""
+    files: list[str],
+    needs: tuple[tuple[str, ...], ...] = (),
+    split: str = "",
+    fields: dict[str, str] | None = None,
 ) -> Iterator[dict]:
     """The objects of JSON-lines files; a stream checks each against `needs` (column groups, see
-    `check_records`) as it goes, since it is never held whole."""
+    `check_records`) and the types of their `fields` (column -> field) as it goes, since it is never
+    held whole (nor converted to one Arrow schema)."""
     for name in files:
         for n, record in json_lines(Path(name)):
             if not isinstance(record, dict):
                 raise DataError(f"{name}:{n}: a JSON {type(record).__name__} (expected an object per line)")
-            for columns in needs:
-                if all(record.get(c) is None for c in columns):
-                    raise DataError(f"{name}:{n}: {lacking(record, columns, split)}")
+            if why := record_problem(record, needs, split, fields or {}):
+                raise DataError(f"{name}:{n}: {why}")
             yield record
 
 
@@ -226,6 +237,7 @@ def read_split(
             gen_kwargs: dict = {"files": [str(f) for f in files]}
             if data.format == "jsonl":  # the other streams make their records' fields themselves
                 gen_kwargs |= {"needs": source_groups(needs, data.columns), "split": split}
+                gen_kwargs["fields"] = source_fields(needs, data.columns)
             ds = datasets.IterableDataset.from_generator(_STREAMS[data.format], gen_kwargs=gen_kwargs)
         else:
             ds = READERS[data.format](files, data)
@@ -239,6 +251,10 @@ def read_split(
             "format); check the file, or [data].format"
         )
     names = ds.column_names
+    if data.format == "hf" and isinstance(ds, datasets.IterableDataset):  # in the hub's column names
+        ds = checked_stream(
+            ds, source_groups(needs, data.columns), split, where, source_fields(needs, data.columns)
+        )
     ds = rename_columns(ds, data.columns, where)
     if isinstance(ds, datasets.Dataset):
         check_records(ds, needs, names, data, files, split, where)

@@ -129,6 +129,73 @@ def lacking(record: dict | None, columns: tuple[str, ...], split: str, value: ob
     return f"{what}; every {split} record needs a value for {' or '.join(map(repr, columns))}"
 
 
+# What each record field a kind needs (catalog.record_fields) must hold, as Python values. An Arrow
+# column of local records has one type (schema_error), but a stream is never converted, and a hub
+# dataset's `datasets.Json` column holds any mix: both are checked against this.
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("text", "question", "context"), (str,)),
+    **dict.fromkeys(("sentences", "turns", "tokens", "tags", "srl_tags", "predicate_indices"), (list,)),
+    **dict.fromkeys(("entities", "relations", "choices"), (list,)),
+    "answers": (dict, list),  # SQuAD's {"text": [...], "answer_start": [...]}, ReCoRD's list
+    "label": (str, int, float),  # a label name or index, or a regression target (bool is an int)
+}
+
+
+def _wanted(types: tuple[type, ...]) -> str:
+    return " or ".join(dict.fromkeys(_JSON_TYPES[t] for t in types))
+
+
+def misfit(value: object, column: str, field: str, split: str) -> str | None:
+    """What is wrong with the non-null `value` of `column` (record field `field`) for a message, or None."""
+    wanted = FIELD_TYPES.get(field)
+    if value is None or wanted is None or isinstance(value, wanted):
+        return None
+    shown = _JSON_TYPES.get(type(value), type(value).__name__)
+    return f"{column!r} is {shown} ({str(value)[:40]}); every {split} record needs {_wanted(wanted)} there"
+
+
+def record_problem(
+    record: dict, needs: tuple[tuple[str, ...], ...], split: str, fields: dict[str, str]
+) -> str | None:
+    """What one record lacks of `needs` (column groups) or holds of the wrong type, or None;
+    `fields`: column -> the record field it becomes (a column not in it is its own field)."""
+    for group in needs:
+        if all(record.get(c) is None for c in group):
+            return lacking(record, group, split)
+        for c in group:
+            if why := misfit(record.get(c), c, fields.get(c, c), split):
+                return why
+    return None
+
+
+def checked_stream(
+    ds: datasets.IterableDataset,
+    needs: tuple[tuple[str, ...], ...],
+    split: str,
+    where: str,
+    fields: dict[str, str],
+) -> datasets.IterableDataset:
+    """A hub stream whose records are checked as they are read (it is never held whole, and has no
+    file and line to name) against `needs` and `fields` as `record_problem` takes them: the first
+    bad one is a DataError naming "WHERE: record k"."""
+
+    def check(record: dict, k: int) -> dict:
+        if why := record_problem(record, needs, split, fields):
+            raise DataError(f"{where}: record {k + 1}: {why}")
+        return record
+
+    return ds.map(check, with_indices=True, features=ds.features)
+
+
+def source_fields(needs: tuple[tuple[str, ...], ...], columns: dict[str, str | list[str]]) -> dict[str, str]:
+    """Each of the data's own columns that can become a field of `needs`, and that field."""
+    out = {}
+    for field in (f for group in needs for f in group):
+        options = columns.get(field, field)
+        out |= dict.fromkeys([options] if isinstance(options, str) else options, field)
+    return out
+
+
 # (delimiter, quoting) per delimited format. GLUE's TSV files do not quote: a '"' inside a cell is literal.
 DELIMITED: dict[str, tuple[str, int]] = {"csv": (",", csv.QUOTE_MINIMAL), "tsv": ("\t", csv.QUOTE_NONE)}
 
@@ -184,3 +251,41 @@ def check_records(
         mapped = [f"[data.columns].{f} = {s!r}" for f, s in zip(present, sources, strict=True) if f != s]
         note = f" ({', '.join(mapped)})" if mapped else ""
         raise DataError(f"{place}: {lacking(raw, sources, split, ds[i][present[0]])}{note}")
+    for field in (f for group in needs for f in group if f in ds.column_names):
+        _check_type(ds, field, names, data, files, split, where)
+
+
+def _arrow_fits(kind: object, wanted: tuple[type, ...]) -> bool:
+    """Whether an Arrow column type holds only values of the `wanted` Python types."""
+    import pyarrow as pa
+
+    checks = {
+        str: lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+        list: lambda t: pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t),
+        dict: pa.types.is_struct,
+        int: lambda t: pa.types.is_integer(t) or pa.types.is_boolean(t),
+        float: pa.types.is_floating,
+    }
+    return any(checks[t](kind) for t in wanted)
+
+
+def _check_type(
+    ds: datasets.Dataset,
+    field: str,
+    names: list[str],
+    data: DataSpec,
+    files: list[Path],
+    split: str,
+    where: str,
+) -> None:
+    """A DataError naming the first record whose `field` has a value of the wrong type. Read in
+    Python only when the column's Arrow type is not one of the field's (a hub dataset's Json column
+    of mixed values, a column of numbers where text belongs)."""
+    wanted = FIELD_TYPES.get(field)
+    if wanted is None or _arrow_fits(ds.data.column(field).type, wanted):
+        return
+    source = _source(field, data.columns, names)
+    for i, value in enumerate(ds[field]):
+        if why := misfit(value, source, field, split):
+            note = f" ([data.columns].{field} = {source!r})" if source != field else ""
+            raise DataError(f"{_place(files, data, i, where)[0]}: {why}{note}")
