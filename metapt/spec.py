@@ -168,7 +168,13 @@ class RunSection:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    pretrained: str = _f("", help="hub id or local dir; empty: a new encoder from the fields below")
+    # A relative dir is the working directory's, as [run].output_dir (which a later run's pretrained
+    # names), not the spec file's: joining it to the spec's folder would break such a pair and make
+    # a hub id ambiguous with a folder of that name beside the spec.
+    pretrained: str = _f(
+        "",
+        help="hub id or local dir (relative to the working directory); empty: a new encoder from the fields below",
+    )
     architecture: str = _f("bert", choices=("bert", "roberta"), help="encoder family")
     hidden_size: int = _f(128, low=8, high=16384, help="hidden width")
     num_layers: int = _f(2, low=1, high=96, help="transformer layers")
@@ -180,7 +186,10 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class TokenizerSpec:
-    pretrained: str = _f("", help="hub id or local dir; empty: WordPiece trained on the sources' text")
+    pretrained: str = _f(
+        "",
+        help="hub id or local dir (relative to the working directory); empty: WordPiece trained on the sources' text",
+    )
     vocab_size: int = _f(8000, low=100, high=1_000_000, help="WordPiece vocabulary when trained")
     lowercase: bool = _f(True, help="lowercase text when a WordPiece is trained")
 

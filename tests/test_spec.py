@@ -341,3 +341,38 @@ def test_mps_is_a_device_for_the_spec_and_the_option_alike(
     assert (
         [p.message for p in option.value.problems] == [p.message for p in file.value.problems] == [expected]
     )
+
+
+def test_pretrained_paths_are_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`[model].pretrained` and `[tokenizer].pretrained` name a folder from where metapt runs, as
+    `[run].output_dir` does (an earlier run's output), not from the spec file's folder; reference.md
+    said every path was the spec file's."""
+    from transformers import BertConfig, BertModel
+
+    from metapt import builders, runspec
+    from metapt.data.tokenizer import load_tokenizer, train_wordpiece
+
+    warm = tmp_path / "work" / "warm"
+    config = BertConfig(
+        vocab_size=120, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=16
+    )
+    BertModel(config).save_pretrained(warm)
+    train_wordpiece(["a b c d e f g"] * 20, 100).save_pretrained(warm)
+    text = '[model]\npretrained = "warm"\n[tokenizer]\npretrained = "warm"\n[meta]\nsources = ["mlm"]\n'
+    run = write(tmp_path, "specs/run.toml", text)  # no warm/ beside it
+    monkeypatch.chdir(tmp_path / "work")
+    spec = parse_run(run)
+    assert (spec.model.pretrained, spec.tokenizer.pretrained) == ("warm", "warm")  # as written
+    assert builders.build_encoder(spec.model, None).config.hidden_size == 8
+    assert (
+        load_tokenizer(spec.tokenizer.pretrained).vocab_size
+        == train_wordpiece(["a b c d e f g"] * 20, 100).vocab_size
+    )
+    assert warm.resolve() in [p.resolve() for p in runspec.inputs(spec)]  # what --overwrite must not clear
+    reference = " ".join((REPO / "docs" / "reference.md").read_text().split())
+    assert (
+        "except `[run].output_dir`, `[model].pretrained` and `[tokenizer].pretrained`, which are relative "
+        "to the working directory" in reference
+    )
