@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import glob
 import itertools
 import re
 from pathlib import Path
@@ -11,12 +12,22 @@ from metapt.errors import MetaptError
 from metapt.spec import LOCAL_FORMATS, DataSpec, TaskSpec
 from metapt.validation import missing_data
 
-# File or folder name prefixes of each split, as the public datasets name them.
-PREFIXES = {
-    "train": ("train",),
-    "validation": ("dev", "val", "valid", "validation", "devel", "development"),
-    "test": ("test",),
+# The words that name each split in a file or folder name: Hugging Face datasets' SPLIT_KEYWORDS
+# (datasets/data_files.py), plus the CoNLL releases' devel/ and development/ folders.
+KEYWORDS = {
+    "train": ("train", "training"),
+    "validation": ("validation", "valid", "dev", "val", "devel", "development"),
+    "test": ("test", "testing", "eval", "evaluation"),
 }
+CANONICAL = {word: split for split, words in KEYWORDS.items() for word in words}
+# What separates words in a name, as datasets' NON_WORDS_CHARS: "dev.tsv", "squad-dev-v2.0.json",
+# "conll04_train.json" name a split; "devil.txt", "contest.txt" do not.
+_SEPARATORS = re.compile(r"[-._ \d]+")
+# Words that tell a file's type, not which variant of a split it holds.
+_TYPE_WORDS = {"json", "jsonl", "tsv", "csv", "parquet", "txt", "arrow", "gz", "bz", "xz", "zst", "zip"}
+# Code and notes beside the data (a test.py, an eval.sh) are never a split.
+_NOT_DATA = {".py", ".sh", ".md", ".ipynb", ".lock", ".log"}
+
 BY_EXTENSION = {
     ".tsv": "tsv",
     ".csv": "csv",
@@ -29,32 +40,100 @@ BY_EXTENSION = {
 BY_DATASET = {"super_glue": "superglue", "squad": "squad", "squad_v2": "squad"}
 
 
-def _names_split(name: str, split: str) -> bool:
+def _words(name: str) -> list[str]:
+    """The words of a file or folder name, lower-cased."""
+    return [w for w in _SEPARATORS.split(name.lower()) if w]
+
+
+def names_split(name: str, split: str) -> bool:
     """Whether a file or folder name has a word naming the split (train, dev, valid, test ...)."""
-    return bool(set(re.split(r"[._\-\d]+", name.lower())) & set(PREFIXES[split]))
+    return any(w in KEYWORDS[split] for w in _words(name))
 
 
-def _match(folder: Path, split: str, named: str = "") -> str:
-    """The entries of `folder` whose name has a word naming the split (train, dev, valid, test ...);
-    of several, the one the spec's own path for the split ends in (`named`: CoNLL-2005's test.wsj,
-    not test.brown beside it), else all of them."""
-    hits = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and _names_split(p.name, split))
-    if not hits:
+def _canonical(name: str) -> list[str]:
+    """A name's words without its type words, a split word read as the split: dev_matched.tsv and
+    validation_matched both read ["validation", "matched"]."""
+    return [CANONICAL.get(w, w) for w in _words(name) if w not in _TYPE_WORDS]
+
+
+def _variant(have: list[str], want: list[str], split: str) -> bool:
+    """Whether `have` is another variant of the split `want` names: the same words up to the split's
+    word and different ones after it (test.brown for test.wsj, dev_mismatched for dev_matched)."""
+    if split not in want or len(have) != len(want) or have == want:
+        return False
+    at = want.index(split)
+    return at + 1 < len(want) and have[: at + 1] == want[: at + 1]
+
+
+def _same_but_counter(a: str, b: str) -> bool:
+    """Whether two names differ only in one zero-padded counter: shards of one split
+    (train-00000-of-00002.parquet and train-00001-of-00002.parquet, nq-dev-00 ... nq-dev-04), not
+    versions (dev-v1.1.json, dev-v2.0.json)."""
+    pa, pb = re.split(r"(\d+)", a), re.split(r"(\d+)", b)
+    if len(pa) != len(pb):
+        return False
+    diff = [i for i, (x, y) in enumerate(zip(pa, pb, strict=True)) if x != y]
+    return len(diff) == 1 and diff[0] % 2 == 1 and len(pa[diff[0]]) == len(pb[diff[0]]) >= 2
+
+
+def _shard_glob(paths: list[Path]) -> str:
+    """A glob matching exactly these shards: their counter as [0-9] of its width, the rest escaped."""
+    parts, other = re.split(r"(\d+)", paths[0].name), re.split(r"(\d+)", paths[1].name)
+    at = next(i for i, (x, y) in enumerate(zip(parts, other, strict=True)) if x != y)
+    name = "".join("[0-9]" * len(p) if i == at else glob.escape(p) for i, p in enumerate(parts))
+    return str(paths[0].parent / name)
+
+
+def _candidates(folder: Path, split: str) -> dict[str, tuple[str, list[str]]]:
+    """Name -> (location, canonical words) of each entry of `folder` naming the split; the shards of
+    one name are one entry, a glob."""
+    hits = sorted(
+        p
+        for p in folder.iterdir()
+        if not p.name.startswith(".") and p.suffix not in _NOT_DATA and names_split(p.name, split)
+    )
+    groups: list[list[Path]] = []
+    for p in hits:
+        group = next((g for g in groups if _same_but_counter(g[0].name, p.name)), None)
+        if group:
+            group.append(p)
+        else:
+            groups.append([p])
+    found = {}
+    for g in groups:
+        location = str(g[0]) if len(g) == 1 else _shard_glob(g)
+        found[Path(location).name] = (location, _canonical(g[0].name))
+    return found
+
+
+def _match(folder: Path, split: str, named: str = "", task: str = "") -> str:
+    """The entry of `folder` for the split (a glob for shards); "" when none names it. Of several,
+    the one the spec's own name for the split picks (`named`: CoNLL-2005's test.wsj beside
+    test.brown, MNLI's validation_matched for dev_matched.tsv beside dev_mismatched.tsv); else a
+    MetaptError naming them all, as for a lone entry that is clearly another variant of `named`."""
+    found = _candidates(folder, split)
+    if not found:
         return ""
-    if len(hits) == 1:
-        return str(hits[0])
-    same = [p for p in hits if named and p.name == named]
-    return str(same[0]) if same else str(folder / _common(hits))
-
-
-def _common(paths: list[Path]) -> str:
-    """A glob matching every path (their common name prefix, then *)."""
-    names = [p.name for p in paths]
-    prefix = names[0]
-    for n in names[1:]:
-        while not n.startswith(prefix):
-            prefix = prefix[:-1]
-    return prefix + "*"
+    if named in found:
+        return found[named][0]
+    want = _canonical(named) if named else []
+    same = [n for n, (_, words) in found.items() if want and words == want]
+    if len(same) == 1:
+        return found[same[0]][0]
+    others = same or [n for n, (_, words) in found.items() if not _variant(words, want, split)]
+    if not others:
+        raise MetaptError(
+            f"--data {folder}: task {task!r} reads {named!r} as its {split} split, but the folder "
+            f"has only {', '.join(found)} for it, another variant; add {named}, or write a task spec "
+            f"whose [data].{split} names the file to read"
+        )
+    if len(others) == 1:
+        return found[others[0]][0]
+    raise MetaptError(
+        f"--data {folder}: {' and '.join(others)} {'both' if len(others) == 2 else 'all'} name the "
+        f"{split} split of task {task!r}; keep one of them in the folder, or write a task spec "
+        f"whose [data].{split} names the file to read"
+    )
 
 
 def _format(spec: TaskSpec, path: Path) -> str:
@@ -65,7 +144,7 @@ def _format(spec: TaskSpec, path: Path) -> str:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     # The split files tell the format, not a LICENSE.txt or readme.txt beside them (GLUE's STS-B).
     inside = {f: f.relative_to(path).parts if path.is_dir() else (f.name,) for f in files}
-    in_splits = [f for f in files if any(_names_split(part, s) for part in inside[f] for s in PREFIXES)]
+    in_splits = [f for f in files if any(names_split(part, s) for part in inside[f] for s in KEYWORDS)]
     for f in in_splits + files:
         if f.suffix in BY_EXTENSION:
             return BY_EXTENSION[f.suffix]
@@ -77,9 +156,9 @@ def _format(spec: TaskSpec, path: Path) -> str:
 
 
 def with_local_data(spec: TaskSpec, path: Path) -> TaskSpec:
-    """The spec reading `path`: a file becomes the train split; a folder's train*/dev*|val*/test*
-    entries become the splits (or, with none, the whole folder is the train split); of several
-    entries for one split, the one named as in the spec."""
+    """The spec reading `path`: a file becomes the train split; the entries of a folder whose names
+    have a split's word (train, dev, validation, test ...: `_match`) become the splits (or, with
+    none, the whole folder is the train split)."""
     path = Path(path).absolute()
     if not path.exists():
         raise MetaptError(f"--data {path}: no such file or folder")
@@ -87,7 +166,7 @@ def with_local_data(spec: TaskSpec, path: Path) -> TaskSpec:
     if path.is_file():
         splits = {"train": str(path), "validation": "", "test": ""}
     else:
-        splits = {s: _match(path, s, Path(getattr(spec.data, s)).name) for s in PREFIXES}
+        splits = {s: _match(path, s, Path(getattr(spec.data, s)).name, spec.name) for s in KEYWORDS}
         if not any(splits.values()):
             splits = {"train": str(path), "validation": "", "test": ""}
     data = dataclasses.replace(spec.data, format=fmt, base_dir="/", dataset="", **splits)

@@ -1,0 +1,123 @@
+"""`--data FOLDER`: which entries of a folder become a task's train, validation and test splits (the
+words Hugging Face datasets reads in split file names, shards read together, duplicates and other
+variants refused), on tiny fixtures in the real layouts (tests/fixtures/localdata) and empty files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from metapt.data.readers import read_split
+from metapt.errors import MetaptError
+from metapt.finetune import task_spec
+
+FX = Path(__file__).resolve().parent / "fixtures" / "localdata"
+
+
+def _folder(folder: Path, *names: str) -> Path:
+    """A folder of empty files (or, for names ending in /, folders): only the names matter here."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if name.endswith("/"):
+            (folder / name).mkdir()
+        else:
+            (folder / name).write_text("")
+    return folder
+
+
+def _splits(task: str, folder: Path) -> tuple[str, str, str]:
+    data = task_spec(task, folder, {}).data
+    return tuple(Path(p).name if p else "" for p in (data.train, data.validation, data.test))
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (("train.tsv", "dev.tsv"), ("train.tsv", "dev.tsv", "")),
+        (
+            ("training.jsonl", "validation.jsonl", "testing.jsonl"),
+            ("training.jsonl", "validation.jsonl", "testing.jsonl"),
+        ),
+        (
+            ("squad-train-v2.0.json", "squad-dev-v2.0.json"),
+            ("squad-train-v2.0.json", "squad-dev-v2.0.json", ""),
+        ),
+        (
+            ("train data.csv", "eval.csv"),
+            ("train data.csv", "", "eval.csv"),
+        ),  # datasets' separators and words
+        (("train.tsv", "dev.tsv", "devil.txt", "contest.txt", "test.py"), ("train.tsv", "dev.tsv", "")),
+    ],
+)
+def test_split_files_are_the_names_with_a_split_word(
+    names: tuple[str, ...], expected: tuple[str, str, str], tmp_path: Path
+) -> None:
+    # The old prefixes lacked training/testing/eval and a space as a separator.
+    assert _splits("rte", _folder(tmp_path, *names)) == expected
+
+
+def test_parquet_shards_of_a_split_are_read_together() -> None:
+    # The hub's layout of nyu-mll/glue rte: train in two shards, validation in one.
+    data = task_spec("rte", FX / "rte-parquet", {}).data
+    assert data.train == str(FX / "rte-parquet" / "train-[0-9][0-9][0-9][0-9][0-9]-of-00002.parquet")
+    train = read_split(data, "train")
+    assert train["text"] == ["Omega is in Rome.", "The bridge is green.", "Ann wrote a book."]
+    assert len(read_split(data, "validation")) == 1
+
+
+def test_shards_are_told_from_versions(tmp_path: Path) -> None:
+    # nq-dev-00 ... nq-dev-02 are one split; dev-v1.1.json and dev-v2.0.json are two SQuAD versions.
+    folder = _folder(tmp_path, "nq-train-00.jsonl", "nq-dev-00.jsonl", "nq-dev-01.jsonl", "nq-dev-02.jsonl")
+    data = task_spec("natural_questions", folder, {}).data
+    assert data.validation == str(folder / "nq-dev-[0-9][0-9].jsonl")
+    squad = _folder(tmp_path / "squad", "train-v1.1.json", "dev-v1.1.json", "dev-v2.0.json")
+    with pytest.raises(MetaptError) as e:
+        task_spec("squad", squad, {})
+    assert str(e.value) == (
+        f"--data {squad}: dev-v1.1.json and dev-v2.0.json both name the validation split of task "
+        "'squad'; keep one of them in the folder, or write a task spec whose [data].validation names "
+        "the file to read"
+    )
+
+
+def test_two_files_for_one_split_exit_naming_both(tmp_path: Path) -> None:
+    # The old rule globbed their common prefix (here "*": every file of the folder) as one split.
+    folder = _folder(tmp_path, "train.tsv", "dev.tsv", "validation.tsv")
+    with pytest.raises(MetaptError, match=r"dev\.tsv and validation\.tsv both name the validation split"):
+        task_spec("rte", folder, {})
+
+
+def test_the_specs_split_name_picks_mnli_dev_matched() -> None:
+    # tasks/glue/mnli.toml reads validation_matched: GLUE's dev_matched.tsv, not dev_mismatched.tsv
+    # too (the old glob dev_m* read both, 5 records); rte's plain "validation" picks neither.
+    data = task_spec("mnli", FX / "MNLI", {}).data
+    assert (Path(data.train).name, Path(data.validation).name) == ("train.tsv", "dev_matched.tsv")
+    dev = read_split(data, "validation")
+    assert (dev["text"], dev["label"]) == (["The dog slept.", "She sang."], ["entailment", "contradiction"])
+    with pytest.raises(MetaptError, match="dev_matched.tsv and dev_mismatched.tsv both name the validation"):
+        task_spec("rte", FX / "MNLI", {})
+
+
+def test_a_lone_other_variant_is_not_taken(tmp_path: Path) -> None:
+    # Only dev_mismatched.tsv for MNLI's validation_matched, only test.brown/ for CoNLL-2005's
+    # test.wsj: the old rule took the one entry there without a word.
+    mnli = _folder(tmp_path / "MNLI", "train.tsv", "dev_mismatched.tsv")
+    with pytest.raises(MetaptError) as e:
+        task_spec("mnli", mnli, {})
+    assert str(e.value) == (
+        f"--data {mnli}: task 'mnli' reads 'validation_matched' as its validation split, but the "
+        "folder has only dev_mismatched.tsv for it, another variant; add validation_matched, or "
+        "write a task spec whose [data].validation names the file to read"
+    )
+    release = _folder(tmp_path / "release", "train/", "devel/", "test.brown/")
+    with pytest.raises(
+        MetaptError, match="reads 'test.wsj' as its test split, but the folder has only test.brown"
+    ):
+        task_spec("conll2005", release, {})
+
+
+def test_an_entry_with_other_words_is_still_taken(tmp_path: Path) -> None:
+    # conll04's spec names conll04_dev.json; a folder's plain dev.json is no other variant of it.
+    folder = _folder(tmp_path, "train.json", "dev.json")
+    assert _splits("conll04", folder) == ("train.json", "dev.json", "")
