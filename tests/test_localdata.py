@@ -1,13 +1,17 @@
 """`--data FOLDER`: which entries of a folder become a task's train, validation and test splits (the
 words Hugging Face datasets reads in split file names, shards read together, duplicates and other
-variants refused), on tiny fixtures in the real layouts (tests/fixtures/localdata) and empty files."""
+variants refused; SQuAD 2.0 files for the v1.1 task), on tiny fixtures in the real layouts
+(tests/fixtures/localdata) and empty files."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from metapt.cli import app
+from metapt.data.pipeline import load_task
 from metapt.data.readers import read_split
 from metapt.errors import MetaptError
 from metapt.finetune import task_spec
@@ -121,3 +125,46 @@ def test_an_entry_with_other_words_is_still_taken(tmp_path: Path) -> None:
     # conll04's spec names conll04_dev.json; a folder's plain dev.json is no other variant of it.
     folder = _folder(tmp_path, "train.json", "dev.json")
     assert _splits("conll04", folder) == ("train.json", "dev.json", "")
+
+
+# ------------------------------------------------------------------ SQuAD 2.0 files for a v1.1 task
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 1-layer, 32-wide BERT with a WordPiece over the SQuAD fixtures' words, as an HF folder."""
+    from transformers import BertConfig, BertModel
+
+    from metapt.data.tokenizer import train_wordpiece
+
+    tok = train_wordpiece([f.read_text() for f in (FX / "squad2").iterdir()], vocab_size=150)
+    config = BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    folder = tmp_path_factory.mktemp("encoder")
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_squad_v1_task_on_squad_2_files_exits_2_naming_squad_v2(
+    encoder: Path, runner: CliRunner, tmp_path: Path
+) -> None:
+    # train-v2.0.json's one is_impossible question is its last; it was read as a question with no
+    # answer, trained to point at [CLS] and left out of the v1.1 scores, without a word.
+    args = ["finetune", "--task", "squad", str(encoder), "--data", str(FX / "squad2")]
+    result = runner.invoke(app, [*args, "--output-dir", str(tmp_path / "out"), "--epochs", "1"])
+    assert result.exit_code == 2, result.output
+    assert " ".join(result.stderr.split()) == (
+        f"error: {FX / 'squad2' / 'train-v2.0.json'}: 1 of 4 questions have no answer (SQuAD 2.0's "
+        "is_impossible), but task 'squad' reads SQuAD v1.1, where every question has one; use --task "
+        "squad_v2 for SQuAD 2.0 files (in a spec of your own: [options].version_2_with_negative = true)"
+    )
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_squad_files_of_their_own_version_are_read() -> None:
+    v2 = task_spec("squad_v2", FX / "squad2", {})
+    task = load_task(v2, None, ("train", "validation"), encode=False)
+    assert [r["id"] for r in task.records["validation"]] == ["d1", "d2"]
+    assert task.records["validation"][1]["answers"] == {"text": [], "answer_start": []}
+    v1 = task_spec("squad", FX.parent / "finetune" / "squad", {})
+    assert len(load_task(v1, None, ("train", "validation"), encode=False).records["train"]) == 6

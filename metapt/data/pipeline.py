@@ -141,10 +141,12 @@ def load_task(
     pass a checkpoint's saved `info` to score with the label order a head was trained with.
     """
     from metapt.catalog import record_fields
+    from metapt.data.qa import no_squad_v2
     from metapt.data.readers import read_split
 
     records = records or {s: read_split(spec.data, s, record_fields(spec.kind, s)) for s in splits}
     _check_fields(spec, records)
+    no_squad_v2(spec, records)
     if info is None:
         info = kind_of(spec).prepare(spec, records.get("train"))
         if tokenizer is not None:

@@ -17,7 +17,7 @@ import datasets
 
 from metapt.data.files import json_lines, load_json, numbered_lines
 from metapt.errors import DataError
-from metapt.spec import DataSpec
+from metapt.spec import DataSpec, TaskSpec
 
 log = logging.getLogger("metapt")
 
@@ -51,6 +51,25 @@ def read_squad(files: list[Path], data: DataSpec) -> datasets.Dataset:
                 "{data: [{title, paragraphs: [{context, qas: [{id, question, answers}]}]}]})"
             ) from None
     return datasets.Dataset.from_list(records)
+
+
+def no_squad_v2(spec: TaskSpec, records: dict[str, Any]) -> None:
+    """DataError when a SQuAD v1.1 task (extractive_qa on squad files, without
+    version_2_with_negative) reads SQuAD 2.0 files: read_squad gives their is_impossible questions no
+    answers, which v1.1 never has; they would train the pointer on [CLS] and never be scored. Decided
+    from the parsed records, so a file whose first impossible question comes late is caught too."""
+    if spec.kind != "extractive_qa" or spec.data.format != "squad" or spec.option("version_2_with_negative"):
+        return
+    for split, ds in records.items():
+        if not isinstance(ds, datasets.Dataset):  # a stream: not a SQuAD file
+            continue
+        if unanswered := sum(1 for a in ds["answers"] if not a["text"]):
+            raise DataError(
+                f"{spec.data.location(split)}: {unanswered} of {len(ds)} questions have no answer "
+                f"(SQuAD 2.0's is_impossible), but task {spec.name!r} reads SQuAD v1.1, where every "
+                "question has one; use --task squad_v2 for SQuAD 2.0 files (in a spec of your own: "
+                "[options].version_2_with_negative = true)"
+            )
 
 
 def _check_answers(path: Path, qid: str, context: str, answers: list[dict]) -> None:
