@@ -151,8 +151,8 @@ def validate(
 
     problems = []
     for path in files:
-        path = find_run(str(path))  # a file, or a built-in name as pretrain takes (`agnostic`, `squad`)
         try:
+            path = find_run(str(path))  # a file, or a built-in name as pretrain takes (`agnostic`, `squad`)
             spec = parse_any(path)
         except SpecError as e:
             problems += e.problems

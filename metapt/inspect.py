@@ -50,7 +50,11 @@ def _entries(paths: list[Path] | None) -> list[Entry]:
     A run spec found in a folder is not a task, and is skipped."""
     out: list[Entry] = []
     for p in paths or [None]:
-        p = p if p is None or p.exists() else find_run(str(p))  # a built-in name: `agnostic`, `squad`
+        try:  # a built-in name: `agnostic`, `squad`
+            p = p if p is None or p.exists() else find_run(str(p))
+        except MetaptError as e:  # no such file or name: listed, with the close names
+            out.append((p.stem, p, e, None))
+            continue
         try:
             run = p is not None and p.is_file() and is_run_spec(read_toml(p))
         except MetaptError:  # not readable: listed below, with why

@@ -7,6 +7,7 @@ so an installed `metapt` works from any folder.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from functools import cache
 from pathlib import Path
 
@@ -83,12 +84,54 @@ def run_references(path: Path) -> list[tuple[str, str, Path | SpecError]]:
     return out
 
 
-def find_task(name: str) -> Path:
-    """The spec file for a task name; an unknown name lists the known ones."""
+def _known_tasks() -> dict[str, Path]:
+    """Task name -> spec file, over the search roots in order."""
     known: dict[str, Path] = {}
     for root in search_roots():
         for n, p in _index(root).items():
             known.setdefault(n, p)
+    return known
+
+
+@cache
+def _run_names(root: Path) -> tuple[str, ...]:
+    """The names of the run specs under one root, as find_run takes them (`agnostic`, `paper/aware-qa`)."""
+    names = []
+    for path in sorted(root.rglob("*.toml")):
+        try:
+            if is_run_spec(read_toml(path)):
+                names.append(path.relative_to(root).with_suffix("").as_posix())
+        except SpecError:
+            continue
+    return tuple(names)
+
+
+def not_found(ref: str, path: Path) -> SpecError:
+    """ "no such file" for a spec reference that names nothing, with the close names: the .toml files
+    in the folder it names, the built-in task names and run spec names (difflib's close matches)."""
+    stem = Path(ref).name.removesuffix(".toml")
+    close = []
+    if path.parent.is_dir():  # `--task path/rtee.toml`: path/rte.toml beside it
+        stems = [f.stem for f in path.parent.glob("*.toml")]
+        close += [str(path.parent / f"{c}.toml") for c in difflib.get_close_matches(stem, stems, n=3)]
+    names = [*_known_tasks(), *(n for root in search_roots() for n in _run_names(root))]
+    for word in (ref.removeprefix("tasks/").removesuffix(".toml"), stem):  # paper/agnostc, then agnostc
+        close += [c for c in difflib.get_close_matches(word, names, n=3) if c not in close]
+    what = "no such file" if "/" in ref or ref.endswith(".toml") else "no such file or spec name"
+    return SpecError([Problem(str(path), "", what + _did_you_mean(close[:3]))])
+
+
+def _did_you_mean(options: list[str]) -> str:
+    """ " (did you mean 'a', 'b' or 'c'?)", or "" for none."""
+    if not options:
+        return ""
+    quoted = [repr(o) for o in options]
+    return f" (did you mean {' or '.join(filter(None, [', '.join(quoted[:-1]), quoted[-1]]))}?)"
+
+
+def find_task(name: str) -> Path:
+    """The spec file for a task name; an unknown name lists the known ones."""
+    known = _known_tasks()
     if name in known:
         return known[name]
     raise SpecError(
@@ -112,8 +155,12 @@ def task_path(ref: str, relative_to: Path | None = None) -> Path:
 
 
 def load_task(ref: str, relative_to: Path | None = None) -> TaskSpec:
-    """A task by name, or by path (a .toml, relative to `relative_to` or the working directory)."""
-    return parse_task(task_path(ref, relative_to))
+    """A task by name, or by path (a .toml, relative to `relative_to` or the working directory); a
+    path to nothing is a SpecError naming the close files and task names."""
+    path = task_path(ref, relative_to)
+    if not path.exists():
+        raise not_found(ref, path)
+    return parse_task(path)
 
 
 def parse_run(path: Path) -> RunSpec:
@@ -135,8 +182,13 @@ def _resolve(path: Path, key: str, refs: tuple[str, ...], problems: list[Problem
             out.append(load_task(ref, relative_to=path.parent))
         except SpecError as e:
             for p in e.problems:
-                if p.file == "<task name>" or (p.message == "no such file" and not p.key):
-                    where = "" if p.file == "<task name>" else f"{ref!r}: no such file (looked for {p.file})"
+                if p.file == "<task name>" or (p.message.startswith("no such file") and not p.key):
+                    hint = p.message.removeprefix("no such file")
+                    where = (
+                        ""
+                        if p.file == "<task name>"
+                        else f"{ref!r}: no such file (looked for {p.file}){hint}"
+                    )
                     problems.append(Problem(str(path), key, where or p.message))
                 else:
                     problems.append(p)
@@ -146,7 +198,8 @@ def _resolve(path: Path, key: str, refs: tuple[str, ...], problems: list[Problem
 def find_run(ref: str) -> Path:
     """A run spec by path, or by name among ./tasks and the built-in specs (`agnostic`,
     `tasks/agnostic.toml` from any folder, `paper/aware-qa`); else a task spec by name (`rte`, in
-    tasks/glue/), so `validate` takes what `finetune --task` takes."""
+    tasks/glue/), so `validate` takes what `finetune --task` takes. SpecError (with the close names)
+    when nothing has that name."""
     path = Path(ref)
     if path.is_file():
         return path
@@ -160,7 +213,9 @@ def find_run(ref: str) -> Path:
             return find_task(ref)
         except SpecError:
             pass
-    return path  # parse_run reports it missing
+    if path.exists():  # a folder: read_toml says so
+        return path
+    raise not_found(ref, path)
 
 
 def parse_any(path: Path) -> RunSpec | TaskSpec:

@@ -158,3 +158,40 @@ def test_inspect_tasks_piped_prints_one_line_per_task_with_whole_words(tmp_path:
         "cross_entropy",
     ]
     assert len(lines) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["pretrain", "agnostc"],
+            "agnostc: no such file or spec name (did you mean 'agnostic', 'paper/agnostic' or 'public/agnostic'?)",
+        ),
+        (["validate", "rtee"], "rtee: no such file or spec name (did you mean 'rte'?)"),
+        (
+            ["validate", "paper/agnostc"],
+            "paper/agnostc: no such file (did you mean 'paper/agnostic', 'paper/agnostic-roberta' or 'agnostic'?)",
+        ),
+        (["finetune", "--task", "rtee", "ckpt"], "unknown task 'rtee' (did you mean 'rte'?)"),
+        (
+            ["finetune", "--task", "specs/rtee.toml", "ckpt"],
+            "specs/rtee.toml: no such file (did you mean 'specs/rte.toml' or 'rte'?)",
+        ),
+        (
+            ["finetune", "--task", "nowhere/rtee.toml", "ckpt"],
+            "nowhere/rtee.toml: no such file (did you mean 'rte'?)",
+        ),
+        (["validate", "zzzq"], "zzzq: no such file or spec name\n"),  # nothing close: no hint
+    ],
+)
+def test_an_unknown_run_or_task_name_gets_the_close_names(
+    args: list[str], message: str, runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # They said "agnostc: no such file", "rtee: no such file", "specs/rtee.toml: no such file".
+    monkeypatch.chdir(tmp_path)  # no ./tasks: the built-in names; specs/ holds rte.toml and mrpc.toml
+    write(tmp_path / "specs", "rte.toml", 'kind = "classification"\n')
+    write(tmp_path / "specs", "mrpc.toml", 'kind = "classification"\n')
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
