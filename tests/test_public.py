@@ -223,7 +223,29 @@ def test_missing_data_names_every_split_tried_and_what_is_there(
         f"validation at {release / 'devel'}; test at {release / 'test.wsj'}. "
         f"{tmp_path / 'conll2005'}/ holds devel/, train/. "
     )
-    assert str(e.value).endswith("Pass --data PATH or edit [data].train.")
+    # The spec's obtain line offers --data PATH: the message says so once (it said it twice).
+    assert str(e.value).endswith(
+        "(METAPT_DATA defaults to ./data), or pass --data PATH. Or edit [data].train."
+    )
+    assert str(e.value).count("--data") == 1
+
+
+def test_a_missing_split_offers_data_once_with_any_obtain_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METAPT_DATA", "/nonexistent")
+    for task in (
+        "conll04",
+        "conll2005",
+        "conll2012",
+        "ace2005",
+        "natural_questions",
+        str(PUBLIC / "sst2_files.toml"),
+    ):
+        with pytest.raises(MissingDataError) as e:
+            read_split(load_task(task).data, "train")
+        assert str(e.value).count("--data PATH") == 1, str(e.value)
+    assert str(e.value).endswith(
+        " Pass --data PATH or edit [data].train."
+    )  # sst2_files' line names no --data
 
 
 def test_nq_open_is_named_as_such_not_read_as_natural_questions(tmp_path: Path, runner: CliRunner) -> None:

@@ -302,9 +302,11 @@ def _split_files(data: DataSpec, split: str) -> list[Path]:
     at = location or f"(no path: [data].{split} is not set)"
     others = [f"{s} at {data.location(s)}" for s in missing_data(data) if s != split]
     also = f" Also missing: {'; '.join(others)}." if others else ""
+    # The built-in specs' obtain lines already offer --data (with what it takes there): say it once.
+    fix = f"Or edit [data].{split}." if "--data" in obtain else f"Pass --data PATH or edit [data].{split}."
     raise MissingDataError(
         f"task data: split {split!r} of format {data.format!r}: nothing at {at}.{also}{_nearest(location)}"
-        f"{obtain} Pass --data PATH or edit [data].{split}."
+        f"{obtain} {fix}"
     )
 
 
