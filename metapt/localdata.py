@@ -38,6 +38,21 @@ BY_EXTENSION = {
 }
 # Hub datasets whose local copies are in a format of their own, not told by the file extension.
 BY_DATASET = {"super_glue": "superglue", "squad": "squad", "squad_v2": "squad"}
+# The files a local copy of each hub dataset comes as (by their extension, .gz aside), and whether
+# files of another type still do when they have the spec's columns (GLUE's are read by extension;
+# SuperGLUE's and SQuAD's by a format of their own): a copy of another dataset (SuperGLUE's RTE
+# JSON lines for GLUE's rte) is named as such, not as a column error.
+HUB_FILES = {
+    "glue": (
+        (".tsv", ".parquet"),
+        True,
+        "GLUE's TSV files (train.tsv, dev.tsv, as download_glue_data.py writes them)",
+    ),
+    "super_glue": ((".jsonl", ".json"), False, "SuperGLUE's JSON lines files (train.jsonl, val.jsonl)"),
+    "squad": ((".json",), False, "SQuAD's JSON files (train-v1.1.json, dev-v1.1.json)"),
+    "squad_v2": ((".json",), False, "SQuAD 2.0's JSON files (train-v2.0.json, dev-v2.0.json)"),
+}
+_KIND_OF_FILE = {".tsv": "TSV", ".csv": "CSV", ".jsonl": "JSON lines", ".json": "JSON", ".parquet": "parquet"}
 
 
 def _words(name: str) -> list[str]:
@@ -169,10 +184,60 @@ def with_local_data(spec: TaskSpec, path: Path) -> TaskSpec:
         splits = {s: _match(path, s, Path(getattr(spec.data, s)).name, spec.name) for s in KEYWORDS}
         if not any(splits.values()):
             splits = {"train": str(path), "validation": "", "test": ""}
+    _hub_files(spec, path, splits)
     data = dataclasses.replace(spec.data, format=fmt, base_dir="/", dataset="", **splits)
     if fmt == "nq":  # said before finetune asks for the train or validation split it lacks
         _no_nq_open(data)
     return dataclasses.replace(spec, data=data)
+
+
+def _hub_files(spec: TaskSpec, path: Path, splits: dict[str, str]) -> None:
+    """MetaptError when the split files of a hub task's local copy are not the files that dataset
+    comes as (nor, for GLUE, files with the spec's columns): what was expected, and what is there."""
+    dataset = spec.data.dataset.rsplit("/", 1)[-1] if spec.data.format == "hf" else ""
+    if dataset not in HUB_FILES:
+        return
+    suffixes, by_columns, expected = HUB_FILES[dataset]
+    found = [
+        Path(f) for loc in splits.values() if loc for f in ([loc] if Path(loc).exists() else glob.glob(loc))
+    ]
+    other = [f for f in found if f.is_file() and _suffix(f) not in suffixes]
+    columns = _columns(other[0]) if other else None
+    if not other or (by_columns and (columns is None or _has_columns(spec, columns))):
+        return  # the reader reports an empty or unreadable file itself
+    kinds = sorted({_KIND_OF_FILE.get(_suffix(f), "other") for f in other})
+    holding = f", with the columns {', '.join(columns)}" if columns else ""
+    raise MetaptError(
+        f"--data {path}: task {spec.name!r} reads {expected}; the {'folder' if path.is_dir() else 'file'} "
+        f"has {', '.join(f.name for f in other)} ({' and '.join(kinds)}{holding}) instead. Point --data at "
+        "such files, or write a task spec whose [data] names these files, their format and [data.columns]"
+    )
+
+
+def _suffix(path: Path) -> str:
+    return Path(path.name.removesuffix(".gz")).suffix
+
+
+def _columns(path: Path) -> list[str] | None:
+    """The column names on the first line of a JSON lines or CSV/TSV file; None when not told there."""
+    from metapt.data.files import json_lines, numbered_lines
+
+    suffix = _suffix(path)
+    if suffix == ".jsonl":
+        first = next(iter(json_lines(path)), (0, None))[1]
+        return list(first) if isinstance(first, dict) else None
+    if suffix in (".csv", ".tsv"):
+        line = next(iter(numbered_lines(path)), (0, ""))[1].lstrip("\ufeff")
+        return [c.strip('"') for c in line.split("," if suffix == ".csv" else "\t")] if line else None
+    return None
+
+
+def _has_columns(spec: TaskSpec, columns: list[str]) -> bool:
+    """Whether every [data.columns] role of the spec names a column (or one of its alternatives) there."""
+    return all(
+        any(c in columns for c in ([source] if isinstance(source, str) else source))
+        for source in spec.data.columns.values()
+    )
 
 
 def _no_nq_open(data: DataSpec) -> None:

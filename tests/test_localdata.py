@@ -127,6 +127,33 @@ def test_an_entry_with_other_words_is_still_taken(tmp_path: Path) -> None:
     assert _splits("conll04", folder) == ("train.json", "dev.json", "")
 
 
+def test_a_copy_of_another_datasets_files_is_named_as_such() -> None:
+    # SuperGLUE's RTE (JSON lines: premise, hypothesis) for GLUE's rte (TSV: sentence1, sentence2):
+    # the error was "[data.columns].text names column 'sentence1', which is not there".
+    folder = FX / "superglue-RTE"
+    with pytest.raises(MetaptError) as e:
+        task_spec("rte", folder, {})
+    assert str(e.value) == (
+        f"--data {folder}: task 'rte' reads GLUE's TSV files (train.tsv, dev.tsv, as "
+        "download_glue_data.py writes them); the folder has train.jsonl, val.jsonl (JSON lines, with "
+        "the columns premise, hypothesis, label, idx) instead. Point --data at such files, or write a "
+        "task spec whose [data] names these files, their format and [data.columns]"
+    )
+    with pytest.raises(MetaptError, match=r"task 'boolq' reads SuperGLUE's JSON lines files .* \(TSV, with"):
+        task_spec("boolq", FX.parent / "finetune" / "rte", {})
+    assert task_spec("rte", FX / "rte-parquet", {}).data.format == "parquet"  # the hub's own files
+
+
+def test_glue_in_json_lines_with_the_hubs_columns_is_read(tmp_path: Path) -> None:
+    # `datasets.Dataset.to_json` of nyu-mll/glue rte: other files than GLUE's, the same columns.
+    for name, rows in (("train.jsonl", 2), ("validation.jsonl", 1)):
+        line = '{"sentence1": "A b.", "sentence2": "A.", "label": 0, "idx": 0}\n'
+        (tmp_path / name).write_text(line * rows)
+    data = task_spec("rte", tmp_path, {}).data
+    assert data.format == "jsonl"
+    assert [len(read_split(data, s)) for s in ("train", "validation")] == [2, 1]
+
+
 # ------------------------------------------------------------------ SQuAD 2.0 files for a v1.1 task
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
