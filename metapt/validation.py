@@ -283,7 +283,10 @@ def build_run(table: dict, path: Path) -> tuple[RunSpec, list[Problem]]:
     """A run spec from its TOML table (its tasks not yet read), with what is wrong in the file itself."""
     text: list[str] = []
     if "kind" in table:
-        text.append("kind: this is a task spec; `metapt pretrain` takes a run spec with [run] and [meta]")
+        why = "this is a task spec; `metapt pretrain` takes a run spec with [run] and [meta]"
+        if not {"run", "meta"} & table.keys():  # a whole task spec: its keys' problems would be noise
+            return build(RunSpec, {}, "", []), [Problem(str(path), "kind", why)]
+        text.append(f"kind: {why}")
     spec = build(RunSpec, {k: v for k, v in table.items() if k != "kind"}, "", text)
     setting_ok = not any(p.startswith("[meta].setting") for p in text)  # a bad one was reported
     meta, model = spec.meta, spec.model

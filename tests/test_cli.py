@@ -172,6 +172,7 @@ def test_pretrain_on_a_task_spec_exits_2(runner: CliRunner) -> None:
     result = runner.invoke(app, ["pretrain", str(GOOD_TASK)])
     assert result.exit_code == 2, result.output
     assert "kind: this is a task spec; `metapt pretrain` takes a run spec" in result.stderr
+    assert "1 problem found" in result.stderr  # not the task's keys, unknown to a run spec
     assert "Traceback" not in result.output
 
 
