@@ -4,7 +4,8 @@ Layout of an output directory:
 
     OUTPUT_DIR/
       checkpoint-000010/    config.json, model.safetensors, tokenizer files, heads.safetensors,
-                            heads.json, training_state.pt, mixture.json, metapt.json (written last)
+                            heads.json, training_state.pt, mixture.json, metapt.json (written last,
+                            with every other file's size: `check_files` finds a truncated one)
       current -> checkpoint-000010        (a symlink, replaced atomically)
       config.json -> current/config.json  (and every other file: so OUTPUT_DIR itself loads with
                                            AutoModel.from_pretrained / AutoTokenizer.from_pretrained)
@@ -22,6 +23,7 @@ import json
 import os
 import shlex
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,8 @@ STATE = "training_state.pt"
 HEADS = "heads.safetensors"
 HEADS_INFO = "heads.json"
 _FILES = ("config.json", "model.safetensors", HEADS, HEADS_INFO, STATE)  # besides the manifest
+# What a resume reads of the training state (runstate.restore; engine's summary of a finished run).
+STATE_KEYS = ("episode", "history", "totals", "optimizer", "schedule", "streams", "explore", "torch_rng")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -132,21 +136,70 @@ def _write(
     torch.save(state, tmp / STATE)
     for file, text in (files or {}).items():
         (tmp / file).write_text(text)
-    (tmp / MANIFEST).write_text(json.dumps({**manifest, "complete": True}, indent=2))
+    done = {**manifest, "complete": True, "files": sizes(tmp)}  # what save_pretrained wrote too
+    (tmp / MANIFEST).write_text(json.dumps(done, indent=2))
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     _fsync_dir(tmp)
 
 
+def unusable(folder: Path) -> str:
+    """How to go on from a damaged checkpoint `folder` (the end of its one-line message)."""
+    return (
+        "the checkpoint is not usable: restore it from a copy, make another intact checkpoint current "
+        f"(ln -sfn checkpoint-N {shlex.quote(str(folder.parent / 'current'))}), or pretrain again"
+    )
+
+
+def sizes(folder: Path) -> dict[str, int]:
+    """The size in bytes of every file in `folder` but the manifest (which records them)."""
+    return {f.name: f.stat().st_size for f in sorted(folder.iterdir()) if f.is_file() and f.name != MANIFEST}
+
+
+def damaged(folder: Path, recorded: object, missing_ok: Collection[str] = ()) -> list[str]:
+    """'FILE: damaged (...)' for every file of `recorded` (name -> size metapt wrote) that is missing
+    (unless in `missing_ok`) or of another size. A .json file is only parsed, never sized: people
+    hand-edit a Hugging Face folder's config.json and tokenizer_config.json, and may."""
+    out: list[str] = []
+    for name, size in (recorded if isinstance(recorded, dict) else {}).items():
+        path = folder / name
+        if not isinstance(size, int) or (name in missing_ok and not path.exists()):
+            continue
+        if not path.is_file():
+            out.append(f"{path}: missing (metapt wrote {size} bytes)")
+        elif name.endswith(".json"):
+            try:
+                json.loads(path.read_bytes())
+            except ValueError as e:  # UnicodeDecodeError is one
+                out.append(f"{path}: damaged (not JSON: {_first_line(e)})")
+        elif (now := path.stat().st_size) != size:
+            out.append(f"{path}: damaged ({now} bytes, metapt wrote {size})")
+    return out
+
+
+def check_files(folder: Path, missing_ok: Collection[str] = ()) -> None:
+    """CheckpointError naming every file of a checkpoint folder that is not as metapt wrote it (its
+    manifest's "files"); a checkpoint written before sizes were recorded is not checked."""
+    try:
+        meta = json.loads((folder / MANIFEST).read_bytes())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{folder / MANIFEST}: corrupt manifest ({_first_line(e)}); {unusable(folder)}"
+        ) from None
+    if bad := damaged(folder, meta.get("files") if isinstance(meta, dict) else None, missing_ok):
+        raise CheckpointError(f"{'; '.join(bad)}; {unusable(folder)}")
+
+
 def _episode_if_intact(folder: Path) -> int | None:
-    """The episode of a complete checkpoint folder (every file, the completion mark), else None."""
+    """The episode of a complete checkpoint folder (every file as written, the completion mark), else None."""
     try:
         meta = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
     whole = isinstance(meta, dict) and meta.get("complete") and isinstance(meta.get("episode"), int)
-    return meta["episode"] if whole and all((folder / f).is_file() for f in _FILES) else None
+    whole = whole and all((folder / f).is_file() for f in _FILES) and not damaged(folder, meta.get("files"))
+    return meta["episode"] if whole else None
 
 
 def lost_current(path: Path) -> str | None:
@@ -197,8 +250,8 @@ def broken_current(path: Path) -> str | None:
     try:
         resolve(path)
         return None
-    except CheckpointError as e:
-        why = str(e)
+    except CheckpointError as e:  # a damaged file's own advice gives way to the intact ones named here
+        why = str(e).removesuffix(f"; {unusable(link.resolve())}")
     name, mine = link.resolve().name, outdir.owned(path)
     found = {
         p.name: e
@@ -246,6 +299,7 @@ def resolve(path: Path) -> Path:
         raise CheckpointError(
             f"{folder}: incomplete checkpoint (missing {', '.join(missing) or 'completion mark'})"
         )
+    check_files(folder)  # a file cut short (a full disk, a broken copy) is named before anything loads
     return folder
 
 
@@ -253,11 +307,24 @@ def load_state(
     folder: Path,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
     """(manifest, head tensors, heads info, training state) of a checkpoint folder from `resolve`."""
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-        heads = load_file(folder / HEADS)
-        heads_info = json.loads((folder / HEADS_INFO).read_text())
-        state = torch.load(folder / STATE, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or tampered files: never half-load
-        raise CheckpointError(f"{folder}: corrupt checkpoint ({type(e).__name__}: {e})") from None
+    manifest = _load(folder / MANIFEST, lambda p: json.loads(p.read_text()))
+    heads = _load(folder / HEADS, load_file)
+    heads_info = _load(folder / HEADS_INFO, lambda p: json.loads(p.read_text()))
+    state = _load(folder / STATE, lambda p: torch.load(p, map_location="cpu", weights_only=True))
+    missing = [k for k in STATE_KEYS if k not in state] if isinstance(state, dict) else list(STATE_KEYS)
+    if missing:  # e.g. torch.save({}) by another tool: a KeyError in the middle of a resume otherwise
+        raise CheckpointError(
+            f"{folder / STATE}: not the training state metapt writes (no {', '.join(missing)}); {unusable(folder)}"
+        )
     return manifest, heads, heads_info, state
+
+
+def _load(path: Path, read: Any) -> Any:
+    """read(path), or a CheckpointError naming the file (a corrupt or tampered file: never half-load)."""
+    try:
+        return read(path)
+    except Exception as e:  # safetensors' and torch's own errors for a file that is not theirs
+        first = _first_line(e).split(". ")[0]  # torch's zip errors go on for several sentences
+        raise CheckpointError(
+            f"{path}: corrupt ({type(e).__name__}: {first}); {unusable(path.parent)}"
+        ) from None

@@ -18,7 +18,17 @@ from safetensors.torch import load_file, save_file
 from metapt import distributed, outdir, pointless, stats
 from metapt.builders import build_model
 from metapt.catalog import KINDS
-from metapt.checkpoint import broken_current, lost_current
+from metapt.checkpoint import (
+    HEADS,
+    HEADS_INFO,
+    MANIFEST,
+    STATE,
+    broken_current,
+    check_files,
+    damaged,
+    lost_current,
+    sizes,
+)
 from metapt.data.pipeline import TaskData, eval_batches, kind_of, load_task, stable_seed
 from metapt.data.tokenizer import load_tokenizer
 from metapt.device import autocast_for, pick_device
@@ -41,6 +51,10 @@ def encoder_source(checkpoint: str) -> str:
         if why := broken_current(path):
             raise CheckpointError(why)
         return str((path / "current").resolve())
+    if (path / MANIFEST).is_file():  # a metapt checkpoint: every file as metapt wrote it
+        # finetuning reads only the encoder: a copy without the training state may leave it out
+        check_files(path, missing_ok=(STATE, HEADS, HEADS_INFO, "mixture.json"))
+        return str(path)
     if why := lost_current(path):  # a metapt output dir without its current checkpoint
         raise CheckpointError(why)
     if path.exists() and not (path / "config.json").is_file():
@@ -116,11 +130,9 @@ def save_model(folder: Path, model: MultiTaskModel, tokenizer: Any, task: TaskDa
         tokenizer.save_pretrained(folder)
         head = model.heads[task.name].state_dict()
         save_file({k: v.detach().contiguous().cpu() for k, v in head.items()}, folder / "head.safetensors")
-    (folder / "head.json").write_text(
-        json.dumps(
-            {"task": task.name, "kind": task.spec.kind, "spec": task.spec.path, "info": task.info}, indent=2
-        )
-    )
+    facts = {"task": task.name, "kind": task.spec.kind, "spec": task.spec.path, "info": task.info}
+    files = {n: b for n, b in sizes(folder).items() if n != "head.json"}  # head.json comes last
+    (folder / "head.json").write_text(json.dumps({**facts, "files": files}, indent=2))
 
 
 def build(encoder: torch.nn.Module, task: TaskData) -> MultiTaskModel:
@@ -320,6 +332,10 @@ def load_finetuned(
         raise MetaptError(
             f"{info_file}: not the head facts `metapt finetune` writes (a JSON object with kind and "
             "info); finetune again to rewrite it"
+        )
+    if bad := damaged(folder, saved.get("files")):  # a folder finetuned before sizes were kept: none
+        raise MetaptError(
+            f"{'; '.join(bad)}; the finetuned model is not usable: finetune again to rewrite it"
         )
     if saved["kind"] != spec.kind:
         raise MetaptError(f"{folder} holds a {saved['kind']} head, but task {spec.name!r} is {spec.kind}")

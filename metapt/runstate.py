@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import torch
 
 from metapt import checkpoint, distributed, mixture, probes, resuming
 from metapt.data.pipeline import BatchStream, TaskData
+from metapt.errors import CheckpointError
 from metapt.flops import FlopCounter
 from metapt.model import MultiTaskModel
 from metapt.spec import RunSpec
@@ -65,9 +66,27 @@ class Run:
 
 def restore(run: Run, folder: Path) -> None:
     """Load a checkpoint folder's state into a set-up run: heads, optimizers, streams, RNGs, policy,
-    kept probes, episode count and totals (the encoder was loaded by `setup`)."""
+    kept probes, episode count and totals (the encoder was loaded by `setup`). A file that loads but
+    does not fit the run (tampered, or another tool's) is a CheckpointError naming it."""
     _, heads, _, state = checkpoint.load_state(folder)
-    run.model.heads.load_state_dict({k: v.to(run.device) for k, v in heads.items()})
+    with _fitting(folder / checkpoint.HEADS):
+        run.model.heads.load_state_dict({k: v.to(run.device) for k, v in heads.items()})
+    with _fitting(folder / checkpoint.STATE):
+        _restore_state(run, state)
+
+
+@contextlib.contextmanager
+def _fitting(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
+        raise CheckpointError(
+            f"{path}: does not fit this run ({type(e).__name__}: {e}); {checkpoint.unusable(path.parent)}"
+        ) from None
+
+
+def _restore_state(run: Run, state: dict[str, Any]) -> None:
+    """training_state.pt's optimizers, streams, RNGs, policy, probes and counts into `run`."""
     run.optimizer.load_state_dict(state["optimizer"])
     run.schedule.load_state_dict(state["schedule"])
     if run.head_optimizer is not None:

@@ -23,6 +23,7 @@ from metapt.spec import RunSpec
 
 RUNS = Path(__file__).parent / "fixtures" / "runs"
 AGNOSTIC = RUNS / "agnostic.toml"
+SRL = Path(__file__).parent / "fixtures" / "compare" / "tasks" / "srl.toml"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -157,7 +158,7 @@ def list_in(name: str) -> object:
         (list_in(checkpoint.MANIFEST), "metapt.json: corrupt manifest (a JSON list, not an object)"),
         (list_in(checkpoint.HEADS_INFO), "heads.json: unreadable (a JSON list, not an object)"),
         (list_in("config.json"), "config.json: unreadable (a JSON list, not an object)"),
-        (truncate_state, "corrupt checkpoint"),
+        (truncate_state, "training_state.pt: damaged (200 bytes, metapt wrote "),
         (delete_weights, "incomplete checkpoint (missing model.safetensors)"),
         (garble_manifest, "corrupt manifest"),
         (unfinished_manifest, "incomplete checkpoint (missing completion mark)"),
@@ -228,17 +229,23 @@ def load_report(folder: Path) -> tuple[str, torch.nn.Module]:
     return stream.getvalue() + "".join(str(w.message) for w in caught), model
 
 
-def test_checkpoints_and_finetuned_models_load_without_a_load_report(finished: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def finetuned(finished: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-epoch srl finetuning of `finished` (its model/ is what `metapt evaluate` reads)."""
     from metapt.finetune import finetune_one, task_spec
 
+    out = tmp_path_factory.mktemp("finetuned") / "ft"
+    finetune_one(str(finished), task_spec(str(SRL), None, {}), 0, out)
+    return out
+
+
+def test_checkpoints_and_finetuned_models_load_without_a_load_report(finished: Path, finetuned: Path) -> None:
     report, model = load_report(finished)
     assert report == "" and model.pooler is not None
     # the pooler is the architecture's untrained one: normal(0, 0.02) weights, zero bias
     assert abs(float(model.pooler.dense.weight.detach().std()) - 0.02) < 0.004
     assert torch.equal(model.pooler.dense.bias, torch.zeros(32))
-    srl = task_spec(str(Path(__file__).parent / "fixtures" / "compare" / "tasks" / "srl.toml"), None, {})
-    finetune_one(str(finished), srl, 0, tmp_path / "ft")
-    report, tuned = load_report(tmp_path / "ft" / "model")
+    report, tuned = load_report(finetuned / "model")
     assert report == ""
     assert torch.equal(tuned.pooler.dense.weight, model.pooler.dense.weight)  # carried through, untouched
 
@@ -250,6 +257,7 @@ def test_a_checkpoint_without_a_pooler_still_resumes_and_gets_one(finished: Path
     shutil.copytree(finished, old, symlinks=True)
     weights = old / "current" / "model.safetensors"
     save_file({k: v for k, v in load_file(weights).items() if not k.startswith("pooler.")}, weights)
+    old_manifest(old / "current")  # such checkpoints did not record their files' sizes either
     report, _ = load_report(old)
     assert "pooler.dense.weight" in report and "MISSING" in report  # what checkpoints printed before
     summary = engine.pretrain(tiny(old, episodes=3), resume=True)
@@ -384,3 +392,153 @@ def test_finetune_on_weights_that_do_not_load_leaves_the_record_as_it_was(
     assert result.exit_code == 2, result.output
     assert "model.safetensors" in result.stderr and "Traceback" not in result.stderr
     assert not (out / "finetune").exists() and (out / outdir.RECORD).read_bytes() == record
+
+
+# ------------------------------------------------------------- damaged files: sizes in the manifest
+def cut(path: Path, count: int = 8) -> int:
+    """Cut the last `count` bytes off a file (a full disk, a broken copy); its new size."""
+    path.write_bytes(path.read_bytes()[:-count])
+    return path.stat().st_size
+
+
+def old_manifest(folder: Path) -> None:
+    """The manifest as metapt wrote it before it recorded its files' sizes."""
+    path = folder / checkpoint.MANIFEST
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "files"}))
+
+
+def test_the_manifest_records_every_file_s_size(finished: Path) -> None:
+    folder = checkpoint.resolve(finished)
+    files = json.loads((folder / checkpoint.MANIFEST).read_text())["files"]
+    on_disk = {f.name: f.stat().st_size for f in folder.iterdir() if f.name != checkpoint.MANIFEST}
+    assert files == on_disk  # the encoder's and tokenizer's files too, whatever save_pretrained wrote
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"} <= files.keys()
+    assert files["model.safetensors"] == 87816  # 1-layer, 32-wide BERT over 300 words, fp32
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", checkpoint.HEADS, checkpoint.STATE])
+def test_a_file_cut_short_is_named_by_resume_and_finetune(
+    finished: Path, tmp_path: Path, runner: CliRunner, name: str
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(finished, out, symlinks=True)
+    folder = (out / "checkpoint-000002").resolve()
+    wrote = (folder / name).stat().st_size
+    now = cut(folder / name)
+    expected = (
+        f"error: {folder / name}: damaged ({now} bytes, metapt wrote {wrote}); the checkpoint is not "
+        f"usable: restore it from a copy, make another intact checkpoint current (ln -sfn checkpoint-N "
+        f"{out / 'current'}), or pretrain again\n"
+    )
+    resume = ["pretrain", str(AGNOSTIC), "--output-dir", str(out), "--resume", "--episodes", "3", "-q"]
+    result = runner.invoke(app, resume)
+    assert result.exit_code == 2, result.output  # was "corrupt checkpoint (SafetensorError: ..."
+    assert result.stderr == expected
+    # finetune (of heads or training_state cut short: was exit 0) names the other intact ones instead
+    result = runner.invoke(app, ["finetune", "--task", str(SRL), str(out), "--epochs", "1", "-q"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"error: {folder / name}: damaged ({now} bytes, metapt wrote {wrote}); {out / 'current'} points "
+        f"to it, and no other intact checkpoint metapt wrote is left in {out}; pretrain again "
+        "(--overwrite starts again in this folder)\n"
+    )
+    assert not (out / "finetune").exists() and episodes_in(out) == [1, 2]
+
+
+def test_a_finetuned_model_cut_short_is_named_by_evaluate(
+    finetuned: Path, tmp_path: Path, runner: CliRunner
+) -> None:
+    for name in ("model.safetensors", "head.safetensors"):
+        copy = tmp_path / name
+        shutil.copytree(finetuned, copy)
+        wrote = (copy / "model" / name).stat().st_size
+        now = cut(copy / "model" / name)
+        result = runner.invoke(app, ["evaluate", "--task", str(SRL), str(copy)])
+        assert result.exit_code == 2, result.output  # head.safetensors: was "corrupt or mismatched head"
+        assert result.stderr == (
+            f"error: {copy / 'model' / name}: damaged ({now} bytes, metapt wrote {wrote}); the finetuned "
+            "model is not usable: finetune again to rewrite it\n"
+        )
+        assert not (copy / "evaluation-validation.json").exists()
+
+
+def test_hand_edited_json_files_still_load_and_old_manifests_are_not_sized(
+    finished: Path, tmp_path: Path
+) -> None:
+    from metapt.finetune import encoder_source
+    from metapt.model import load_encoder
+
+    out = tmp_path / "out"
+    shutil.copytree(finished, out, symlinks=True)
+    folder = (out / "checkpoint-000002").resolve()
+    for name in ("config.json", "tokenizer_config.json"):  # a key added by hand: another size
+        path = folder / name
+        path.write_text(json.dumps({**json.loads(path.read_text()), "note": "edited by hand"}, indent=4))
+    run = engine.setup(tiny(out, episodes=4), resume=True)
+    assert run.episode == 2 and run.model.encoder.config.note == "edited by hand"
+    assert load_encoder(encoder_source(str(out))).config.note == "edited by hand"
+    (folder / "tokenizer_config.json").write_text("{cut")  # JSON is parsed, so this is named
+    with pytest.raises(CheckpointError, match=r"tokenizer_config.json: damaged \(not JSON: Expecting"):
+        checkpoint.resolve(out)
+    old_manifest(folder)  # before sizes were recorded: not sized, and loads as it did
+    shutil.copy(finished / "tokenizer_config.json", folder / "tokenizer_config.json")
+    assert checkpoint.resolve(out) == folder
+    assert engine.setup(tiny(out, episodes=4), resume=True).episode == 2
+    cut(folder / checkpoint.STATE)  # unsized, so found by the loader, which names the file
+    with pytest.raises(CheckpointError) as caught:
+        engine.setup(tiny(out, episodes=4), resume=True)
+    assert str(caught.value).startswith(
+        f"{folder / checkpoint.STATE}: corrupt (RuntimeError: PytorchStreamReader failed reading zip "
+        "archive: failed finding central directory); the checkpoint is not usable"
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        ({}, "not the training state metapt writes (no episode, history, totals, optimizer, schedule, "),
+        ([1, 2], "not the training state metapt writes (no episode, "),
+        ("streams", "does not fit this run (KeyError: 'mlm')"),
+    ],
+)
+def test_a_training_state_of_the_wrong_structure_exits_2(
+    finished: Path, tmp_path: Path, runner: CliRunner, state: object, message: str
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(finished, out, symlinks=True)
+    path = (out / "current" / checkpoint.STATE).resolve()
+    if state == "streams":  # every key there, but the streams of other tasks
+        state = torch.load(path, weights_only=True)
+        state["streams"] = {group: {} for group in state["streams"]}
+    torch.save(state, path)
+    old_manifest(path.parent)  # so that the size check does not find it first
+    result = runner.invoke(app, ["pretrain", str(AGNOSTIC), "--output-dir", str(out), "--resume", "-q"])
+    assert result.exit_code == 2, result.output  # was 1: "internal error: KeyError: 'optimizer'"
+    assert result.stderr.startswith(f"error: {path}: {message}") and result.stderr.count("\n") == 1
+
+
+def test_a_damaged_checkpoint_is_not_offered_as_intact(finished: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(finished, out, symlinks=True)
+    (out / "current").unlink()
+    cut(out / "checkpoint-000002" / "model.safetensors")
+    with pytest.raises(CheckpointError, match="and no intact checkpoint metapt wrote is left there"):
+        checkpoint.resolve(out)
+
+
+def test_finetune_takes_a_copy_without_the_training_state_but_not_without_weights(
+    finished: Path, tmp_path: Path
+) -> None:
+    from metapt.finetune import encoder_source
+
+    out = tmp_path / "out"
+    shutil.copytree(finished, out, symlinks=True)
+    folder = (out / "checkpoint-000002").resolve()
+    for name in (checkpoint.STATE, checkpoint.HEADS, checkpoint.HEADS_INFO, "mixture.json"):
+        (folder / name).unlink()  # what finetuning never reads, left out of a copy to save space
+    assert encoder_source(str(folder)) == str(folder)  # the checkpoint folder itself, copied
+    with pytest.raises(CheckpointError, match="incomplete checkpoint"):  # an output folder's current
+        encoder_source(str(out))  # must be whole (test_finetune_on_an_incomplete_current_checkpoint_...)
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match=r"tokenizer.json: missing \(metapt wrote 8571 bytes\)"):
+        encoder_source(str(folder))
