@@ -360,6 +360,35 @@ def test_an_unreadable_feature_cache_entry_is_rebuilt(tmp_path: Path) -> None:
     assert datasets.load_from_disk(str(entry)).to_list() == first.to_list()  # the entry was rewritten
 
 
+@pytest.mark.parametrize("damage", ["flip", "cut", "unsealed"])
+def test_a_damaged_feature_cache_entry_is_rebuilt_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    spec = dataclasses.replace(task(tmp_path), name=f"tiny-{damage}")  # a name no other test cached
+    tok = train_wordpiece(["ann met bob"], vocab_size=100)
+    first = pipeline.load_task(spec, tok, ("train",)).features["train"].to_list()
+    (entry,) = pipeline.features_dir().glob(f"tiny-{damage}-train-*")
+    sums = json.loads((entry / "metapt-sha256.json").read_text())
+    assert sorted(sums) == ["data-00000-of-00001.arrow", "dataset_info.json", "state.json"]
+    arrow = entry / "data-00000-of-00001.arrow"
+    data = bytearray(arrow.read_bytes())
+    if damage == "flip":  # one bit pattern of a token id changed: the file still loads, wrongly
+        at = data.index(bytes([tok.convert_tokens_to_ids("bob"), 0, 0, 0]))
+        data[at] ^= 0x01
+    elif damage == "cut":
+        data = data[: len(data) // 2]
+    else:  # as an older metapt wrote it: no sums, rebuilt without a warning (nothing known damaged)
+        (entry / "metapt-sha256.json").unlink()
+    arrow.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="metapt"):
+        again = pipeline.load_task(spec, tok, ("train",)).features["train"].to_list()
+    assert again == first  # flip: was a silently changed token id
+    warned = [f"metapt: cache entry {entry} was damaged; rebuilt"] if damage != "unsealed" else []
+    assert caplog.messages == warned
+    assert json.loads((entry / "metapt-sha256.json").read_text()) == sums  # rebuilt and sealed again
+    assert not list(entry.parent.glob(f"{entry.name}.tmp*"))
+
+
 def test_an_os_error_on_a_named_file_exits_2(finished: Path, tmp_path: Path, runner: CliRunner) -> None:
     write(tmp_path, "blocker", "a file")
     target = tmp_path / "blocker" / "report.png"

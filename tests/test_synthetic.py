@@ -3,6 +3,7 @@ corpora that carry (or, for `shuffled`, do not carry) the world's facts."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -259,7 +260,8 @@ def test_the_cache_is_reused_and_regenerated(cache: Path) -> None:
     assert generate("squad", 20, 0, "train")[1] == path and path.stat().st_mtime_ns == stamp
     path.unlink()
     assert generate("squad", 20, 0, "train")[1].read_bytes() == before
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+    left = sorted(p.name for p in path.parent.iterdir())
+    assert left == [f".{path.name}.sha256", path.name]  # its sum, and no temporary file left behind
 
 
 def test_bad_arguments_are_data_errors() -> None:
@@ -299,3 +301,41 @@ def test_readers_read_every_corpus_back(corpus: str) -> None:
             assert context[start : start + len(answers["text"][0])] == answers["text"][0]
         if corpus in ("documents", "shuffled"):
             assert all(4 <= len(s) <= 8 for s in records["sentences"])
+
+
+def flip(path: Path, at: int) -> None:
+    """Flip every bit of one byte, as a bad disk or a broken copy does, keeping the size."""
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flip", "cut"])
+def test_a_damaged_cache_file_is_rebuilt_with_a_warning(
+    cache: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    _, path = generate("documents", 20, 0, "train")
+    clean = path.read_bytes()
+    if damage == "flip":
+        flip(path, 100)
+    else:
+        path.write_bytes(clean[: len(clean) // 2])
+    with caplog.at_level("WARNING", logger="metapt"):
+        assert generate("documents", 20, 0, "train")[1].read_bytes() == clean  # was: the damaged bytes
+    assert caplog.messages == [f"metapt: cache entry {path} was damaged; rebuilt"]
+    caplog.clear()
+    assert generate("documents", 20, 0, "train")[1].read_bytes() == clean and caplog.messages == []
+
+
+def test_a_cache_file_without_its_sum_is_rebuilt_quietly(
+    cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, path = generate("documents", 20, 0, "train")
+    clean = path.read_bytes()
+    sum_file = path.with_name(f".{path.name}.sha256")
+    assert sum_file.read_text() == f"{hashlib.sha256(clean).hexdigest()}\n"
+    sum_file.unlink()  # as an older metapt, or a crash between the file and its sum, left it
+    path.write_bytes(clean[:-10])
+    with caplog.at_level("WARNING", logger="metapt"):
+        assert generate("documents", 20, 0, "train")[1].read_bytes() == clean
+    assert caplog.messages == [] and sum_file.is_file()  # nothing known to be damaged: no warning

@@ -23,6 +23,7 @@ import datasets
 import torch
 
 from metapt import outdir
+from metapt.data import sums
 from metapt.distributed import shard
 from metapt.errors import MetaptError
 from metapt.spec import TaskSpec
@@ -105,25 +106,33 @@ def encode_split(
     if isinstance(records, datasets.IterableDataset):  # a stream is encoded as it is read, never cached
         return kind_of(spec).encode(records, tokenizer, spec, info)
     path = features_dir() / f"{spec.name}-{split}-{_cache_key(spec, split, tokenizer, info)}"
+    damaged = False
     if path.is_dir():
-        try:
-            return datasets.load_from_disk(str(path))
-        except Exception:  # an unreadable cache entry is rebuilt, never trusted
-            log.info("feature cache at %s unreadable; re-encoding", path)
-            # metapt's own entry, removed so that the rebuilt one can take its place below
-            shutil.rmtree(path, ignore_errors=True)
+        intact = sums.folder_intact(path)  # None: written by an older metapt, or cut short
+        if intact:
+            try:
+                return datasets.load_from_disk(str(path))
+            except Exception:  # an unreadable cache entry is rebuilt, never trusted
+                intact = False
+        damaged = intact is False
+        log.info("feature cache at %s %s; re-encoding", path, "damaged" if damaged else "unsealed")
+        # metapt's own entry, removed so that the rebuilt one can take its place below
+        shutil.rmtree(path, ignore_errors=True)
     features = kind_of(spec).encode(records, tokenizer, spec, info)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # never torch's RNG: it seeds the weights
     try:
         with outdir.writing(tmp):  # a full disk: say so (METAPT_CACHE moves the cache)
             features.save_to_disk(str(tmp))
+            sums.seal_folder(tmp)  # after the entry, and renamed with it: a sealed entry is whole
     except MetaptError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     try:
         tmp.rename(path)
     except OSError:  # another process finished first; its copy is identical
-        pass
+        shutil.rmtree(tmp, ignore_errors=True)
+    if damaged:
+        log.warning("metapt: cache entry %s was damaged; rebuilt", path)
     return datasets.load_from_disk(str(path)) if path.is_dir() else features
 
 

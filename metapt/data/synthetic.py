@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import random
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from metapt.data import lexicon
+from metapt.data import lexicon, sums
 from metapt.data import world as W
 from metapt.data.world import Ent, Sentence, Stated, World, render
 from metapt.errors import DataError
 
+log = logging.getLogger("metapt")
 GENERATOR_VERSION = 2  # bump whenever the bytes written change: it is part of the cache path
 SPLITS = ("train", "validation", "test")
 
@@ -455,21 +456,16 @@ def generate(corpus: str, size: int, seed: int, split: str, eval_size: int = 0) 
         / f"v{GENERATOR_VERSION}"
         / f"{corpus}-seed{seed}-size{size}{f'-eval{eval_size}' if eval_size else ''}-{split}.{ext}"
     )
-    if path.exists():
+    intact = sums.file_intact(path) if path.exists() else None  # None: unsealed (older metapt, a crash)
+    if intact:
         return fmt, path
     rng = random.Random(f"metapt:{seed}:{corpus}:{split}")
     count, eval_count = split_count(size, split, eval_size), split_count(size, "validation", eval_size)
     job = _Job(W.build_world(seed), rng, seed, corpus, split, size, count, eval_count)
     data = WRITERS[corpus](job).encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Temp file + rename: a concurrent or interrupted run never leaves a half-written file behind.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a cache file is as readable as any other
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    sums.write_atomically(path, data)
+    sums.seal_file(path)  # after the file: a file without its sum is rebuilt, never trusted
+    if intact is False:
+        log.warning("metapt: cache entry %s was damaged; rebuilt", path)
     return fmt, path
