@@ -45,7 +45,7 @@ from metapt.data.pipeline import (
     tokenizer_hash,
     train_size,
 )
-from metapt.data.tokenizer import load_tokenizer, train_wordpiece
+from metapt.data.tokenizer import check_special, load_tokenizer, train_wordpiece
 from metapt.device import autocast_for, pick_device
 from metapt.errors import TrainingError
 from metapt.flops import FlopCounter
@@ -76,11 +76,17 @@ def _corpus_texts(tasks: list[TaskData]) -> list[str]:
     return out
 
 
-def _tokenizer(spec: RunSpec, resume_dir: Path | None, sources: list[TaskData]) -> Any:
+def _tokenizer(spec: RunSpec, resume_dir: Path | None, sources: list[TaskData], tasks: list[TaskData]) -> Any:
     if resume_dir is not None:
         return load_tokenizer(str(resume_dir))
     if spec.tokenizer.pretrained or spec.model.pretrained:
-        return load_tokenizer(spec.tokenizer.pretrained or spec.model.pretrained)
+        key = "[tokenizer].pretrained" if spec.tokenizer.pretrained else "[model].pretrained"
+        name = spec.tokenizer.pretrained or spec.model.pretrained
+        tokenizer = load_tokenizer(name)
+        # a new encoder may as well train its own WordPiece; a pretrained one needs its own tokenizer
+        also = "" if spec.model.pretrained else ", or leave [tokenizer].pretrained empty to train a WordPiece"
+        check_special(tokenizer, f"{key} {name!r}", {t.name: t.spec.kind for t in tasks}, also)
+        return tokenizer
     return train_wordpiece(_corpus_texts(sources), spec.tokenizer.vocab_size, spec.tokenizer.lowercase)
 
 
@@ -153,7 +159,7 @@ def _tasks(spec: RunSpec, resume_dir: Path | None, world: int) -> tuple[Any, dic
     """(the tokenizer, every source and target read and encoded with it). The records come first: a
     trained tokenizer needs the sources' text before anything is encoded."""
     raw = {t.name: load_task(t, None, ("train",), encode=False) for t in (*spec.sources, *spec.targets)}
-    tokenizer = _tokenizer(spec, resume_dir, [raw[t.name] for t in spec.sources])
+    tokenizer = _tokenizer(spec, resume_dir, [raw[t.name] for t in spec.sources], list(raw.values()))
     if world > 1:
         distributed.same_everywhere(tokenizer_hash(tokenizer), "the tokenizer (a hash of it)")
     tasks = {name: load_task(t.spec, tokenizer, ("train",), records=t.records) for name, t in raw.items()}

@@ -30,7 +30,7 @@ from metapt.checkpoint import (
     sizes,
 )
 from metapt.data.pipeline import TaskData, eval_batches, kind_of, load_task, stable_seed
-from metapt.data.tokenizer import load_tokenizer
+from metapt.data.tokenizer import check_special, load_tokenizer
 from metapt.device import autocast_for, pick_device
 from metapt.errors import CheckpointError, MetaptError
 from metapt.localdata import with_local_data, without_missing_test
@@ -224,6 +224,7 @@ def _encoder(source: str, spec: TaskSpec) -> tuple[Any, torch.nn.Module, TaskSpe
     """(tokenizer, encoder, the spec with [batch].max_length cut to the encoder's positions, and its
     stride with it)."""
     tokenizer = load_tokenizer(source)
+    check_special(tokenizer, source, {spec.name: spec.kind})
     encoder = load_encoder(source)
     limit = encoder.config.max_position_embeddings - (2 if encoder.config.model_type == "roberta" else 0)
     if spec.batch.max_length > limit:

@@ -56,8 +56,13 @@ def kind_of(spec: TaskSpec) -> Any:
 
 @cache
 def tokenizer_hash(tokenizer: Any) -> str:
-    """A short fingerprint of a tokenizer's vocabulary and rules (feature cache keys; ranks agreeing)."""
-    return hashlib.sha1(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+    """A short fingerprint of a tokenizer's vocabulary, rules and special tokens (feature cache keys;
+    ranks agreeing). The special tokens' ids count: tokenizer_config.json can map [MASK] or [PAD] to
+    other ids than another tokenizer with the same tokenizer.json, and the features hold them."""
+    from metapt.data.tokenizer import special_token_ids
+
+    text = tokenizer.backend_tokenizer.to_str() + json.dumps(special_token_ids(tokenizer), sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def _data_key(spec: TaskSpec, split: str) -> str:

@@ -59,15 +59,64 @@ def load_tokenizer(name_or_dir: str) -> Any:
     """A pretrained fast tokenizer by hub id or local folder; a clear error when it cannot be found."""
     from transformers import AutoTokenizer
 
+    hint = "Give a local folder with tokenizer files, or a hub id while online."
+    if not Path(name_or_dir).expanduser().exists():
+        if _is_path(name_or_dir):  # transformers would call it a malformed repo id
+            raise MetaptError(f"cannot load a tokenizer from {name_or_dir!r}: no such folder. {hint}")
+        # maybe a hub id: say what the hub said, on one line
+        try:
+            return _fast(AutoTokenizer.from_pretrained(name_or_dir), name_or_dir)
+        except (OSError, ValueError) as e:
+            raise MetaptError(
+                f"cannot load a tokenizer from {name_or_dir!r}: no such folder, and the hub did not "
+                f"provide it ({_first_line(e)}). {hint}"
+            ) from None
     try:
         tok = AutoTokenizer.from_pretrained(name_or_dir)
     except Exception as e:  # a local folder's tokenizer files that transformers cannot parse
-        if not isinstance(e, (OSError, ValueError)) and not Path(name_or_dir).is_dir():
-            raise
-        raise MetaptError(
-            f"cannot load a tokenizer from {name_or_dir!r}: {e}. Give a local folder "
-            "with tokenizer files, or a hub id while online."
-        ) from None
+        raise MetaptError(f"cannot load a tokenizer from {name_or_dir!r}: {_first_line(e)}. {hint}") from None
+    return _fast(tok, name_or_dir)
+
+
+def _fast(tok: Any, name_or_dir: str) -> Any:
     if not tok.is_fast:
         raise MetaptError(f"the tokenizer of {name_or_dir!r} is not a fast tokenizer (offsets are needed)")
     return tok
+
+
+def _is_path(name: str) -> bool:
+    """Whether `name` can only be a folder: a hub id is NAME or NAMESPACE/NAME, never ./x, /x, ~/x or a/b/c."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(".")
+
+
+# The special tokens a task's batches are built with: every kind pads its batches and joins its
+# texts with CLS and SEP (kinds/common.py); masked LM also masks.
+EVERY_KIND = ("pad", "cls", "sep")
+KIND_TOKENS = {"masked_lm": ("mask",)}
+
+
+def special_token_ids(tokenizer: Any) -> dict[str, int | None]:
+    """The ids of the special tokens metapt builds batches with (None: the tokenizer has none)."""
+    return {t: getattr(tokenizer, f"{t}_token_id", None) for t in ("cls", "sep", "pad", "mask", "unk")}
+
+
+def check_special(tokenizer: Any, where: str, kinds: dict[str, str], also: str = "") -> None:
+    """MetaptError naming every special token the tasks (name -> kind) need that the tokenizer of
+    `where` lacks (`also`: another way out, for the message); without one, batches fail deep inside
+    with a TypeError on None."""
+    ids, missing = special_token_ids(tokenizer), []
+    missing += [f"no {t} token (every task needs one)" for t in EVERY_KIND if ids[t] is None]
+    for token in sorted({t for k in kinds.values() for t in KIND_TOKENS.get(k, ())}):
+        if ids[token] is None:
+            users = [f"{n!r} ({k})" for n, k in kinds.items() if token in KIND_TOKENS.get(k, ())]
+            who = f"task {users[0]} needs" if len(users) == 1 else f"tasks {', '.join(users)} need"
+            missing.append(f"no {token} token ({who} one)")
+    if missing:
+        raise MetaptError(
+            f"{where}: its tokenizer has {'; '.join(missing)}; give a tokenizer that has them (BERT's "
+            f"and RoBERTa's have all){also}"
+        )
