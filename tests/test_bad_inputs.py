@@ -389,6 +389,20 @@ def test_a_damaged_feature_cache_entry_is_rebuilt_with_a_warning(
     assert not list(entry.parent.glob(f"{entry.name}.tmp*"))
 
 
+def test_a_file_datasets_puts_beside_a_feature_entry_is_not_damage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = dataclasses.replace(task(tmp_path), name="tiny-beside")  # a name no other test cached
+    tok = train_wordpiece(["ann met bob"], vocab_size=100)
+    first = pipeline.load_task(spec, tok, ("train",)).features["train"].to_list()
+    (entry,) = pipeline.features_dir().glob("tiny-beside-train-*")
+    (entry / "cache-0123456789abcdef.arrow").write_bytes(b"a map's cache")  # as datasets' .map() writes
+    stamp = (entry / "data-00000-of-00001.arrow").stat().st_mtime_ns
+    with caplog.at_level("INFO", logger="metapt"):
+        assert pipeline.load_task(spec, tok, ("train",)).features["train"].to_list() == first
+    assert caplog.messages == [] and (entry / "data-00000-of-00001.arrow").stat().st_mtime_ns == stamp
+
+
 def test_an_os_error_on_a_named_file_exits_2(finished: Path, tmp_path: Path, runner: CliRunner) -> None:
     write(tmp_path, "blocker", "a file")
     target = tmp_path / "blocker" / "report.png"

@@ -72,15 +72,18 @@ def file_intact(path: Path) -> bool | None:
 
 
 def folder_intact(folder: Path) -> bool | None:
-    """Whether a cache folder holds exactly the files of its recorded sums, each matching; None when
-    it has no sums (unsealed)."""
+    """Whether every file of a cache folder's recorded sums is there and matches; None when it has
+    no sums (unsealed). Files it does not list are not looked at: `datasets` may put its own
+    cache-*.arrow beside a loaded dataset's files, and load_from_disk reads only those of state.json."""
     try:
         recorded = json.loads((folder / FOLDER_SUMS).read_text())
     except OSError:
         return None
     except ValueError:  # the sums themselves damaged
         return False
+    if not isinstance(recorded, dict) or not recorded:
+        return False
     try:
-        return isinstance(recorded, dict) and _folder_sums(folder) == recorded
-    except OSError:
+        return all(sha256(folder / name) == digest for name, digest in recorded.items())
+    except OSError:  # a listed file gone
         return False
