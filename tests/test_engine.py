@@ -301,13 +301,7 @@ def test_under_a_budget_the_lr_follows_the_flops_not_the_episode_cap(meta_run: t
         # the budget stopped the run, not the cap: after the episode that reached it
         spent = [sum(r["selection_flops"] + r["train_flops"] for r in runs[cap][:e]) for e in (-1, None)]
         assert summary["episodes"] < cap and spent[0] < budget <= spent[1]
-    # The cap changes the LR only (within one episode's share, below), so the choices agree except at
-    # a near tie of the two utilities, which that LR difference may tip (5e-5 apart at episode 5
-    # with masked LM's random tokens drawn from the non-special vocabulary).
-    assert len(runs[10]) == len(runs[30])
-    for a, b in zip(runs[10], runs[30], strict=True):
-        margin = abs(a["utilities"]["mlm"] - a["utilities"]["mlm_shuffled"])
-        assert a["chosen"] == b["chosen"] or margin < 1e-3, (a["episode"], margin)
+    assert chosen(tmp_path / "10") == chosen(tmp_path / "30")  # the cap changes the LR only
     n, base, warmup_ratio = 2, 1e-3, 0.06  # train_batches, [meta].lr, [meta].warmup_ratio (default)
     for cap, records in runs.items():
         steps = cap * n

@@ -22,7 +22,7 @@ from metapt.errors import MetaptError
 from metapt.kinds import knowledge
 from metapt.kinds.base import Batch, Info
 from metapt.kinds.common import feature_inputs, join, pad
-from metapt.kinds.corpus import build_head, map_records, ordinary_ids, special_ids, write_rows
+from metapt.kinds.corpus import build_head, map_records, special_ids, write_rows
 from metapt.metrics import accuracy
 from metapt.spec import TaskSpec
 
@@ -99,7 +99,7 @@ def collate(
     rows: list[dict], tokenizer: Any, spec: TaskSpec, info: Info, generator: torch.Generator
 ) -> Batch:
     """Blocks -> input_ids, token_type_ids, attention_mask, labels (N, T); labels are -100 except at
-    the selected positions, of which 80% read [MASK], 10% a random non-special token and 10% stay
+    the selected positions, of which 80% read [MASK], 10% a random token and 10% stay
     unchanged (each position rolls for itself, also inside a whole word or span, as BERT and ERNIE)."""
     batch = feature_inputs(rows, tokenizer.pad_token_id)
     ids = batch["input_ids"]  # (N, T)
@@ -109,9 +109,10 @@ def collate(
     selected = select_units(starts, candidate, spec.option("mask_probability"), whole, generator)
     labels = ids.masked_fill(~selected, -100)
     roll = torch.rand(ids.shape, generator=generator)  # (N, T)
-    # BERT's random token is a word of the vocabulary, never a special token ([PAD], [CLS], ...)
-    ordinary = ordinary_ids(tokenizer)
-    random_ids = ordinary[torch.randint(len(ordinary), ids.shape, generator=generator)]  # (N, T)
+    # The random token is any id of the vocabulary, special ones included, as BERT's
+    # create_pretraining_data.py and Hugging Face's DataCollatorForLanguageModeling (run_mlm.py)
+    # draw it; fairseq (RoBERTa) leaves the special tokens out (docs/task-kinds.md).
+    random_ids = torch.randint(len(tokenizer), ids.shape, generator=generator)  # (N, T)
     masked = ids.masked_fill(selected & (roll < 0.8), tokenizer.mask_token_id)
     swap = selected & (roll >= 0.8) & (roll < 0.9)
     batch["input_ids"] = torch.where(swap, random_ids, masked)
