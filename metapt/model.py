@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -42,6 +43,7 @@ def load_encoder(name_or_dir: str) -> nn.Module:
     """A pretrained encoder by hub id or local folder (a metapt checkpoint is such a folder)."""
     from transformers import AutoModel
 
+    name_or_dir = os.path.expanduser(name_or_dir)  # "~/ckpt" is a folder (no hub id starts with ~)
     try:
         encoder = AutoModel.from_pretrained(name_or_dir)
     except (OSError, ValueError) as e:

@@ -115,3 +115,22 @@ def test_a_hub_id_that_is_not_a_folder_either_says_both() -> None:
         "not provide it ("
     )
     assert "\n" not in message and ".." not in message
+
+
+def test_a_pretrained_folder_under_home_is_read_with_a_tilde(
+    saved: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # runspec.inputs reads "~/tok" as HOME/tok (what --overwrite must not clear); loading did not,
+    # and took it for a malformed hub id
+    from transformers import BertConfig, BertModel
+
+    from metapt.model import load_encoder
+
+    shutil.copytree(saved, tmp_path / "tok")
+    config = BertConfig(
+        vocab_size=100, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16
+    )
+    BertModel(config, add_pooling_layer=False).save_pretrained(tmp_path / "enc")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_tokenizer("~/tok").vocab_size == load_tokenizer(str(saved)).vocab_size
+    assert load_encoder("~/enc").config.hidden_size == 8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ def load_tokenizer(name_or_dir: str) -> Any:
     from transformers import AutoTokenizer
 
     hint = "Give a local folder with tokenizer files, or a hub id while online."
+    name_or_dir = os.path.expanduser(name_or_dir)  # "~/tok" is a folder (no hub id starts with ~)
     if not Path(name_or_dir).expanduser().exists():
         if _is_path(name_or_dir):  # transformers would call it a malformed repo id
             raise MetaptError(f"cannot load a tokenizer from {name_or_dir!r}: no such folder. {hint}")
