@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from metapt.cli import app
 from metapt.data.readers import read_split
 from metapt.errors import DataError, MissingDataError
+from metapt.localdata import with_local_data
 from metapt.resolve import load_task, parse_run
 from metapt.spec import DataSpec
 from metapt.validation import missing_data
@@ -119,6 +120,18 @@ def test_cola_files_read_glues_headerless_rows(monkeypatch: pytest.MonkeyPatch) 
     assert (len(train), len(dev)) == (5, 2)
     assert (train[1]["text"], train[1]["label"]) == ("The cat the mat on sat.", "0")
     assert [r["label"] for r in dev] == ["0", "1"]
+
+
+def test_the_hub_cola_spec_on_the_headerless_files_points_to_cola_files(tmp_path: Path) -> None:
+    # `finetune --task cola --data glue/CoLA` reads the first row as the header; the error now says
+    # the row is data and names the spec that reads these files
+    fixture = Path(__file__).resolve().parent / "fixtures" / "data" / "glue" / "CoLA"
+    spec = with_local_data(load_task("cola"), fixture)
+    with pytest.raises(DataError) as info:
+        read_split(spec.data, "train")
+    message = str(info.value)
+    assert "names column 'sentence', which is not there" in message
+    assert "the first row looks like data, not a header" in message and "--task cola_files" in message
 
 
 # ------------------------------------------- the built-in specs on $METAPT_DATA in the distributions' layout

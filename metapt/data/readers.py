@@ -343,6 +343,17 @@ def _from_hub(data: DataSpec, split: str) -> datasets.Dataset | datasets.Iterabl
     return ds
 
 
+def _headerless_hint(names: list[str]) -> str:
+    """A hint when the "column names" read like a row of data (an empty one, or one with spaces)."""
+    if not any(not n.strip() or " " in n.strip() for n in names):
+        return ""
+    return (
+        "; the first row looks like data, not a header: a file without a header row needs "
+        '[data].header = false and columns named by position ("0", "1", ...); for GLUE\'s CoLA, '
+        "--task cola_files does that"
+    )
+
+
 def rename_columns(
     ds: datasets.Dataset | datasets.IterableDataset, columns: dict[str, str | list[str]], where: str
 ) -> datasets.Dataset | datasets.IterableDataset:
@@ -358,7 +369,7 @@ def rename_columns(
         if not present:
             raise DataError(
                 f"{where}: [data.columns].{field} names column {' or '.join(map(repr, options))}, which is "
-                f"not there; columns available: {', '.join(names)}"
+                f"not there; columns available: {', '.join(names)}{_headerless_hint(names)}"
             )
         chosen[field] = present[0]
     renames = {source: field for field, source in chosen.items() if source != field}
