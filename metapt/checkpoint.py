@@ -239,6 +239,14 @@ def lost_current(path: Path) -> str | None:
     )
 
 
+def resolve_output(path: Path) -> Path:
+    """`resolve` for a run's output folder (pretrain --resume): a `current` on a checkpoint that is
+    not whole names the other intact checkpoints metapt wrote there, as finetune does."""
+    if why := broken_current(path):
+        raise CheckpointError(why)
+    return resolve(path)
+
+
 def broken_current(path: Path) -> str | None:
     """Why the checkpoint that `current` points to in `path`, a metapt output folder, cannot be used
     (resolve's checks: incomplete, corrupt manifest), naming the other intact checkpoints metapt

@@ -100,7 +100,7 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
     device = pick_device(spec.run.device)
     if world > 1:
         device = distributed.init(device)
-    resume_dir = checkpoint.resolve(out) if resume else None
+    resume_dir = checkpoint.resolve_output(out) if resume else None
     notes: list[str] = []
     if resume_dir is not None:  # every rank reads the checkpoint rank 0 wrote (a shared filesystem)
         distributed.same_everywhere(resume_dir.name, f"the checkpoint to resume in {out}")
@@ -513,7 +513,7 @@ def _already_done(spec: RunSpec, callback: Callback) -> dict[str, Any] | None:
     writes nothing (no data is read, no model built); None when there are episodes to train. A run
     spec that cannot continue the checkpoint is refused all the same."""
     out = Path(spec.run.output_dir)
-    folder = checkpoint.resolve(out)
+    folder = checkpoint.resolve_output(out)
     spec, _ = resuming.reconcile(spec, folder)  # its notes are about episodes that will not run
     episode = resuming.episode_of(folder)
     if episode < spec.run.episodes:

@@ -360,19 +360,21 @@ def test_finetune_on_an_incomplete_current_checkpoint_exits_2_naming_the_intact_
     outdir.claim(out, older.name)
     corrupt(out / "checkpoint-000002")
     record = (out / outdir.RECORD).read_bytes()
-    result = runner.invoke(
-        app, ["finetune", "--task", "conll2012-synthetic", str(out), "--epochs", "1", "-q"]
-    )
-    assert result.exit_code == 2, result.output
-    message = " ".join(result.stderr.split())
-    assert (
-        f"{out / 'checkpoint-000002'}: incomplete checkpoint ({why}); {out / 'current'} points to it"
-        in message
-    )
-    assert f"metapt also wrote checkpoint-000001/ (after episode 1) in {out} and it is intact" in message
-    assert f"ln -sfn checkpoint-000001 {out / 'current'}" in message
-    assert "Traceback" not in result.stderr
+    finetune = ["finetune", "--task", "conll2012-synthetic", str(out), "--epochs", "1", "-q"]
+    resume = ["pretrain", str(AGNOSTIC), "--output-dir", str(out), "--resume", "--episodes", "3", "-q"]
+    for args in (finetune, resume):  # resume said only "incomplete checkpoint (...)"
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        message = " ".join(result.stderr.split())
+        assert (
+            f"{out / 'checkpoint-000002'}: incomplete checkpoint ({why}); {out / 'current'} points to it"
+            in message
+        )
+        assert f"metapt also wrote checkpoint-000001/ (after episode 1) in {out} and it is intact" in message
+        assert f"ln -sfn checkpoint-000001 {out / 'current'}" in message
+        assert "Traceback" not in result.stderr
     assert not (out / "finetune").exists() and (out / outdir.RECORD).read_bytes() == record
+    assert episodes_in(out) == [1, 2]
 
 
 def test_finetune_on_weights_that_do_not_load_leaves_the_record_as_it_was(
@@ -430,18 +432,21 @@ def test_a_file_cut_short_is_named_by_resume_and_finetune(
         f"usable: restore it from a copy, make another intact checkpoint current (ln -sfn checkpoint-N "
         f"{out / 'current'}), or pretrain again\n"
     )
-    resume = ["pretrain", str(AGNOSTIC), "--output-dir", str(out), "--resume", "--episodes", "3", "-q"]
-    result = runner.invoke(app, resume)
-    assert result.exit_code == 2, result.output  # was "corrupt checkpoint (SafetensorError: ..."
-    assert result.stderr == expected
-    # finetune (of heads or training_state cut short: was exit 0) names the other intact ones instead
-    result = runner.invoke(app, ["finetune", "--task", str(SRL), str(out), "--epochs", "1", "-q"])
-    assert result.exit_code == 2, result.output
-    assert result.stderr == (
-        f"error: {folder / name}: damaged ({now} bytes, metapt wrote {wrote}); {out / 'current'} points "
-        f"to it, and no other intact checkpoint metapt wrote is left in {out}; pretrain again "
-        "(--overwrite starts again in this folder)\n"
-    )
+    # a checkpoint folder itself gets the one line; an output folder names the other intact ones
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.resolve(folder)
+    assert f"error: {info.value}\n" == expected
+    for args in (  # resume: was "corrupt checkpoint (SafetensorError: ..."; finetune: was exit 0
+        ["pretrain", str(AGNOSTIC), "--output-dir", str(out), "--resume", "--episodes", "3", "-q"],
+        ["finetune", "--task", str(SRL), str(out), "--epochs", "1", "-q"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert result.stderr == (
+            f"error: {folder / name}: damaged ({now} bytes, metapt wrote {wrote}); {out / 'current'} "
+            f"points to it, and no other intact checkpoint metapt wrote is left in {out}; pretrain "
+            "again (--overwrite starts again in this folder)\n"
+        )
     assert not (out / "finetune").exists() and episodes_in(out) == [1, 2]
 
 
