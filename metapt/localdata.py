@@ -181,14 +181,25 @@ def with_local_data(spec: TaskSpec, path: Path) -> TaskSpec:
     if path.is_file():
         splits = {"train": str(path), "validation": "", "test": ""}
     else:
-        splits = {s: _match(path, s, Path(getattr(spec.data, s)).name, spec.name) for s in KEYWORDS}
-        if not any(splits.values()):
-            splits = {"train": str(path), "validation": "", "test": ""}
+        splits = _split_entries(spec, path)
     _hub_files(spec, path, splits)
     data = dataclasses.replace(spec.data, format=fmt, base_dir="/", dataset="", **splits)
     if fmt == "nq":  # said before finetune asks for the train or validation split it lacks
         _no_nq_open(data)
     return dataclasses.replace(spec, data=data)
+
+
+def _split_entries(spec: TaskSpec, path: Path) -> dict[str, str]:
+    """Split -> entry of a folder (`_match`). A clone of a hub dataset's repository keeps its split
+    files one level down, in data/ or in a folder named for the subset (nyu-mll/glue's rte/); with
+    no split at the top they are read from there, and with none at all the folder is the train split."""
+    for folder in (path, path / "data", path / spec.data.subset if spec.data.subset else None):
+        if folder is None or not folder.is_dir():
+            continue
+        splits = {s: _match(folder, s, Path(getattr(spec.data, s)).name, spec.name) for s in KEYWORDS}
+        if any(splits.values()):
+            return splits
+    return {"train": str(path), "validation": "", "test": ""}
 
 
 def _hub_files(spec: TaskSpec, path: Path, splits: dict[str, str]) -> None:

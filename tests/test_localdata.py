@@ -5,6 +5,7 @@ variants refused; SQuAD 2.0 files for the v1.1 task), on tiny fixtures in the re
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,23 @@ def test_parquet_shards_of_a_split_are_read_together() -> None:
     assert data.train == str(FX / "rte-parquet" / "train-[0-9][0-9][0-9][0-9][0-9]-of-00002.parquet")
     train = read_split(data, "train")
     assert train["text"] == ["Omega is in Rome.", "The bridge is green.", "Ann wrote a book."]
+    assert len(read_split(data, "validation")) == 1
+
+
+@pytest.mark.parametrize("inside", ["data", "rte"])
+def test_a_clone_of_a_hub_repository_is_read_from_its_data_or_subset_folder(
+    inside: str, tmp_path: Path
+) -> None:
+    # `git clone` of a hub dataset keeps the parquet files in data/ (one configuration) or in a
+    # folder per subset (nyu-mll/glue: rte/), beside a README.md; the whole clone was the train split
+    shutil.copytree(FX / "rte-parquet", tmp_path / "clone" / inside)
+    (tmp_path / "clone" / "README.md").write_text("---\ndataset_info: ...\n---\n")
+    data = task_spec("rte", tmp_path / "clone", {}).data
+    assert read_split(data, "train")["text"] == [
+        "Omega is in Rome.",
+        "The bridge is green.",
+        "Ann wrote a book.",
+    ]
     assert len(read_split(data, "validation")) == 1
 
 
