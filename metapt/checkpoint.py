@@ -228,14 +228,24 @@ def lost_current(path: Path) -> str | None:
             f"{path}: {why}, and no intact checkpoint metapt wrote is left there; pretrain again "
             "(--overwrite starts again in this folder)"
         )
+    listed, these, advice = _go_on(found, link)
+    return f"{path}: {why}, so no checkpoint is current; metapt wrote {listed} there and {these} intact. {advice}"
+
+
+def _go_on(found: dict[str, int], link: Path) -> tuple[str, str, str]:
+    """The intact checkpoints `found` (name -> episode) as a phrase, "it is" or "they are", and how
+    to make the latest one current: metapt never picks one itself (the user chooses what continues)."""
     latest = max(found, key=found.__getitem__)
     listed = ", ".join(f"{n}/ (after episode {e})" for n, e in found.items())
     these = "it is" if len(found) == 1 else "they are"
     return (
-        f"{path}: {why}, so no checkpoint is current; metapt wrote {listed} there and {these} intact. "
-        f"metapt does not pick one itself; to go on from {latest}, run\n"
-        f"  ln -sfn {latest} {shlex.quote(str(link))}\n"
-        "and run the command again (pretrain: with --resume)"
+        listed,
+        these,
+        (
+            f"metapt does not pick one itself; to go on from {latest}, run\n"
+            f"  ln -sfn {latest} {shlex.quote(str(link))}\n"
+            "and run the command again (pretrain: with --resume)"
+        ),
     )
 
 
@@ -271,15 +281,8 @@ def broken_current(path: Path) -> str | None:
             f"{why}; {link} points to it, and no other intact checkpoint metapt wrote is left in "
             f"{path}; pretrain again (--overwrite starts again in this folder)"
         )
-    latest = max(found, key=found.__getitem__)
-    listed = ", ".join(f"{n}/ (after episode {e})" for n, e in found.items())
-    these = "it is" if len(found) == 1 else "they are"
-    return (
-        f"{why}; {link} points to it. metapt also wrote {listed} in {path} and {these} intact. "
-        f"metapt does not pick one itself; to go on from {latest}, run\n"
-        f"  ln -sfn {latest} {shlex.quote(str(link))}\n"
-        "and run the command again (pretrain: with --resume)"
-    )
+    listed, these, advice = _go_on(found, link)
+    return f"{why}; {link} points to it. metapt also wrote {listed} in {path} and {these} intact. {advice}"
 
 
 def resolve(path: Path) -> Path:
