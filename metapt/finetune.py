@@ -18,21 +18,12 @@ from safetensors.torch import load_file, save_file
 from metapt import distributed, outdir, pointless, stats
 from metapt.builders import build_model
 from metapt.catalog import KINDS
-from metapt.checkpoint import (
-    HEADS,
-    HEADS_INFO,
-    MANIFEST,
-    STATE,
-    broken_current,
-    check_files,
-    damaged,
-    lost_current,
-    sizes,
-)
+from metapt.checkpoint import HEADS, HEADS_INFO, STATE, broken_current, lost_current
 from metapt.data.pipeline import TaskData, eval_batches, kind_of, load_task, stable_seed
 from metapt.data.tokenizer import check_special, load_tokenizer
 from metapt.device import autocast_for, pick_device
 from metapt.errors import CheckpointError, MetaptError
+from metapt.filesizes import MANIFEST, check_files, damaged, sizes
 from metapt.localdata import with_local_data, without_missing_test
 from metapt.model import MultiTaskModel, batch_to, load_encoder, saved_state
 from metapt.resolve import load_task as load_task_spec
