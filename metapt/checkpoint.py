@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from metapt import outdir
-from metapt.errors import CheckpointError
+from metapt.errors import CheckpointError, first_line
 from metapt.filesizes import MANIFEST, check_files, damaged, sizes, unusable
 from metapt.model import saved_state
 
@@ -83,7 +83,7 @@ def save(
         shutil.rmtree(tmp, ignore_errors=True)
         free = shutil.disk_usage(output_dir).free
         raise CheckpointError(
-            f"{output_dir}: cannot write {name} ({type(e).__name__}: {_first_line(e)}); "
+            f"{output_dir}: cannot write {name} ({type(e).__name__}: {first_line(e)}); "
             f"{free / 2**20:.0f} MiB free on that disk. Nothing was lost: the previous checkpoint "
             "is still current. Free some space and run again with --resume."
         ) from None
@@ -110,10 +110,6 @@ def save(
             shutil.rmtree(old, ignore_errors=True)
             outdir.disown(output_dir, old.name)
     return final
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0]
 
 
 def _write(
@@ -287,7 +283,7 @@ def _load(path: Path, read: Any) -> Any:
     try:
         return read(path)
     except Exception as e:  # safetensors' and torch's own errors for a file that is not theirs
-        first = _first_line(e).split(". ")[0]  # torch's zip errors go on for several sentences
+        first = first_line(e).split(". ")[0]  # torch's zip errors go on for several sentences
         raise CheckpointError(
             f"{path}: corrupt ({type(e).__name__}: {first}); {unusable(path.parent)}"
         ) from None

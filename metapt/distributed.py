@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from metapt.errors import MetaptError, TrainingError
+from metapt.errors import MetaptError, TrainingError, first_line
 from metapt.train import items
 
 Batch = dict[str, torch.Tensor]
@@ -80,7 +80,7 @@ def init(device: torch.device) -> torch.device:
                 "launch with torchrun --nproc_per_node K -m metapt ..."
             ) from None
         except RuntimeError as e:
-            raise TrainingError(f"rank {rank()}: cannot reach the other ranks ({_first_line(e)})") from e
+            raise TrainingError(f"rank {rank()}: cannot reach the other ranks ({first_line(e)})") from e
         atexit.register(_teardown)
     return device
 
@@ -91,10 +91,6 @@ def _teardown() -> None:
             dist.destroy_process_group()
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
 @contextlib.contextmanager
 def _collective(what: str) -> Iterator[None]:
     """Turn a failed or timed-out collective into one clear TrainingError."""
@@ -102,7 +98,7 @@ def _collective(what: str) -> Iterator[None]:
         yield
     except RuntimeError as e:  # gloo/nccl errors and timeouts (torch.distributed.DistError included)
         raise TrainingError(
-            f"rank {rank()} of {world()}: {what} with the other ranks failed ({_first_line(e)}). "
+            f"rank {rank()} of {world()}: {what} with the other ranks failed ({first_line(e)}). "
             "Another rank probably stopped with an error (see its message) or did not get there within "
             f"{TIMEOUT_ENV}={timeout():g} seconds. The last checkpoint is intact: fix the cause "
             "and rerun with --resume."

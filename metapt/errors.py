@@ -13,6 +13,11 @@ def suggest(word: str, options: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's first line (torch's and transformers' messages run on), or its type's name."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 class MetaptError(Exception):
     """Bad input from the user (spec, option, data, checkpoint): the CLI exits with code 2."""
 

@@ -9,13 +9,9 @@ import shlex
 from collections.abc import Collection
 from pathlib import Path
 
-from metapt.errors import CheckpointError
+from metapt.errors import CheckpointError, first_line
 
 MANIFEST = "metapt.json"  # written last; its "files" hold the sizes
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0]
 
 
 def unusable(folder: Path) -> str:
@@ -46,7 +42,7 @@ def damaged(folder: Path, recorded: object, missing_ok: Collection[str] = ()) ->
             try:
                 json.loads(path.read_bytes())
             except ValueError as e:  # UnicodeDecodeError is one
-                out.append(f"{path}: damaged (not JSON: {_first_line(e)})")
+                out.append(f"{path}: damaged (not JSON: {first_line(e)})")
         elif (now := path.stat().st_size) != size:
             out.append(f"{path}: damaged ({now} bytes, metapt wrote {size})")
     return out
@@ -59,7 +55,7 @@ def check_files(folder: Path, missing_ok: Collection[str] = ()) -> None:
         meta = json.loads((folder / MANIFEST).read_bytes())
     except (OSError, ValueError) as e:
         raise CheckpointError(
-            f"{folder / MANIFEST}: corrupt manifest ({_first_line(e)}); {unusable(folder)}"
+            f"{folder / MANIFEST}: corrupt manifest ({first_line(e)}); {unusable(folder)}"
         ) from None
     if bad := damaged(folder, meta.get("files") if isinstance(meta, dict) else None, missing_ok):
         raise CheckpointError(f"{'; '.join(bad)}; {unusable(folder)}")

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from metapt.errors import MetaptError
+from metapt.errors import MetaptError, first_line
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[BLANK]"]  # [BLANK]: span selection's gap
 
@@ -62,7 +62,7 @@ def load_tokenizer(name_or_dir: str) -> Any:
 
     hint = "Give a local folder with tokenizer files, or a hub id while online."
     name_or_dir = os.path.expanduser(name_or_dir)  # "~/tok" is a folder (no hub id starts with ~)
-    if not Path(name_or_dir).expanduser().exists():
+    if not Path(name_or_dir).exists():
         if _is_path(name_or_dir):  # transformers would call it a malformed repo id
             raise MetaptError(f"cannot load a tokenizer from {name_or_dir!r}: no such folder. {hint}")
         # maybe a hub id: say what the hub said, on one line
@@ -71,12 +71,14 @@ def load_tokenizer(name_or_dir: str) -> Any:
         except (OSError, ValueError) as e:
             raise MetaptError(
                 f"cannot load a tokenizer from {name_or_dir!r}: no such folder, and the hub did not "
-                f"provide it ({_first_line(e)}). {hint}"
+                f"provide it ({first_line(e).rstrip('.')}). {hint}"
             ) from None
     try:
         tok = AutoTokenizer.from_pretrained(name_or_dir)
     except Exception as e:  # a local folder's tokenizer files that transformers cannot parse
-        raise MetaptError(f"cannot load a tokenizer from {name_or_dir!r}: {_first_line(e)}. {hint}") from None
+        raise MetaptError(
+            f"cannot load a tokenizer from {name_or_dir!r}: {first_line(e).rstrip('.')}. {hint}"
+        ) from None
     return _fast(tok, name_or_dir)
 
 
@@ -89,10 +91,6 @@ def _fast(tok: Any, name_or_dir: str) -> Any:
 def _is_path(name: str) -> bool:
     """Whether `name` can only be a folder: a hub id is NAME or NAMESPACE/NAME, never ./x, /x, ~/x or a/b/c."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(".")
 
 
 # The special tokens a task's batches are built with: every kind pads its batches and joins its
