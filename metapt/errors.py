@@ -9,8 +9,15 @@ from dataclasses import dataclass
 
 def suggest(word: str, options: Iterable[str]) -> str:
     """ " (did you mean 'x'?)" for the closest of `options`, or "" when none is close."""
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return did_you_mean(difflib.get_close_matches(word, list(options), n=1, cutoff=0.6))
+
+
+def did_you_mean(close: list[str]) -> str:
+    """ " (did you mean 'a', 'b' or 'c'?)" for these close names, or "" for none."""
+    if not close:
+        return ""
+    quoted = [repr(o) for o in close]
+    return f" (did you mean {' or '.join(filter(None, [', '.join(quoted[:-1]), quoted[-1]]))}?)"
 
 
 def first_line(e: BaseException) -> str:

@@ -11,7 +11,7 @@ import difflib
 from functools import cache
 from pathlib import Path
 
-from metapt.errors import Problem, SpecError, suggest
+from metapt.errors import Problem, SpecError, did_you_mean, suggest
 from metapt.spec import RunSpec, TaskSpec
 from metapt.validation import build_run, is_run_spec, parse_task, read_toml, run_problems
 
@@ -118,15 +118,7 @@ def not_found(ref: str, path: Path) -> SpecError:
     for word in (ref.removeprefix("tasks/").removesuffix(".toml"), stem):  # paper/agnostc, then agnostc
         close += [c for c in difflib.get_close_matches(word, names, n=3) if c not in close]
     what = "no such file" if "/" in ref or ref.endswith(".toml") else "no such file or spec name"
-    return SpecError([Problem(str(path), "", what + _did_you_mean(close[:3]))])
-
-
-def _did_you_mean(options: list[str]) -> str:
-    """ " (did you mean 'a', 'b' or 'c'?)", or "" for none."""
-    if not options:
-        return ""
-    quoted = [repr(o) for o in options]
-    return f" (did you mean {' or '.join(filter(None, [', '.join(quoted[:-1]), quoted[-1]]))}?)"
+    return SpecError([Problem(str(path), "", what + did_you_mean(close[:3]))])
 
 
 def find_task(name: str) -> Path:

@@ -120,14 +120,6 @@ def special_ids(tokenizer: Any) -> tuple[int, ...]:
     return tuple(sorted(set(tokenizer.all_special_ids)))
 
 
-@cache
-def ordinary_ids(tokenizer: Any) -> torch.Tensor:
-    """The sorted ids of every non-special token: where a random replacement is drawn from (a [PAD],
-    [CLS] or [SEP] inside a text is no word, and [MASK] would blur BERT's 80/10/10)."""
-    special = set(special_ids(tokenizer))
-    return torch.tensor([i for i in range(len(tokenizer)) if i not in special])
-
-
 def write_rows(path: Path, predictions: list[Any], records: Any, info: dict) -> None:
     """One JSON line per prediction (source kinds predict per feature row, not per record)."""
     write_jsonl(path, predictions)

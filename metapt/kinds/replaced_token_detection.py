@@ -16,6 +16,7 @@ least one per batch), from the generator: fresh corruptions every batch. encode 
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import datasets
@@ -24,7 +25,7 @@ import torch
 from metapt.kinds import word_tags
 from metapt.kinds.base import Batch, Info
 from metapt.kinds.common import feature_inputs
-from metapt.kinds.corpus import ordinary_ids, special_ids, write_rows
+from metapt.kinds.corpus import special_ids, write_rows
 from metapt.kinds.labelled import IGNORE
 from metapt.kinds.masked_lm import blocks, select_units
 from metapt.spec import TaskSpec
@@ -40,6 +41,13 @@ def prepare(spec: TaskSpec, train: datasets.Dataset | None) -> Info:
 def encode(dataset: datasets.Dataset, tokenizer: Any, spec: TaskSpec, info: Info) -> datasets.Dataset:
     """Documents -> masked LM's blocks {"input_ids": [CLS] block [SEP], "word_starts"}."""
     return blocks(dataset, tokenizer, spec.batch.max_length, "token", spec.name)
+
+
+@cache
+def _ordinary(tokenizer: Any) -> torch.Tensor:
+    """The sorted ids of every non-special token."""
+    special = set(special_ids(tokenizer))
+    return torch.tensor([i for i in range(len(tokenizer)) if i not in special])
 
 
 def _from_pool(
@@ -80,7 +88,7 @@ def replacements(
     if mode in ("bigram", "unigram"):
         zero, size = torch.zeros_like(original), torch.full_like(original, len(tokens))
         new = torch.where(new < 0, _from_pool(tokens, zero, size, original, g), new)
-    ordinary = ordinary_ids(tokenizer)  # uniform, and the last resort of the others
+    ordinary = _ordinary(tokenizer)  # uniform, and the last resort of the others
     at = torch.searchsorted(ordinary, original)
     r = torch.randint(max(len(ordinary) - 1, 1), original.shape, generator=g)
     uniform = ordinary[r + (r >= at).long()]  # any ordinary token but the original
