@@ -45,6 +45,8 @@ class KindInfo:
     suffix: str = "jsonl"  # of the prediction files: predictions/SPLIT.SUFFIX in the field's own format
     # Targets: the fields of `fields` holding the gold answer, which a test split may lack or leave null.
     labels: tuple[str, ...] = ()
+    # Record fields the kind reads when a record has them: absent or null is fine, another type is not.
+    optional: tuple[str, ...] = ()
 
 
 MASKING = ("token", "whole_word", "phrase", "entity")
@@ -199,6 +201,7 @@ KINDS: dict[str, KindInfo] = {
         "single sentences or pairs (GLUE, SuperGLUE)",
         suffix="tsv",
         labels=("label",),
+        optional=("text_pair",),
     ),
     "regression": KindInfo(
         "target",
@@ -210,6 +213,7 @@ KINDS: dict[str, KindInfo] = {
         "a real-valued score for a sentence or pair (STS-B)",
         suffix="tsv",
         labels=("label",),
+        optional=("text_pair",),
     ),
     "token_classification": KindInfo(
         "target",
@@ -265,6 +269,7 @@ KINDS: dict[str, KindInfo] = {
         ("context", "choices"),
         {"main_metric": _MAIN},
         "one score per (context, candidate), softmax over candidates (COPA, ReCoRD)",
+        optional=("question", "answers", "label"),
     ),
 }
 
@@ -338,6 +343,13 @@ def record_fields(kind: str, split: str) -> tuple[tuple[str, ...], ...]:
         if group not in groups:
             groups.append(group)
     return tuple(groups)
+
+
+def optional_fields(kind: str, split: str) -> tuple[str, ...]:
+    """The fields a record of a split may have, whose values the kind reads when it has them: its
+    kind's optional ones, and in a test split its labels (`record_fields` needs none there)."""
+    info = KINDS[kind]
+    return info.optional + (info.labels if split == "test" else ())
 
 
 def roles(kind: str) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from metapt.catalog import KINDS, record_fields, roles
+from metapt.catalog import KINDS, roles
 from metapt.errors import MetaptError, MissingDataError
 from metapt.resolve import find_run, run_references, task_files
 from metapt.spec import TaskSpec
@@ -27,13 +27,13 @@ def _location(spec: TaskSpec) -> str:
 def count_examples(spec: TaskSpec) -> dict[str, int]:
     """Examples per split, read through the real readers (a test split that is not there is left
     out, as finetune leaves it out)."""
-    from metapt.data.readers import read_split
+    from metapt.data.pipeline import read_task_split
     from metapt.localdata import without_missing_test
 
     spec, _ = without_missing_test(spec)
     counts = {}
     for split in spec.data.splits():
-        ds = read_split(spec.data, split, record_fields(spec.kind, split))
+        ds = read_task_split(spec, split)
         counts[split] = (
             ds.num_rows if hasattr(ds, "num_rows") and ds.num_rows is not None else sum(1 for _ in ds)
         )

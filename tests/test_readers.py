@@ -615,6 +615,68 @@ def test_a_hub_record_of_the_wrong_type_or_null_is_named_by_its_number(
     assert "every train record needs" in str(e.value)
 
 
+# A field a kind reads when present (classification's text_pair), and a list field's elements: a
+# number among the tokens, or tag ids for tags, reached the tokenizer or the tagger and failed as an
+# internal error (exit 1) instead of naming the record.
+_TYPED = [  # kind, a good record, a bad one, what is said of the bad one
+    (
+        "classification",
+        {"text": "a b", "text_pair": "c", "label": "x"},
+        {"text": "a b", "text_pair": 5, "label": "x"},
+        "'text_pair' is a number (5); every train record needs a string there",
+    ),
+    (
+        "token_classification",
+        {"tokens": ["a", "b"], "tags": ["O", "O"]},
+        {"tokens": [1, 2], "tags": ["O", "O"]},
+        "'tokens' has a number (1) at position 0; every train record needs a list of strings there",
+    ),
+    (
+        "token_classification",
+        {"tokens": ["a", "b"], "tags": ["O", "O"]},
+        {"tokens": ["a", "b"], "tags": ["O", None]},
+        "'tags' has null at position 1; every train record needs a list of strings there",
+    ),
+    (
+        "srl",
+        {"tokens": ["a", "b"], "predicate_indices": [1], "srl_tags": [["O", "B-V"]]},
+        {"tokens": ["a", "b"], "predicate_indices": ["1"], "srl_tags": [["O", "B-V"]]},
+        "'predicate_indices' has a string (1) at position 0; every train record needs a list of numbers there",
+    ),
+]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize(("kind", "good", "bad", "message"), _TYPED)
+def test_an_optional_field_or_a_list_element_of_the_wrong_type_names_its_line(
+    tmp_path: Path, streaming: bool, kind: str, good: dict, bad: dict, message: str
+):
+    import json
+
+    from metapt.catalog import optional_fields
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in (bad, bad)))  # one Arrow type: no schema error
+    data = DataSpec(format="jsonl", train=str(path), streaming=streaming)
+    with pytest.raises(DataError) as e:
+        list(read_split(data, "train", needs_of(kind), optional_fields(kind, "train")))
+    assert str(e.value) == f"{path}:1: {message}"
+    path.write_text(json.dumps(good) + "\n")
+    assert list(read_split(data, "train", needs_of(kind), optional_fields(kind, "train"))) == [good]
+
+
+def test_a_test_split_label_of_the_wrong_type_is_named_though_it_may_be_absent(tmp_path: Path):
+    from metapt.catalog import optional_fields
+
+    path = tmp_path / "test.jsonl"
+    path.write_text('{"text": "a"}\n{"text": "b", "label": {"y": 1}}\n')
+    data = DataSpec(format="jsonl", test=str(path))
+    with pytest.raises(DataError, match=r":2: 'label' is an object \(\{'y': 1\}\); every test record needs"):
+        read_split(
+            data, "test", needs_of("classification", "test"), optional_fields("classification", "test")
+        )
+
+
 def test_a_hub_column_of_numbers_where_text_belongs_names_the_first_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):

@@ -141,6 +141,14 @@ def encode_split(
     return datasets.load_from_disk(str(path)) if path.is_dir() else features
 
 
+def read_task_split(spec: TaskSpec, split: str) -> datasets.Dataset | datasets.IterableDataset:
+    """One split of a task's records, checked against the fields its kind needs and reads."""
+    from metapt.catalog import optional_fields, record_fields
+    from metapt.data.readers import read_split
+
+    return read_split(spec.data, split, record_fields(spec.kind, split), optional_fields(spec.kind, split))
+
+
 def load_task(
     spec: TaskSpec,
     tokenizer: Any,
@@ -154,11 +162,9 @@ def load_task(
     `info` holds the kind's facts from the train records plus "vocab_size" once a tokenizer is known;
     pass a checkpoint's saved `info` to score with the label order a head was trained with.
     """
-    from metapt.catalog import record_fields
     from metapt.data.qa import no_squad_v2
-    from metapt.data.readers import read_split
 
-    records = records or {s: read_split(spec.data, s, record_fields(spec.kind, s)) for s in splits}
+    records = records or {s: read_task_split(spec, s) for s in splits}
     _check_fields(spec, records)
     no_squad_v2(spec, records)
     if info is None:

@@ -107,15 +107,16 @@ def _jsonl_records(
     needs: tuple[tuple[str, ...], ...] = (),
     split: str = "",
     fields: dict[str, str] | None = None,
+    optional: tuple[str, ...] = (),
 ) -> Iterator[dict]:
     """The objects of JSON-lines files; a stream checks each against `needs` (column groups, see
-    `check_records`) and the types of their `fields` (column -> field) as it goes, since it is never
-    held whole (nor converted to one Arrow schema)."""
+    `check_records`) and the types of their `fields` (column -> field) and `optional` columns as it
+    goes, since it is never held whole (nor converted to one Arrow schema)."""
     for name in files:
         for n, record in json_lines(Path(name)):
             if not isinstance(record, dict):
                 raise DataError(f"{name}:{n}: a JSON {type(record).__name__} (expected an object per line)")
-            if why := record_problem(record, needs, split, fields or {}):
+            if why := record_problem(record, needs, split, fields or {}, optional):
                 raise DataError(f"{name}:{n}: {why}")
             yield record
 
@@ -213,12 +214,16 @@ _STREAMS = {"text": _text_documents, "jsonl": _jsonl_records, "wikitext": wikite
 
 # ------------------------------------------------------------------------------------ the entry
 def read_split(
-    data: DataSpec, split: str, needs: tuple[tuple[str, ...], ...] = ()
+    data: DataSpec, split: str, needs: tuple[tuple[str, ...], ...] = (), optional: tuple[str, ...] = ()
 ) -> datasets.Dataset | datasets.IterableDataset:
     """Records of one split ("train" | "validation" | "test"), with fields renamed per data.columns.
     Each record needs a value (not null, nor an empty cell) for one field of each `needs` group
-    (`catalog.record_fields`); the first that has none is a DataError naming its file and line."""
+    (`catalog.record_fields`), and the values of these fields and of the `optional` ones it has
+    (`catalog.optional_fields`) need their types; the first that has not is a DataError naming its
+    file and line."""
     files: list[Path] = []
+    fields = source_fields(needs + tuple((f,) for f in optional), data.columns)
+    columns = tuple(c for group in source_groups(tuple((f,) for f in optional), data.columns) for c in group)
     if data.format == "hf":
         if not getattr(data, split):
             raise DataError(
@@ -237,7 +242,7 @@ def read_split(
             gen_kwargs: dict = {"files": [str(f) for f in files]}
             if data.format == "jsonl":  # the other streams make their records' fields themselves
                 gen_kwargs |= {"needs": source_groups(needs, data.columns), "split": split}
-                gen_kwargs["fields"] = source_fields(needs, data.columns)
+                gen_kwargs |= {"fields": fields, "optional": columns}
             ds = datasets.IterableDataset.from_generator(_STREAMS[data.format], gen_kwargs=gen_kwargs)
         else:
             ds = READERS[data.format](files, data)
@@ -252,12 +257,10 @@ def read_split(
         )
     names = ds.column_names
     if data.format == "hf" and isinstance(ds, datasets.IterableDataset):  # in the hub's column names
-        ds = checked_stream(
-            ds, source_groups(needs, data.columns), split, where, source_fields(needs, data.columns)
-        )
+        ds = checked_stream(ds, source_groups(needs, data.columns), split, where, fields, columns)
     ds = rename_columns(ds, data.columns, where)
     if isinstance(ds, datasets.Dataset):
-        check_records(ds, needs, names, data, files, split, where)
+        check_records(ds, needs, names, data, files, split, where, optional)
     return word_salad(ds, data.seed, split) if data.shuffle_words else ds
 
 

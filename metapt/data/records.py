@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from metapt.data.files import json_lines, json_records, open_text
 from metapt.errors import DataError
@@ -23,6 +25,10 @@ _JSON_TYPES = {
     list: "a list",
     dict: "an object",
 }
+
+
+def _shown(value: object) -> str:
+    return "null" if value is None else _JSON_TYPES.get(type(value), type(value).__name__)
 
 
 def _fits(values: list, n: int) -> bool:
@@ -58,11 +64,12 @@ def schema_error(
     for key in [k for k in first if first[k] == i]:
         value = records[i].get(key)
         earlier = next((v for v in (r.get(key) for r in records[:i]) if v is not None), None)
-        was = f", where the records before it have {_JSON_TYPES.get(type(earlier), type(earlier).__name__)}"
-        parts.append(
-            f"column {key!r} is {_JSON_TYPES.get(type(value), type(value).__name__)} ({str(value)[:40]})"
-            + (was if earlier is not None else "")
-        )
+        if type(earlier) is type(value) or (earlier is None and isinstance(value, list | dict)):
+            was = " before it" if earlier is not None else ""
+            why = f", whose parts are not of the types of the records{was}" if was else " of mixed types"
+        else:
+            why = f", where the records before it have {_shown(earlier)}" if earlier is not None else ""
+        parts.append(f"column {key!r} is {_shown(value)} ({str(value)[:40]}){why}")
     return DataError(f"{place}: {'; '.join(parts)}; every record must have one type per column ({e})")
 
 
@@ -138,7 +145,17 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("entities", "relations", "choices"), (list,)),
     "answers": (dict, list),  # SQuAD's {"text": [...], "answer_start": [...]}, ReCoRD's list
     "label": (str, int, float),  # a label name or index, or a regression target (bool is an int)
+    "text_pair": (str,),
 }
+# What every element of a list field must be (a null element is wrong too): a tokenizer given a
+# number among the tokens, or a tagger given tag ids, failed with an internal error.
+ELEMENT_TYPES: dict[str, type] = {
+    **dict.fromkeys(("sentences", "turns", "tokens", "tags", "choices"), str),
+    "predicate_indices": int,
+    "srl_tags": list,  # one column of tags per predicate
+    **dict.fromkeys(("entities", "relations"), dict),
+}
+_PLURAL = {str: "strings", int: "numbers", list: "lists", dict: "objects"}
 
 
 def _wanted(types: tuple[type, ...]) -> str:
@@ -146,25 +163,42 @@ def _wanted(types: tuple[type, ...]) -> str:
 
 
 def misfit(value: object, column: str, field: str, split: str) -> str | None:
-    """What is wrong with the non-null `value` of `column` (record field `field`) for a message, or None."""
+    """What is wrong with the non-null `value` of `column` (record field `field`), or an element of
+    it, for a message; None when nothing."""
     wanted = FIELD_TYPES.get(field)
-    if value is None or wanted is None or isinstance(value, wanted):
+    if value is None or wanted is None:
         return None
-    shown = _JSON_TYPES.get(type(value), type(value).__name__)
-    return f"{column!r} is {shown} ({str(value)[:40]}); every {split} record needs {_wanted(wanted)} there"
+    if not isinstance(value, wanted):
+        return f"{column!r} is {_shown(value)} ({str(value)[:40]}); every {split} record needs {_wanted(wanted)} there"
+    element = ELEMENT_TYPES.get(field)
+    if element is None or not isinstance(value, list):
+        return None
+    bad = next((k for k, e in enumerate(value) if not isinstance(e, element)), None)
+    if bad is None:
+        return None
+    shown = "null" if value[bad] is None else f"{_shown(value[bad])} ({str(value[bad])[:40]})"
+    return f"{column!r} has {shown} at position {bad}; every {split} record needs a list of {_PLURAL[element]} there"
 
 
 def record_problem(
-    record: dict, needs: tuple[tuple[str, ...], ...], split: str, fields: dict[str, str]
+    record: dict,
+    needs: tuple[tuple[str, ...], ...],
+    split: str,
+    fields: dict[str, str],
+    optional: tuple[str, ...] = (),
 ) -> str | None:
-    """What one record lacks of `needs` (column groups) or holds of the wrong type, or None;
-    `fields`: column -> the record field it becomes (a column not in it is its own field)."""
+    """What one record lacks of `needs` (column groups) or holds of the wrong type, also in its
+    `optional` columns (absent or null is fine there), or None; `fields`: column -> the record field
+    it becomes (a column not in it is its own field)."""
     for group in needs:
         if all(record.get(c) is None for c in group):
             return lacking(record, group, split)
         for c in group:
             if why := misfit(record.get(c), c, fields.get(c, c), split):
                 return why
+    for c in optional:
+        if why := misfit(record.get(c), c, fields.get(c, c), split):
+            return why
     return None
 
 
@@ -174,13 +208,14 @@ def checked_stream(
     split: str,
     where: str,
     fields: dict[str, str],
+    optional: tuple[str, ...] = (),
 ) -> datasets.IterableDataset:
     """A hub stream whose records are checked as they are read (it is never held whole, and has no
-    file and line to name) against `needs` and `fields` as `record_problem` takes them: the first
-    bad one is a DataError naming "WHERE: record k"."""
+    file and line to name) against `needs`, `fields` and `optional` as `record_problem` takes them:
+    the first bad one is a DataError naming "WHERE: record k"."""
 
     def check(record: dict, k: int) -> dict:
-        if why := record_problem(record, needs, split, fields):
+        if why := record_problem(record, needs, split, fields, optional):
             raise DataError(f"{where}: record {k + 1}: {why}")
         return record
 
@@ -226,11 +261,11 @@ def check_records(
     files: list[Path],
     split: str,
     where: str,
+    optional: tuple[str, ...] = (),
 ) -> None:
-    """Every record has a value for one field of each `needs` group. Arrow finds the first that lacks
-    one (no pass in Python); only then are the files read again, to name its line."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    """Every record has a value for one field of each `needs` group, and the fields of `needs` and
+    `optional` have values of their types. Arrow finds the first that does not (no pass in Python);
+    only then are the files read again, to name its line."""
 
     for group in needs:
         present = [f for f in group if f in ds.column_names]
@@ -251,22 +286,29 @@ def check_records(
         mapped = [f"[data.columns].{f} = {s!r}" for f, s in zip(present, sources, strict=True) if f != s]
         note = f" ({', '.join(mapped)})" if mapped else ""
         raise DataError(f"{place}: {lacking(raw, sources, split, ds[i][present[0]])}{note}")
-    for field in (f for group in needs for f in group if f in ds.column_names):
-        _check_type(ds, field, names, data, files, split, where)
+    for field in dict.fromkeys([f for group in needs for f in group] + list(optional)):
+        if field in ds.column_names:
+            _check_type(ds, field, names, data, files, split, where)
 
 
-def _arrow_fits(kind: object, wanted: tuple[type, ...]) -> bool:
-    """Whether an Arrow column type holds only values of the `wanted` Python types."""
-    import pyarrow as pa
+_ARROW_CHECKS = {
+    str: lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+    list: lambda t: pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t),
+    dict: lambda t: pa.types.is_struct(t),
+    int: lambda t: pa.types.is_integer(t) or pa.types.is_boolean(t),
+    float: lambda t: pa.types.is_floating(t),
+}
 
-    checks = {
-        str: lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
-        list: lambda t: pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t),
-        dict: pa.types.is_struct,
-        int: lambda t: pa.types.is_integer(t) or pa.types.is_boolean(t),
-        float: pa.types.is_floating,
-    }
-    return any(checks[t](kind) for t in wanted)
+
+def _arrow_fits(column: pa.ChunkedArray, field: str) -> bool:
+    """Whether an Arrow column holds only values of the field's types, and, for a list field, only
+    non-null elements of its element type: then no record needs reading in Python."""
+    kind, element = column.type, ELEMENT_TYPES.get(field)
+    if not any(_ARROW_CHECKS[t](kind) for t in FIELD_TYPES[field]):
+        return False
+    if element is None or not _ARROW_CHECKS[list](kind):
+        return True
+    return _ARROW_CHECKS[element](kind.value_type) and pc.list_flatten(column).null_count == 0
 
 
 def _check_type(
@@ -280,9 +322,8 @@ def _check_type(
 ) -> None:
     """A DataError naming the first record whose `field` has a value of the wrong type. Read in
     Python only when the column's Arrow type is not one of the field's (a hub dataset's Json column
-    of mixed values, a column of numbers where text belongs)."""
-    wanted = FIELD_TYPES.get(field)
-    if wanted is None or _arrow_fits(ds.data.column(field).type, wanted):
+    of mixed values, a column of numbers where text belongs, a list with a null element)."""
+    if field not in FIELD_TYPES or _arrow_fits(ds.data.column(field), field):
         return
     source = _source(field, data.columns, names)
     for i, value in enumerate(ds[field]):
