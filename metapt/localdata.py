@@ -83,12 +83,16 @@ def _variant(have: list[str], want: list[str], split: str) -> bool:
 def _same_but_counter(a: str, b: str) -> bool:
     """Whether two names differ only in one zero-padded counter: shards of one split
     (train-00000-of-00002.parquet and train-00001-of-00002.parquet, nq-dev-00 ... nq-dev-04), not
-    versions (dev-v1.1.json, dev-v2.0.json)."""
+    versions (dev-v1.1.json, dev-v2.0.json) nor years (dev-2019.json, dev-2020.json): the smaller of
+    the two counters starts with a 0, as the first shard's does."""
     pa, pb = re.split(r"(\d+)", a), re.split(r"(\d+)", b)
     if len(pa) != len(pb):
         return False
     diff = [i for i, (x, y) in enumerate(zip(pa, pb, strict=True)) if x != y]
-    return len(diff) == 1 and diff[0] % 2 == 1 and len(pa[diff[0]]) == len(pb[diff[0]]) >= 2
+    if len(diff) != 1 or diff[0] % 2 == 0:
+        return False
+    x, y = pa[diff[0]], pb[diff[0]]
+    return len(x) == len(y) >= 2 and min(x, y).startswith("0")
 
 
 def _shard_glob(paths: list[Path]) -> str:

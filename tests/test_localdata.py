@@ -101,6 +101,10 @@ def test_shards_are_told_from_versions(tmp_path: Path) -> None:
         "'squad'; keep one of them in the folder, or write a task spec whose [data].validation names "
         "the file to read"
     )
+    # Counters that are not zero-padded are years, not shards: they were globbed as one split.
+    years = _folder(tmp_path / "years", "train-2019.jsonl", "dev-2019.jsonl", "dev-2020.jsonl")
+    with pytest.raises(MetaptError, match=r"dev-2019\.jsonl and dev-2020\.jsonl both name the validation"):
+        task_spec("natural_questions", years, {})
 
 
 def test_two_files_for_one_split_exit_naming_both(tmp_path: Path) -> None:
