@@ -190,7 +190,9 @@ class TokenizerSpec:
         "",
         help="hub id or local dir (relative to the working directory); empty: WordPiece trained on the sources' text",
     )
-    vocab_size: int = _f(8000, low=100, high=1_000_000, help="WordPiece vocabulary when trained")
+    vocab_size: int = _f(
+        8000, low=100, high=1_000_000, help="WordPiece vocabulary when trained (the most it holds)"
+    )
     lowercase: bool = _f(True, help="lowercase text when a WordPiece is trained")
 
 

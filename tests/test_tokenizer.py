@@ -134,3 +134,20 @@ def test_a_pretrained_folder_under_home_is_read_with_a_tilde(
     monkeypatch.setenv("HOME", str(tmp_path))
     assert load_tokenizer("~/tok").vocab_size == load_tokenizer(str(saved)).vocab_size
     assert load_encoder("~/enc").config.hidden_size == 8
+
+
+def test_a_trained_wordpiece_never_exceeds_vocab_size(caplog: pytest.LogCaptureFixture):
+    """Every character went in, alone and as ##piece, whatever vocab_size said: 60 distinct
+    characters made a 126-entry vocabulary for vocab_size 100, silently."""
+    rare = "".join(chr(0x3B1 + i) for i in range(20))  # 20 Greek letters, each once
+    text = "abcdefghijklmnopqrstuvwxyz0123456789.,;:!?()-+ " * 5 + " ".join(rare)
+    tok = train_wordpiece([text], vocab_size=100)
+    assert len(tok) == 100
+    kept = [c for c in rare if c in tok.get_vocab()]
+    assert len(kept) == (100 - 6) // 2 - 46  # 46 common characters first, then the rare alphabetically
+    assert kept == sorted(rare)[: len(kept)]
+    assert tok.tokenize(rare[-1]) == ["[UNK]"]
+    assert "66 distinct characters, but vocab_size 100 holds 47" in caplog.text
+    assert "to 138 to keep them all" in caplog.text
+    caplog.clear()
+    assert len(train_wordpiece([text], vocab_size=138)) == 138 and not caplog.text

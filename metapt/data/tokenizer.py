@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from metapt.errors import MetaptError, first_line
+
+log = logging.getLogger(__name__)
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[BLANK]"]  # [BLANK]: span selection's gap
 
@@ -16,12 +20,12 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = Tru
     """A BERT-style WordPiece fast tokenizer whose vocabulary is built from `texts`, deterministically.
 
     The vocabulary is the special tokens, every character seen (alone and as a ##continuation, so no
-    word is ever unknown), then the most frequent words, ties broken alphabetically. The tokenizers
+    word is ever unknown), then the most frequent words, ties broken alphabetically; it never holds
+    more than `vocab_size` entries: when the characters alone do not fit, the rarest are left out
+    (they read as [UNK], as a `limit_alphabet` does in the tokenizers library) and a warning says so. The tokenizers
     library's own WordPiece trainer is not used because it breaks ties differently in every process
     (huggingface/tokenizers#1794), which would make two runs with the same seed differ.
     """
-    from collections import Counter
-
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -30,7 +34,7 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = Tru
     words: Counter[str] = Counter()
     for text in texts:
         words.update(w for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
-    chars = sorted({c for w in words for c in w})
+    chars = _alphabet(words, vocab_size)
     vocab = list(dict.fromkeys([*SPECIAL, *chars, *(f"##{c}" for c in chars)]))
     ranked = sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))
     vocab += [w for w, _ in ranked if w not in vocab][: max(0, vocab_size - len(vocab))]
@@ -54,6 +58,29 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = Tru
         additional_special_tokens=["[BLANK]"],
         model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
+
+
+def _alphabet(words: Counter[str], vocab_size: int) -> list[str]:
+    """The characters of `words` that fit beside the special tokens, each alone and as a ##piece:
+    all of them when they fit, else the most frequent (ties alphabetically); sorted."""
+    counts: Counter[str] = Counter()
+    for w, n in words.items():
+        for c in w:
+            counts[c] += n
+    room = (vocab_size - len(SPECIAL)) // 2
+    if len(counts) <= room:
+        return sorted(counts)
+    kept = sorted(sorted(counts, key=lambda c: (-counts[c], c))[:room])
+    log.warning(
+        "tokenizer: the text has %d distinct characters, but vocab_size %d holds %d beside the special "
+        "tokens; the %d rarest read as [UNK] (raise [tokenizer].vocab_size to %d to keep them all)",
+        len(counts),
+        vocab_size,
+        room,
+        len(counts) - room,
+        len(SPECIAL) + 2 * len(counts),
+    )
+    return kept
 
 
 def load_tokenizer(name_or_dir: str) -> Any:
