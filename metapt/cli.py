@@ -72,7 +72,7 @@ class Boundary(TyperGroup):
         except MetaptError as e:
             if _debug():
                 raise
-            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            _bad_input(e)
             raise typer.Exit(2) from None
         except TrainingError as e:
             if _debug():
@@ -100,6 +100,25 @@ class Boundary(TyperGroup):
                 soft_wrap=True,
             )
             raise typer.Exit(1) from None
+
+
+def _bad_input(e: MetaptError) -> None:
+    """Print a bad input's message (exit 2), once per torchrun job where every rank meets it."""
+    if (said := _rank_label()) is not None:
+        err.print(f"[bold red]error:[/] {said}{escape(str(e))}", highlight=False, soft_wrap=True)
+
+
+def _rank_label() -> str | None:
+    """How a torchrun rank starts its error message: "" on rank 0 (and without torchrun), "rank N: "
+    on another rank once the ranks have joined (a shard's record may fail on one rank alone); None,
+    say nothing, on a machine's other ranks before then, where its first rank reads the same command,
+    spec and files and says the same (a bad spec was printed once per rank)."""
+    if int(os.environ.get("WORLD_SIZE") or 1) <= 1:
+        return ""
+    dist = sys.modules.get("torch.distributed")  # imported by then whenever a group was joined
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return f"rank {dist.get_rank()}: " if dist.get_rank() != 0 else ""
+    return "" if int(os.environ.get("LOCAL_RANK") or 0) == 0 else None
 
 
 app = typer.Typer(

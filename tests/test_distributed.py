@@ -399,3 +399,22 @@ def test_a_shard_is_a_contiguous_share_of_the_examples() -> None:
     assert distributed.shard(batch, 0, 4)["labels"].numel() == 0  # more ranks than examples
     halves = split_batch({k: v for k, v in batch.items() if k != "scalar"}, 2)
     assert halves[0]["labels"].tolist() == [0, 1]  # (split_batch cuts the other way round)
+
+
+@pytest.mark.parametrize(("local_rank", "shown"), [("0", True), ("1", False)])
+def test_a_bad_spec_under_torchrun_is_said_once_per_machine(
+    monkeypatch: pytest.MonkeyPatch, local_rank: str, shown: bool
+) -> None:
+    """Every rank reads the same spec before the ranks join, so each printed the same error: the
+    machine's first rank alone says it now; every rank still exits 2."""
+    from typer.testing import CliRunner
+
+    from metapt.cli import app
+
+    bad = Path(__file__).parent / "fixtures" / "specs" / "run_epsilon.toml"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", local_rank)
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    done = CliRunner().invoke(app, ["pretrain", str(bad)])
+    assert done.exit_code == 2
+    assert ("[meta].epsilon: 1.5 is out of range" in done.output) is shown
