@@ -222,8 +222,10 @@ def read_split(
     (`catalog.optional_fields`) need their types; the first that has not is a DataError naming its
     file and line."""
     files: list[Path] = []
-    fields = source_fields(needs + tuple((f,) for f in optional), data.columns)
-    columns = tuple(c for group in source_groups(tuple((f,) for f in optional), data.columns) for c in group)
+    singles = tuple((f,) for f in optional)
+    fields = source_fields(needs + singles, data.columns)  # the data's columns -> record fields
+    needs_columns = source_groups(needs, data.columns)
+    optional_columns = tuple(c for group in source_groups(singles, data.columns) for c in group)
     if data.format == "hf":
         if not getattr(data, split):
             raise DataError(
@@ -241,8 +243,8 @@ def read_split(
         if data.streaming and data.format in _STREAMS:
             gen_kwargs: dict = {"files": [str(f) for f in files]}
             if data.format == "jsonl":  # the other streams make their records' fields themselves
-                gen_kwargs |= {"needs": source_groups(needs, data.columns), "split": split}
-                gen_kwargs |= {"fields": fields, "optional": columns}
+                gen_kwargs |= {"needs": needs_columns, "split": split}
+                gen_kwargs |= {"fields": fields, "optional": optional_columns}
             ds = datasets.IterableDataset.from_generator(_STREAMS[data.format], gen_kwargs=gen_kwargs)
         else:
             ds = READERS[data.format](files, data)
@@ -257,7 +259,7 @@ def read_split(
         )
     names = ds.column_names
     if data.format == "hf" and isinstance(ds, datasets.IterableDataset):  # in the hub's column names
-        ds = checked_stream(ds, source_groups(needs, data.columns), split, where, fields, columns)
+        ds = checked_stream(ds, needs_columns, split, where, fields, optional_columns)
     ds = rename_columns(ds, data.columns, where)
     if isinstance(ds, datasets.Dataset):
         check_records(ds, needs, names, data, files, split, where, optional)

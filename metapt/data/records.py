@@ -64,11 +64,12 @@ def schema_error(
     for key in [k for k in first if first[k] == i]:
         value = records[i].get(key)
         earlier = next((v for v in (r.get(key) for r in records[:i]) if v is not None), None)
-        if type(earlier) is type(value) or (earlier is None and isinstance(value, list | dict)):
-            was = " before it" if earlier is not None else ""
-            why = f", whose parts are not of the types of the records{was}" if was else " of mixed types"
+        if earlier is None:  # the value alone does not convert: its parts mix types
+            why = " of mixed types" if isinstance(value, list | dict) else ""
+        elif type(earlier) is type(value):
+            why = ", whose parts are not of the types of the records before it"
         else:
-            why = f", where the records before it have {_shown(earlier)}" if earlier is not None else ""
+            why = f", where the records before it have {_shown(earlier)}"
         parts.append(f"column {key!r} is {_shown(value)} ({str(value)[:40]}){why}")
     return DataError(f"{place}: {'; '.join(parts)}; every record must have one type per column ({e})")
 
@@ -168,8 +169,9 @@ def misfit(value: object, column: str, field: str, split: str) -> str | None:
     wanted = FIELD_TYPES.get(field)
     if value is None or wanted is None:
         return None
+    needs = f"every {split} record needs"
     if not isinstance(value, wanted):
-        return f"{column!r} is {_shown(value)} ({str(value)[:40]}); every {split} record needs {_wanted(wanted)} there"
+        return f"{column!r} is {_shown(value)} ({str(value)[:40]}); {needs} {_wanted(wanted)} there"
     element = ELEMENT_TYPES.get(field)
     if element is None or not isinstance(value, list):
         return None
@@ -177,7 +179,7 @@ def misfit(value: object, column: str, field: str, split: str) -> str | None:
     if bad is None:
         return None
     shown = "null" if value[bad] is None else f"{_shown(value[bad])} ({str(value[bad])[:40]})"
-    return f"{column!r} has {shown} at position {bad}; every {split} record needs a list of {_PLURAL[element]} there"
+    return f"{column!r} has {shown} at position {bad}; {needs} a list of {_PLURAL[element]} there"
 
 
 def record_problem(
@@ -294,9 +296,9 @@ def check_records(
 _ARROW_CHECKS = {
     str: lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
     list: lambda t: pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t),
-    dict: lambda t: pa.types.is_struct(t),
+    dict: pa.types.is_struct,
     int: lambda t: pa.types.is_integer(t) or pa.types.is_boolean(t),
-    float: lambda t: pa.types.is_floating(t),
+    float: pa.types.is_floating,
 }
 
 

@@ -22,9 +22,9 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = Tru
     The vocabulary is the special tokens, every character seen (alone and as a ##continuation, so no
     word is ever unknown), then the most frequent words, ties broken alphabetically; it never holds
     more than `vocab_size` entries: when the characters alone do not fit, the rarest are left out
-    (they read as [UNK], as a `limit_alphabet` does in the tokenizers library) and a warning says so. The tokenizers
-    library's own WordPiece trainer is not used because it breaks ties differently in every process
-    (huggingface/tokenizers#1794), which would make two runs with the same seed differ.
+    (they read as [UNK], as with the tokenizers library's `limit_alphabet`) and a warning says so.
+    The tokenizers library's own WordPiece trainer is not used because it breaks ties differently in
+    every process (huggingface/tokenizers#1794), which would make two runs with the same seed differ.
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
