@@ -113,12 +113,13 @@ def _rank_label() -> str | None:
     on another rank once the ranks have joined (a shard's record may fail on one rank alone); None,
     say nothing, on a machine's other ranks before then, where its first rank reads the same command,
     spec and files and says the same (a bad spec was printed once per rank)."""
-    if int(os.environ.get("WORLD_SIZE") or 1) <= 1:
+    world, local = (os.environ.get(k, "").strip() for k in ("WORLD_SIZE", "LOCAL_RANK"))
+    if not world.isdigit() or int(world) <= 1:  # no torchrun (a bad value has its own error)
         return ""
     dist = sys.modules.get("torch.distributed")  # imported by then whenever a group was joined
     if dist is not None and dist.is_available() and dist.is_initialized():
         return f"rank {dist.get_rank()}: " if dist.get_rank() != 0 else ""
-    return "" if int(os.environ.get("LOCAL_RANK") or 0) == 0 else None
+    return None if local.isdigit() and int(local) > 0 else ""
 
 
 app = typer.Typer(

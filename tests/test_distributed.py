@@ -401,18 +401,21 @@ def test_a_shard_is_a_contiguous_share_of_the_examples() -> None:
     assert halves[0]["labels"].tolist() == [0, 1]  # (split_batch cuts the other way round)
 
 
-@pytest.mark.parametrize(("local_rank", "shown"), [("0", True), ("1", False)])
+@pytest.mark.parametrize(
+    ("world", "local_rank", "shown"), [("2", "0", True), ("2", "1", False), ("two", "1", True)]
+)
 def test_a_bad_spec_under_torchrun_is_said_once_per_machine(
-    monkeypatch: pytest.MonkeyPatch, local_rank: str, shown: bool
+    monkeypatch: pytest.MonkeyPatch, world: str, local_rank: str, shown: bool
 ) -> None:
     """Every rank reads the same spec before the ranks join, so each printed the same error: the
-    machine's first rank alone says it now; every rank still exits 2."""
+    machine's first rank alone says it now; every rank still exits 2. A WORLD_SIZE that is not a
+    number is no torchrun job: the error is said (reading it must not fail in the error path)."""
     from typer.testing import CliRunner
 
     from metapt.cli import app
 
     bad = Path(__file__).parent / "fixtures" / "specs" / "run_epsilon.toml"
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("WORLD_SIZE", world)
     monkeypatch.setenv("RANK", local_rank)
     monkeypatch.setenv("LOCAL_RANK", local_rank)
     done = CliRunner().invoke(app, ["pretrain", str(bad)])
