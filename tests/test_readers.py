@@ -535,14 +535,24 @@ def test_a_record_of_another_type_names_its_line_and_columns(tmp_path: Path):
     with pytest.raises(DataError) as e:
         read_split(DataSpec(format="jsonl", train=str(path)), "train")
     assert str(e.value) == (
-        f"{path}:6: column 'sentence' is a number (5), where the records before it have a string; "
-        "column 'label' is a list (['y']), where the records before it have a string; "
+        f"{path}:6: column 'sentence' is a number (5), where {path}:1 has a string; "
+        f"column 'label' is a list (['y']), where {path}:1 has a string; "
         "every record must have one type per column (Expected bytes, got a 'int' object)"
     )
     listed = tmp_path / "train.json"
     listed.write_text('[{"id": 1}, {"id": 2}, {"id": {"n": 3}}]')
     with pytest.raises(DataError, match=rf"^{re.escape(str(listed))}: record 3: column 'id' is an object"):
         read_split(DataSpec(format="json", train=str(listed)), "train")
+    # When the first record is the odd one, the message names it beside the second.
+    path.write_text('{"id": {"n": 1}}\n{"id": 2}\n{"id": 3}\n')
+    with pytest.raises(DataError) as e:
+        read_split(DataSpec(format="jsonl", train=str(path)), "train")
+    assert str(e.value).startswith(f"{path}:2: column 'id' is a number (2), where {path}:1 has an object;")
+    path.write_text('{"id": [1, 2]}\n{"id": ["a"]}\n')
+    with pytest.raises(DataError) as e:
+        read_split(DataSpec(format="jsonl", train=str(path)), "train")
+    message = str(e.value)
+    assert f"column 'id' is a list (['a']), whose parts differ in type from those at {path}:1;" in message
 
 
 @pytest.mark.parametrize(

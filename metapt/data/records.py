@@ -63,13 +63,17 @@ def schema_error(
     parts = []
     for key in [k for k in first if first[k] == i]:
         value = records[i].get(key)
-        earlier = next((v for v in (r.get(key) for r in records[:i]) if v is not None), None)
-        if earlier is None:  # the value alone does not convert: its parts mix types
+        # The records before i convert together, so the first of them with a value sets the type.
+        # Naming it shows the odd one out when that first record is the odd one.
+        j = next((j for j in range(i) if records[j].get(key) is not None), None)
+        if j is None:  # the value alone does not convert: its parts mix types
             why = " of mixed types" if isinstance(value, list | dict) else ""
-        elif type(earlier) is type(value):
-            why = ", whose parts are not of the types of the records before it"
         else:
-            why = f", where the records before it have {_shown(earlier)}"
+            earlier, there = records[j].get(key), _place(files, data, j, str(files[0]))[0]
+            if type(earlier) is type(value):
+                why = f", whose parts differ in type from those at {there}"
+            else:
+                why = f", where {there} has {_shown(earlier)}"
         parts.append(f"column {key!r} is {_shown(value)} ({str(value)[:40]}){why}")
     return DataError(f"{place}: {'; '.join(parts)}; every record must have one type per column ({e})")
 
