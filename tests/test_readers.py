@@ -653,6 +653,12 @@ _TYPED = [  # kind, a good record, a bad one, what is said of the bad one
         {"tokens": ["a", "b"], "predicate_indices": ["1"], "srl_tags": [["O", "B-V"]]},
         "'predicate_indices' has a string (1) at position 0; every train record needs a list of numbers there",
     ),
+    (
+        "srl",
+        {"tokens": ["a", "b"], "predicate_indices": [1], "srl_tags": [["O", "B-V"]]},
+        {"tokens": ["a", "b"], "predicate_indices": [1], "srl_tags": [[0, 1]]},  # tag ids
+        "'srl_tags' has a number (0) at position 0 of its list 0; every train record needs lists of strings there",
+    ),
 ]
 
 

@@ -160,6 +160,8 @@ ELEMENT_TYPES: dict[str, type] = {
     "srl_tags": list,  # one column of tags per predicate
     **dict.fromkeys(("entities", "relations"), dict),
 }
+# What every element of each element of a list of lists must be: srl's tag ids failed in the tagger.
+INNER_TYPES: dict[str, type] = {"srl_tags": str}
 _PLURAL = {str: "strings", int: "numbers", list: "lists", dict: "objects"}
 
 
@@ -180,10 +182,21 @@ def misfit(value: object, column: str, field: str, split: str) -> str | None:
     if element is None or not isinstance(value, list):
         return None
     bad = next((k for k, e in enumerate(value) if not isinstance(e, element)), None)
-    if bad is None:
+    if bad is not None:
+        return f"{column!r} has {_element(value[bad])} at position {bad}; {needs} a list of {_PLURAL[element]} there"
+    inner = INNER_TYPES.get(field)
+    if inner is None:
         return None
-    shown = "null" if value[bad] is None else f"{_shown(value[bad])} ({str(value[bad])[:40]})"
-    return f"{column!r} has {shown} at position {bad}; {needs} a list of {_PLURAL[element]} there"
+    for k, part in enumerate(value):
+        bad = next((j for j, e in enumerate(part) if not isinstance(e, inner)), None)
+        if bad is not None:
+            where = f"at position {bad} of its list {k}"
+            return f"{column!r} has {_element(part[bad])} {where}; {needs} lists of {_PLURAL[inner]} there"
+    return None
+
+
+def _element(value: object) -> str:
+    return "null" if value is None else f"{_shown(value)} ({str(value)[:40]})"
 
 
 def record_problem(
@@ -314,7 +327,12 @@ def _arrow_fits(column: pa.ChunkedArray, field: str) -> bool:
         return False
     if element is None or not _ARROW_CHECKS[list](kind):
         return True
-    return _ARROW_CHECKS[element](kind.value_type) and pc.list_flatten(column).null_count == 0
+    if not _ARROW_CHECKS[element](kind.value_type) or (flat := pc.list_flatten(column)).null_count:
+        return False
+    inner = INNER_TYPES.get(field)
+    if inner is None:
+        return True
+    return _ARROW_CHECKS[inner](kind.value_type.value_type) and pc.list_flatten(flat).null_count == 0
 
 
 def _check_type(
