@@ -414,7 +414,7 @@ def evaluate(
 ) -> None:
     """Re-score a finetuned model on a split and write its metrics and predictions."""
     _quiet_libraries()
-    from metapt.finetune import evaluate as run_evaluate
+    from metapt.finetuned import evaluate as run_evaluate
     from metapt.finetune import task_spec
 
     spec = task_spec(task, data, {})

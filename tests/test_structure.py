@@ -95,8 +95,12 @@ def test_imports_run_down_the_layers() -> None:
         ("kinds/", "metapt.data", "a kind reads records it is given; data/ calls the kinds"),
         ("data/", "metapt.engine", "data/ serves the engine"),
         ("data/", "metapt.finetune", "data/ serves finetuning"),
+        ("data/", "metapt.finetuned", "data/ serves finetuning"),
         ("finetune.py", "metapt.engine", "finetuning does not need the pretraining engine"),
+        ("finetuned.py", "metapt.engine", "a finetuned model does not need the pretraining engine"),
+        ("finetuned.py", "metapt.finetune", "a finetuned model is below the finetuning that writes it"),
         ("engine.py", "metapt.finetune", "pretraining does not need finetuning"),
+        ("engine.py", "metapt.finetuned", "pretraining does not need finetuning"),
     ]
     broken = [
         f"{path.relative_to(PACKAGE)} imports {name}: {why}"

@@ -34,8 +34,9 @@ from metapt.catalog import KindInfo
 from metapt.data.pipeline import eval_batches, load_task, stream_for
 from metapt.data.tokenizer import train_wordpiece
 from metapt.errors import MetaptError
-from metapt.finetune import build, evaluate, finetune_one
-from metapt.finetune import score as score_split
+from metapt.finetune import finetune_one
+from metapt.finetuned import build, evaluate
+from metapt.finetuned import score as score_split
 from metapt.kinds.base import Batch, Info, Kind
 from metapt.kinds.common import feature_inputs, write_jsonl
 from metapt.spec import BatchSpec, DataSpec, FinetuneSpec, TaskSpec
