@@ -414,8 +414,8 @@ def evaluate(
 ) -> None:
     """Re-score a finetuned model on a split and write its metrics and predictions."""
     _quiet_libraries()
-    from metapt.finetuned import evaluate as run_evaluate
     from metapt.finetune import task_spec
+    from metapt.finetuned import evaluate as run_evaluate
 
     spec = task_spec(task, data, {})
     result = run_evaluate(finetuned_dir, spec, split)

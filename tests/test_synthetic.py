@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from metapt.data import synthetic
+from metapt.data import synthetic, synthetic_text
 from metapt.data.synthetic import CORPUS_FORMATS, generate
 from metapt.data.world import build_world, holds
 from metapt.errors import DataError
@@ -225,13 +225,13 @@ def test_claims_are_labelled_by_the_world_about_subjects_no_other_split_has() ->
                 assert holds(world, "work", {"p": (found[1], ""), "o": (found[2], "")}) == (label == "true")
         assert kinds == {"loc", "based", "work"}
         subjects[split] = seen
-        pools = synthetic.claim_subjects(world, 0, split)
+        pools = synthetic_text.claim_subjects(world, 0, split)
         names = {world.cities[i][0] for i in pools["cities"]} | {world.orgs[i].name for i in pools["orgs"]}
         assert seen <= names | {world.people[i].name for i in pools["people"]}
     # Finetuning on the train claims can teach no fact that validation or test scores.
     assert not subjects["train"] & subjects["validation"] and not subjects["train"] & subjects["test"]
     assert not subjects["validation"] & subjects["test"]
-    sizes = {s: {k: len(v) for k, v in synthetic.claim_subjects(world, 0, s).items()} for s in subjects}
+    sizes = {s: {k: len(v) for k, v in synthetic_text.claim_subjects(world, 0, s).items()} for s in subjects}
     assert sizes["train"] == {"cities": 8, "orgs": 12, "people": 40}
     assert sizes["validation"] == sizes["test"] == {"cities": 16, "orgs": 24, "people": 80}
 
