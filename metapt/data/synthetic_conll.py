@@ -5,8 +5,8 @@ A change to the bytes written needs synthetic.GENERATOR_VERSION bumped."""
 from __future__ import annotations
 
 from metapt.data import world as W
+from metapt.data.sentences import Sentence, render
 from metapt.data.synthetic_text import Job, random_values
-from metapt.data.world import Sentence, render
 
 POS = dict(
     x.split(":")

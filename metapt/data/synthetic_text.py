@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from metapt.data import lexicon
 from metapt.data import world as W
-from metapt.data.world import Ent, Sentence, Stated, World, render
+from metapt.data.sentences import Sentence, Stated, document, render
+from metapt.data.world import Ent, World
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def _subject_documents(job: Job) -> list[tuple[tuple[str, int], list[Stated]]]:
     pool = W.entity_pool(job.world)
     picks = job.cycle(len(pool))
     subjects = [pool[next(picks)] for _ in range(job.count)]
-    return [(subject, W.document(job.world, *subject, job.rng)) for subject in subjects]
+    return [(subject, document(job.world, *subject, job.rng)) for subject in subjects]
 
 
 def _documents(job: Job) -> list[list[Stated]]:
@@ -132,7 +133,7 @@ def write_squad(job: Job) -> str:
     picks = job.cycle(len(pool))
     while n < job.count:
         kind, i = pool[next(picks)]
-        doc = W.document(job.world, kind, i, job.rng)
+        doc = document(job.world, kind, i, job.rng)
         context, qas, offset, cands = " ".join(s.sentence.text for s in doc), [], 0, []
         for stated in doc:
             sent = stated.sentence
