@@ -258,8 +258,8 @@ def _has_columns(spec: TaskSpec, columns: list[str]) -> bool:
 def _no_nq_open(data: DataSpec) -> None:
     """DataError when the first line of a located `nq` file is an NQ-open record."""
     from metapt.data.files import json_lines
+    from metapt.data.locate import resolve_files
     from metapt.data.qa import not_nq_open
-    from metapt.data.readers import resolve_files
 
     for split in data.splits():
         for path in resolve_files(data.location(split), data.format):

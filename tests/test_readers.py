@@ -12,7 +12,8 @@ import datasets
 import pytest
 
 from metapt.brackets import bio_to_brackets, brackets_to_bio
-from metapt.data.readers import read_split, resolve_files
+from metapt.data.locate import resolve_files
+from metapt.data.readers import read_split
 from metapt.errors import DataError
 from metapt.spec import DataSpec
 

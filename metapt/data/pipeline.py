@@ -75,7 +75,7 @@ def _data_key(spec: TaskSpec, split: str) -> str:
         return f"synthetic:{GENERATOR_VERSION}:{data.corpus}:{data.size}:{data.eval_size}:{data.seed}:{which}"
     if data.format == "hf":
         return f"hf:{data.dataset}:{data.subset}:{getattr(data, split)}"
-    from metapt.data.readers import resolve_files
+    from metapt.data.locate import resolve_files
 
     files = resolve_files(data.location(split), data.format)
     return ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
