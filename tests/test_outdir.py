@@ -267,7 +267,7 @@ def test_compare_refuses_a_used_folder_before_it_trains(tmp_path: Path, runner: 
 HOLD = """
 import sys, time
 from pathlib import Path
-from metapt.outdir import Lock
+from metapt.lock import Lock
 with Lock(Path(sys.argv[1]), "metapt pretrain"):
     print("locked", flush=True)
     time.sleep(120)
