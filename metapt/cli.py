@@ -541,7 +541,8 @@ def compare(
     _quiet_libraries()
     from metapt import reporting
     from metapt.compare import compare as run_compare
-    from metapt.compare import describe, downstream_tasks, parse_schedulers
+    from metapt.compare import describe
+    from metapt.compare_plan import downstream_tasks, parse_schedulers
     from metapt.resolve import find_run, parse_run
     from metapt.runspec import override
 

@@ -133,7 +133,7 @@ def test_compare_writes_a_markdown_table_and_a_plot(compared: Path) -> None:
 
 def test_schedulers_start_from_the_same_weights_and_vocabulary() -> None:
     """The comparison is fair only if the run seed alone fixes the initial encoder and WordPiece."""
-    from metapt.compare import with_scheduler
+    from metapt.compare_plan import with_scheduler
     from metapt.engine import setup
     from metapt.resolve import parse_run
     from metapt.runspec import override
@@ -348,7 +348,7 @@ def test_markdown_bolds_every_scheduler_tied_on_validation_only() -> None:
 
 
 def test_a_meta_policy_variant_is_the_meta_scheduler_with_that_policy() -> None:
-    from metapt.compare import folder, parse_schedulers, with_scheduler
+    from metapt.compare_plan import folder, parse_schedulers, with_scheduler
     from metapt.resolve import parse_run
 
     assert parse_schedulers("meta:greedy, meta:bandit,uniform") == ["meta:greedy", "meta:bandit", "uniform"]
