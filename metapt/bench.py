@@ -26,7 +26,7 @@ import torch
 from metapt import engine, ghost, growth, peaks, selection, study
 from metapt.agreement import agreements, argmax, compare_utilities, spearman  # noqa: F401 (tests)
 from metapt.benchview import table  # noqa: F401  (the CLI prints bench.table)
-from metapt.data.pipeline import stream_for
+from metapt.data.batches import stream_for
 from metapt.flops import tokens
 from metapt.model import batch_to
 from metapt.plain import plain_steps, replay

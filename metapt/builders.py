@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from metapt.catalog import KINDS
-from metapt.data.pipeline import BatchStream, TaskData, kind_of, stream_for
+from metapt.data.batches import BatchStream, stream_for
+from metapt.data.pipeline import TaskData, kind_of
 from metapt.model import MultiTaskModel, load_encoder, new_encoder
 from metapt.spec import MetaSpec, ModelSpec
 from metapt.train import Optimization, optimization

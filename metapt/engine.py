@@ -38,13 +38,8 @@ from metapt import (
 )
 from metapt.builders import build_encoder, build_model, build_optimizers, build_streams
 from metapt.catalog import KINDS
-from metapt.data.pipeline import (
-    TaskData,
-    load_task,
-    stable_seed,
-    tokenizer_hash,
-    train_size,
-)
+from metapt.data.batches import stable_seed, train_size
+from metapt.data.pipeline import TaskData, load_task, tokenizer_hash
 from metapt.data.tokenizer import check_special, load_tokenizer, train_wordpiece
 from metapt.device import autocast_for, pick_device
 from metapt.errors import TrainingError

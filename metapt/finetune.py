@@ -17,7 +17,8 @@ import torch
 from metapt import distributed, outdir, pointless, stats
 from metapt.catalog import KINDS
 from metapt.checkpoint import HEADS, HEADS_INFO, STATE, broken_current, lost_current
-from metapt.data.pipeline import TaskData, kind_of, load_task, stable_seed
+from metapt.data.batches import stable_seed
+from metapt.data.pipeline import TaskData, kind_of, load_task
 from metapt.data.tokenizer import check_special, load_tokenizer
 from metapt.device import autocast_for, pick_device
 from metapt.errors import CheckpointError, MetaptError

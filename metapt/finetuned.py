@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 from metapt import outdir
 from metapt.builders import build_model
 from metapt.catalog import KINDS
-from metapt.data.pipeline import TaskData, eval_batches, kind_of, load_task
+from metapt.data.batches import eval_batches
+from metapt.data.pipeline import TaskData, kind_of, load_task
 from metapt.data.tokenizer import load_tokenizer
 from metapt.device import autocast_for, pick_device
 from metapt.errors import MetaptError

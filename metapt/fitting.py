@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from metapt.data.pipeline import BatchStream
+from metapt.data.batches import BatchStream
 from metapt.flops import FlopCounter
 from metapt.model import MultiTaskModel, batch_to
 

@@ -26,7 +26,8 @@ import datasets
 import torch
 from torch import nn
 
-from metapt.data.pipeline import BatchStream, StreamingBatchStream, TaskData, kind_of, load_task, stable_seed
+from metapt.data.batches import BatchStream, StreamingBatchStream, stable_seed
+from metapt.data.pipeline import TaskData, kind_of, load_task
 from metapt.flops import FlopCounter
 from metapt.kinds.losses import LOSSES
 from metapt.model import Batch, MultiTaskModel, batch_to

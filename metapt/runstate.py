@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from metapt import checkpoint, distributed, filesizes, mixture, probes, resuming
-from metapt.data.pipeline import BatchStream, TaskData
+from metapt.data.batches import BatchStream
+from metapt.data.pipeline import TaskData
 from metapt.errors import CheckpointError
 from metapt.flops import FlopCounter
 from metapt.model import MultiTaskModel

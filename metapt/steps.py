@@ -21,7 +21,7 @@ import torch
 
 from metapt import distributed, policies, probes, selection
 from metapt.catalog import KINDS
-from metapt.data.pipeline import BatchStream
+from metapt.data.batches import BatchStream
 from metapt.flops import FlopCounter, tokens
 from metapt.model import MultiTaskModel, batch_to
 from metapt.train import Optimization, accumulate

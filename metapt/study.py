@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from metapt import engine, policies, probes, selection, validation
-from metapt.data.pipeline import stream_for
+from metapt.data.batches import stream_for
 from metapt.errors import MetaptError
 from metapt.model import batch_to
 from metapt.spec import MetaSpec

@@ -31,7 +31,8 @@ from transformers import BertConfig, BertModel
 
 from metapt import catalog, kinds
 from metapt.catalog import KindInfo
-from metapt.data.pipeline import eval_batches, load_task, stream_for
+from metapt.data.batches import eval_batches, stream_for
+from metapt.data.pipeline import load_task
 from metapt.data.tokenizer import train_wordpiece
 from metapt.errors import MetaptError
 from metapt.finetune import finetune_one
