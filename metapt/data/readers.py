@@ -18,8 +18,8 @@ import datasets
 from metapt.data import conll, qa, wikitext
 from metapt.data.files import json_lines, json_records, numbered_lines, open_text
 from metapt.data.locate import split_files
+from metapt.data.origins import DELIMITED
 from metapt.data.records import (
-    DELIMITED,
     check_records,
     checked_stream,
     record_problem,

@@ -4,16 +4,13 @@ file and line. A good split costs one Arrow pass; the files are read again only 
 
 from __future__ import annotations
 
-import csv
-import itertools
-from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from metapt.data.files import json_lines, json_records, open_text
+from metapt.data.origins import DELIMITED, record_place
 from metapt.errors import DataError
 from metapt.spec import DataSpec
 
@@ -59,7 +56,7 @@ def schema_error(
     if not first:  # every column converts alone
         return DataError(f"{files[0]}: records do not share one schema ({e})")
     i = min(first.values())
-    place = _place(files, data, i, str(files[0]))[0]
+    place = record_place(files, data, i, str(files[0]))[0]
     parts = []
     for key in [k for k in first if first[k] == i]:
         value = records[i].get(key)
@@ -69,65 +66,13 @@ def schema_error(
         if j is None:  # the value alone does not convert: its parts mix types
             why = " of mixed types" if isinstance(value, list | dict) else ""
         else:
-            earlier, there = records[j].get(key), _place(files, data, j, str(files[0]))[0]
+            earlier, there = records[j].get(key), record_place(files, data, j, str(files[0]))[0]
             if type(earlier) is type(value):
                 why = f", whose parts differ in type from those at {there}"
             else:
                 why = f", where {there} has {_shown(earlier)}"
         parts.append(f"column {key!r} is {_shown(value)} ({str(value)[:40]}){why}")
     return DataError(f"{place}: {'; '.join(parts)}; every record must have one type per column ({e})")
-
-
-def _origins(files: list[Path], data: DataSpec) -> Iterator[tuple[str, dict | None]]:
-    """Where each record came from ("file:line", or "file: record k") and its raw form, in reading
-    order, for the formats whose records are their files' records one for one. Read again only to
-    name a bad record, so that a good split is read once."""
-    for path in files:
-        if data.format in _ORIGINS:
-            yield from _ORIGINS[data.format](path, data)
-
-
-def _jsonl_origins(path: Path, data: DataSpec) -> Iterator[tuple[str, dict | None]]:
-    for n, record in json_lines(path):
-        yield f"{path}:{n}", record if isinstance(record, dict) else None
-
-
-def _json_origins(path: Path, data: DataSpec) -> Iterator[tuple[str, dict | None]]:
-    for k, record in enumerate(json_records(path), 1):
-        yield f"{path}: record {k}", record
-
-
-def _delimited_origins(path: Path, data: DataSpec) -> Iterator[tuple[str, dict | None]]:
-    delimiter, quoting = DELIMITED[data.format]
-    with open_text(path, newline="") as f:
-        rows = csv.reader(f, delimiter=delimiter, quoting=quoting)
-        if data.header:
-            next(rows, None)
-        for row in rows:
-            if row:  # blank lines make no record
-                yield f"{path}:{rows.line_num}", None
-
-
-def _parquet_origins(path: Path, data: DataSpec) -> Iterator[tuple[str, dict | None]]:
-    import pyarrow.parquet as pq
-
-    for k in range(pq.ParquetFile(path).metadata.num_rows):
-        yield f"{path}: row {k + 1}", None
-
-
-_ORIGINS = {
-    "jsonl": _jsonl_origins,
-    "json": _json_origins,
-    "csv": _delimited_origins,
-    "tsv": _delimited_origins,
-    "parquet": _parquet_origins,
-}
-
-
-def _place(files: list[Path], data: DataSpec, index: int, where: str) -> tuple[str, dict | None]:
-    """Where record `index` (from 0) came from, and its raw form when the format keeps one."""
-    found = next(itertools.islice(_origins(files, data), index, None), None)
-    return found or (f"{where}: record {index + 1}", None)
 
 
 def lacking(record: dict | None, columns: tuple[str, ...], split: str, value: object = None) -> str:
@@ -250,10 +195,6 @@ def source_fields(needs: tuple[tuple[str, ...], ...], columns: dict[str, str | l
     return out
 
 
-# (delimiter, quoting) per delimited format. GLUE's TSV files do not quote: a '"' inside a cell is literal.
-DELIMITED: dict[str, tuple[str, int]] = {"csv": (",", csv.QUOTE_MINIMAL), "tsv": ("\t", csv.QUOTE_NONE)}
-
-
 def _source(field: str, columns: dict[str, str | list[str]], names: list[str]) -> str:
     """The column of the data that became record field `field` (its [data.columns] choice, or itself)."""
     options = columns.get(field, field)
@@ -300,7 +241,7 @@ def check_records(
         if not pc.any(empty).as_py():
             continue
         i = pc.index(empty, True).as_py()
-        place, raw = _place(files, data, i, where)
+        place, raw = record_place(files, data, i, where)
         sources = tuple(_source(f, data.columns, names) for f in present)
         mapped = [f"[data.columns].{f} = {s!r}" for f, s in zip(present, sources, strict=True) if f != s]
         note = f" ({', '.join(mapped)})" if mapped else ""
@@ -353,4 +294,4 @@ def _check_type(
     for i, value in enumerate(ds[field]):
         if why := misfit(value, source, field, split):
             note = f" ([data.columns].{field} = {source!r})" if source != field else ""
-            raise DataError(f"{_place(files, data, i, where)[0]}: {why}{note}")
+            raise DataError(f"{record_place(files, data, i, where)[0]}: {why}{note}")
