@@ -15,7 +15,8 @@ import pytest
 from conftest import REPO, SPECS, write
 from typer.testing import CliRunner
 
-from metapt.cli import _usage_error, app
+from metapt.boundary import usage_error
+from metapt.cli import app
 
 SCRIPT = Path(sys.executable).with_name("metapt")  # the console script of this environment
 
@@ -80,8 +81,8 @@ def test_a_mistyped_option_gets_a_did_you_mean(tmp_path: Path) -> None:
 def test_usage_errors_of_typers_click_are_recognised() -> None:
     import typer
 
-    assert _usage_error(typer.BadParameter("x"))
-    assert not _usage_error(ValueError("x"))
+    assert usage_error(typer.BadParameter("x"))
+    assert not usage_error(ValueError("x"))
 
 
 # ---------------------------------------------------------------------------- text as written
