@@ -200,25 +200,10 @@ def _score(entry: dict[str, Any], task: str, split: str) -> str:
     return "-" if v is None else spread(v, 2)
 
 
-def markdown(results: dict[str, Any]) -> str:
-    """results.md: the comparison table, how often each source was chosen, and what was run."""
+def _table(results: dict[str, Any]) -> list[str]:
+    """The comparison table, one row per scheduler, and a note for each run stopped by its cap."""
     schedulers, tasks = results["schedulers"], results["downstream_tasks"]
     first = next(iter(schedulers.values()))
-    compute = (
-        f"a budget of {results['budget']:.3g} FLOPs per run (selection FLOPs count against it)"
-        if results["budget"] is not None
-        else f"{results['episodes']} episode{'' if results['episodes'] == 1 else 's'} per run"
-    )
-    lines = [
-        f"# Scheduler comparison: {results['run_spec']}",
-        "",
-        f"Setting {results['setting']}; sources {', '.join(results['sources'])}; seeds "
-        f"{', '.join(map(str, results['seeds']))}; {compute}. Scores are mean ± standard deviation over "
-        "seeds (with one seed, the value alone: no standard deviation). Each finetuning run keeps its "
-        "best epoch by the validation main metric; test scores are reported, never used to choose. "
-        "**Bold**: best validation mean per task.",
-        "",
-    ]
     header = [
         "scheduler",
         "episodes",
@@ -232,7 +217,7 @@ def markdown(results: dict[str, Any]) -> str:
     for t in tasks:
         metric = first["main_metric"][t]
         header += [f"{t} {metric} (validation)", f"{t} {metric} (test)"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s, e in schedulers.items():
         p = e["pretrain"]
         row = [s, f"{p['episodes']:g}", f"{p['selection_flops']:.3g}", f"{p['train_flops']:.3g}"]
@@ -252,17 +237,42 @@ def markdown(results: dict[str, Any]) -> str:
                     f"\nNote: {s}, seed {r['seed']} reached its episode cap ({r['episode_cap']}) with "
                     f"{r['total_flops']:.3g} FLOPs, before the budget."
                 )
-    lines += paired_lines(results) + per_seed_lines(results)
-    lines += ["", "## Source tasks chosen (episodes, mean over seeds)", ""]
+    return lines
+
+
+def _chosen(results: dict[str, Any]) -> list[str]:
+    """How often each scheduler chose each source (episodes, mean over seeds)."""
+    lines = ["", "## Source tasks chosen (episodes, mean over seeds)", ""]
     sources = results["sources"]
     lines += ["| scheduler | " + " | ".join(sources) + " |", "|" + "---|" * (len(sources) + 1)]
-    for s, e in schedulers.items():
+    for s, e in results["schedulers"].items():
         counts, n = e["pretrain"]["counts"], max(1e-12, e["pretrain"]["episodes"])
         lines.append(
             f"| {s} | "
             + " | ".join(f"{_count(counts[t])} ({100 * counts[t] / n:.0f}%)" for t in sources)
             + " |"
         )
+    return lines
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """results.md: the comparison table, how often each source was chosen, and what was run."""
+    compute = (
+        f"a budget of {results['budget']:.3g} FLOPs per run (selection FLOPs count against it)"
+        if results["budget"] is not None
+        else f"{results['episodes']} episode{'' if results['episodes'] == 1 else 's'} per run"
+    )
+    lines = [
+        f"# Scheduler comparison: {results['run_spec']}",
+        "",
+        f"Setting {results['setting']}; sources {', '.join(results['sources'])}; seeds "
+        f"{', '.join(map(str, results['seeds']))}; {compute}. Scores are mean ± standard deviation over "
+        "seeds (with one seed, the value alone: no standard deviation). Each finetuning run keeps its "
+        "best epoch by the validation main metric; test scores are reported, never used to choose. "
+        "**Bold**: best validation mean per task.",
+        "",
+    ]
+    lines += _table(results) + paired_lines(results) + per_seed_lines(results) + _chosen(results)
     lines += [
         "",
         "Files: `<scheduler>/seed-<s>/` is each pretraining run (metrics.jsonl, report.png, checkpoint) "
