@@ -115,8 +115,35 @@ def draw_run(records: list[dict[str, Any]], title: str, sources: list[str] = ())
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlim(episodes[0] - 0.5, episodes[-1] + 0.5)
     tasks = _tasks(records, sources)
-    row = {t: i for i, t in enumerate(tasks)}
+    _draw_choices(choice, records, tasks)
 
+    scored = [r for r in records if r.get("utilities")]
+    if scored:
+        _draw_utilities(utility, scored, tasks)
+    else:
+        utility.text(0.5, 0.5, "no utilities: a baseline scheduler", ha="center", transform=utility.transAxes)
+        utility.set_xticks([])
+        utility.set_yticks([])
+        utility.set(title="utility of each source task", xlabel="episode", ylabel="utility")
+
+    loss.plot(episodes, [r["train_loss"] for r in records], marker=".", label="training loss (chosen task)")
+    targets = [(r["episode"], r["target_loss"]) for r in records if r.get("target_loss") is not None]
+    if targets:
+        loss.plot(*zip(*targets), marker=".", label="target loss (before the step)")
+    loss.set(title="losses", xlabel="episode", ylabel="loss")
+    loss.legend(fontsize="small")
+
+    _draw_share(share, records, episodes)
+
+    draw_heldout(held, per_task, records)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _draw_choices(choice: Any, records: list[dict[str, Any]], tasks: list[str]) -> None:
+    """The task chosen (explored, or reused without selection) in each episode, one row per task."""
+    row = {t: i for i, t in enumerate(tasks)}
     for kind, color, marker, label in (
         ("chosen", "tab:blue", "s", "chosen"),
         ("explored", "tab:red", "X", "explored"),
@@ -137,22 +164,9 @@ def draw_run(records: list[dict[str, Any]], title: str, sources: list[str] = ())
     choice.set(title="task chosen per episode", xlabel="episode")
     choice.legend(loc="upper center", ncol=3, fontsize="small")
 
-    scored = [r for r in records if r.get("utilities")]
-    if scored:
-        _draw_utilities(utility, scored, tasks)
-    else:
-        utility.text(0.5, 0.5, "no utilities: a baseline scheduler", ha="center", transform=utility.transAxes)
-        utility.set_xticks([])
-        utility.set_yticks([])
-        utility.set(title="utility of each source task", xlabel="episode", ylabel="utility")
 
-    loss.plot(episodes, [r["train_loss"] for r in records], marker=".", label="training loss (chosen task)")
-    targets = [(r["episode"], r["target_loss"]) for r in records if r.get("target_loss") is not None]
-    if targets:
-        loss.plot(*zip(*targets), marker=".", label="target loss (before the step)")
-    loss.set(title="losses", xlabel="episode", ylabel="loss")
-    loss.legend(fontsize="small")
-
+def _draw_share(share: Any, records: list[dict[str, Any]], episodes: list[int]) -> None:
+    """The share of wall time spent selecting: per episode, and cumulative."""
     sel = [r.get("selection_seconds", 0.0) for r in records]
     train = [r.get("train_seconds", 0.0) for r in records]
     per_episode = [s / max(1e-12, s + t) for s, t in zip(sel, train)]
@@ -165,11 +179,6 @@ def draw_run(records: list[dict[str, Any]], title: str, sources: list[str] = ())
     share.set_ylim(0, 1)
     share.set(title="share of wall time spent selecting", xlabel="episode", ylabel="selection / total")
     share.legend(fontsize="small")
-
-    draw_heldout(held, per_task, records)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
 
 
 def draw_heldout(mean_ax: Any, task_ax: Any, records: list[dict[str, Any]]) -> None:
