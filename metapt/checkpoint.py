@@ -10,7 +10,7 @@ Layout of an output directory:
       config.json -> current/config.json  (and every other file: so OUTPUT_DIR itself loads with
                                            AutoModel.from_pretrained / AutoTokenizer.from_pretrained)
       metrics.jsonl
-      .metapt-owned.json, .metapt.lock    (what metapt wrote here; the run's lock: metapt/outdir.py)
+      .metapt-owned.json, .metapt.lock    (what metapt wrote here: metapt/outdir.py; the run's lock: metapt/lock.py)
 
 A new checkpoint is written to a temporary folder, renamed into place, and only then is `current`
 switched with one atomic rename; a crash at any point leaves the previous checkpoint as it was.
