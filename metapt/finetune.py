@@ -27,7 +27,7 @@ from metapt.finetuned import build, load_finetuned, main_metric, save_model, sco
 from metapt.localdata import with_local_data, without_missing_test
 from metapt.model import MultiTaskModel, batch_to, load_encoder
 from metapt.resolve import load_task as load_task_spec
-from metapt.spec import TaskSpec
+from metapt.spec import BatchSpec, TaskSpec
 from metapt.train import Optimization, accumulate, optimization
 
 Callback = Callable[[str, dict[str, Any]], None]
@@ -128,15 +128,7 @@ def finetune_one(
     callback(
         "start", {"task": spec.name, "epochs": ft.epochs, "steps": steps_per_epoch, "examples": len(train)}
     )
-    warnings = task.warnings + pointless.finetune_warnings(
-        ft.lr, ft.epochs * steps_per_epoch, ft.warmup_ratio
-    )
-    warnings += [no_test] if no_test else []
-    if spec.batch.max_length < asked.max_length:
-        warnings.append(
-            f"[batch].max_length = {asked.max_length} cut to the encoder's {spec.batch.max_length} "
-            f"positions (stride {asked.stride} -> {spec.batch.stride})"
-        )
+    warnings = _warnings(task, asked, ft.epochs * steps_per_epoch, no_test)
     for warning in warnings if rank == 0 else []:  # also in results.json
         callback("warning", {"message": warning})
     for epoch in range(ft.epochs):
@@ -155,6 +147,20 @@ def finetune_one(
     results = _final(out, source, spec, seed, history, best, device, start, warnings)
     distributed.barrier("the final evaluation")
     return results
+
+
+def _warnings(task: TaskData, asked: BatchSpec, steps: int, no_test: str) -> list[str]:
+    """What a finetuning run warns of (also in results.json): the task's data, a pointless schedule,
+    a test split left out, and a [batch].max_length (`asked`) cut to the encoder's positions."""
+    spec, ft = task.spec, task.spec.finetune
+    warnings = task.warnings + pointless.finetune_warnings(ft.lr, steps, ft.warmup_ratio)
+    warnings += [no_test] if no_test else []
+    if spec.batch.max_length < asked.max_length:
+        warnings.append(
+            f"[batch].max_length = {asked.max_length} cut to the encoder's {spec.batch.max_length} "
+            f"positions (stride {asked.stride} -> {spec.batch.stride})"
+        )
+    return warnings
 
 
 def _encoder(source: str, spec: TaskSpec) -> tuple[Any, torch.nn.Module, TaskSpec]:
