@@ -57,7 +57,7 @@ def schema_error(
         return DataError(f"{files[0]}: records do not share one schema ({e})")
     i = min(first.values())
     place = record_place(files, data, i, str(files[0]))[0]
-    parts = []
+    parts, places = [], {}  # record index -> where it came from (each costs a read of the files)
     for key in [k for k in first if first[k] == i]:
         value = records[i].get(key)
         # The records before i convert together, so the first of them with a value sets the type.
@@ -66,7 +66,9 @@ def schema_error(
         if j is None:  # the value alone does not convert: its parts mix types
             why = " of mixed types" if isinstance(value, list | dict) else ""
         else:
-            earlier, there = records[j].get(key), record_place(files, data, j, str(files[0]))[0]
+            if j not in places:
+                places[j] = record_place(files, data, j, str(files[0]))[0]
+            earlier, there = records[j].get(key), places[j]
             if type(earlier) is type(value):
                 why = f", whose parts differ in type from those at {there}"
             else:
@@ -126,18 +128,21 @@ def misfit(value: object, column: str, field: str, split: str) -> str | None:
     element = ELEMENT_TYPES.get(field)
     if element is None or not isinstance(value, list):
         return None
-    bad = next((k for k, e in enumerate(value) if not isinstance(e, element)), None)
-    if bad is not None:
+    if (bad := _first_misfit(value, element)) is not None:
         return f"{column!r} has {_element(value[bad])} at position {bad}; {needs} a list of {_PLURAL[element]} there"
     inner = INNER_TYPES.get(field)
     if inner is None:
         return None
     for k, part in enumerate(value):
-        bad = next((j for j, e in enumerate(part) if not isinstance(e, inner)), None)
-        if bad is not None:
+        if (bad := _first_misfit(part, inner)) is not None:
             where = f"at position {bad} of its list {k}"
             return f"{column!r} has {_element(part[bad])} {where}; {needs} lists of {_PLURAL[inner]} there"
     return None
+
+
+def _first_misfit(values: list, wanted: type) -> int | None:
+    """The position of the first element of `values` that is not a `wanted` (None when all are)."""
+    return next((k for k, e in enumerate(values) if not isinstance(e, wanted)), None)
 
 
 def _element(value: object) -> str:

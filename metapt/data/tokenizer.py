@@ -67,7 +67,7 @@ def _alphabet(words: Counter[str], vocab_size: int) -> list[str]:
     for w, n in words.items():
         for c in w:
             counts[c] += n
-    room = (vocab_size - len(SPECIAL)) // 2
+    room = max(0, (vocab_size - len(SPECIAL)) // 2)
     if len(counts) <= room:
         return sorted(counts)
     kept = sorted(sorted(counts, key=lambda c: (-counts[c], c))[:room])
