@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from metapt import engine, selection
+from metapt import engine, runsteps, selection
 from metapt.model import batch_to
 from metapt.study import timed as _timed
 
@@ -65,7 +65,7 @@ def compare_utilities(run: engine.Run, sync: Callable[[], None]) -> dict[str, An
         lambda: selection.first_order(model, support, targets, *args), sync
     )
     out["exact"], out["first_order"] = exact.values, first.values
-    if engine.shares_targets(run):
+    if runsteps.shares_targets(run):
         shared, out["seconds"]["shared"] = _timed(lambda: selection.shared(model, support, *args), sync)
         out["shared"] = shared.values
     fresh = _draw(run, "target", run.targets, meta.target_batches or m)

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from metapt import engine, ghost, growth, peaks, selection, study
+from metapt import engine, ghost, growth, peaks, runsetup, runsteps, selection, study
 from metapt.agreement import agreements, argmax, compare_utilities, spearman  # noqa: F401 (tests)
 from metapt.benchview import table  # noqa: F401  (the CLI prints bench.table)
 from metapt.data.batches import stream_for
@@ -60,7 +60,7 @@ def throughput(
             batches = replay(run.streams["train"][task], meta.train_batches)
 
             def ours(task: str = task) -> tuple[float, int, int]:
-                return engine.train_chosen(run, task)
+                return runsteps.train_chosen(run, task)
 
             def theirs(task: str = task, batches: list = batches) -> None:
                 plain_steps(*plain, task, batches, run.device, run.autocast, meta.max_grad_norm)
@@ -127,12 +127,12 @@ def run_episodes(
         lab.episode(run, sync)
         explored = False
         if engine.selects(run, last):
-            picked, seconds = _timed(lambda: engine.select_step(run)[0], sync)
+            picked, seconds = _timed(lambda: runsteps.select_step(run)[0], sync)
             last, gradient, explored = picked.chosen, picked.gradient, picked.explored
             out["selection_s"] += seconds
             out["selections"] += 1
             del picked
-        _, seconds = _timed(lambda task=last, g=gradient: engine.train_chosen(run, task, g), sync)
+        _, seconds = _timed(lambda task=last, g=gradient: runsteps.train_chosen(run, task, g), sync)
         gradient = None
         out["train_s"] += seconds
         lab.trained(run, last, seconds, explored)
@@ -149,10 +149,10 @@ def run_episodes(
 def _warm_up(run: engine.Run, lab: study.Study, compare: engine.Run, plain: tuple, sync: Any) -> float:
     """As `pretrain` starts: the heads fitted, then one episode (untimed), the variants selecting
     beside it; one comparison, one plain step per source. Returns the head fitting's seconds."""
-    fitted, fit_seconds = _timed(lambda: engine.fit_run_heads(run), sync)
+    fitted, fit_seconds = _timed(lambda: runsteps.fit_run_heads(run), sync)
     lab.start(run)  # the variants' warm-up selections, on the weights the engine's selects on
-    picked, _ = engine.select_step(run)
-    engine.train_chosen(run, picked.chosen, picked.gradient)
+    picked, _ = runsteps.select_step(run)
+    runsteps.train_chosen(run, picked.chosen, picked.gradient)
     run.episode += 1
     run.history.append(picked.chosen)
     for v in lab.views:
@@ -218,7 +218,7 @@ def _measure(spec: RunSpec, n_episodes: int, say: Say, variants: list[str], refe
     """Everything `bench` measures on the spec's own run."""
     meta = spec.meta
     say("setting up the run (data, tokenizer, model)")
-    run = engine.setup(spec, resume=False)
+    run = runsetup.setup(spec, resume=False)
     sync = _sync(run.device)
     lab = study.Study(run, variants, reference)
     compare = study.view(run, meta, "compare")
@@ -274,8 +274,8 @@ def _settings(run: engine.Run) -> dict[str, Any]:
         "device": str(run.device),
         "threads": torch.get_num_threads(),
         **{k: getattr(meta, k) for k in keys},
-        "shared_targets": engine.shares_targets(run),
-        "support_reuse": engine.reuses_support(run),
+        "shared_targets": runsteps.shares_targets(run),
+        "support_reuse": runsteps.reuses_support(run),
     }
 
 

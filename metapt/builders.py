@@ -1,5 +1,5 @@
 """The pieces a training run is assembled from: the encoder, the model (the encoder with every task's head
-and loss), the optimizers and the batch streams. `engine.setup` builds a pretraining run from all four;
+and loss), the optimizers and the batch streams. `runsetup.setup` builds a pretraining run from all four;
 `finetune` builds its one-task model with `build_model` and its optimizer with `train.optimization`."""
 
 from __future__ import annotations

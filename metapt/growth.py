@@ -11,7 +11,7 @@ import gc
 import time
 from collections.abc import Callable
 
-from metapt import engine, peaks, study
+from metapt import engine, peaks, runsetup, runsteps, study
 from metapt.plain import plain_steps, replay
 from metapt.spec import RunSpec
 
@@ -35,9 +35,9 @@ def _episodes(run: engine.Run, n: int) -> tuple[float, float]:
     sel = train = 0.0
     for _ in range(n):
         t0 = time.perf_counter()
-        picked, _ = engine.select_step(run)
+        picked, _ = runsteps.select_step(run)
         t1 = time.perf_counter()
-        engine.train_chosen(run, picked.chosen, picked.gradient)
+        runsteps.train_chosen(run, picked.chosen, picked.gradient)
         t2 = time.perf_counter()
         run.episode += 1
         sel, train = sel + t1 - t0, train + t2 - t1
@@ -53,7 +53,7 @@ def growth(
     out = []
     for count in counts:
         say(f"sources: {count}")
-        run = engine.setup(replicate(spec, count), resume=False)
+        run = runsetup.setup(replicate(spec, count), resume=False)
         _episodes(run, 1)  # warm-up
         sel, train = _episodes(run, episodes)
         meta = run.spec.meta

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from metapt import engine
+from metapt import engine, runsteps
 
 
 def _status(field: str) -> int:
@@ -63,7 +63,7 @@ def memory(
     run: engine.Run, views: dict[str, engine.Run], train_step: Callable[[str], None], rounds: int = 2
 ) -> dict[str, Any]:
     """Peak memory of `train_step(source)` for every source (the largest), and of one
-    `engine.select_run` of every view (a run sharing the model: the spec's selection and variants)."""
+    `runsteps.select_run` of every view (a run sharing the model: the spec's selection and variants)."""
     reset, peak, method = peak_probe(run.device)
     out: dict[str, Any] = {"memory_method": method if reset else None, "selections": {}}
     if reset is None or peak is None:
@@ -78,7 +78,7 @@ def memory(
             train, train_extra = max(train, peak()), max(train_extra, peak() - base)
         for name, v in views.items():
             base = reset()
-            picked = engine.select_run(v)
+            picked = runsteps.select_run(v)
             top, extra = peak(), peak() - base
             del picked
             selections[name] = (max(selections[name][0], top), max(selections[name][1], extra))

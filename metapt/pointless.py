@@ -56,7 +56,7 @@ class Divergence:
 def run_warnings(spec: RunSpec, sizes: dict[str, int]) -> list[str]:
     """What in a run spec makes (part of) the run do nothing useful; `sizes`: train examples per task.
     No "nothing to train" case: a resume whose checkpoint has all the run's episodes is answered by
-    engine._already_done (resuming.nothing_to_train) before engine.setup, which calls this."""
+    engine._already_done (resuming.nothing_to_train) before runsetup.setup, which calls this."""
     meta, episodes, out = spec.meta, spec.run.episodes, []
     steps = episodes * meta.train_batches
     if meta.lr == 0:

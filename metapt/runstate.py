@@ -1,4 +1,4 @@
-"""A run's state (`Run`, assembled by engine.setup) and its checkpoint: what `save` writes after an
+"""A run's state (`Run`, assembled by runsetup.setup) and its checkpoint: what `save` writes after an
 episode (through checkpoint.py, atomically) and `restore` loads into a freshly set-up run, so that a
 resumed run continues bitwise: the heads, both optimizers and the schedule, every batch stream's
 position, every RNG (each rank's under torchrun), the policy's state, the probes kept for
@@ -27,7 +27,7 @@ from metapt.train import Optimization
 
 @dataclass
 class Run:
-    """Everything an episode reads and updates; built by `engine.setup`, saved by `save`."""
+    """Everything an episode reads and updates; built by `runsetup.setup`, saved by `save`."""
 
     spec: RunSpec
     out: Path

@@ -6,7 +6,7 @@
 
 and `step_target_heads`, the aware target heads' head-only step between them. The live model is
 changed only by `train_task` and `step_target_heads`. engine.py draws the batches and passes a run's
-pieces in (`engine.select_step`, `engine.train_chosen`); bench and tests call these directly.
+pieces in (`runsteps.select_step`, `runsteps.train_chosen`); bench and tests call these directly.
 """
 
 from __future__ import annotations

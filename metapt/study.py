@@ -6,7 +6,7 @@ Before every engine episode (so on the weights that episode selects on), the stu
   of each, training-sized), whose leader is *sure* when it leads the runner-up by more than `SURE`
   standard errors of their gap (`Estimate.gap_se`);
 - runs every *variant* (the run spec with [meta] keys changed, e.g. `support_batch_size=8`) through
-  `engine.select_run` on a view of the run: its own support and target streams, its own policy (with
+  `runsteps.select_run` on a view of the run: its own support and target streams, its own policy (with
   epsilon 0: exploration is a choice not to agree) and no target-head step, so the live model and
   the run's streams, RNG and policy are untouched and the engine's trajectory is `pretrain`'s. Each
   variant is timed, and its choice compared with the reference's leader.
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from metapt import engine, policies, probes, selection, validation
+from metapt import engine, policies, probes, runsteps, selection, validation
 from metapt.data.batches import stream_for
 from metapt.errors import MetaptError
 from metapt.model import batch_to
@@ -110,7 +110,7 @@ def _streams(run: engine.Run, meta: MetaSpec, salt: str) -> dict[str, dict[str, 
 
 def view(run: engine.Run, meta: MetaSpec, salt: str) -> engine.Run:
     """A run that shares `run`'s model and everything it reads, with its own streams, policy and
-    generators: `engine.select_run` on it leaves `run` as it was."""
+    generators: `runsteps.select_run` on it leaves `run` as it was."""
     meta = dataclasses.replace(meta, epsilon=0.0)
     return dataclasses.replace(
         run,
@@ -170,7 +170,7 @@ class Study:
         for k, v in enumerate(self.views):
             if v.spec.meta.select_every > 1:
                 v.episode, v.model = run.episode, run.model
-                self.held[k] = _picked(engine.select_run(v), 0.0)
+                self.held[k] = _picked(runsteps.select_run(v), 0.0)
 
     def episode(self, run: engine.Run, sync: Callable[[], None]) -> dict[str, Any]:
         """Score the reference and every variant on the run's current weights."""
@@ -183,7 +183,7 @@ class Study:
                 record["variants"].append({**held, "seconds": 0.0, "selected": False})
                 continue
             sync()
-            picked, seconds = timed(lambda v=v: engine.select_run(v), sync)
+            picked, seconds = timed(lambda v=v: runsteps.select_run(v), sync)
             self.held[k] = _picked(picked, seconds)
             record["variants"].append(self.held[k])
             picked = None
@@ -243,7 +243,7 @@ def settings(meta: MetaSpec, shared: bool) -> dict[str, Any]:
 def summarise(study: Study) -> list[dict[str, Any]]:
     """Per variant: its settings, seconds per selection and share of the episodes' time, and agreement
     with the reference (its choices, and its estimate's leader) in the sure episodes and in all."""
-    kinds = [settings(v.spec.meta, engine.shares_targets(v)) for v in study.views]
+    kinds = [settings(v.spec.meta, runsteps.shares_targets(v)) for v in study.views]
     return rows(study.records, study.names, kinds)
 
 

@@ -25,7 +25,7 @@ import torch
 from conftest import MLM_TASK, TINY_MODEL, write
 from rich.console import Console
 
-from metapt import bench, engine, selection, steps, study
+from metapt import bench, engine, runsetup, runsteps, selection, steps, study
 from metapt.cli import app
 from metapt.plain import replay as replay_batches
 from metapt.resolve import parse_run
@@ -128,7 +128,7 @@ def test_first_order_terms_are_the_dot_products_of_per_batch_gradients(
     specs: dict[str, Path], tmp_path: Path
 ) -> None:
     # X_s[i, j] = alpha w_j g_s^i . g_j, from gradients of the live model (backward, .grad), M = 2.
-    run = engine.setup(tiny(specs["pair"], tmp_path / "out"), resume=False)
+    run = runsetup.setup(tiny(specs["pair"], tmp_path / "out"), resume=False)
     model, alpha = run.model, 1e-2
     model.eval()
     support = {s: [run.streams["support"][s].next() for _ in range(2)] for s in run.sources}
@@ -162,7 +162,7 @@ def test_first_order_terms_are_the_dot_products_of_per_batch_gradients(
 def test_shared_utilities_equal_the_leave_one_out_sum_by_hand(specs: dict[str, Path], tmp_path: Path) -> None:
     # u(s) = sum_i [c + alpha g_s^i . (sum_{t != s} w_t sum_j g_t^j + w_s M/(M-1) sum_{j != i} g_s^j)],
     # from per-batch gradients of the live model (backward, .grad), M = 3.
-    run = engine.setup(tiny(specs["pair"], tmp_path / "out"), resume=False)
+    run = runsetup.setup(tiny(specs["pair"], tmp_path / "out"), resume=False)
     model, alpha, m = run.model, 1e-2, 3
     model.eval()
     support = {s: [run.streams["support"][s].next() for _ in range(m)] for s in run.sources}
@@ -214,7 +214,7 @@ def test_shared_utilities_rank_like_first_order_on_a_planted_gap(
     # step on the other, so both gain about twice what `shuffled` gains. Summed over 6 draws (same
     # support batches for both estimates), measured: first-order 3.6 / 3.5 / 1.8 and shared
     # 4.1 / 2.9 / 1.2 (x 1e-3) for docs / twin / shuffled.
-    run = engine.setup(tiny(specs["twins"], tmp_path / "out"), resume=False)
+    run = runsetup.setup(tiny(specs["twins"], tmp_path / "out"), resume=False)
     run.model.heads["twin"].load_state_dict(run.model.heads["docs"].state_dict())
     run.model.eval()
     first, shared = dict.fromkeys(run.sources, 0.0), dict.fromkeys(run.sources, 0.0)
@@ -236,14 +236,14 @@ def test_shared_utilities_rank_like_first_order_on_a_planted_gap(
 def test_reuse_leaves_the_selection_alone_and_trains_on_the_support_gradient(
     specs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    a = engine.setup(tiny(specs["pair"], tmp_path / "a"), resume=False)
-    b = engine.setup(tiny(specs["pair"], tmp_path / "b"), resume=False)
+    a = runsetup.setup(tiny(specs["pair"], tmp_path / "a"), resume=False)
+    b = runsetup.setup(tiny(specs["pair"], tmp_path / "b"), resume=False)
     support_state = {s: a.streams["support"][s].state_dict() for s in a.sources}
-    picked = engine.select_run(a)
+    picked = runsteps.select_run(a)
     chosen = picked.chosen
     with monkeypatch.context() as m:
-        m.setattr(engine, "reuses_support", lambda run: False)
-        plain = engine.select_run(b)
+        m.setattr(runsteps, "reuses_support", lambda run: False)
+        plain = runsteps.select_run(b)
     assert plain.gradient is None and picked.gradient is not None
     assert dataclasses.replace(picked, gradient=None) == plain  # bitwise the same selection
     assert all(p.grad is None for p in a.model.parameters())  # the reused gradient is an argument
@@ -268,13 +268,13 @@ def test_reuse_leaves_the_selection_alone_and_trains_on_the_support_gradient(
     # train_task steps on it first, then draws N - 1 = 2 batches; plain training draws 3.
     fresh = replay_batches(a.streams["train"][chosen], 3)
     count = a.streams["train"][chosen].state_dict()["count"]
-    _, train_flops, n_tokens = engine.train_chosen(a, chosen, picked.gradient)
+    _, train_flops, n_tokens = runsteps.train_chosen(a, chosen, picked.gradient)
     assert a.streams["train"][chosen].state_dict()["count"] == count + 2
     assert train_flops == sum(a.flops.train(chosen, x) for x in fresh[:2])
     assert n_tokens == sum(int(x["attention_mask"].sum()) for x in fresh[:2])
     assert a.schedule.last_epoch == 3  # still N optimizer steps
     assert all(p.grad is None for p in a.model.parameters())
-    engine.train_chosen(b, chosen)
+    runsteps.train_chosen(b, chosen)
     assert b.streams["train"][chosen].state_dict()["count"] == count + 3 and b.schedule.last_epoch == 3
 
 
@@ -289,7 +289,7 @@ def test_a_short_run_chooses_the_same_tasks_with_and_without_reuse(
 
     reused = records(tmp_path / "reuse")
     with monkeypatch.context() as m:
-        m.setattr(engine, "reuses_support", lambda run: False)
+        m.setattr(runsteps, "reuses_support", lambda run: False)
         plain = records(tmp_path / "plain")
     assert [r["chosen"] for r in reused] == [r["chosen"] for r in plain]
     assert reused[0]["utilities"] == plain[0]["utilities"]
@@ -299,7 +299,7 @@ def test_a_short_run_chooses_the_same_tasks_with_and_without_reuse(
 
 # ---------------------------------------------------------------------------------- prefetching
 def test_prefetched_batches_are_the_streams_next_ones(specs: dict[str, Path], tmp_path: Path) -> None:
-    run = engine.setup(tiny(specs["pair"], tmp_path / "out"), resume=False)
+    run = runsetup.setup(tiny(specs["pair"], tmp_path / "out"), resume=False)
     stream = run.streams["train"]["docs"]
     expected = replay_batches(stream, 5)
     got = list(steps.prefetched(stream, 5))

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from metapt import checkpoint, engine, outdir
+from metapt import checkpoint, engine, outdir, runsetup
 from metapt.cli import app
 from metapt.errors import CheckpointError
 from metapt.resolve import parse_run
@@ -171,7 +171,7 @@ def test_a_corrupt_checkpoint_is_a_checkpoint_error(
     shutil.copytree(finished, out, symlinks=True)
     corrupt(out / "checkpoint-000002")
     with pytest.raises(CheckpointError) as caught:
-        engine.setup(tiny(out, episodes=4), resume=True)
+        runsetup.setup(tiny(out, episodes=4), resume=True)
     assert message in str(caught.value) and "checkpoint-000002" in str(caught.value)
     result = runner.invoke(app, ["pretrain", str(AGNOSTIC), "--output-dir", str(out), "--resume", "-q"])
     assert result.exit_code == 2, result.output
@@ -196,7 +196,7 @@ def test_a_tokenizer_config_of_the_wrong_shape_exits_2(
 
 def test_resume_without_a_checkpoint_is_a_checkpoint_error(tmp_path: Path, runner: CliRunner) -> None:
     with pytest.raises(CheckpointError, match="no such checkpoint directory"):
-        engine.setup(tiny(tmp_path / "nothing", episodes=1), resume=True)
+        runsetup.setup(tiny(tmp_path / "nothing", episodes=1), resume=True)
     (tmp_path / "empty").mkdir()
     result = runner.invoke(
         app, ["pretrain", str(AGNOSTIC), "--output-dir", str(tmp_path / "empty"), "--resume", "-q"]
@@ -479,7 +479,7 @@ def test_hand_edited_json_files_still_load_and_old_manifests_are_not_sized(
     for name in ("config.json", "tokenizer_config.json"):  # a key added by hand: another size
         path = folder / name
         path.write_text(json.dumps({**json.loads(path.read_text()), "note": "edited by hand"}, indent=4))
-    run = engine.setup(tiny(out, episodes=4), resume=True)
+    run = runsetup.setup(tiny(out, episodes=4), resume=True)
     assert run.episode == 2 and run.model.encoder.config.note == "edited by hand"
     assert load_encoder(encoder_source(str(out))).config.note == "edited by hand"
     (folder / "tokenizer_config.json").write_text("{cut")  # JSON is parsed, so this is named
@@ -488,10 +488,10 @@ def test_hand_edited_json_files_still_load_and_old_manifests_are_not_sized(
     old_manifest(folder)  # before sizes were recorded: not sized, and loads as it did
     shutil.copy(finished / "tokenizer_config.json", folder / "tokenizer_config.json")
     assert checkpoint.resolve(out) == folder
-    assert engine.setup(tiny(out, episodes=4), resume=True).episode == 2
+    assert runsetup.setup(tiny(out, episodes=4), resume=True).episode == 2
     cut(folder / checkpoint.STATE)  # unsized, so found by the loader, which names the file
     with pytest.raises(CheckpointError) as caught:
-        engine.setup(tiny(out, episodes=4), resume=True)
+        runsetup.setup(tiny(out, episodes=4), resume=True)
     assert str(caught.value).startswith(
         f"{folder / checkpoint.STATE}: corrupt (RuntimeError: PytorchStreamReader failed reading zip "
         "archive: failed finding central directory); the checkpoint is not usable"

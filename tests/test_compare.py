@@ -134,8 +134,8 @@ def test_compare_writes_a_markdown_table_and_a_plot(compared: Path) -> None:
 def test_schedulers_start_from_the_same_weights_and_vocabulary() -> None:
     """The comparison is fair only if the run seed alone fixes the initial encoder and WordPiece."""
     from metapt.compare_plan import with_scheduler
-    from metapt.engine import setup
     from metapt.resolve import parse_run
+    from metapt.runsetup import setup
     from metapt.runspec import override
 
     spec = parse_run(RUN)

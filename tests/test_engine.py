@@ -17,7 +17,7 @@ from conftest import Crash, crash_after, stop_after
 from safetensors.torch import load_file
 from torch.optim.lr_scheduler import LambdaLR
 
-from metapt import checkpoint, engine, episodelog, schedulers, train
+from metapt import checkpoint, engine, episodelog, runsetup, runsteps, schedulers, train
 from metapt.errors import TrainingError
 from metapt.model import MultiTaskModel
 from metapt.resolve import parse_run
@@ -121,7 +121,7 @@ def test_flops_are_counted_on_the_batches_the_episode_used(meta_run: tuple, tmp_
     # training = 3 x forward per batch; exact selection (M = 1) = the target forwards at theta, one
     # training step per support batch, and the target forwards again at each stepped theta.
     first = lines(meta_run[0])[0]
-    run = engine.setup(tiny(tmp_path / "replay"), resume=False)
+    run = runsetup.setup(tiny(tmp_path / "replay"), resume=False)
     fc, task = run.flops, first["chosen"]
     targets = [(t, run.streams["target"][t].next()) for t in run.targets]
     support = [(s, run.streams["support"][s].next()) for s in run.sources]
@@ -138,7 +138,7 @@ def test_flops_are_counted_on_the_batches_the_episode_used(meta_run: tuple, tmp_
 
 def test_an_aware_run_trains_its_target_head_beside_the_sources(tmp_path: Path) -> None:
     out = tmp_path / "aware"
-    initial = engine.setup(tiny(out, "aware.toml"), resume=False).model.heads["squad-synthetic"]
+    initial = runsetup.setup(tiny(out, "aware.toml"), resume=False).model.heads["squad-synthetic"]
     events: list = []
     engine.pretrain(tiny(out, "aware.toml", episodes=2), callback=lambda e, d: events.append((e, d)))
     fitted = [d for e, d in events if e == "heads"]
@@ -409,16 +409,16 @@ def test_a_masked_lm_target_leaves_no_gradient_for_training(tmp_path: Path) -> N
     # The MLM head is tied to the word embeddings; its head-only target update must not leave a
     # gradient there that the training step would take for a reused support gradient (exact mode
     # reuses nothing: N fresh batches are drawn and nothing of the target reaches the encoder).
-    run = engine.setup(tiny(tmp_path / "out", "planted.toml"), resume=False)
+    run = runsetup.setup(tiny(tmp_path / "out", "planted.toml"), resume=False)
     assert run.spec.meta.utility == "exact" and run.head_optimizer is not None
     before = {n: p.detach().clone() for n, p in run.model.encoder.named_parameters()}
-    picked = engine.select_run(run)
+    picked = runsteps.select_run(run)
     assert picked.gradient is None
     assert all(p.grad is None for p in run.model.parameters())
     assert all(torch.equal(p, before[n]) for n, p in run.model.encoder.named_parameters())
     stream = run.streams["train"][picked.chosen]
     count = stream.state_dict()["count"]
-    engine.train_chosen(run, picked.chosen, picked.gradient)
+    runsteps.train_chosen(run, picked.chosen, picked.gradient)
     assert stream.state_dict()["count"] == count + run.spec.meta.train_batches
 
 
@@ -514,7 +514,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(
 # ------------------------------------------------------------------------ gradient accumulation
 @pytest.fixture(scope="module")
 def two_kinds(tmp_path_factory: pytest.TempPathFactory) -> engine.Run:
-    run = engine.setup(tiny(tmp_path_factory.mktemp("accumulate") / "out", "accumulate.toml"), resume=False)
+    run = runsetup.setup(tiny(tmp_path_factory.mktemp("accumulate") / "out", "accumulate.toml"), resume=False)
     run.model.eval()  # dropout off, so every split computes the same function
     return run
 
@@ -576,7 +576,7 @@ def test_the_wordpiece_reads_each_source_kinds_own_text_fields() -> None:
     def task(kind: str, rows: list[dict]) -> TaskData:
         return TaskData(TaskSpec(kind=kind, name=kind), {}, {}, {"train": datasets.Dataset.from_list(rows)})
 
-    texts = engine._corpus_texts(
+    texts = runsetup._corpus_texts(
         [
             task("sentence_reordering", [{"sentences": ["One here.", "Two there."]}]),
             task("span_selection", [{"text": "A b. C d.", "sentences": ["A b.", "C d."], "title": "Ab"}]),

@@ -16,7 +16,7 @@ import torch
 from conftest import Crash, crash_after
 from safetensors.torch import load_file
 
-from metapt import checkpoint, engine, heldout
+from metapt import checkpoint, engine, heldout, runsetup
 from metapt.resolve import parse_run
 from metapt.runspec import override
 from metapt.spec import RunSpec
@@ -57,7 +57,7 @@ def test_a_baseline_logs_heldout_loss_every_eval_every_episodes_and_at_the_end(t
             assert all(r[f] is None for f in heldout.FIELDS)
     # The FLOPs are the forwards of the fixed batches, the same at every evaluation, and are not
     # charged: the run's totals are its selection and training FLOPs alone.
-    run = engine.setup(spec, resume=False)
+    run = runsetup.setup(spec, resume=False)
     held = heldout.prepare(run.tasks, run.tokenizer, run.targets, run.sources, spec.run)
     assert held.origin == {"mlm": "validation", "mlm_shuffled": "validation"}
     assert [len(b) for b in held.score.values()] == [2, 2] and held.fit == {}
@@ -103,7 +103,7 @@ def test_a_resumed_run_scores_the_same_heldout_batches(tmp_path: Path) -> None:
 def test_aware_targets_are_scored_through_a_head_fitted_on_the_frozen_encoder(tmp_path: Path) -> None:
     out = tmp_path / "aware"
     spec = tiny(out, "aware.toml", episodes=2, eval_every=1, eval_batches=2, eval_head_steps=30)
-    initial = engine.setup(spec, resume=False).model.heads["squad-synthetic"].state_dict()
+    initial = runsetup.setup(spec, resume=False).model.heads["squad-synthetic"].state_dict()
     engine.pretrain(spec)
     records = lines(out)
     assert [set(r["heldout_loss"]) for r in records] == [{"squad-synthetic"}] * 2  # aware: the targets
@@ -112,7 +112,7 @@ def test_aware_targets_are_scored_through_a_head_fitted_on_the_frozen_encoder(tm
     assert all(torch.equal(saved[f"squad-synthetic.{k}"], v) for k, v in initial.items())
     # The fitted head scores lower than the run's random head on the same batches and encoder, the
     # same on every call (seeded), and the fit's cost is counted.
-    run = engine.setup(spec, resume=True)
+    run = runsetup.setup(spec, resume=True)
     held = heldout.prepare(run.tasks, run.tokenizer, run.targets, run.sources, spec.run)
     assert set(held.fit) == {"squad-synthetic"} and len(held.fit["squad-synthetic"]) == 2
 

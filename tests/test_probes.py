@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metapt import engine, probes, selection
+from metapt import engine, probes, runsetup, selection
 from metapt.kinds.heads import MLMHead
 from metapt.model import MultiTaskModel, new_encoder
 from metapt.resolve import parse_run
@@ -30,7 +30,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> engine.Run:
     """An untrained agnostic run (mlm, mlm_shuffled; 1 layer, 32 wide) in eval mode."""
     spec = override(parse_run(RUNS / "agnostic.toml"), output_dir=tmp_path_factory.mktemp("probes") / "out")
     meta = dataclasses.replace(spec.meta, utility="first_order", support_batches=3)
-    out = engine.setup(dataclasses.replace(spec, meta=meta), resume=False)
+    out = runsetup.setup(dataclasses.replace(spec, meta=meta), resume=False)
     out.model.eval()
     return out
 

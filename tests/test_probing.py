@@ -15,7 +15,7 @@ import torch
 from conftest import Crash, crash_after, write
 from safetensors.torch import load_file
 
-from metapt import engine, probes, selection
+from metapt import engine, probes, runsetup, runsteps, selection
 from metapt.errors import SpecError
 from metapt.resolve import parse_run
 from metapt.runspec import override
@@ -39,7 +39,7 @@ def lines(out: Path) -> list[dict]:
 
 
 def test_support_probes_have_the_probe_size_and_their_flops_are_counted(tmp_path: Path) -> None:
-    run = engine.setup(tiny(tmp_path / "out", support_batch_size=2), resume=False)
+    run = runsetup.setup(tiny(tmp_path / "out", support_batch_size=2), resume=False)
     seen: list[dict] = []
     shared = selection.shared
 
@@ -49,7 +49,7 @@ def test_support_probes_have_the_probe_size_and_their_flops_are_counted(tmp_path
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(selection, "shared", spy)
-        picked = engine.select_run(run)
+        picked = runsteps.select_run(run)
     support = seen[0]
     assert {s: [b["input_ids"].shape[0] for b in bs] for s, bs in support.items()} == {
         "mlm": [2, 2],
@@ -60,7 +60,7 @@ def test_support_probes_have_the_probe_size_and_their_flops_are_counted(tmp_path
 
 
 def test_a_sketch_keeps_d_numbers_per_probe_and_no_sums(tmp_path: Path) -> None:
-    run = engine.setup(tiny(tmp_path / "out", sketch=1000), resume=False)
+    run = runsetup.setup(tiny(tmp_path / "out", sketch=1000), resume=False)
     stores: list[probes.Store] = []
     store = selection._store
 
@@ -70,14 +70,14 @@ def test_a_sketch_keeps_d_numbers_per_probe_and_no_sums(tmp_path: Path) -> None:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(selection, "_store", spy)
-        picked = engine.select_run(run)
+        picked = runsteps.select_run(run)
     assert stores[0].matrix.shape == (4, 1000)  # 2 sources x M = 2 probes, 1000 numbers each
-    assert not engine.reuses_support(run) and picked.gradient is None  # no model-sized sums kept
-    assert engine.reuses_support(engine.setup(tiny(tmp_path / "b"), resume=False))
+    assert not runsteps.reuses_support(run) and picked.gradient is None  # no model-sized sums kept
+    assert runsteps.reuses_support(runsetup.setup(tiny(tmp_path / "b"), resume=False))
 
 
 def test_reuse_training_keeps_the_last_m_training_gradients_before_clipping(tmp_path: Path) -> None:
-    run = engine.setup(tiny(tmp_path / "out", reuse_training=True, max_grad_norm=1e-3), resume=False)
+    run = runsetup.setup(tiny(tmp_path / "out", reuse_training=True, max_grad_norm=1e-3), resume=False)
     seen: list[torch.Tensor] = []
     step = Optimization.step
     live = dict(run.model.named_parameters())
@@ -89,10 +89,10 @@ def test_reuse_training_keeps_the_last_m_training_gradients_before_clipping(tmp_
         seen.append(torch.cat([live[n].grad.reshape(-1) for n in names]).clone())
         step(self, model)
 
-    picked = engine.select_run(run)
+    picked = runsteps.select_run(run)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Optimization, "step", spy)
-        engine.train_chosen(run, picked.chosen, picked.gradient)
+        runsteps.train_chosen(run, picked.chosen, picked.gradient)
     kept = run.reused[picked.chosen]
     assert len(seen) == 3 and len(kept) == 2  # N = 3 steps (the first the support gradient), M = 2 kept
     for probe, want in zip(kept, seen[1:]):
@@ -102,19 +102,19 @@ def test_reuse_training_keeps_the_last_m_training_gradients_before_clipping(tmp_
     # the next selection takes them: the chosen task's support stream does not move, the other's does
     counts = {s: run.streams["support"][s].state_dict()["count"] for s in run.sources}
     other = next(s for s in run.sources if s != picked.chosen)
-    engine.select_run(run)
+    runsteps.select_run(run)
     after = {s: run.streams["support"][s].state_dict()["count"] for s in run.sources}
     assert after == {picked.chosen: counts[picked.chosen], other: counts[other] + 2}
 
 
 def test_a_baseline_scheduler_keeps_no_training_gradients(tmp_path: Path) -> None:
     # compare runs the baselines on the same spec: with reuse_training they must not copy gradients
-    run = engine.setup(tiny(tmp_path / "out", reuse_training=True, scheduler="uniform"), resume=False)
-    assert not engine.reuses_training(run)
-    engine.train_chosen(run, run.sources[0])
+    run = runsetup.setup(tiny(tmp_path / "out", reuse_training=True, scheduler="uniform"), resume=False)
+    assert not runsteps.reuses_training(run)
+    runsteps.train_chosen(run, run.sources[0])
     assert run.reused is None
-    meta = engine.setup(tiny(tmp_path / "meta", reuse_training=True), resume=False)
-    assert engine.reuses_training(meta)
+    meta = runsetup.setup(tiny(tmp_path / "meta", reuse_training=True), resume=False)
+    assert runsteps.reuses_training(meta)
 
 
 def test_cheap_selection_resumes_bitwise(tmp_path: Path) -> None:

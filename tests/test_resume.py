@@ -15,7 +15,7 @@ from conftest import Crash, crash_after
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from metapt import checkpoint, engine, resuming
+from metapt import checkpoint, engine, resuming, runsetup
 from metapt.cli import app
 from metapt.errors import CheckpointError, MetaptError
 from metapt.resolve import parse_run
@@ -124,14 +124,14 @@ def test_the_run_specs_learning_rate_is_applied_at_the_schedules_position(
     halfway: Path, tmp_path: Path
 ) -> None:
     out = copy(halfway, tmp_path)
-    run = engine.setup(tiny(out, lr=5e-3), resume=True)
+    run = runsetup.setup(tiny(out, lr=5e-3), resume=True)
     # 2 episodes x 2 training batches done: the schedule is at step 4 of 4 x 2 = 8; warmup 6% = 0 steps,
     # so the factor is (8 - 4) / 8 = 0.5, now of the new base rate.
     assert run.schedule.last_epoch == 4
     assert run.schedule.base_lrs == [5e-3] * len(run.optimizer.param_groups)
     assert [g["lr"] for g in run.optimizer.param_groups] == [5e-3 * 0.5] * len(run.optimizer.param_groups)
     assert run.optimizer.state  # Adam's moments came from the checkpoint
-    same = engine.setup(tiny(out), resume=True)
+    same = runsetup.setup(tiny(out), resume=True)
     assert [g["lr"] for g in same.optimizer.param_groups] == [1e-3 * 0.5] * len(same.optimizer.param_groups)
 
 
@@ -216,10 +216,10 @@ def test_resuming_a_run_that_has_its_episodes_says_so_and_trains_nothing(
     out = copy(halfway, tmp_path)
 
     def no_setup(*args: object, **kwargs: object) -> None:
-        raise AssertionError("engine.setup ran")
+        raise AssertionError("runsetup.setup ran")
 
     # No run is set up (so pointless.run_warnings needs no "nothing to train" case of its own).
-    monkeypatch.setattr(engine, "setup", no_setup)
+    monkeypatch.setattr(runsetup, "setup", no_setup)
     metrics = (out / "metrics.jsonl").read_text()
     state = (out / "current" / "training_state.pt").read_bytes()
     args = ["pretrain", str(AGNOSTIC), "--output-dir", str(out), "--resume", "--episodes", str(episodes)]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import tiny_run
 
-from metapt import engine, selection
+from metapt import engine, runsetup, runsteps, selection
 from metapt.policies import Greedy
 
 NO_AUTOCAST = contextlib.nullcontext
@@ -25,13 +25,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def agnostic(tmp_path_factory: pytest.TempPathFactory) -> engine.Run:
     """A set-up (untrained) agnostic run: sources = targets = mlm, mlm_shuffled."""
-    run = engine.setup(tiny_run(tmp_path_factory.mktemp("selection")), resume=False)
+    run = runsetup.setup(tiny_run(tmp_path_factory.mktemp("selection")), resume=False)
     run.model.eval()
     return run
 
 
 def draw(run: engine.Run, per_task: int = 2) -> tuple[dict, list]:
-    """Support batches of every source and target batches of every target, as `engine.draw_batches` draws."""
+    """Support batches of every source and target batches of every target, as `runsteps.draw_batches` draws."""
     support = {s: [run.streams["support"][s].next() for _ in range(per_task)] for s in run.sources}
     targets = [(t, run.streams["target"][t].next()) for t in run.targets for _ in range(per_task)]
     return support, targets
@@ -203,7 +203,7 @@ def test_the_engine_scores_with_dropout_off_on_batches_shared_by_every_source(tm
     # engine.select_task against a replay on a second, identical setup: the same batches scored in eval
     # mode give the same utilities to the last bit (with dropout on they would not).
     spec = tiny_run(tmp_path)
-    run, replay = engine.setup(spec, resume=False), engine.setup(spec, resume=False)
+    run, replay = runsetup.setup(spec, resume=False), runsetup.setup(spec, resume=False)
     assert spec.model.dropout > 0 and run.model.training
     scored: list[list] = []
     exact = selection.exact
@@ -214,7 +214,7 @@ def test_the_engine_scores_with_dropout_off_on_batches_shared_by_every_source(tm
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(selection, "exact", spy)
-        picked = engine.select_run(run)
+        picked = runsteps.select_run(run)
     assert run.model.training and not picked.explored  # back to train mode for the training steps
     assert scored[0][0] is False
     assert [t for t, _ in scored[0][1]] == ["mlm", "mlm_shuffled"]  # one batch per target, M = 1
@@ -274,7 +274,7 @@ def test_the_shared_estimate_jackknifes_its_standard_error(tmp_path: Path) -> No
     # the same draws and the two-way decomposition would be far too small (measured: 0.02-0.35 of the
     # spread at M = 2 on the shipped default). A delete-one jackknife over the support batches is
     # calibrated from M = 3 (measured on the default: 0.8-1.2); with M = 2 there is no standard error.
-    run = engine.setup(tiny_run(tmp_path), resume=False)  # its own streams: the same draws in any order
+    run = runsetup.setup(tiny_run(tmp_path), resume=False)  # its own streams: the same draws in any order
     run.model.eval()
     values, errors, gaps, gap_errors = [], [], [], []
     for _ in range(32):
@@ -298,7 +298,7 @@ def test_exact_gains_under_bf16_autocast_match_float64(tmp_path: Path) -> None:
     # The scoring forwards run in fp32 whatever the autocast: a gain is a difference of two losses
     # ~1e4 times larger, which bf16 (8 bits of mantissa) would round away. Reference: the same
     # estimate with the whole model in float64.
-    run = engine.setup(tiny_run(tmp_path), resume=False)
+    run = runsetup.setup(tiny_run(tmp_path), resume=False)
     run.model.eval()
     support, targets = draw(run, per_task=2)
     bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import tiny_run
 
-from metapt import engine, selection, steps
+from metapt import runsetup, selection, steps
 from metapt.policies import Greedy
 
 NO_AUTOCAST = contextlib.nullcontext
@@ -35,7 +35,7 @@ class Checks(list):
 def test_select_task_chooses_the_argmax_of_the_utilities_of_the_batches_it_is_given(
     tmp_path: Path, estimator: str
 ) -> None:
-    run = engine.setup(tiny_run(tmp_path, support_batches=2), resume=False)
+    run = runsetup.setup(tiny_run(tmp_path, support_batches=2), resume=False)
     support = {s: [run.streams["support"][s].next() for _ in range(2)] for s in run.sources}
     targets = [(t, run.streams["target"][t].next()) for t in run.targets for _ in range(2)]
     before, checks = _weights(run.model), Checks()
@@ -71,7 +71,7 @@ def test_the_reused_support_gradient_is_a_value_in_and_out(tmp_path: Path) -> No
     # probing.sums: the chosen task's mean support gradient comes back in Selection.gradient, equal to
     # the mean of its support batches' gradients computed by hand; train_task takes it as its first
     # step: the optimizer steps N times while N - 1 batches are drawn.
-    run = engine.setup(tiny_run(tmp_path, support_batches=2, utility="first_order"), resume=False)
+    run = runsetup.setup(tiny_run(tmp_path, support_batches=2, utility="first_order"), resume=False)
     support = {s: [run.streams["support"][s].next() for _ in range(2)] for s in run.sources}
     targets = [(t, run.streams["target"][t].next()) for t in run.targets]
     picked = steps.select_task(
@@ -117,7 +117,7 @@ def test_the_reused_support_gradient_is_a_value_in_and_out(tmp_path: Path) -> No
 
 
 def test_select_task_refuses_an_unknown_estimator(tmp_path: Path) -> None:
-    run = engine.setup(tiny_run(tmp_path), resume=False)
+    run = runsetup.setup(tiny_run(tmp_path), resume=False)
     support = {s: [run.streams["support"][s].next()] for s in run.sources}
     with pytest.raises(ValueError, match="estimator 'exactly' is not one of exact, first_order, shared"):
         steps.select_task(
@@ -136,7 +136,7 @@ def test_select_task_refuses_an_unknown_estimator(tmp_path: Path) -> None:
 
 
 def test_the_target_heads_step_moves_only_the_target_heads(tmp_path: Path) -> None:
-    run = engine.setup(tiny_run(tmp_path, "aware.toml"), resume=False)
+    run = runsetup.setup(tiny_run(tmp_path, "aware.toml"), resume=False)
     assert run.head_optimizer is not None
     aware = [t for t in run.targets if t not in run.sources]
     targets = [(t, run.streams["target"][t].next()) for t in aware]

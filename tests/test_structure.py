@@ -101,6 +101,14 @@ def test_imports_run_down_the_layers() -> None:
         ("finetuned.py", "metapt.finetune", "a finetuned model is below the finetuning that writes it"),
         ("engine.py", "metapt.finetune", "pretraining does not need finetuning"),
         ("engine.py", "metapt.finetuned", "pretraining does not need finetuning"),
+        ("runsetup.py", "metapt.finetune", "pretraining does not need finetuning"),
+        ("runsteps.py", "metapt.finetune", "pretraining does not need finetuning"),
+        ("runsteps.py", "metapt.engine", "the loop takes these steps; a step does not need the loop"),
+        (
+            "runsetup.py",
+            "metapt.engine",
+            "the loop starts from the run setup builds, not the other way round",
+        ),
     ]
     broken = [
         f"{path.relative_to(PACKAGE)} imports {name}: {why}"

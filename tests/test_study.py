@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import MLM_TASK, TINY_MODEL, write
 
-from metapt import bench, engine, ghost, growth, pointless, selection, study
+from metapt import bench, engine, ghost, growth, pointless, runsetup, selection, study
 from metapt.cli import app
 from metapt.errors import MetaptError
 from metapt.model import batch_to
@@ -65,7 +65,7 @@ def test_the_reference_is_sure_when_its_leader_leads_by_more_than_two_standard_e
 ) -> None:
     # a - b = [[1, 3], [3, 5]]: rows sum to 4, 8 (M var = 2 * 8 = 16), columns to 4, 8 (J var = 16),
     # an additive matrix (no interaction): gap SE = sqrt(32) = 5.657
-    run = engine.setup(override(parse_run(spec_path), output_dir=tmp_path / "out"), resume=False)
+    run = runsetup.setup(override(parse_run(spec_path), output_dir=tmp_path / "out"), resume=False)
     streams = study._streams(run, run.spec.meta, "reference")
     terms = {"docs": [[1.0, 3.0], [3.0, 5.0]], "shuffled": [[0.0, 0.0], [0.0, 0.0]]}
     for lead, sure in ((12.0, True), (10.0, False)):
@@ -198,7 +198,7 @@ def test_the_bench_leaves_the_trajectory_as_pretrain_makes_it(spec_path: Path, t
 
 def test_the_second_reference_scores_batches_of_its_own(spec_path: Path, tmp_path: Path) -> None:
     # the ceiling is only a ceiling if the second reference is an independent draw of the first
-    run = engine.setup(override(parse_run(spec_path), output_dir=tmp_path / "out"), resume=False)
+    run = runsetup.setup(override(parse_run(spec_path), output_dir=tmp_path / "out"), resume=False)
     lab = study.Study(run, [study.again(2)], 2)
     meta = lab.views[1].spec.meta
     assert (meta.utility, meta.support_batches, meta.target_batches, meta.policy) == ("exact", 2, 2, "greedy")
@@ -212,7 +212,7 @@ def test_the_second_reference_scores_batches_of_its_own(spec_path: Path, tmp_pat
 
 
 def test_a_ghost_inner_product_is_the_materialised_one(spec_path: Path, tmp_path: Path) -> None:
-    run = engine.setup(override(parse_run(spec_path), output_dir=tmp_path / "out"), resume=False)
+    run = runsetup.setup(override(parse_run(spec_path), output_dir=tmp_path / "out"), resume=False)
     stream = run.streams["train"]["docs"]
     first, second = (batch_to(stream.next(), run.device) for _ in range(2))
     got = ghost.measure(run.model, "docs", first, second)

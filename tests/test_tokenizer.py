@@ -13,7 +13,7 @@ import pytest
 from conftest import RUNS, tiny_run, write
 from typer.testing import CliRunner
 
-from metapt import engine
+from metapt import runsetup
 from metapt.cli import app
 from metapt.data import pipeline
 from metapt.data.tokenizer import load_tokenizer, train_wordpiece
@@ -77,7 +77,7 @@ def test_a_pretrained_tokenizer_without_a_needed_special_token_exits_2(
     spec = tiny_run(tmp_path)
     spec = dataclasses.replace(spec, tokenizer=dataclasses.replace(spec.tokenizer, pretrained=str(folder)))
     with pytest.raises(MetaptError) as caught:  # was TypeError on None deep inside a batch: exit 1
-        engine.setup(spec, resume=False)
+        runsetup.setup(spec, resume=False)
     assert str(caught.value) == (
         f"[tokenizer].pretrained {str(folder)!r}: its tokenizer has {message}; give a tokenizer that has "
         "them (BERT's and RoBERTa's have all), or leave [tokenizer].pretrained empty to train a WordPiece"
