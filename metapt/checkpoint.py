@@ -5,7 +5,8 @@ Layout of an output directory:
     OUTPUT_DIR/
       checkpoint-000010/    config.json, model.safetensors, tokenizer files, heads.safetensors,
                             heads.json, training_state.pt, mixture.json, metapt.json (written last,
-                            with every other file's size: `check_files` finds a truncated one)
+                            with every other file's size and sha256: `check_files` finds a
+                            truncated or changed one)
       current -> checkpoint-000010        (a symlink, replaced atomically)
       config.json -> current/config.json  (and every other file: so OUTPUT_DIR itself loads with
                                            AutoModel.from_pretrained / AutoTokenizer.from_pretrained)
@@ -31,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from metapt import outdir
 from metapt.errors import CheckpointError, first_line
-from metapt.filesizes import MANIFEST, check_files, damaged, sizes, unusable
+from metapt.filecheck import MANIFEST, check_files, damaged, digests, sizes, unusable
 from metapt.model import saved_state
 
 STATE = "training_state.pt"
@@ -131,7 +132,8 @@ def _write(
     torch.save(state, tmp / STATE)
     for file, text in (files or {}).items():
         (tmp / file).write_text(text)
-    done = {**manifest, "complete": True, "files": sizes(tmp)}  # what save_pretrained wrote too
+    files = sizes(tmp)  # what save_pretrained wrote too
+    done = {**manifest, "complete": True, "files": files, "sha256": digests(tmp, files)}
     (tmp / MANIFEST).write_text(json.dumps(done, indent=2))
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
@@ -146,7 +148,11 @@ def _episode_if_intact(folder: Path) -> int | None:
     except (OSError, ValueError):
         return None
     whole = isinstance(meta, dict) and meta.get("complete") and isinstance(meta.get("episode"), int)
-    whole = whole and all((folder / f).is_file() for f in _FILES) and not damaged(folder, meta.get("files"))
+    whole = (
+        whole
+        and all((folder / f).is_file() for f in _FILES)
+        and not damaged(folder, meta.get("files"), (), meta.get("sha256"))
+    )
     return meta["episode"] if whole else None
 
 
@@ -200,9 +206,12 @@ def _go_on(found: dict[str, int], link: Path) -> tuple[str, str, str]:
 def resolve_output(path: Path) -> Path:
     """`resolve` for a run's output folder (pretrain --resume): a `current` on a checkpoint that is
     not whole names the other intact checkpoints metapt wrote there, as finetune does."""
-    if why := broken_current(path):
-        raise CheckpointError(why)
-    return resolve(path)
+    try:
+        return resolve(path)  # every file read once to check it: a GB-sized checkpoint takes a second
+    except CheckpointError:
+        if why := broken_current(path):
+            raise CheckpointError(why) from None
+        raise
 
 
 def broken_current(path: Path) -> str | None:

@@ -22,7 +22,7 @@ from metapt.data.pipeline import TaskData, kind_of, load_task
 from metapt.data.tokenizer import check_special, load_tokenizer
 from metapt.device import autocast_for, pick_device
 from metapt.errors import CheckpointError, MetaptError
-from metapt.filesizes import MANIFEST, check_files
+from metapt.filecheck import MANIFEST, check_files
 from metapt.finetuned import build, load_finetuned, main_metric, save_model, score, write_outputs
 from metapt.localdata import with_local_data, without_missing_test
 from metapt.model import MultiTaskModel, batch_to, load_encoder

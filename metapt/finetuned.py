@@ -20,7 +20,7 @@ from metapt.data.pipeline import TaskData, kind_of, load_task
 from metapt.data.tokenizer import load_tokenizer
 from metapt.device import autocast_for, pick_device
 from metapt.errors import MetaptError
-from metapt.filesizes import damaged, sizes
+from metapt.filecheck import damaged, digests, sizes
 from metapt.model import MultiTaskModel, batch_to, load_encoder, saved_state
 from metapt.spec import TaskSpec
 
@@ -71,7 +71,9 @@ def save_model(folder: Path, model: MultiTaskModel, tokenizer: Any, task: TaskDa
         save_file({k: v.detach().contiguous().cpu() for k, v in head.items()}, folder / "head.safetensors")
     facts = {"task": task.name, "kind": task.spec.kind, "spec": task.spec.path, "info": task.info}
     files = {n: b for n, b in sizes(folder).items() if n != "head.json"}  # head.json comes last
-    (folder / "head.json").write_text(json.dumps({**facts, "files": files}, indent=2))
+    (folder / "head.json").write_text(
+        json.dumps({**facts, "files": files, "sha256": digests(folder, files)}, indent=2)
+    )
 
 
 def build(encoder: torch.nn.Module, task: TaskData) -> MultiTaskModel:
@@ -101,7 +103,7 @@ def load_finetuned(
             f"{info_file}: not the head facts `metapt finetune` writes (a JSON object with kind and "
             "info); finetune again to rewrite it"
         )
-    if bad := damaged(folder, saved.get("files")):  # a folder finetuned before sizes were kept: none
+    if bad := damaged(folder, saved.get("files"), (), saved.get("sha256")):  # older folders: fewer checks
         raise MetaptError(
             f"{'; '.join(bad)}; the finetuned model is not usable: finetune again to rewrite it"
         )

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from metapt import checkpoint, distributed, filesizes, mixture, probes, resuming
+from metapt import checkpoint, distributed, filecheck, mixture, probes, resuming
 from metapt.data.batches import BatchStream
 from metapt.data.pipeline import TaskData
 from metapt.errors import CheckpointError
@@ -82,7 +82,7 @@ def _fitting(path: Path) -> Iterator[None]:
         yield
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
         raise CheckpointError(
-            f"{path}: does not fit this run ({type(e).__name__}: {e}); {filesizes.unusable(path.parent)}"
+            f"{path}: does not fit this run ({type(e).__name__}: {e}); {filecheck.unusable(path.parent)}"
         ) from None
 
 

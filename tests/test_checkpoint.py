@@ -5,6 +5,8 @@ CheckpointError (exit code 2 from `metapt pretrain --resume`)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -403,10 +405,22 @@ def cut(path: Path, count: int = 8) -> int:
     return path.stat().st_size
 
 
-def old_manifest(folder: Path) -> None:
-    """The manifest as metapt wrote it before it recorded its files' sizes."""
+def flip(path: Path) -> str:
+    """Flip the bits of one byte near the end of a file, in place (a bad disk, a bad copy): its size
+    stays. The detail of the message that names it, with both sums (sha256 by hashlib)."""
+    data = bytearray(wrote := path.read_bytes())
+    data[-20] ^= 0xFF  # inside the last tensor of a safetensors file, the pickled state of the .pt
+    path.write_bytes(bytes(data))
+    have, want = hashlib.sha256(bytes(data)).hexdigest(), hashlib.sha256(wrote).hexdigest()
+    return f"its bytes changed: sha256 {have[:12]}..., metapt wrote {want[:12]}..."
+
+
+def old_manifest(folder: Path, keep_sizes: bool = False) -> None:
+    """The manifest as metapt wrote it before it recorded its files' sums (`keep_sizes`), or before
+    it recorded their sizes too."""
     path = folder / checkpoint.MANIFEST
-    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "files"}))
+    dropped = {"sha256"} if keep_sizes else {"files", "sha256"}
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k not in dropped}))
 
 
 def test_the_manifest_records_every_file_s_size(finished: Path) -> None:
@@ -418,17 +432,34 @@ def test_the_manifest_records_every_file_s_size(finished: Path) -> None:
     assert files["model.safetensors"] == 87816  # 1-layer, 32-wide BERT over 300 words, fp32
 
 
+def test_the_manifest_records_every_file_s_sha256_but_the_json_ones(finished: Path) -> None:
+    folder = checkpoint.resolve(finished)
+    sums = json.loads((folder / checkpoint.MANIFEST).read_text())["sha256"]
+    on_disk = {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in folder.iterdir()
+        if f.name != checkpoint.MANIFEST and f.suffix != ".json"  # config.json & co. are hand-edited
+    }
+    assert sums == on_disk and {"model.safetensors", checkpoint.HEADS, checkpoint.STATE} <= sums.keys()
+
+
+@pytest.mark.parametrize("damage", ["cut", "flip"])
 @pytest.mark.parametrize("name", ["model.safetensors", checkpoint.HEADS, checkpoint.STATE])
-def test_a_file_cut_short_is_named_by_resume_and_finetune(
-    finished: Path, tmp_path: Path, runner: CliRunner, name: str
+def test_a_file_cut_short_or_changed_is_named_by_resume_and_finetune(
+    finished: Path, tmp_path: Path, runner: CliRunner, name: str, damage: str
 ) -> None:
     out = tmp_path / "out"
     shutil.copytree(finished, out, symlinks=True)
     folder = (out / "checkpoint-000002").resolve()
     wrote = (folder / name).stat().st_size
-    now = cut(folder / name)
+    if damage == "cut":
+        detail = f"{cut(folder / name)} bytes, metapt wrote {wrote}"
+    else:  # the same size: only the sums see it
+        detail = flip(folder / name)
+        if name != checkpoint.STATE:  # safetensors loads it without a word: the weights would be wrong
+            assert load_file(folder / name).keys() == load_file(finished / "current" / name).keys()
     expected = (
-        f"error: {folder / name}: damaged ({now} bytes, metapt wrote {wrote}); the checkpoint is not "
+        f"error: {folder / name}: damaged ({detail}); the checkpoint is not "
         f"usable: restore it from a copy, make another intact checkpoint current (ln -sfn checkpoint-N "
         f"{out / 'current'}), or pretrain again\n"
     )
@@ -443,25 +474,28 @@ def test_a_file_cut_short_is_named_by_resume_and_finetune(
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output
         assert result.stderr == (
-            f"error: {folder / name}: damaged ({now} bytes, metapt wrote {wrote}); {out / 'current'} "
+            f"error: {folder / name}: damaged ({detail}); {out / 'current'} "
             f"points to it, and no other intact checkpoint metapt wrote is left in {out}; pretrain "
             "again (--overwrite starts again in this folder)\n"
         )
     assert not (out / "finetune").exists() and episodes_in(out) == [1, 2]
 
 
-def test_a_finetuned_model_cut_short_is_named_by_evaluate(
+def test_a_finetuned_model_cut_short_or_changed_is_named_by_evaluate(
     finetuned: Path, tmp_path: Path, runner: CliRunner
 ) -> None:
-    for name in ("model.safetensors", "head.safetensors"):
-        copy = tmp_path / name
+    for name, damage in itertools.product(("model.safetensors", "head.safetensors"), ("cut", "flip")):
+        copy = tmp_path / f"{name}-{damage}"
         shutil.copytree(finetuned, copy)
         wrote = (copy / "model" / name).stat().st_size
-        now = cut(copy / "model" / name)
+        if damage == "cut":
+            detail = f"{cut(copy / 'model' / name)} bytes, metapt wrote {wrote}"
+        else:
+            detail = flip(copy / "model" / name)
         result = runner.invoke(app, ["evaluate", "--task", str(SRL), str(copy)])
         assert result.exit_code == 2, result.output  # head.safetensors: was "corrupt or mismatched head"
         assert result.stderr == (
-            f"error: {copy / 'model' / name}: damaged ({now} bytes, metapt wrote {wrote}); the finetuned "
+            f"error: {copy / 'model' / name}: damaged ({detail}); the finetuned "
             "model is not usable: finetune again to rewrite it\n"
         )
         assert not (copy / "evaluation-validation.json").exists()
@@ -547,3 +581,18 @@ def test_finetune_takes_a_copy_without_the_training_state_but_not_without_weight
     (folder / "tokenizer.json").unlink()
     with pytest.raises(CheckpointError, match=r"tokenizer.json: missing \(metapt wrote 8571 bytes\)"):
         encoder_source(str(folder))
+
+
+def test_a_manifest_from_before_sums_is_sized_only(finished: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(finished, out, symlinks=True)
+    folder = (out / "checkpoint-000002").resolve()
+    old_manifest(folder, keep_sizes=True)  # as metapt wrote it before it recorded sha256 sums
+    flip(folder / "model.safetensors")
+    assert checkpoint.resolve(out) == folder  # nothing recorded to compare the bytes with
+    wrote = (folder / checkpoint.HEADS).stat().st_size
+    now = cut(folder / checkpoint.HEADS)
+    with pytest.raises(
+        CheckpointError, match=rf"heads.safetensors: damaged \({now} bytes, metapt wrote {wrote}\)"
+    ):
+        checkpoint.resolve(out)  # the sizes are still checked
