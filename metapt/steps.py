@@ -22,6 +22,7 @@ import torch
 from metapt import distributed, policies, probes, selection
 from metapt.catalog import KINDS
 from metapt.data.batches import BatchStream
+from metapt.estimate import Estimate
 from metapt.flops import FlopCounter, tokens
 from metapt.model import MultiTaskModel, batch_to
 from metapt.train import Optimization, accumulate
@@ -113,7 +114,7 @@ def _estimate(
     inner: InnerStep,
     probing: selection.Probing,
     counter: FlopCounter,
-) -> tuple[selection.Estimate, int]:
+) -> tuple[Estimate, int]:
     """Score every source with dropout off: (the estimate, its FLOPs)."""
     target_fwd = sum(counter.forward(t, b) for t, b in targets)
     support_train = sum(counter.train(s, b) for s, bs in support.items() for b in bs)
@@ -133,7 +134,7 @@ def _estimate(
         model.train()
 
 
-def _lead(estimate: selection.Estimate, values: dict[str, float], choice: policies.Choice) -> float | None:
+def _lead(estimate: Estimate, values: dict[str, float], choice: policies.Choice) -> float | None:
     """How far the chosen task leads the runner-up in standard errors: of this selection's gap
     (greedy, which ranks by the utilities), or of the policy's running means (bandit)."""
     if choice.score_se:

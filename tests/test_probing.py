@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from metapt import engine, probes, runsetup, runsteps, selection
 from metapt.errors import SpecError
+from metapt.estimate import Estimate
 from metapt.resolve import parse_run
 from metapt.runspec import override
 from metapt.spec import RunSpec
@@ -43,7 +44,7 @@ def test_support_probes_have_the_probe_size_and_their_flops_are_counted(tmp_path
     seen: list[dict] = []
     shared = selection.shared
 
-    def spy(model: torch.nn.Module, support: dict, *args: Any, **kwargs: Any) -> selection.Estimate:
+    def spy(model: torch.nn.Module, support: dict, *args: Any, **kwargs: Any) -> Estimate:
         seen.append(support)
         return shared(model, support, *args, **kwargs)
 

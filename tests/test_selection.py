@@ -14,6 +14,7 @@ import torch
 from conftest import tiny_run
 
 from metapt import engine, runsetup, runsteps, selection
+from metapt.estimate import Estimate
 from metapt.policies import Greedy
 
 NO_AUTOCAST = contextlib.nullcontext
@@ -208,7 +209,7 @@ def test_the_engine_scores_with_dropout_off_on_batches_shared_by_every_source(tm
     scored: list[list] = []
     exact = selection.exact
 
-    def spy(model: torch.nn.Module, support: dict, targets: list, *args: object) -> selection.Estimate:
+    def spy(model: torch.nn.Module, support: dict, targets: list, *args: object) -> Estimate:
         scored.append([model.training, targets])
         return exact(model, support, targets, *args)
 
@@ -232,13 +233,13 @@ def test_the_standard_error_of_a_two_by_two_matrix_by_hand() -> None:
     # to 4, 8: J var = 2 * 8 = 16; the additive fit's residuals are +-0.5: sigma_e^2 = 1, M J sigma_e^2
     # = 4. Var(u) = 36 + 16 - 4 = 48.
     x = torch.tensor([[1.0, 2.0], [3.0, 6.0]], dtype=torch.float64)
-    estimate = selection.Estimate({"a": 12.0}, {"a": x}, ["t", "t"], 0.0)
+    estimate = Estimate({"a": 12.0}, {"a": x}, ["t", "t"], 0.0)
     assert estimate.se("a") == pytest.approx(48**0.5)
     # Two target tasks of one batch each: no target-side spread within a task, the support side only.
-    estimate = selection.Estimate({"a": 12.0}, {"a": x}, ["t", "u"], 0.0)
+    estimate = Estimate({"a": 12.0}, {"a": x}, ["t", "u"], 0.0)
     assert estimate.se("a") == pytest.approx(36**0.5)
     # One support batch: nothing says how the next one would differ.
-    assert selection.Estimate({"a": 3.0}, {"a": x[:1]}, ["t", "t"], 0.0).se("a") is None
+    assert Estimate({"a": 3.0}, {"a": x[:1]}, ["t", "t"], 0.0).se("a") is None
 
 
 def test_a_gap_over_shared_target_batches_pairs_their_columns() -> None:
@@ -246,7 +247,7 @@ def test_a_gap_over_shared_target_batches_pairs_their_columns() -> None:
     # difference cancels, so the gap's error is far below the two errors combined.
     a = torch.tensor([[1.0, 11.0], [2.0, 12.0]], dtype=torch.float64)
     b = torch.tensor([[0.0, 10.0], [0.5, 10.5]], dtype=torch.float64)
-    estimate = selection.Estimate({"a": 26.0, "b": 21.0}, {"a": a, "b": b}, ["t", "t"], 0.0)
+    estimate = Estimate({"a": 26.0, "b": 21.0}, {"a": a, "b": b}, ["t", "t"], 0.0)
     # rows: a sums 12, 14 (M var 4), b 10, 11 (M var 1); column differences 2.5, 2.5 (var 0)
     assert estimate.gap_se("a", "b") == pytest.approx(5**0.5)
     assert estimate.gap_se("a", "b") < 0.1 * (estimate.se("a") ** 2 + estimate.se("b") ** 2) ** 0.5

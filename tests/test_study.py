@@ -16,6 +16,7 @@ from conftest import MLM_TASK, TINY_MODEL, write
 from metapt import bench, engine, ghost, growth, pointless, runsetup, selection, study
 from metapt.cli import app
 from metapt.errors import MetaptError
+from metapt.estimate import Estimate
 from metapt.model import batch_to
 from metapt.resolve import parse_run
 from metapt.runspec import override
@@ -55,9 +56,9 @@ def spec_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write(folder, "run.toml", RUN)
 
 
-def estimate(values: dict[str, float], terms: dict[str, list]) -> selection.Estimate:
+def estimate(values: dict[str, float], terms: dict[str, list]) -> Estimate:
     tensors = {s: torch.tensor(t, dtype=torch.float64) for s, t in terms.items()}
-    return selection.Estimate(values, tensors, ["x", "x"], 1.0)
+    return Estimate(values, tensors, ["x", "x"], 1.0)
 
 
 def test_the_reference_is_sure_when_its_leader_leads_by_more_than_two_standard_errors(
