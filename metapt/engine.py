@@ -79,15 +79,20 @@ def pretrain(
 
 
 def _train(spec: RunSpec, resume: bool, callback: Callback, max_flops: float | None) -> dict[str, Any]:
-    """`_episodes`, unless the checkpoint to resume already has the run's episodes (then nothing runs)."""
-    done = _already_done(spec, callback) if resume else None
-    return done if done is not None else _episodes(spec, resume, callback, max_flops)
+    """`_episodes`, unless the checkpoint to resume already has the run's episodes (then nothing runs).
+    The checkpoint is found, and its files checked, once here (its sums read a GB-sized one for a second)."""
+    folder = checkpoint.resolve_output(Path(spec.run.output_dir)) if resume else None
+    done = _already_done(spec, folder, callback) if folder is not None else None
+    return done if done is not None else _episodes(spec, folder, callback, max_flops)
 
 
 # Algorithm 1 reads top to bottom in one function (STYLE.md 1): its length is the episode's.
-def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float | None) -> dict[str, Any]:  # noqa: PLR0915
-    """The episode loop of `pretrain`, in a folder that is checked (and locked on rank 0)."""
-    run = runsetup.setup(spec, resume, distributed.rank(), distributed.world())
+def _episodes(  # noqa: PLR0915
+    spec: RunSpec, folder: Path | None, callback: Callback, max_flops: float | None
+) -> dict[str, Any]:
+    """The episode loop of `pretrain`, in a folder that is checked (and locked on rank 0), continuing
+    the checkpoint `folder` (None: a fresh run)."""
+    run = runsetup.setup(spec, folder is not None, distributed.rank(), distributed.world(), folder)
     for note in run.notes:  # what --resume kept from the checkpoint, and what changed
         callback("warning", {"message": note})
     meta, total = spec.meta, spec.run.episodes
@@ -167,7 +172,7 @@ def _episodes(spec: RunSpec, resume: bool, callback: Callback, max_flops: float 
             ):
                 runstate.save(run)
                 callback("checkpoint", {"episode": run.episode, "path": str(run.out)})
-    if total == 0 and not resume:  # `--episodes 0`: the initial weights, a baseline for finetuning
+    if total == 0 and folder is None:  # `--episodes 0`: the initial weights, a baseline for finetuning
         runstate.save(run)
     summary = _summary(run, total, stop.signal)
     callback("end", summary)
@@ -228,12 +233,12 @@ def _refit_source_heads(run: Run) -> int:
     return flops
 
 
-def _already_done(spec: RunSpec, callback: Callback) -> dict[str, Any] | None:
+def _already_done(spec: RunSpec, folder: Path, callback: Callback) -> dict[str, Any] | None:
     """The summary of a resume whose checkpoint already has the run's episodes, which trains and
     writes nothing (no data is read, no model built); None when there are episodes to train. A run
-    spec that cannot continue the checkpoint is refused all the same."""
+    spec that cannot continue the checkpoint `folder` (`checkpoint.resolve_output`'s) is refused all
+    the same."""
     out = Path(spec.run.output_dir)
-    folder = checkpoint.resolve_output(out)
     spec, _ = resuming.reconcile(spec, folder)  # its notes are about episodes that will not run
     episode = resuming.episode_of(folder)
     if episode < spec.run.episodes:

@@ -55,9 +55,10 @@ def _tokenizer(spec: RunSpec, resume_dir: Path | None, sources: list[TaskData], 
     return train_wordpiece(_corpus_texts(sources), spec.tokenizer.vocab_size, spec.tokenizer.lowercase)
 
 
-def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
+def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1, checked: Path | None = None) -> Run:
     """Read and encode the tasks, build the model, optimizers and streams, and load the checkpoint on
-    resume.
+    resume: `checked` when the caller has it from `checkpoint.resolve_output` (files checked), else
+    the output folder's, resolved here.
 
     With `world` > 1 (torchrun) the process joins the group first, every rank builds the same run,
     and the training streams deal each rank its share of every global batch."""
@@ -65,7 +66,7 @@ def setup(spec: RunSpec, resume: bool, rank: int = 0, world: int = 1) -> Run:
     device = pick_device(spec.run.device)
     if world > 1:
         device = distributed.init(device)
-    resume_dir = checkpoint.resolve_output(out) if resume else None
+    resume_dir = (checked or checkpoint.resolve_output(out)) if resume else None
     notes: list[str] = []
     if resume_dir is not None:  # every rank reads the checkpoint rank 0 wrote (a shared filesystem)
         distributed.same_everywhere(resume_dir.name, f"the checkpoint to resume in {out}")

@@ -16,8 +16,9 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from metapt import checkpoint, engine, outdir, runsetup
+from metapt import checkpoint, engine, filecheck, outdir, runsetup
 from metapt.cli import app
+from metapt.data import sums
 from metapt.errors import CheckpointError
 from metapt.resolve import parse_run
 from metapt.runspec import override
@@ -596,3 +597,23 @@ def test_a_manifest_from_before_sums_is_sized_only(finished: Path, tmp_path: Pat
         CheckpointError, match=rf"heads.safetensors: damaged \({now} bytes, metapt wrote {wrote}\)"
     ):
         checkpoint.resolve(out)  # the sizes are still checked
+
+
+def test_resume_sums_the_checkpoint_once(
+    finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(finished, out, symlinks=True)
+    read: list[str] = []
+
+    def counted(path: Path) -> str:
+        read.append(f"{path.parent.name}/{path.name}")
+        return sums.sha256(path)
+
+    monkeypatch.setattr(filecheck, "sha256", counted)
+    assert engine.pretrain(tiny(out, episodes=3), resume=True)["episodes"] == 3
+    weights = ("model.safetensors", checkpoint.HEADS, checkpoint.STATE)
+    # each file of checkpoint-000002 once before anything loads (was: twice, by _already_done and
+    # again by setup); checkpoint-000003's once as it is written, before its rename
+    folders = ("checkpoint-000002", ".checkpoint-000003.partial")
+    assert sorted(read) == sorted(f"{folder}/{name}" for folder in folders for name in weights)
