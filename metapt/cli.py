@@ -244,11 +244,12 @@ def finetune(
     with claim, guard or contextlib.nullcontext() as lock:
         if lock is not None and lock.warning:
             _say(f"warning: {lock.warning}")
-        _finetune_seeds(checkpoint, spec, seed_list, out, quiet, lead, names)
+        _finetune_seeds(checkpoint, source, spec, seed_list, out, quiet, lead, names)
 
 
 def _finetune_seeds(
     checkpoint: str,
+    source: str,
     spec: Any,
     seed_list: list[int],
     out: Path,
@@ -257,7 +258,7 @@ def _finetune_seeds(
     names: tuple[str, ...],
 ) -> None:
     """Finetune every seed into `out` (seed-N/ each when there are several, and their summary),
-    logging to the `names` backends."""
+    logging to the `names` backends; `source` is `checkpoint`'s encoder folder, already checked."""
     from metapt import distributed, reporting
     from metapt.finetune import finetune_one, seed_folder, summarise_seeds
     from metapt.progress import finetune_reporter
@@ -275,7 +276,11 @@ def _finetune_seeds(
             reporting.finetune_logger(names, where, config, rank, name) as log,
             finetune_reporter(console, quiet or not lead, errors=err) as report,
         ):
-            runs.append(finetune_one(checkpoint, spec, s, where, callback=reporting.chain(report, log)))
+            runs.append(
+                finetune_one(
+                    checkpoint, spec, s, where, callback=reporting.chain(report, log), checked=source
+                )
+            )
         if lead:
             _print_results(runs[-1], where)
     if len(seed_list) > 1 and lead:

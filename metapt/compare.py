@@ -24,7 +24,7 @@ from metapt import distributed, mixture, outdir, report, reporting, runspec, sta
 from metapt.compare_plan import episode_cap, episode_caps, folder, with_scheduler
 from metapt.engine import pretrain
 from metapt.errors import MetaptError
-from metapt.finetune import aggregate, finetune_one
+from metapt.finetune import aggregate, encoder_source, finetune_one
 from metapt.interrupts import Stopped
 from metapt.runspec import override
 from metapt.spec import RunSpec, TaskSpec
@@ -93,13 +93,16 @@ def finetune_run(
     """Finetune the encoder in run_dir on every downstream task: task -> finetune results."""
     out = {}
     outdir.claim(run_dir, "finetune")
+    source = encoder_source(str(run_dir))  # checked once for all the tasks
     for t in tasks:
         where, config = run_dir / "finetune" / t.name, reporting.finetune_config(str(run_dir), t, seed)
         name = f"{run_dir.parent.name}/{run_dir.name}/{t.name}"  # scheduler/seed-S/task
         with reporting.finetune_logger(
             report_to, where, config, distributed.rank(), name, run_dir.parent.parent.name
         ) as log:
-            out[t.name] = r = finetune_one(str(run_dir), t, seed, where, device_name=device, callback=log)
+            out[t.name] = r = finetune_one(
+                str(run_dir), t, seed, where, device_name=device, callback=log, checked=source
+            )
         callback(
             "finetuned",
             {"seed": seed, "task": t.name, "main_metric": r["main_metric"], "metrics": r["metrics"]},

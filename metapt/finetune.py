@@ -96,8 +96,12 @@ def finetune_one(
     out: Path,
     device_name: str = "auto",
     callback: Callback | None = None,
+    checked: str | None = None,
 ) -> dict[str, Any]:
     """Finetune one seed; write results.json, predictions/ and model/ under `out`.
+
+    `checked`: the encoder folder when the caller has it from `encoder_source(checkpoint)` (its files
+    checked: summing reads a GB-sized checkpoint for a second), so several seeds or tasks check it once.
 
     Under torchrun the ranks train data-parallel: each collates the global batch and keeps its share
     (the whole batch for kinds whose examples interact), and gradients are averaged as one process
@@ -107,7 +111,7 @@ def finetune_one(
     start = time.perf_counter()
     if rank == 0:  # the callers check the folder first (metapt finetune, compare)
         outdir.claim(out, "model", "predictions", "results.json", kind="finetune")
-    source = encoder_source(checkpoint)
+    source = checked or encoder_source(checkpoint)
     spec, no_test = without_missing_test(spec)
     asked = spec.batch
     tokenizer, encoder, spec = _encoder(source, spec)

@@ -617,3 +617,25 @@ def test_resume_sums_the_checkpoint_once(
     # again by setup); checkpoint-000003's once as it is written, before its rename
     folders = ("checkpoint-000002", ".checkpoint-000003.partial")
     assert sorted(read) == sorted(f"{folder}/{name}" for folder in folders for name in weights)
+
+
+def test_finetune_sums_the_checkpoint_once_for_every_seed(
+    finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read: list[str] = []
+
+    def counted(path: Path) -> str:
+        read.append(f"{path.parent.name}/{path.name}")
+        return sums.sha256(path)
+
+    monkeypatch.setattr(filecheck, "sha256", counted)
+    out = tmp_path / "ft"
+    args = ["finetune", "--task", str(SRL), str(finished), "--seeds", "1,2", "--epochs", "1"]
+    result = CliRunner().invoke(app, [*args, "--output-dir", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert (out / "seed-2" / "results.json").is_file()
+    # the CLI checks checkpoint-000002 and hands the folder to each seed (was: once more per seed);
+    # the finetuned models' own files, summed as they are written, are not counted here
+    ours = sorted(r for r in read if r.startswith("checkpoint-"))
+    weights = ("model.safetensors", checkpoint.HEADS, checkpoint.STATE)
+    assert ours == sorted(f"checkpoint-000002/{name}" for name in weights)

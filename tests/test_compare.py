@@ -464,3 +464,32 @@ def test_the_paired_wins_cell_counts_tied_seeds() -> None:
     row = {"mean_diff": 0.0, "ci95": [0.0, 0.0], "wins": 0, "ties": 3, "n": 3}
     assert _interval(row) == ["+0.00", "[+0.00, +0.00]", "0/3 (3 tied)"]
     assert _interval({**row, "wins": 2, "ties": 0})[2] == "2/3"
+
+
+def test_compare_sums_each_pretrained_checkpoint_once_for_all_its_tasks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from metapt import filecheck
+    from metapt.data import sums
+
+    read: list[str] = []
+
+    def counted(path: Path) -> str:
+        read.append(f"{path.parent.parent.name}/{path.parent.name}/{path.name}")
+        return sums.sha256(path)
+
+    monkeypatch.setattr(filecheck, "sha256", counted)
+    again = write(tmp_path, "srl-again.toml", SRL.read_text().replace('"srl-tiny"', '"srl-again"'))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app,
+        ["compare", str(RUN), "--schedulers", "uniform", "--seeds", "1", "--downstream", f"{SRL},{again}"]
+        + ["--output-dir", str(out), "--quiet"],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "results.json").read_text())["downstream_tasks"] == ["srl-tiny", "srl-again"]
+    # the run's checkpoint is checked once before its two finetunings (was: once in each); the
+    # checkpoint's and the finetuned models' files summed as they are written are not counted here
+    checked = sorted(r for r in read if "/checkpoint-" in r)
+    weights = ("heads.safetensors", "model.safetensors", "training_state.pt")
+    assert checked == [f"seed-1/checkpoint-000002/{name}" for name in weights]
