@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from metapt import engine, runsteps, selection
+from metapt import runsteps, selection
 from metapt.model import batch_to
+from metapt.runstate import Run
 from metapt.study import timed as _timed
 
 
@@ -42,11 +43,11 @@ def spearman(a: dict[str, float], b: dict[str, float]) -> float | None:
     return cov / var if var > 0 else None
 
 
-def _draw(run: engine.Run, group: str, names: list[str], m: int) -> list[tuple[str, dict]]:
+def _draw(run: Run, group: str, names: list[str], m: int) -> list[tuple[str, dict]]:
     return [(n, batch_to(run.streams[group][n].next(), run.device)) for n in names for _ in range(m)]
 
 
-def compare_utilities(run: engine.Run, sync: Callable[[], None]) -> dict[str, Any]:
+def compare_utilities(run: Run, sync: Callable[[], None]) -> dict[str, Any]:
     """One episode's utilities on the same fresh support and target batches: exact, first-order, the
     agnostic shared estimate (support batches only), and first-order on independent target batches
     (how much a fresh draw of targets alone changes)."""

@@ -30,6 +30,7 @@ from metapt.data.batches import stream_for
 from metapt.flops import tokens
 from metapt.model import batch_to
 from metapt.plain import plain_steps, replay
+from metapt.runstate import Run
 from metapt.spec import RunSpec
 
 Say = Callable[[str], None]
@@ -48,7 +49,7 @@ _sync, _timed = study.sync_for, study.timed
 
 # ------------------------------------------------------------------------------------ throughput
 def throughput(
-    run: engine.Run, plain: tuple, sync: Callable[[], None], say: Say, rounds: int = 2
+    run: Run, plain: tuple, sync: Callable[[], None], say: Say, rounds: int = 2
 ) -> dict[str, float]:
     """`steps.train_task` vs `plain_steps` on the same N batches, for every source and `rounds` times,
     alternating which goes first: a load spike on a shared machine then hurts both alike."""
@@ -90,7 +91,7 @@ def matmul_rate(device: torch.device, sync: Callable[[], None], repeats: int = 3
 
 
 # ----------------------------------------------------------------------------------------- bench
-def untouched_parameters_shared(run: engine.Run) -> bool:
+def untouched_parameters_shared(run: Run) -> bool:
     """An inner step passes every parameter it does not update through as the same tensor, and the
     scored parameter dict shares the live weights' storage: no copies of what gets no gradient."""
     model, source = run.model, run.sources[-1]
@@ -114,7 +115,7 @@ def episodes_for(spec: RunSpec, episodes: int | None) -> int:
 
 
 def run_episodes(
-    run: engine.Run, n: int, sync: Callable[[], None], say: Say, lab: study.Study, compare: engine.Run
+    run: Run, n: int, sync: Callable[[], None], say: Say, lab: study.Study, compare: Run
 ) -> dict[str, Any]:
     """`n` engine episodes (selecting when `engine.selects`, as `engine.pretrain` does), each
     preceded by the study on the weights it selects on and followed by an untimed utility comparison
@@ -146,7 +147,7 @@ def run_episodes(
     return out
 
 
-def _warm_up(run: engine.Run, lab: study.Study, compare: engine.Run, plain: tuple, sync: Any) -> float:
+def _warm_up(run: Run, lab: study.Study, compare: Run, plain: tuple, sync: Any) -> float:
     """As `pretrain` starts: the heads fitted, then one episode (untimed), the variants selecting
     beside it; one comparison, one plain step per source. Returns the head fitting's seconds."""
     fitted, fit_seconds = _timed(lambda: runsteps.fit_run_heads(run), sync)
@@ -167,7 +168,7 @@ def _warm_up(run: engine.Run, lab: study.Study, compare: engine.Run, plain: tupl
     return fit_seconds
 
 
-def _ghost(run: engine.Run) -> list[dict[str, Any]]:
+def _ghost(run: Run) -> list[dict[str, Any]]:
     """Ghost vs materialised inner products of the first source's gradients, on pairs of batches of
     1 example, of the spec's probe size and of its training size."""
     source = run.sources[0]
@@ -266,7 +267,7 @@ def _measure(spec: RunSpec, n_episodes: int, say: Say, variants: list[str], refe
     }
 
 
-def _settings(run: engine.Run) -> dict[str, Any]:
+def _settings(run: Run) -> dict[str, Any]:
     meta = run.spec.meta
     keys = ("utility", "setting", "policy", "support_batches", "support_batch_size", "selection_params")
     keys += ("sketch", "reuse_training", "train_batches", "select_every")
@@ -279,7 +280,7 @@ def _settings(run: engine.Run) -> dict[str, Any]:
     }
 
 
-def _memory(run: engine.Run, lab: study.Study) -> dict[str, Any]:
+def _memory(run: Run, lab: study.Study) -> dict[str, Any]:
     """`peaks.memory` of the spec's selection and every variant's against a plain training step."""
 
     def train_step(s: str) -> None:

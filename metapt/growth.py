@@ -11,8 +11,9 @@ import gc
 import time
 from collections.abc import Callable
 
-from metapt import engine, peaks, runsetup, runsteps, study
+from metapt import peaks, runsetup, runsteps, study
 from metapt.plain import plain_steps, replay
+from metapt.runstate import Run
 from metapt.spec import RunSpec
 
 EPISODES = 3  # timed episodes per count, after one untimed
@@ -30,7 +31,7 @@ def replicate(spec: RunSpec, count: int) -> RunSpec:
     return dataclasses.replace(spec, meta=meta, sources=tuple(out), targets=targets)
 
 
-def _episodes(run: engine.Run, n: int) -> tuple[float, float]:
+def _episodes(run: Run, n: int) -> tuple[float, float]:
     """Mean seconds of a selection and of an episode's training over `n` engine episodes."""
     sel = train = 0.0
     for _ in range(n):
@@ -58,7 +59,7 @@ def growth(
         sel, train = _episodes(run, episodes)
         meta = run.spec.meta
 
-        def train_step(s: str, run: engine.Run = run) -> None:
+        def train_step(s: str, run: Run = run) -> None:
             batch = replay(run.streams["train"][s], 1)
             clip = run.spec.meta.max_grad_norm
             plain_steps(run.model, run.optimizer, s, batch, run.device, run.autocast, clip)

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from metapt import engine, runsteps
+from metapt import runsteps
+from metapt.runstate import Run
 
 
 def _status(field: str) -> int:
@@ -60,7 +61,7 @@ def peak_probe(device: torch.device) -> tuple[Callable[[], int] | None, Callable
 
 
 def memory(
-    run: engine.Run, views: dict[str, engine.Run], train_step: Callable[[str], None], rounds: int = 2
+    run: Run, views: dict[str, Run], train_step: Callable[[str], None], rounds: int = 2
 ) -> dict[str, Any]:
     """Peak memory of `train_step(source)` for every source (the largest), and of one
     `runsteps.select_run` of every view (a run sharing the model: the spec's selection and variants)."""

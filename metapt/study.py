@@ -32,6 +32,7 @@ from metapt import engine, policies, probes, runsteps, selection, validation
 from metapt.data.batches import stream_for
 from metapt.errors import MetaptError
 from metapt.model import batch_to
+from metapt.runstate import Run
 from metapt.spec import MetaSpec
 
 REFERENCE = 8  # support batches per source and target batches per target of the reference
@@ -93,7 +94,7 @@ def parse_variant(text: str, base: MetaSpec) -> MetaSpec:
     return dataclasses.replace(base, **changes)
 
 
-def _streams(run: engine.Run, meta: MetaSpec, salt: str) -> dict[str, dict[str, Any]]:
+def _streams(run: Run, meta: MetaSpec, salt: str) -> dict[str, dict[str, Any]]:
     """Support streams at the variant's probe size and target streams, on their own salts."""
     seed, tok = run.spec.run.seed, run.tokenizer
 
@@ -108,7 +109,7 @@ def _streams(run: engine.Run, meta: MetaSpec, salt: str) -> dict[str, dict[str, 
     }
 
 
-def view(run: engine.Run, meta: MetaSpec, salt: str) -> engine.Run:
+def view(run: Run, meta: MetaSpec, salt: str) -> Run:
     """A run that shares `run`'s model and everything it reads, with its own streams, policy and
     generators: `runsteps.select_run` on it leaves `run` as it was."""
     meta = dataclasses.replace(meta, epsilon=0.0)
@@ -123,7 +124,7 @@ def view(run: engine.Run, meta: MetaSpec, salt: str) -> engine.Run:
     )
 
 
-def reference(run: engine.Run, streams: dict, m: int) -> dict[str, Any]:
+def reference(run: Run, streams: dict, m: int) -> dict[str, Any]:
     """Exact Algorithm 1 with m support batches of every source and m target batches of every
     target (training-sized): its leader, the runner-up and how sure it is."""
     meta, model = run.spec.meta, run.model
@@ -150,7 +151,7 @@ def reference(run: engine.Run, streams: dict, m: int) -> dict[str, Any]:
 class Study:
     """The reference and the variants of one bench, fed one episode at a time (module docstring)."""
 
-    def __init__(self, run: engine.Run, variants: list[str], m: int = REFERENCE):
+    def __init__(self, run: Run, variants: list[str], m: int = REFERENCE):
         self.m, self.names = m, ["spec", *variants]
         self.metas = [run.spec.meta, *(parse_variant(v, run.spec.meta) for v in variants)]
         # reuse_training variants take the gradients the run's training kept (with the run's
@@ -163,7 +164,7 @@ class Study:
         self.records: list[dict[str, Any]] = []
         self.held: list[dict[str, Any] | None] = [None] * len(self.views)  # each one's last selection
 
-    def start(self, run: engine.Run) -> None:
+    def start(self, run: Run) -> None:
         """The warm-up episode's selection (before the engine's own, on the same weights) of every
         variant with select_every > 1: the choice it holds until its next selection. A variant that
         selects every episode needs no held choice and skips it."""
@@ -172,7 +173,7 @@ class Study:
                 v.episode, v.model = run.episode, run.model
                 self.held[k] = _picked(runsteps.select_run(v), 0.0)
 
-    def episode(self, run: engine.Run, sync: Callable[[], None]) -> dict[str, Any]:
+    def episode(self, run: Run, sync: Callable[[], None]) -> dict[str, Any]:
         """Score the reference and every variant on the run's current weights."""
         record: dict[str, Any] = {"reference": reference(run, self.ref_streams, self.m) if self.m else None}
         record["variants"] = []
@@ -190,7 +191,7 @@ class Study:
         self.records.append(record)
         return record
 
-    def trained(self, run: engine.Run, task: str, train_seconds: float, explored: bool) -> None:
+    def trained(self, run: Run, task: str, train_seconds: float, explored: bool) -> None:
         """What the engine chose and trained after the last `episode`, and for how long."""
         self.records[-1].update(train_seconds=train_seconds, trained=task, explored=explored)
         for v in self.views:

@@ -22,6 +22,7 @@ from metapt.errors import TrainingError
 from metapt.model import MultiTaskModel
 from metapt.resolve import parse_run
 from metapt.runspec import override
+from metapt.runstate import Run
 from metapt.spec import RunSpec
 from metapt.train import accumulate, split_batch
 
@@ -513,14 +514,14 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(
 
 # ------------------------------------------------------------------------ gradient accumulation
 @pytest.fixture(scope="module")
-def two_kinds(tmp_path_factory: pytest.TempPathFactory) -> engine.Run:
+def two_kinds(tmp_path_factory: pytest.TempPathFactory) -> Run:
     run = runsetup.setup(tiny(tmp_path_factory.mktemp("accumulate") / "out", "accumulate.toml"), resume=False)
     run.model.eval()  # dropout off, so every split computes the same function
     return run
 
 
 @pytest.mark.parametrize(("task", "group"), [("mlm", "train"), ("pairs-synthetic", "target")])
-def test_accumulation_gives_the_full_batch_gradient(two_kinds: engine.Run, task: str, group: str) -> None:
+def test_accumulation_gives_the_full_batch_gradient(two_kinds: Run, task: str, group: str) -> None:
     model = two_kinds.model
     batch = two_kinds.streams[group][task].next()
     assert batch["input_ids"].shape[0] == 4

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from metapt import engine, probes, runsetup, selection
+from metapt import probes, runsetup, selection
 from metapt.kinds.heads import MLMHead
 from metapt.model import MultiTaskModel, new_encoder
 from metapt.resolve import parse_run
 from metapt.runspec import override
+from metapt.runstate import Run
 from metapt.spec import ModelSpec
 
 RUNS = Path(__file__).parent / "fixtures" / "runs"
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> engine.Run:
+def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """An untrained agnostic run (mlm, mlm_shuffled; 1 layer, 32 wide) in eval mode."""
     spec = override(parse_run(RUNS / "agnostic.toml"), output_dir=tmp_path_factory.mktemp("probes") / "out")
     meta = dataclasses.replace(spec.meta, utility="first_order", support_batches=3)
@@ -99,7 +100,7 @@ def test_top_k_covers_the_top_layers_and_the_head_never_the_embeddings() -> None
 
 
 # ---------------------------------------------------------------------------------------- store
-def test_a_store_adds_the_heads_only_for_the_same_task(run: engine.Run) -> None:
+def test_a_store_adds_the_heads_only_for_the_same_task(run: Run) -> None:
     model = run.model
     g = torch.Generator().manual_seed(0)
     shapes = dict(model.named_parameters())
@@ -130,7 +131,7 @@ def test_a_store_adds_the_heads_only_for_the_same_task(run: engine.Run) -> None:
 
 
 # ------------------------------------------------------------------------------------ estimates
-def test_top_layer_shared_terms_are_dot_products_of_the_top_layer_and_the_head(run: engine.Run) -> None:
+def test_top_layer_shared_terms_are_dot_products_of_the_top_layer_and_the_head(run: Run) -> None:
     model, alpha, m = run.model, 1e-2, 2
     support = {s: [run.streams["support"][s].next() for _ in range(m)] for s in run.sources}
     rule = "top:1"
@@ -149,7 +150,7 @@ def test_top_layer_shared_terms_are_dot_products_of_the_top_layer_and_the_head(r
     assert not any("embeddings" in n for n in probes.selected(model, "mlm", rule))
 
 
-def test_a_wide_sketch_is_the_exact_estimate_and_a_narrow_one_is_near_it(run: engine.Run) -> None:
+def test_a_wide_sketch_is_the_exact_estimate_and_a_narrow_one_is_near_it(run: Run) -> None:
     model = run.model
     support = {s: [run.streams["support"][s].next() for _ in range(3)] for s in run.sources}
     numel = sum(p.numel() for p in model.encoder.parameters())
@@ -172,7 +173,7 @@ def test_a_wide_sketch_is_the_exact_estimate_and_a_narrow_one_is_near_it(run: en
     assert float(errors_t.abs().max()) < scale
 
 
-def test_first_order_with_a_sketch_keeps_only_its_target_probes(run: engine.Run) -> None:
+def test_first_order_with_a_sketch_keeps_only_its_target_probes(run: Run) -> None:
     model = run.model
     support = {s: [run.streams["support"][s].next() for _ in range(2)] for s in run.sources}
     targets = [(t, run.streams["target"][t].next()) for t in run.targets for _ in range(2)]

@@ -13,9 +13,10 @@ import pytest
 import torch
 from conftest import tiny_run
 
-from metapt import engine, runsetup, runsteps, selection
+from metapt import runsetup, runsteps, selection
 from metapt.estimate import Estimate
 from metapt.policies import Greedy
+from metapt.runstate import Run
 
 NO_AUTOCAST = contextlib.nullcontext
 
@@ -24,14 +25,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def agnostic(tmp_path_factory: pytest.TempPathFactory) -> engine.Run:
+def agnostic(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """A set-up (untrained) agnostic run: sources = targets = mlm, mlm_shuffled."""
     run = runsetup.setup(tiny_run(tmp_path_factory.mktemp("selection")), resume=False)
     run.model.eval()
     return run
 
 
-def draw(run: engine.Run, per_task: int = 2) -> tuple[dict, list]:
+def draw(run: Run, per_task: int = 2) -> tuple[dict, list]:
     """Support batches of every source and target batches of every target, as `runsteps.draw_batches` draws."""
     support = {s: [run.streams["support"][s].next() for _ in range(per_task)] for s in run.sources}
     targets = [(t, run.streams["target"][t].next()) for t in run.targets for _ in range(per_task)]
@@ -71,14 +72,14 @@ def reference(model: torch.nn.Module, support: dict, targets: list, alpha: float
     return out
 
 
-def constant(targets: list, normalize: str, run: engine.Run, m: int) -> float:
+def constant(targets: list, normalize: str, run: Run, m: int) -> float:
     """The part of u(s) every source shares: M * (-sum of target losses at theta) for `none`."""
     if normalize == "relative":
         return 0.0
     return -m * float(selection.target_losses(run.model, selection.detached(run.model), targets).sum())
 
 
-def test_exact_utilities_equal_a_hand_made_inner_step(agnostic: engine.Run) -> None:
+def test_exact_utilities_equal_a_hand_made_inner_step(agnostic: Run) -> None:
     run, alpha = agnostic, 0.05
     support, targets = draw(run)
     expected = reference(run.model, support, targets, alpha)
@@ -97,7 +98,7 @@ def test_exact_utilities_equal_a_hand_made_inner_step(agnostic: engine.Run) -> N
     assert all(v < 0 for v in expected["none"].values())  # -(sum of 4 positive MLM losses)
 
 
-def test_scoring_never_writes_the_live_model(agnostic: engine.Run) -> None:
+def test_scoring_never_writes_the_live_model(agnostic: Run) -> None:
     run = agnostic
     support, targets = draw(run, per_task=2)
     before = {n: p.detach().clone() for n, p in run.model.state_dict().items()}
@@ -112,7 +113,7 @@ def test_scoring_never_writes_the_live_model(agnostic: engine.Run) -> None:
     assert all(p.grad is None for p in run.model.parameters())  # no gradient left on the live weights
 
 
-def test_inner_step_passes_untouched_parameters_through(agnostic: engine.Run) -> None:
+def test_inner_step_passes_untouched_parameters_through(agnostic: Run) -> None:
     run = agnostic
     params = selection.detached(run.model)
     names = selection.trainable(run.model, "mlm")
@@ -131,7 +132,7 @@ def test_inner_step_passes_untouched_parameters_through(agnostic: engine.Run) ->
         assert not loss.requires_grad and float(loss) == pytest.approx(float(run.model("mlm", batch)[0]))
 
 
-def test_a_normalized_inner_step_moves_the_encoder_by_alpha(agnostic: engine.Run) -> None:
+def test_a_normalized_inner_step_moves_the_encoder_by_alpha(agnostic: Run) -> None:
     # theta' = theta - alpha g / |g_encoder|: every source moves the shared encoder the same distance,
     # whatever the size of its gradient; the plain SGD step moves it alpha |g_encoder|.
     run = agnostic
@@ -153,7 +154,7 @@ def test_a_normalized_inner_step_moves_the_encoder_by_alpha(agnostic: engine.Run
 
 @pytest.mark.parametrize("normalize", ["none", "relative"])
 @pytest.mark.parametrize("step", selection.INNER_STEPS)
-def test_first_order_matches_exact_for_a_small_alpha(agnostic: engine.Run, normalize: str, step: str) -> None:
+def test_first_order_matches_exact_for_a_small_alpha(agnostic: Run, normalize: str, step: str) -> None:
     # L_T(theta - alpha g_s) = L_T(theta) - alpha g_s.g_T + O(alpha^2). Measured over 12 seeds at
     # alpha = 1e-3: the estimates differ by at most 1.6% of the sources' summed gains (and by ~100%
     # at alpha = 0.1); below 1e-3 the float32 losses' resolution takes over.
@@ -177,7 +178,7 @@ def test_first_order_matches_exact_for_a_small_alpha(agnostic: engine.Run, norma
 
 
 @pytest.mark.parametrize("utility", ["exact", "first_order"])
-def test_a_source_whose_support_batch_is_the_target_batch_wins(agnostic: engine.Run, utility: str) -> None:
+def test_a_source_whose_support_batch_is_the_target_batch_wins(agnostic: Run, utility: str) -> None:
     # Support batch == target batch (same task, same head): the inner step is gradient descent on the
     # target loss itself, which beats a step on shuffled words through another head by a wide margin.
     run = agnostic
@@ -190,7 +191,7 @@ def test_a_source_whose_support_batch_is_the_target_batch_wins(agnostic: engine.
     assert Greedy(0.0).choose(u, torch.Generator().manual_seed(0)).chosen == "mlm"
 
 
-def test_first_order_and_exact_pick_the_same_task(agnostic: engine.Run) -> None:
+def test_first_order_and_exact_pick_the_same_task(agnostic: Run) -> None:
     run = agnostic
     target = run.streams["target"]["mlm"].next()
     support = {"mlm_shuffled": [run.streams["support"]["mlm_shuffled"].next()], "mlm": [target]}
@@ -254,7 +255,7 @@ def test_a_gap_over_shared_target_batches_pairs_their_columns() -> None:
 
 
 @pytest.mark.parametrize("utility", ["exact", "first_order"])
-def test_the_standard_error_predicts_the_spread_of_fresh_draws(agnostic: engine.Run, utility: str) -> None:
+def test_the_standard_error_predicts_the_spread_of_fresh_draws(agnostic: Run, utility: str) -> None:
     # 24 independent selections on the same weights, M = 4 support and 4 x 2 target batches each: the
     # mean reported standard error should match the standard deviation of the utilities themselves.
     run = agnostic
