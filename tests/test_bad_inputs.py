@@ -91,6 +91,26 @@ def test_an_empty_data_file_has_no_records(fmt: str, name: str, tmp_path: Path) 
         read(fmt, path)
 
 
+def test_records_that_make_no_examples_are_an_error_not_a_crash(tmp_path: Path) -> None:
+    """One-sentence documents of their own words give span selection nothing to point into. Its
+    filter met datasets' empty map output (the record columns, not the features') with a
+    ValueError, and an empty split saved to the feature cache failed to load (IndexError)."""
+    # every word of a document is its own (a digit in each), so no other passage repeats one either
+    path = write(tmp_path, "docs.txt", "".join(f"Word{i} stands{i} alone{i}.\n\n" for i in range(5)))
+    spec = TaskSpec(
+        kind="span_selection",
+        name="ss",
+        data=DataSpec(format="text", train=str(path)),
+    )
+    tokenizer = train_wordpiece(["Word stands alone here."], vocab_size=100)
+    for _ in range(2):  # and again: nothing was cached
+        with pytest.raises(
+            MetaptError, match=r"^task 'ss': the train split has no usable examples after encoding"
+        ):
+            pipeline.load_task(spec, tokenizer)
+    assert not list(pipeline.features_dir().glob("ss-*"))
+
+
 def test_a_folder_split_reads_only_files_of_its_format(tmp_path: Path) -> None:
     shutil.copy(FIXTURES / "finetune" / "rte" / "train.tsv", tmp_path / "train.tsv")
     write(tmp_path, "README.md", "# RTE\nnot\ta\ttsv\trow\tat all\n")

@@ -120,6 +120,8 @@ def encode_split(
         # metapt's own entry, removed so that the rebuilt one can take its place below
         shutil.rmtree(path, ignore_errors=True)
     features = kind_of(spec).encode(records, tokenizer, spec, info)
+    if not len(features):  # load_task says so; datasets cannot load an empty dataset it saved
+        return features
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # never torch's RNG: it seeds the weights
     try:
         with outdir.writing(tmp):  # a full disk: say so (METAPT_CACHE moves the cache)

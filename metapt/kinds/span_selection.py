@@ -194,6 +194,8 @@ def encode(dataset: datasets.Dataset, tokenizer: Any, spec: TaskSpec, info: Info
     and counted in the log."""
     L = spec.batch.max_length
     rows = map_records(dataset, lambda batch: _features(_examples(batch, tokenizer, spec), tokenizer, L))
+    if isinstance(rows, datasets.Dataset) and not len(rows):  # no examples: load_task says so
+        return rows  # (with the record columns: datasets keeps them when no batch has a row)
     kept = rows.filter(lambda fits: fits, input_columns="fits", batched=True).remove_columns("fits")
     if isinstance(rows, datasets.Dataset):
         dropped = len(rows) - len(kept)
