@@ -149,7 +149,15 @@ KINDS: dict[str, KindInfo] = {
         ("span_cross_entropy",),
         ("f1", "exact_match"),
         ("sentences",),
-        {"blank_token": Option("[BLANK]", "the word that replaces the answer term in the query")},
+        {
+            "blank_token": Option("[BLANK]", "the word that replaces the answer term in the query"),
+            "passage": Option(
+                "nearby",
+                "where the passage comes from: nearby (sentences of the query's own document) or bm25 "
+                "(retrieved from the documents encoded with it)",
+                choices=("nearby", "bm25"),
+            ),
+        },
         "masked passage retrieval (Glass et al. 2020): find the blanked term's span in a passage",
         check=_check_blank,
         text=DOCUMENT,

@@ -91,7 +91,8 @@ def test_an_empty_data_file_has_no_records(fmt: str, name: str, tmp_path: Path) 
         read(fmt, path)
 
 
-def test_records_that_make_no_examples_are_an_error_not_a_crash(tmp_path: Path) -> None:
+@pytest.mark.parametrize("passage", ["nearby", "bm25"])
+def test_records_that_make_no_examples_are_an_error_not_a_crash(passage: str, tmp_path: Path) -> None:
     """One-sentence documents of their own words give span selection nothing to point into. Its
     filter met datasets' empty map output (the record columns, not the features') with a
     ValueError, and an empty split saved to the feature cache failed to load (IndexError)."""
@@ -101,6 +102,7 @@ def test_records_that_make_no_examples_are_an_error_not_a_crash(tmp_path: Path) 
         kind="span_selection",
         name="ss",
         data=DataSpec(format="text", train=str(path)),
+        options={"passage": passage},
     )
     tokenizer = train_wordpiece(["Word stands alone here."], vocab_size=100)
     for _ in range(2):  # and again: nothing was cached

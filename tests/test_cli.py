@@ -71,6 +71,12 @@ def test_validate_a_good_task_spec(runner: CliRunner) -> None:
         ("token_document_relation", "segment_sentences", "0", "0 is out of range; allowed: between 1 and 64"),
         ("ir_relevance", "passage_sentences", "-1", "-1 is out of range; allowed: between 1 and 64"),
         ("span_selection", "blank_token", '" "', "' ' is empty; allowed: a non-empty word such as '[BLANK]'"),
+        (
+            "span_selection",
+            "passage",
+            '"near"',
+            "'near' is not allowed (did you mean 'nearby'?); allowed: bm25, nearby",
+        ),
     ],
 )
 def test_validate_rejects_a_source_option_out_of_range(

@@ -482,6 +482,54 @@ def test_span_positions_decode_to_the_blanked_term(tok: Any) -> None:
     assert out[0]["predicted"] == out[0]["answer"]
 
 
+def test_bm25_scores_are_lucenes_by_hand() -> None:
+    from metapt.kinds.bm25 import BM25
+
+    index = BM25(["The cat sat.", "the cat, cat ran far away", "a dog"])
+    # "cat": N = 3, df = 2, idf = ln(1 + 1.5 / 2.5); lengths 3, 6, 2 (mean 11/3); k1 = 1.2, b = 0.75
+    idf = math.log(1.6)
+    norm = [1.2 * (0.25 + 0.75 * n / (11 / 3)) for n in (3, 6, 2)]
+    assert index.score(["cat"], 0) == pytest.approx(idf * 1 * 2.2 / (1 + norm[0]))
+    assert index.score(["cat"], 1) == pytest.approx(idf * 2 * 2.2 / (2 + norm[1]))
+    assert index.score(["cat", "cat"], 0) == pytest.approx(2 * idf * 2.2 / (1 + norm[0]))
+    dog = math.log(1 + 2.5 / 1.5) * 2.2 / (1 + norm[2])  # df = 1
+    assert index.score(["dog", "cat", "unseen"], 2) == pytest.approx(dog)
+    assert index.score(["unseen"], 0) == 0.0
+    assert index.postings["cat"] == [0, 1]
+
+
+BM25_RECORDS = [
+    {"id": "q", "sentences": ["Marie Curie studied radium in Warsaw."]},
+    {"id": "shares", "sentences": ["Radium research made Marie Curie famous."]},
+    {"id": "term-only", "sentences": ["Curie liked long walks."]},
+    {"id": "city", "sentences": ["Warsaw is a city with radium studies."]},
+]
+
+
+def test_span_selection_bm25_retrieves_the_passage_from_other_documents(tok: Any) -> None:
+    spec = make_spec("span_selection", passage="bm25")
+    records = [{**r, "text": " ".join(r["sentences"])} for r in BM25_RECORDS]
+    features, _ = encode(span_selection, spec, tok, records)
+    rows = {r["id"]: r for r in features}
+    # q-0's maximal names are "Marie Curie" and "Warsaw". The query without "Marie Curie" (studied,
+    # radium, warsaw) retrieves `shares` (radium); without "Warsaw" (marie, curie, studied, radium)
+    # it retrieves `city`, not q's own passage. crc32("q-0") % 2 picks one of the two.
+    retrieved = [("Marie Curie", BM25_RECORDS[1]), ("Warsaw", BM25_RECORDS[3])][zlib.crc32(b"q-0") % 2]
+    assert (rows["q-0"]["answer"], rows["q-0"]["passage"]) == (retrieved[0], retrieved[1]["sentences"][0])
+    # term-only-0's "Curie" is in q's and shares' passages, which share no other word with it (BM25
+    # 0 for liked, long, walks): not retrieved, so no example
+    assert "term-only-0" not in rows
+    for r in rows.values():
+        sentence = next(s for x in records for s in x["sentences"] if r["id"] == f"{x['id']}-0")
+        assert sentence not in r["passage"]  # never the query's own sentence
+        span = r["input_ids"][r["start_positions"] : r["end_positions"] + 1]
+        assert tok.decode(span) == r["answer"].lower()
+    nearby, _ = encode(span_selection, make_spec("span_selection"), tok, records)
+    assert len(nearby) == 0  # one-sentence documents have no nearby sentences
+    stream = datasets.IterableDataset.from_generator(lambda: iter(records))  # one map batch, as above
+    assert list(span_selection.encode(stream, tok, spec, {})) == list(features)
+
+
 def test_span_selection_drops_and_counts_answers_past_max_length(
     tok: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from metapt.kinds.base import Batch, Info
+from metapt.kinds.bm25 import BM25, words
 from metapt.kinds.common import feature_inputs, join
 from metapt.kinds.corpus import STOPWORDS, build_head, documents, map_records, tokenize_nested, write_rows
 from metapt.metrics import squad_exact, squad_f1
@@ -115,19 +116,26 @@ def _examples(batch: dict[str, list], tokenizer: Any, spec: TaskSpec) -> list[di
     room = L - tokenizer.num_special_tokens_to_add(pair=True)
     docs = documents(batch)
     names = batch.get("id") or list(range(len(docs)))
+    toks = tokenize_nested(tokenizer, docs)
+    index = _Passages(docs, toks, room - room // 2) if spec.option("passage") == "bm25" else None
     out = []
-    for name, sents, toks in zip(names, docs, tokenize_nested(tokenizer, docs), strict=True):
-        lengths = [len(t) for t in toks]
+    for name, sents, tok in zip(names, docs, toks, strict=True):
+        lengths = [len(t) for t in tok]
         for q, sentence in enumerate(sents):
-            others = _neighbours(lengths, q, room - min(lengths[q] + 2, room // 2))
-            passage = " ".join(sents[j] for j in others)
-            found = choose_term(sentence, passage, f"{name}-{q}") if others else None
+            salt = f"{name}-{q}"
+            if index is not None:
+                found = index.retrieve(sentence, salt)
+            else:
+                others = _neighbours(lengths, q, room - min(lengths[q] + 2, room // 2))
+                passage = " ".join(sents[j] for j in others)
+                term = choose_term(sentence, passage, salt) if others else None
+                found = (*term, passage) if term else None
             if found is None:
                 continue
-            a, b, start = found
+            a, b, start, passage = found
             out.append(
                 {
-                    "id": f"{name}-{q}",
+                    "id": salt,
                     "query": sentence[:a] + blank + sentence[b:],
                     "blank": a,
                     "passage": passage,
@@ -136,6 +144,52 @@ def _examples(batch: dict[str, list], tokenizer: Any, spec: TaskSpec) -> list[di
                 }
             )
     return out
+
+
+class _Passages:
+    """The passages of a map batch's documents, runs of consecutive sentences while their tokens fit
+    `budget`, indexed for BM25 retrieval (Glass et al. 2020 retrieve from the whole corpus)."""
+
+    def __init__(self, docs: list[list[str]], toks: list[list[list[int]]], budget: int) -> None:
+        self.texts = []
+        for sents, tok in zip(docs, toks, strict=True):
+            first, used = 0, 0
+            for i, t in enumerate(tok):
+                if i > first and used + len(t) > budget:
+                    self.texts.append(" ".join(sents[first:i]))
+                    first, used = i, 0
+                used += len(t)
+            if sents[first:]:
+                self.texts.append(" ".join(sents[first:]))
+        self.index = BM25(self.texts)
+
+    def retrieve(self, sentence: str, salt: str) -> tuple[int, int, int, str] | None:
+        """(term start, term end, its start in the passage, the passage): the passage that BM25 ranks
+        first for the sentence with the term blanked (its content words), among those that contain
+        the term as a word and do not contain the sentence itself; ties go to the earlier passage.
+        The terms are tried as in choose_term: the best group with a retrieved term, the longest
+        terms, one picked by a hash of `salt`."""
+        for group in terms(sentence):
+            found: list[tuple[int, int, int]] = []
+            for a, b in sorted(group, key=lambda span: span[0] - span[1]):  # longest first
+                if any(fa <= a and b <= fb for fa, fb, _ in found):
+                    continue
+                query = [w for w in words(sentence[:a] + " " + sentence[b:]) if w not in STOPWORDS]
+                term = sentence[a:b]
+                best = max(
+                    (
+                        (self.index.score(query, p), -p)
+                        for p in self.index.postings.get(words(term)[0], ())
+                        if sentence not in self.texts[p] and find_word(term, self.texts[p]) >= 0
+                    ),
+                    default=None,
+                )
+                if best is not None and best[0] > 0:  # retrieved: it shares a word besides the term
+                    found.append((a, b, -best[1]))
+            if found:
+                a, b, p = sorted(found)[zlib.crc32(salt.encode()) % len(found)]
+                return a, b, find_word(sentence[a:b], self.texts[p]), self.texts[p]
+        return None
 
 
 def _features(examples: list[dict], tokenizer: Any, L: int) -> dict[str, list]:
