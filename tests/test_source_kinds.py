@@ -530,6 +530,20 @@ def test_span_selection_bm25_retrieves_the_passage_from_other_documents(tok: Any
     assert list(span_selection.encode(stream, tok, spec, {})) == list(features)
 
 
+def test_span_selection_bm25_retrieves_within_a_pool_of_documents(
+    tok: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = make_spec("span_selection", passage="bm25")
+    records = [{**r, "text": " ".join(r["sentences"])} for r in BM25_RECORDS]
+    # city-0's "Warsaw" (query: city, radium, studies) is retrieved from q, three documents back
+    assert {r["id"]: r["passage"] for r in encode(span_selection, spec, tok, records)[0]}["city-0"] == (
+        BM25_RECORDS[0]["sentences"][0]
+    )
+    monkeypatch.setattr(span_selection, "POOL", 2)  # pools [q, shares] and [term-only, city]
+    ids = encode(span_selection, spec, tok, records)[0]["id"]
+    assert "city-0" not in ids and "q-0" in ids
+
+
 def test_span_selection_drops_and_counts_answers_past_max_length(
     tok: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

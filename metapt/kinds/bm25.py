@@ -22,21 +22,21 @@ class BM25:
     """Word counts of `passages` and an inverted index of them."""
 
     def __init__(self, passages: list[str], k1: float = 1.2, b: float = 0.75) -> None:
-        self.counts = [Counter(words(p)) for p in passages]
-        lengths = [sum(c.values()) for c in self.counts]
+        counts = [Counter(words(p)) for p in passages]
+        lengths = [sum(c.values()) for c in counts]
         mean = sum(lengths) / len(lengths) if sum(lengths) else 1.0
         self.postings: dict[str, list[int]] = defaultdict(list)  # word -> the passages holding it
-        for p, c in enumerate(self.counts):
+        for p, c in enumerate(counts):
             for word in c:
                 self.postings[word].append(p)
         n = len(passages)
-        self.idf = {w: math.log(1 + (n - len(ps) + 0.5) / (len(ps) + 0.5)) for w, ps in self.postings.items()}
-        self.k1, self.norm = k1, [k1 * (1 - b + b * length / mean) for length in lengths]
+        idf = {w: math.log(1 + (n - len(ps) + 0.5) / (len(ps) + 0.5)) for w, ps in self.postings.items()}
+        self.weights = [  # per passage, each of its words' share of a score
+            {w: idf[w] * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / mean)) for w, tf in c.items()}
+            for c, length in zip(counts, lengths, strict=True)
+        ]
 
     def score(self, query: list[str], p: int) -> float:
         """Passage p's BM25 score for the query words (0.0 when it holds none of them)."""
-        counts, total = self.counts[p], 0.0
-        for word in query:
-            if tf := counts.get(word, 0):
-                total += self.idf[word] * tf * (self.k1 + 1) / (tf + self.norm[p])
-        return total
+        weights = self.weights[p]
+        return sum(weights.get(word, 0.0) for word in query)

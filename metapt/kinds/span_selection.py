@@ -30,6 +30,9 @@ from metapt.spec import TaskSpec
 log = logging.getLogger("metapt")
 
 MAX_ANSWER_TOKENS = 30
+# passage = "bm25" retrieves among the passages of this many consecutive documents: retrieval's cost
+# grows with the square of the pool (docs/task-kinds.md)
+POOL = 100
 _WORD = re.compile(r"\w+(?:[-']\w+)*")
 
 
@@ -117,13 +120,15 @@ def _examples(batch: dict[str, list], tokenizer: Any, spec: TaskSpec) -> list[di
     docs = documents(batch)
     names = batch.get("id") or list(range(len(docs)))
     toks = tokenize_nested(tokenizer, docs)
-    index = _Passages(docs, toks, room - room // 2) if spec.option("passage") == "bm25" else None
+    bm25 = spec.option("passage") == "bm25"
     out = []
-    for name, sents, tok in zip(names, docs, toks, strict=True):
+    for d, (name, sents, tok) in enumerate(zip(names, docs, toks, strict=True)):
+        if bm25 and d % POOL == 0:
+            index = _Passages(docs[d : d + POOL], toks[d : d + POOL], room - room // 2)
         lengths = [len(t) for t in tok]
         for q, sentence in enumerate(sents):
             salt = f"{name}-{q}"
-            if index is not None:
+            if bm25:
                 found = index.retrieve(sentence, salt)
             else:
                 others = _neighbours(lengths, q, room - min(lengths[q] + 2, room // 2))
@@ -147,7 +152,7 @@ def _examples(batch: dict[str, list], tokenizer: Any, spec: TaskSpec) -> list[di
 
 
 class _Passages:
-    """The passages of a map batch's documents, runs of consecutive sentences while their tokens fit
+    """The passages of a pool of documents, runs of consecutive sentences while their tokens fit
     `budget`, indexed for BM25 retrieval (Glass et al. 2020 retrieve from the whole corpus)."""
 
     def __init__(self, docs: list[list[str]], toks: list[list[list[int]]], budget: int) -> None:
@@ -164,32 +169,32 @@ class _Passages:
         self.index = BM25(self.texts)
 
     def retrieve(self, sentence: str, salt: str) -> tuple[int, int, int, str] | None:
-        """(term start, term end, its start in the passage, the passage): the passage that BM25 ranks
-        first for the sentence with the term blanked (its content words), among those that contain
-        the term as a word and do not contain the sentence itself; ties go to the earlier passage.
-        The terms are tried as in choose_term: the best group with a retrieved term, the longest
-        terms, one picked by a hash of `salt`."""
+        """(term start, term end, its start in the passage, the passage) for the sentence's term
+        tried as in choose_term: the best group with a retrieved term, the longest terms, one picked
+        by a hash of `salt`."""
         for group in terms(sentence):
             found: list[tuple[int, int, int]] = []
             for a, b in sorted(group, key=lambda span: span[0] - span[1]):  # longest first
                 if any(fa <= a and b <= fb for fa, fb, _ in found):
                     continue
-                query = [w for w in words(sentence[:a] + " " + sentence[b:]) if w not in STOPWORDS]
-                term = sentence[a:b]
-                best = max(
-                    (
-                        (self.index.score(query, p), -p)
-                        for p in self.index.postings.get(words(term)[0], ())
-                        if sentence not in self.texts[p] and find_word(term, self.texts[p]) >= 0
-                    ),
-                    default=None,
-                )
-                if best is not None and best[0] > 0:  # retrieved: it shares a word besides the term
-                    found.append((a, b, -best[1]))
+                if (p := self._retrieved(sentence, a, b)) is not None:
+                    found.append((a, b, p))
             if found:
                 a, b, p = sorted(found)[zlib.crc32(salt.encode()) % len(found)]
                 return a, b, find_word(sentence[a:b], self.texts[p]), self.texts[p]
         return None
+
+    def _retrieved(self, sentence: str, a: int, b: int) -> int | None:
+        """The passage that BM25 ranks first for the sentence without the term sentence[a:b] (its
+        content words), among those that hold the term as a word and not the sentence, if it shares
+        a word with that query (a score above 0); ties go to the earlier passage."""
+        query = [w for w in words(sentence[:a] + " " + sentence[b:]) if w not in STOPWORDS]
+        term, best, chosen = sentence[a:b], 0.0, None
+        for p in self.index.postings.get(words(term)[0], ()):
+            score = self.index.score(query, p)
+            if score > best and sentence not in self.texts[p] and find_word(term, self.texts[p]) >= 0:
+                best, chosen = score, p
+        return chosen
 
 
 def _features(examples: list[dict], tokenizer: Any, L: int) -> dict[str, list]:
