@@ -115,3 +115,19 @@ def stop_after(episode: int) -> Callable[[str, dict], None]:
             signal.raise_signal(signal.SIGTERM)
 
     return stop
+
+
+@pytest.fixture
+def summed(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The files whose sha256 metapt.filecheck computes during the test, in order (one per read)."""
+    from metapt import filecheck
+    from metapt.data import sums
+
+    read: list[Path] = []
+
+    def counted(path: Path) -> str:
+        read.append(Path(path))
+        return sums.sha256(path)
+
+    monkeypatch.setattr(filecheck, "sha256", counted)
+    return read

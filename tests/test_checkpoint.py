@@ -16,9 +16,8 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from metapt import checkpoint, engine, filecheck, outdir, runsetup
+from metapt import checkpoint, engine, outdir, runsetup
 from metapt.cli import app
-from metapt.data import sums
 from metapt.errors import CheckpointError
 from metapt.resolve import parse_run
 from metapt.runspec import override
@@ -599,36 +598,21 @@ def test_a_manifest_from_before_sums_is_sized_only(finished: Path, tmp_path: Pat
         checkpoint.resolve(out)  # the sizes are still checked
 
 
-def test_resume_sums_the_checkpoint_once(
-    finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_resume_sums_the_checkpoint_once(finished: Path, tmp_path: Path, summed: list[Path]) -> None:
     out = tmp_path / "out"
     shutil.copytree(finished, out, symlinks=True)
-    read: list[str] = []
-
-    def counted(path: Path) -> str:
-        read.append(f"{path.parent.name}/{path.name}")
-        return sums.sha256(path)
-
-    monkeypatch.setattr(filecheck, "sha256", counted)
     assert engine.pretrain(tiny(out, episodes=3), resume=True)["episodes"] == 3
     weights = ("model.safetensors", checkpoint.HEADS, checkpoint.STATE)
     # each file of checkpoint-000002 once before anything loads (was: twice, by _already_done and
     # again by setup); checkpoint-000003's once as it is written, before its rename
     folders = ("checkpoint-000002", ".checkpoint-000003.partial")
-    assert sorted(read) == sorted(f"{folder}/{name}" for folder in folders for name in weights)
+    read = sorted(f"{path.parent.name}/{path.name}" for path in summed)
+    assert read == sorted(f"{folder}/{name}" for folder in folders for name in weights)
 
 
 def test_finetune_sums_the_checkpoint_once_for_every_seed(
-    finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    finished: Path, tmp_path: Path, summed: list[Path]
 ) -> None:
-    read: list[str] = []
-
-    def counted(path: Path) -> str:
-        read.append(f"{path.parent.name}/{path.name}")
-        return sums.sha256(path)
-
-    monkeypatch.setattr(filecheck, "sha256", counted)
     out = tmp_path / "ft"
     args = ["finetune", "--task", str(SRL), str(finished), "--seeds", "1,2", "--epochs", "1"]
     result = CliRunner().invoke(app, [*args, "--output-dir", str(out), "-q"])
@@ -636,6 +620,6 @@ def test_finetune_sums_the_checkpoint_once_for_every_seed(
     assert (out / "seed-2" / "results.json").is_file()
     # the CLI checks checkpoint-000002 and hands the folder to each seed (was: once more per seed);
     # the finetuned models' own files, summed as they are written, are not counted here
-    ours = sorted(r for r in read if r.startswith("checkpoint-"))
+    ours = sorted(f"{p.parent.name}/{p.name}" for p in summed if p.parent.name.startswith("checkpoint-"))
     weights = ("model.safetensors", checkpoint.HEADS, checkpoint.STATE)
     assert ours == sorted(f"checkpoint-000002/{name}" for name in weights)

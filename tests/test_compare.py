@@ -467,18 +467,8 @@ def test_the_paired_wins_cell_counts_tied_seeds() -> None:
 
 
 def test_compare_sums_each_pretrained_checkpoint_once_for_all_its_tasks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, summed: list[Path]
 ) -> None:
-    from metapt import filecheck
-    from metapt.data import sums
-
-    read: list[str] = []
-
-    def counted(path: Path) -> str:
-        read.append(f"{path.parent.parent.name}/{path.parent.name}/{path.name}")
-        return sums.sha256(path)
-
-    monkeypatch.setattr(filecheck, "sha256", counted)
     again = write(tmp_path, "srl-again.toml", SRL.read_text().replace('"srl-tiny"', '"srl-again"'))
     out = tmp_path / "out"
     result = CliRunner().invoke(
@@ -490,6 +480,6 @@ def test_compare_sums_each_pretrained_checkpoint_once_for_all_its_tasks(
     assert json.loads((out / "results.json").read_text())["downstream_tasks"] == ["srl-tiny", "srl-again"]
     # the run's checkpoint is checked once before its two finetunings (was: once in each); the
     # checkpoint's and the finetuned models' files summed as they are written are not counted here
-    checked = sorted(r for r in read if "/checkpoint-" in r)
+    checked = sorted("/".join(p.parts[-3:]) for p in summed if p.parent.name.startswith("checkpoint-"))
     weights = ("heads.safetensors", "model.safetensors", "training_state.pt")
     assert checked == [f"seed-1/checkpoint-000002/{name}" for name in weights]
