@@ -154,7 +154,7 @@ KINDS: dict[str, KindInfo] = {
             "passage": Option(
                 "nearby",
                 "where the passage comes from: nearby (sentences of the query's own document) or bm25 "
-                "(retrieved from the documents encoded with it)",
+                "(retrieved from a pool of 100 documents)",
                 choices=("nearby", "bm25"),
             ),
         },

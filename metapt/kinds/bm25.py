@@ -19,7 +19,7 @@ def words(text: str) -> list[str]:
 
 
 class BM25:
-    """Word counts of `passages` and an inverted index of them."""
+    """An inverted index of `passages` and each passage's BM25 weight per word (a score's terms)."""
 
     def __init__(self, passages: list[str], k1: float = 1.2, b: float = 0.75) -> None:
         counts = [Counter(words(p)) for p in passages]

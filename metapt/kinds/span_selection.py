@@ -1,6 +1,7 @@
 """Span selection pre-training (masked passage retrieval, Glass et al. 2020): a sentence with one term
-replaced by a blank word is the query; the nearby sentences of its document, which contain the term,
-are the passage; a pointer finds the term's first occurrence in the passage.
+replaced by a blank word is the query; the passage contains the term: the nearby sentences of its
+document ([options].passage = "nearby") or the passage BM25 retrieves from a pool of documents
+("bm25"); a pointer finds the term's first occurrence in the passage.
 
 The term is chosen deterministically in encode (see choose_term): capitalised (entity-like) n-grams
 first, then numbers, then content words of 4+ characters; only terms that also occur as whole words
