@@ -24,7 +24,15 @@ from torch import nn
 from metapt.kinds.base import Batch, Info
 from metapt.kinds.bm25 import BM25, words
 from metapt.kinds.common import feature_inputs, join
-from metapt.kinds.corpus import STOPWORDS, build_head, documents, map_records, tokenize_nested, write_rows
+from metapt.kinds.corpus import (
+    STOPWORDS,
+    build_head,
+    chunk_sentences,
+    documents,
+    map_records,
+    tokenize_nested,
+    write_rows,
+)
 from metapt.metrics import squad_exact, squad_f1
 from metapt.spec import TaskSpec
 
@@ -159,14 +167,10 @@ class _Passages:
     def __init__(self, docs: list[list[str]], toks: list[list[list[int]]], budget: int) -> None:
         self.texts = []
         for sents, tok in zip(docs, toks, strict=True):
-            first, used = 0, 0
-            for i, t in enumerate(tok):
-                if i > first and used + len(t) > budget:
-                    self.texts.append(" ".join(sents[first:i]))
-                    first, used = i, 0
-                used += len(t)
-            if sents[first:]:
-                self.texts.append(" ".join(sents[first:]))
+            first = 0
+            for chunk in chunk_sentences(tok, budget):
+                self.texts.append(" ".join(sents[first : first + len(chunk)]))
+                first += len(chunk)
         self.index = BM25(self.texts)
 
     def retrieve(self, sentence: str, salt: str) -> tuple[int, int, int, str] | None:
