@@ -457,6 +457,30 @@ def test_terms_prefer_names_that_occur_in_the_passage() -> None:
     assert span_selection.choose_term(sentence, "Nothing in common here.", "a") is None
 
 
+def test_a_first_word_written_lowercase_elsewhere_is_no_name(tok: Any) -> None:
+    docs = [
+        ["However, Paris froze in 1990.", "However, nobody in Paris left."],
+        ["The ships however sailed on.", "They sailed however slowly."],
+    ]
+    # Past each sentence's first word: "however" twice lower-case, "Paris" twice capitalised; "They"
+    # only opens a sentence
+    common = span_selection.lowercase(docs)
+    assert {"however", "sailed", "nobody"} <= common and not {"paris", "they"} & common
+    sentence = docs[0][0]
+    names, numbers, content = span_selection.terms(sentence, common)
+    assert [sentence[a:b] for a, b in names] == ["Paris"]
+    assert [sentence[a:b] for a, b in numbers + content] == ["1990", "However", "froze"]
+    assert [sentence[a:b] for a, b in span_selection.terms(sentence)[0]] == ["However", "Paris"]
+    # Each x sentence's nearby passage is the other one, which repeats both "However" and "Paris";
+    # crc32("a-0") % 2 == crc32("a-1") % 2 == 0 would pick "However" if it counted as a name.
+    records = [{"id": n, "text": " ".join(d), "sentences": d} for n, d in zip("ab", docs, strict=True)]
+    features, _ = encode(span_selection, make_spec("span_selection"), tok, records)
+    assert {r["id"]: r["answer"] for r in features if r["id"].startswith("a")} == {
+        "a-0": "Paris",
+        "a-1": "Paris",
+    }
+
+
 def test_span_positions_decode_to_the_blanked_term(tok: Any) -> None:
     spec = make_spec("span_selection")
     features, info = encode(span_selection, spec, tok, RECORDS)

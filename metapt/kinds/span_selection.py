@@ -5,8 +5,10 @@ document ([options].passage = "nearby") or the passage BM25 retrieves from a poo
 
 The term is chosen deterministically in encode (see choose_term): capitalised (entity-like) n-grams
 first, then numbers, then content words of 4+ characters; only terms that also occur as whole words
-in the passage. Every example has an answer. The blank is a plain word (default "[BLANK]"),
-so no vocabulary is added.
+in the passage. A word that opens a sentence is no name when the map batch's sentences, past their
+first word, write it lower-case more often than capitalised ("However", "Following": see
+lowercase). Every example has an answer. The blank is a plain word (default "[BLANK]"), so no
+vocabulary is added.
 """
 
 from __future__ import annotations
@@ -45,15 +47,33 @@ POOL = 100
 _WORD = re.compile(r"\w+(?:[-']\w+)*")
 
 
-def terms(sentence: str) -> tuple[list[tuple[int, int]], ...]:
+def lowercase(docs: list[list[str]]) -> frozenset[str]:
+    """The words that the documents' sentences, past their first word, write lower-case more often
+    than capitalised: a sentence's first word among them is capitalised only by its place."""
+    lower: dict[str, int] = {}
+    for sentence in (s for sents in docs for s in sents):
+        for m in list(_WORD.finditer(sentence))[1:]:
+            w = m.group()
+            if w[0].isalpha():
+                lower[w.lower()] = lower.get(w.lower(), 0) + (1 if w[0].islower() else -1)
+    return frozenset(w for w, n in lower.items() if n > 0)
+
+
+def terms(sentence: str, common: frozenset[str] = frozenset()) -> tuple[list[tuple[int, int]], ...]:
     """Character spans of the sentence's candidate terms in groups, best group first: capitalised
-    n-grams (up to 4 words), numbers, content words of 4+ characters; each group in sentence order."""
+    n-grams (up to 4 words), numbers, content words of 4+ characters; each group in sentence order.
+    A first word whose lower-case form is in `common` (see lowercase) is taken as lower-case."""
     words = [(m.start(), m.end()) for m in _WORD.finditer(sentence)]
     text = [sentence[a:b] for a, b in words]
     names, numbers, content = [], [], []
     i = 0
     while i < len(words):
-        if text[i][0].isupper() and len(text[i]) > 1 and text[i].lower() not in STOPWORDS:
+        if (
+            text[i][0].isupper()
+            and len(text[i]) > 1
+            and text[i].lower() not in STOPWORDS
+            and not (i == 0 and text[i].lower() in common)
+        ):
             j = i  # a run of capitalised words separated by single spaces, as "New York City"
             while (
                 j + 1 < len(words)
@@ -89,12 +109,14 @@ def find_word(term: str, text: str) -> int:
     return -1
 
 
-def choose_term(sentence: str, passage: str, salt: str) -> tuple[int, int, int] | None:
+def choose_term(
+    sentence: str, passage: str, salt: str, common: frozenset[str] = frozenset()
+) -> tuple[int, int, int] | None:
     """(term start, term end) in the sentence and the term's first whole-word start in the passage.
 
     From the best group with a term that the passage repeats, one of the longest such terms (none
     inside another) is picked by a hash of `salt`, so answers vary yet encode stays deterministic."""
-    for group in terms(sentence):
+    for group in terms(sentence, common):
         found: list[tuple[int, int, int]] = []
         for a, b in sorted(group, key=lambda span: span[0] - span[1]):  # longest first
             if any(fa <= a and b <= fb for fa, fb, _ in found):
@@ -130,6 +152,7 @@ def _examples(batch: dict[str, list], tokenizer: Any, spec: TaskSpec) -> list[di
     names = batch.get("id") or list(range(len(docs)))
     toks = tokenize_nested(tokenizer, docs)
     bm25 = spec.option("passage") == "bm25"
+    common = lowercase(docs)
     out = []
     for d, (name, sents, tok) in enumerate(zip(names, docs, toks, strict=True)):
         if bm25 and d % POOL == 0:
@@ -138,11 +161,11 @@ def _examples(batch: dict[str, list], tokenizer: Any, spec: TaskSpec) -> list[di
         for q, sentence in enumerate(sents):
             salt = f"{name}-{q}"
             if bm25:
-                found = index.retrieve(sentence, salt)
+                found = index.retrieve(sentence, salt, common)
             else:
                 others = _neighbours(lengths, q, room - min(lengths[q] + 2, room // 2))
                 passage = " ".join(sents[j] for j in others)
-                term = choose_term(sentence, passage, salt) if others else None
+                term = choose_term(sentence, passage, salt, common) if others else None
                 found = (*term, passage) if term else None
             if found is None:
                 continue
@@ -173,11 +196,11 @@ class _Passages:
                 first += len(chunk)
         self.index = BM25(self.texts)
 
-    def retrieve(self, sentence: str, salt: str) -> tuple[int, int, int, str] | None:
+    def retrieve(self, sentence: str, salt: str, common: frozenset[str]) -> tuple[int, int, int, str] | None:
         """(term start, term end, its start in the passage, the passage) for the sentence's term
         tried as in choose_term: the best group with a retrieved term, the longest terms, one picked
         by a hash of `salt`."""
-        for group in terms(sentence):
+        for group in terms(sentence, common):
             found: list[tuple[int, int, int]] = []
             for a, b in sorted(group, key=lambda span: span[0] - span[1]):  # longest first
                 if any(fa <= a and b <= fb for fa, fb, _ in found):
