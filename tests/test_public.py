@@ -98,6 +98,19 @@ def test_public_tasks_read_their_files_under_metapt_data(monkeypatch: pytest.Mon
         read_split(load_task(str(PUBLIC / "wikitext2_mlm.toml")).data, "train")
 
 
+def test_the_paper_reads_dailydialog_in_the_release_layout_as_the_public_spec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # ijcnlp_dailydialog.zip unpacks to ijcnlp_dailydialog/ with train/, validation/, test/ inside;
+    # the paper spec read dailydialog/train, so a copy laid out for the public spec was not found
+    monkeypatch.setenv("METAPT_DATA", "/data")
+    paper = load_task(str(ROOT / "tasks" / "paper" / "sources" / "dailydialog_response.toml")).data
+    public = load_task(str(PUBLIC / "dailydialog_files.toml")).data
+    assert paper.location("train") == "/data/dailydialog/ijcnlp_dailydialog/train"
+    assert paper.location("validation") == public.location("train")
+    assert "$METAPT_DATA/dailydialog/ijcnlp_dailydialog/train/" in paper.obtain
+
+
 def test_metapt_data_is_relative_to_the_working_directory(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
