@@ -78,6 +78,7 @@ def test_public_tasks_read_their_files_under_metapt_data(monkeypatch: pytest.Mon
     monkeypatch.setenv("METAPT_DATA", "/data")
     expected = {
         "wikitext2_mlm": ("raw_text/wikitext-2/valid.txt", "raw_text/wikitext-2/test.txt"),
+        "wikitext2_span_selection": ("raw_text/wikitext-2/valid.txt", "raw_text/wikitext-2/test.txt"),
         "shakespeare_mlm": ("raw_text/tinyshakespeare/input.txt", None),
         "dailydialog_files": (
             "dailydialog/ijcnlp_dailydialog/validation",
@@ -94,6 +95,7 @@ def test_public_tasks_read_their_files_under_metapt_data(monkeypatch: pytest.Mon
         assert data.location("validation") == (f"/data/{validation}" if validation else "")
         assert data.obtain and "$METAPT_DATA" in data.obtain
         assert missing_data(data) == list(data.splits())  # nothing at /data here
+    assert load_task(str(PUBLIC / "wikitext2_span_selection.toml")).options["passage"] == "bm25"
     with pytest.raises(DataError, match="pytorch/examples"):  # the message says where files come from
         read_split(load_task(str(PUBLIC / "wikitext2_mlm.toml")).data, "train")
 
