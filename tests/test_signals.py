@@ -79,25 +79,30 @@ def test_sigterm_and_ctrl_c_stop_after_the_episode_save_and_exit_128_plus_the_si
     env = {k: v for k, v in os.environ.items() if k != "METAPT_DEBUG"}
     env["OMP_NUM_THREADS"] = "1"
     runs = {}
+    episodes = 1000  # far more than the 120 s below can train: each run is still going when signalled
     for sig in (signal.SIGTERM, signal.SIGINT):  # side by side: one process each
         out = tmp_path / sig.name
-        cmd = [str(SCRIPT), "pretrain", str(AGNOSTIC), "--episodes", "40", "--output-dir", str(out)]
+        cmd = [str(SCRIPT), "pretrain", str(AGNOSTIC), "--episodes", str(episodes), "--output-dir", str(out)]
         runs[sig] = (
             out,
             subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env),
         )
-    for sig, (out, process) in runs.items():
-        deadline = time.monotonic() + 120
-        while not lines(out):  # the first episode is done: the loop runs with its handler in place
+    # Each process is signalled as soon as its own first episode is done (the loop runs with its
+    # handler in place), not after the other's: waiting for one let the other finish (a status of -2).
+    waiting, deadline = dict(runs), time.monotonic() + 120
+    while waiting:
+        for sig, (out, process) in list(waiting.items()):
             assert time.monotonic() < deadline and process.poll() is None, process.communicate()
-            time.sleep(0.05)
-        process.send_signal(sig)
+            if lines(out):
+                process.send_signal(sig)
+                del waiting[sig]
+        time.sleep(0.05)
     for sig, (out, process) in runs.items():
         stdout, stderr = process.communicate(timeout=120)
         assert process.returncode == 128 + sig, (sig, stdout, stderr)  # 143 and 130
         done = len(lines(out))
-        assert 1 <= done < 40
-        assert f"stopped after {done}/40 episodes" in stdout
+        assert 1 <= done < episodes
+        assert f"stopped after {done}/{episodes} episodes" in stdout
         assert "stopped early; continue with --resume" in stderr and "Traceback" not in stderr
         assert checkpoint.resolve(out).name == f"checkpoint-{done:06d}"  # saved at the episode it stopped
 
