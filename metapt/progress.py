@@ -48,11 +48,16 @@ class PretrainView:
             f"{k}={v:.4g}" + (f"+-{errors[k]:.2g}" if errors.get(k) is not None else "")
             for k, v in r["utilities"].items()
         )
+        # The bandit chooses by its running estimates, not by this selection's utilities: show them
+        # (the live view's "policy" column), or a choice with the lowest utility looks like a bug.
+        scores = r.get("policy_scores") or {}
+        policy = " ".join(f"{k}={v:.4g}" for k, v in scores.items()) if scores != r["utilities"] else ""
         target = f" target_loss {r['target_loss']:.4f}" if r["target_loss"] is not None else ""
         lead = f" lead {r['lead_z']:.1f}se" if r.get("lead_z") is not None else ""
         return (
             f"episode {r['episode']}/{self.total} chose {r['chosen']}{how}{lead} train_loss {r['train_loss']:.4f}"
-            f"{target}{' utilities ' + utils if utils else ''} select {r['selection_seconds']:.2f}s "
+            f"{target}{' utilities ' + utils if utils else ''}{' policy ' + policy if policy else ''}"
+            f" select {r['selection_seconds']:.2f}s "
             f"train {r['train_seconds']:.2f}s eta {self.eta()}"
         )
 

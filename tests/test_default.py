@@ -47,6 +47,14 @@ def test_default_pretrain_then_finetune(runner, tmp_path: Path) -> None:
     assert [r["episode"] for r in lines] == [1, 2]
     sources = {"mlm", "span_selection", "response_selection", "mlm_shuffled"}
     assert all(set(r["utilities"]) == sources and r["chosen"] in sources for r in lines)
+    # The bandit chooses by its running estimates: a plain line shows them after this selection's
+    # utilities when they differ (from the second selection on), and not when they are the same.
+    printed = [x for x in result.stdout.splitlines() if x.startswith("episode ")]
+    assert len(printed) == 2
+    for r, text in zip(lines, printed, strict=True):
+        policy = " policy " + " ".join(f"{k}={v:.4g}" for k, v in r["policy_scores"].items()) + " select "
+        assert (policy in text) == (r["policy_scores"] != r["utilities"]), (text, r["policy_scores"])
+    assert lines[1]["policy_scores"] != lines[1]["utilities"]
     assert AutoModel.from_pretrained(out).config.hidden_size == 32
     assert len(AutoTokenizer.from_pretrained(out)) <= 600
 
