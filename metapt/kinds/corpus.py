@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from metapt.catalog import KINDS
-from metapt.kinds.common import write_jsonl
+from metapt.kinds.base import Batch
+from metapt.kinds.common import encoder_inputs, join, write_jsonl
 from metapt.kinds.heads import HEADS
 from metapt.metrics import accuracy
 from metapt.spec import TaskSpec
@@ -123,6 +124,29 @@ def special_ids(tokenizer: Any) -> tuple[int, ...]:
 def write_rows(path: Path, predictions: list[Any], records: Any, info: dict) -> None:
     """One JSON line per prediction (source kinds predict per feature row, not per record)."""
     write_jsonl(path, predictions)
+
+
+# pair(rows, i, wanted class, generator) -> (first ids, second ids, the class it could give)
+Pair = Callable[[list[dict], int, int, torch.Generator], tuple[list[int], list[int], int]]
+
+
+def collate_drawn_pairs(
+    rows: list[dict], tokenizer: Any, spec: TaskSpec, generator: torch.Generator, pair: Pair, num_labels: int
+) -> Batch:
+    """input_ids, token_type_ids, attention_mask (B, T): [CLS] a [SEP] b [SEP]; labels (B,): balanced,
+    classes 0, 1, ..., 0, 1, ... handed out to the rows in a random order, each row's pair drawn for
+    its class (sentence distance, IR relevance)."""
+    wanted = [c % num_labels for c in torch.randperm(len(rows), generator=generator).tolist()]
+    ids, types, labels = [], [], []
+    for i, c in enumerate(wanted):
+        a, b, label = pair(rows, i, c, generator)
+        x, t = join(tokenizer, a, b, spec.batch.max_length)
+        ids.append(x)
+        types.append(t)
+        labels.append(label)
+    batch = encoder_inputs(ids, types, tokenizer.pad_token_id)
+    batch["labels"] = torch.tensor(labels)
+    return batch
 
 
 def predict_drawn_class(logits: torch.Tensor, batch: dict[str, torch.Tensor], info: dict) -> list[dict]:

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from metapt.kinds.base import Batch, Info
-from metapt.kinds.common import encoder_inputs, join
 from metapt.kinds.corpus import (
     build_head,
+    collate_drawn_pairs,
     documents,
     map_records,
     predict_drawn_class,
@@ -99,19 +99,9 @@ def pair(
 def collate(
     rows: list[dict], tokenizer: Any, spec: TaskSpec, info: Info, generator: torch.Generator
 ) -> Batch:
-    """input_ids, token_type_ids, attention_mask (B, T): [CLS] query [SEP] passage [SEP]; labels (B,)."""
-    # Balanced: classes 0, 1, 2, 0, 1, ... handed out to the rows in a random order.
-    wanted = [c % NUM_LABELS for c in torch.randperm(len(rows), generator=generator).tolist()]
-    ids, types, labels = [], [], []
-    for i, c in enumerate(wanted):
-        query, passage, label = pair(rows, i, c, generator)
-        x, t = join(tokenizer, query, passage, spec.batch.max_length)
-        ids.append(x)
-        types.append(t)
-        labels.append(label)
-    batch = encoder_inputs(ids, types, tokenizer.pad_token_id)
-    batch["labels"] = torch.tensor(labels)
-    return batch
+    """input_ids, token_type_ids, attention_mask (B, T): [CLS] query [SEP] passage [SEP]; labels (B,), the
+    classes balanced per batch."""
+    return collate_drawn_pairs(rows, tokenizer, spec, generator, pair, NUM_LABELS)
 
 
 def head(hidden_size: int, spec: TaskSpec, info: Info) -> nn.Module:
