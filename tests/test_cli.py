@@ -3,6 +3,7 @@ message on stderr without a traceback (unless --debug), and `inspect-tasks` rows
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomli
 from conftest import REPO, SPECS, write
 from typer.testing import CliRunner
 
@@ -45,6 +47,14 @@ def test_help_lists_the_commands(runner: CliRunner) -> None:
     assert result.exit_code == 0, result.output
     for command in ("pretrain", "finetune", "evaluate", "inspect-tasks", "validate"):
         assert command in result.stdout
+
+
+def test_version_is_the_installed_distributions(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    declared = tomli.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert result.stdout == f"metapt {declared}\n"
+    assert importlib.metadata.version("metapt") == declared  # the package pip installed, not a stale copy
 
 
 # ----------------------------------------------------------------------------------- validate
