@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from metapt import checkpoint, distributed, filecheck, mixture, probes, resuming
+from metapt import __version__, checkpoint, distributed, filecheck, mixture, probes, resuming
 from metapt.data.batches import BatchStream
 from metapt.data.pipeline import TaskData
 from metapt.errors import CheckpointError
@@ -146,6 +146,7 @@ def save(run: Run) -> Path:
         for n, t in run.tasks.items()
     }
     manifest = {
+        "metapt_version": __version__,  # what wrote it, as config.json's transformers_version
         "run_spec": run.spec.path,
         "setting": run.spec.meta.setting,
         "scheduler": run.spec.meta.scheduler,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import itertools
 import json
 import shutil
@@ -67,6 +68,7 @@ def test_the_output_directory_is_a_hugging_face_model_folder(finished: Path) -> 
     assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
     manifest, heads, info, state = checkpoint.load_state(folder)
     assert manifest["episode"] == 2 and manifest["complete"] is True and manifest["scheduler"] == "meta"
+    assert manifest["metapt_version"] == importlib.metadata.version("metapt")  # what wrote it
     assert {n: i["role"] for n, i in info.items()} == {"mlm": "source", "mlm_shuffled": "source"}
     assert {k.split(".")[0] for k in heads} == {"mlm", "mlm_shuffled"}
     assert state["episode"] == 2 and len(state["history"]) == 2
