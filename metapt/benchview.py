@@ -72,7 +72,7 @@ def _main(result: dict[str, Any]) -> Any:
     )
     out = Table(title=title, title_justify="left")
     for name, justify in (("figure", "left"), ("value", "right"), ("target", "left"), ("met", "left")):
-        out.add_column(name, justify=justify)
+        out.add_column(name, justify=justify, overflow="fold")
     for key, label in ROWS:
         if key not in result:
             continue
@@ -115,7 +115,7 @@ def _variants(result: dict[str, Any]) -> Any:
     )
     out = Table(title=title, title_justify="left")
     for key, label in VARIANT_COLUMNS:
-        out.add_column(label, justify="left" if key == "name" else "right")
+        out.add_column(label, justify="left" if key == "name" else "right", overflow="fold")
     for row in result["variants"]:
         out.add_row(*(_cell(key, row.get(key)) for key, _ in VARIANT_COLUMNS))
     return out
@@ -140,7 +140,7 @@ def _sources(result: dict[str, Any]) -> Any:
         ("train_extra_bytes", "step extra"),
     )
     for _, label in keys:
-        out.add_column(label, justify="right")
+        out.add_column(label, justify="right", overflow="fold")
     for row in result["sources"]:
         out.add_row(*(_cell(key, row.get(key)) for key, _ in keys))
     return out
@@ -163,7 +163,7 @@ def _ghost(result: dict[str, Any]) -> Any:
         title_justify="left",
     )
     for label in ("batch", "tokens", "factors", "gradients", "ghost s/pair", "dot s/pair", "rel. error"):
-        out.add_column(label, justify="right")
+        out.add_column(label, justify="right", overflow="fold")
     for row in result["ghost"]:
         out.add_row(
             str(row["batch_size"]),

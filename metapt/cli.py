@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 
 from metapt import outdir
@@ -55,11 +56,25 @@ def _root(
         os.environ["METAPT_DEBUG"] = "1"
 
 
-def _natural_width(renderable: object) -> int:
+def _natural_width(renderable: object, on: Console = console) -> int:
     """The width a table takes when nothing has to fold."""
     from rich.measure import Measurement
 
-    return Measurement.get(console, console.options.update_width(1 << 20), renderable).maximum
+    return Measurement.get(on, on.options.update_width(1 << 20), renderable).maximum
+
+
+def print_wide(on: Console, tables: object) -> None:
+    """Print rich tables; piped, at their natural width, so that no name or figure is folded or cut
+    to the 80 columns rich assumes there (a terminal folds cells to its width)."""
+    if on.is_terminal:
+        on.print(tables)
+        return
+    width = on.width  # print(width=) cannot go past the console's own: widen it while printing
+    on.width = max(width, _natural_width(tables, on))
+    try:
+        on.print(tables)
+    finally:
+        on.width = width
 
 
 def _quiet_libraries() -> None:
@@ -411,7 +426,7 @@ def bench(
     if as_json:
         print(json.dumps(result))
     else:
-        console.print(table(result))
+        print_wide(console, table(result))
 
 
 def _counts(text: str) -> list[int]:

@@ -26,7 +26,7 @@ from conftest import MLM_TASK, TINY_MODEL, write
 from rich.console import Console
 
 from metapt import bench, engine, runsetup, runsteps, selection, steps, study
-from metapt.cli import app
+from metapt.cli import app, print_wide
 from metapt.plain import replay as replay_batches
 from metapt.resolve import parse_run
 from metapt.runspec import override
@@ -111,6 +111,15 @@ def test_bench_json_reports_every_figure(runner, specs: dict[str, Path]) -> None
     console.print(bench.table(r))
     text = console.export_text()
     assert "selection share of episode time" in text and "model FLOPs utilisation" in text
+
+    # Piped (rich assumes 80 columns there), the CLI prints the tables at their natural width: every
+    # variant's name and figure whole, none cut to "supp…" or "100.…" (they were).
+    piped = Console(width=80, record=True, file=io.StringIO())
+    print_wide(piped, bench.table(r))
+    text = piped.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) > 80
+    for name in study.VARIANTS:
+        assert f" {name} " in text, name
 
 
 def test_spearman_and_argmax_by_hand() -> None:
