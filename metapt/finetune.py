@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from metapt import distributed, outdir, pointless, stats
+from metapt import __version__, distributed, outdir, pointless, stats
 from metapt.catalog import KINDS
 from metapt.checkpoint import HEADS, HEADS_INFO, STATE, broken_current, lost_current
 from metapt.data.batches import stable_seed
@@ -243,6 +243,7 @@ def _final(
         "metrics": {},
         "predictions": {},
         "warnings": warnings,  # labels the head cannot learn, pointless settings
+        "metapt_version": __version__,  # what scored it
     }
     for split in ("validation", "test"):
         if split not in task.features:

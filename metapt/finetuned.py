@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from metapt import outdir
+from metapt import __version__, outdir
 from metapt.builders import build_model
 from metapt.catalog import KINDS
 from metapt.data.batches import eval_batches
@@ -142,6 +142,7 @@ def evaluate(folder: Path, spec: TaskSpec, split: str, device_name: str = "auto"
         "main_metric": main_metric(spec, metrics),
         "predictions": str(path),
         "warnings": task.warnings,
+        "metapt_version": __version__,  # what scored it
     }
     (out / f"evaluation-{split}.json").write_text(json.dumps(result, indent=2))
     return result

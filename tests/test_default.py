@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 from collections.abc import Callable
@@ -64,6 +65,7 @@ def test_default_pretrain_then_finetune(runner, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     results = json.loads((out / "finetune" / "conll2012-synthetic" / "results.json").read_text())
     assert results["kind"] == "srl" and results["main_metric"] == "f1"
+    assert results["metapt_version"] == importlib.metadata.version("metapt")  # what scored it
     assert set(results["metrics"]) == {"validation", "test"}
     assert 0.0 <= results["metrics"]["validation"]["f1"] <= 100.0
     assert (out / "finetune" / "conll2012-synthetic" / "predictions" / "validation.props").is_file()

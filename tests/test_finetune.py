@@ -6,6 +6,7 @@ pretrained metapt checkpoint as the encoder. A 1-layer, 32-wide BERT keeps the w
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import json
 import math
 import re
@@ -365,6 +366,7 @@ def test_evaluate_reproduces_the_validation_numbers(kind: str, finetuned: Any, r
     assert (evaluation["task"], evaluation["split"]) == (spec.stem, "validation")
     assert evaluation["metrics"] == pytest.approx(results["metrics"]["validation"])
     assert evaluation["main_metric"] == results["main_metric"]
+    assert evaluation["metapt_version"] == results["metapt_version"] == importlib.metadata.version("metapt")
     path = out / "predictions" / f"validation.{EXTENSIONS[kind]}"
     assert evaluation["predictions"] == str(path)
     assert path.read_text() == predictions
