@@ -413,7 +413,7 @@ def bench(
         raise MetaptError("--reference-check compares two references: it needs --reference M with M >= 1")
     variants = None if not variant else [] if variant == ["none"] else list(variant)
     for text in variants or ():  # a usage mistake is told before the run is set up
-        parse_variant(text, spec.meta)
+        parse_variant(text, spec.meta, spec.sources)
     result = run_bench(
         spec,
         episodes,

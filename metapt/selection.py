@@ -101,13 +101,14 @@ def target_losses(
 
 
 def _weights(base: torch.Tensor, columns: list[str], normalize: str) -> torch.Tensor:
-    """(J,) float64 w_j: 1, or 1 / (the summed losses at theta of target j's task) for `relative`."""
+    """(J,) float64 w_j: 1, or 1 / (the summed losses at theta of target j's task) for `relative`; 0
+    for a task whose losses are all 0 (nothing left to lower: its gradients, hence its terms, are 0)."""
     if normalize == "none":
         return torch.ones(len(columns), dtype=torch.float64)
     sums: dict[str, float] = {}
     for t, v in zip(columns, base.tolist()):
         sums[t] = sums.get(t, 0.0) + v
-    return torch.tensor([1.0 / sums[t] for t in columns], dtype=torch.float64)
+    return torch.tensor([1.0 / sums[t] if sums[t] else 0.0 for t in columns], dtype=torch.float64)
 
 
 def _offset(base: torch.Tensor, normalize: str) -> float:

@@ -264,7 +264,8 @@ class MetaSpec:
         0,
         low=0,
         high=65_536,
-        help="meta: examples per support batch (a probe), 0: each source's [batch] size",
+        help="meta: examples per support batch (a probe), 0: each source's [batch] size; not 1 with a "
+        "contrastive source (no in-batch negatives)",
     )
     selection_params: str = _f(
         "all",

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -33,7 +33,7 @@ from metapt.data.batches import stream_for
 from metapt.errors import MetaptError
 from metapt.model import batch_to
 from metapt.runstate import Run
-from metapt.spec import MetaSpec
+from metapt.spec import MetaSpec, TaskSpec
 
 REFERENCE = 8  # support batches per source and target batches per target of the reference
 SURE = 2.0  # the reference is sure when its leader leads by more than this many standard errors
@@ -64,8 +64,9 @@ def again(m: int) -> str:
 _KINDS = {int: "an integer", float: "a number", str: "a string"}
 
 
-def parse_variant(text: str, base: MetaSpec) -> MetaSpec:
-    """`key=value[,key=value]` over [meta] keys -> the changed MetaSpec (MetaptError when invalid)."""
+def parse_variant(text: str, base: MetaSpec, sources: Iterable[TaskSpec] = ()) -> MetaSpec:
+    """`key=value[,key=value]` over [meta] keys -> the changed MetaSpec (MetaptError when invalid,
+    also for a probe size that `sources` cannot be probed with)."""
     fields = {f.name: f for f in dataclasses.fields(MetaSpec)}
     changes: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -88,6 +89,8 @@ def parse_variant(text: str, base: MetaSpec) -> MetaSpec:
                 probes.top_layers(value)
             except ValueError as e:
                 wrong = [str(e)]
+        if key == "support_batch_size":
+            wrong = wrong or validation.probe_size_problems(value, sources)
         if wrong:
             raise MetaptError(f"--variant: {part!r}: {wrong[0]}")
         changes[key] = value
@@ -153,7 +156,7 @@ class Study:
 
     def __init__(self, run: Run, variants: list[str], m: int = REFERENCE):
         self.m, self.names = m, ["spec", *variants]
-        self.metas = [run.spec.meta, *(parse_variant(v, run.spec.meta) for v in variants)]
+        self.metas = [run.spec.meta, *(parse_variant(v, run.spec.meta, run.spec.sources) for v in variants)]
         # reuse_training variants take the gradients the run's training kept (with the run's
         # selection_params; a variant with other ones takes its probes itself)
         run.keep_training = any(m.reuse_training for m in self.metas)

@@ -243,6 +243,16 @@ def test_the_standard_error_of_a_two_by_two_matrix_by_hand() -> None:
     assert Estimate({"a": 3.0}, {"a": x[:1]}, ["t", "t"], 0.0).se("a") is None
 
 
+def test_relative_weights_by_hand_and_a_task_at_loss_zero_weighs_nothing() -> None:
+    # w_j = 1 / (summed losses of column j's task); a task whose losses are all 0 has nothing to
+    # lower and weighs 0 (it divided by zero: ZeroDivisionError).
+    base = torch.tensor([1.0, 3.0, 0.0, 0.0, 2.0])
+    columns = ["a", "a", "b", "b", "c"]
+    w = selection._weights(base, columns, "relative")
+    assert w.tolist() == [0.25, 0.25, 0.0, 0.0, 0.5]
+    assert selection._weights(base, columns, "none").tolist() == [1.0] * 5
+
+
 def test_a_gap_over_shared_target_batches_pairs_their_columns() -> None:
     # Both sources gain the same extra 10 on target batch 2: a target-batch effect that the
     # difference cancels, so the gap's error is far below the two errors combined.

@@ -376,3 +376,22 @@ def test_pretrained_paths_are_relative_to_the_working_directory(
         "except `[run].output_dir`, `[model].pretrained` and `[tokenizer].pretrained`, which are relative "
         "to the working directory" in reference
     )
+
+
+def test_a_contrastive_task_needs_two_examples_in_a_batch_and_in_a_probe(tmp_path: Path) -> None:
+    # In-batch negatives: with one example the loss is 0 on every batch, and `relative` normalisation
+    # divided by it (bench --variant support_batch_size=1 ended in ZeroDivisionError, exit 1).
+    dialogue = '[data]\nformat = "synthetic"\ncorpus = "dialogues"\nsize = 20\n'
+    one = write(tmp_path, "one.toml", f'kind = "response_selection"\n{dialogue}[batch]\nsize = 1\n')
+    with pytest.raises(
+        SpecError, match=r"\[batch\].size: 1 leaves the contrastive loss no in-batch negatives"
+    ):
+        parse_task(one)
+    write(tmp_path, "talk.toml", f'kind = "response_selection"\n{dialogue}[batch]\nsize = 4\n')
+    write(tmp_path, "docs.toml", 'kind = "masked_lm"\n[data]\nformat = "synthetic"\ncorpus = "documents"\n')
+    run = '[meta]\nsetting = "agnostic"\nsources = ["talk.toml", "docs.toml"]\nsupport_batch_size = {}\n'
+    with pytest.raises(SpecError) as bad:
+        parse_run(write(tmp_path, "run1.toml", run.format(1)))
+    assert [p.key for p in bad.value.problems] == ["[meta].support_batch_size"]  # talk, not docs
+    assert "source 'talk' (contrastive loss) no in-batch negatives" in str(bad.value)
+    assert parse_run(write(tmp_path, "run2.toml", run.format(2))).meta.support_batch_size == 2

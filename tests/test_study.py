@@ -247,6 +247,13 @@ def test_bad_bench_options_exit_2(runner, spec_path: Path) -> None:
     assert result.exit_code == 2 and "'select_every=0': 0 is out of range" in result.output
     result = runner.invoke(app, ["bench", str(spec_path), "--reference", "0", "--reference-check"])
     assert result.exit_code == 2 and "--reference-check compares two references" in result.output
+    # the default's response selection has in-batch negatives: one example per probe leaves none
+    result = runner.invoke(app, ["bench", "agnostic", "--variant", "support_batch_size=1,policy=greedy"])
+    assert (
+        result.exit_code == 2
+        and "'support_batch_size=1': 1 leaves source 'response_selection'" in result.output
+    )
+    assert "setting up the run" not in result.output
 
 
 def _warns(spec_path: Path, key: str, **meta: object) -> bool:
