@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from metapt.catalog import KINDS
 from metapt.data.batches import BatchStream, stream_for
 from metapt.data.pipeline import TaskData, kind_of
 from metapt.model import MultiTaskModel, load_encoder, new_encoder
@@ -35,10 +34,7 @@ def build_model(encoder: nn.Module, tasks: dict[str, TaskData]) -> MultiTaskMode
     initial weights from torch's global RNG) and loss (the spec's, else the kind's first)."""
     hidden = encoder.config.hidden_size
     heads = {n: kind_of(t.spec).head(hidden, t.spec, t.info) for n, t in tasks.items()}
-    losses = {
-        n: (t.spec.loss.type or KINDS[t.spec.kind].losses[0], t.spec.loss.label_smoothing)
-        for n, t in tasks.items()
-    }
+    losses = {n: (t.spec.loss_name(), t.spec.loss.label_smoothing) for n, t in tasks.items()}
     return MultiTaskModel(encoder, heads, losses)
 
 

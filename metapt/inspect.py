@@ -99,7 +99,7 @@ def describe_tasks(paths: list[Path] | None, count: bool) -> list[dict[str, Any]
             "format": spec.data.format,
             "location": _location(spec),
             "head": spec.head.type or info.heads[0],
-            "loss": spec.loss.type or info.losses[0],
+            "loss": spec.loss_name(),
             "metric": spec.options.get("main_metric") or info.metrics[0],
             "description": spec.description,
             "path": str(path),

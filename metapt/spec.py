@@ -143,6 +143,10 @@ class TaskSpec:
         """A kind option's value, falling back to the kind's default."""
         return self.options.get(key, KINDS[self.kind].options[key].default)
 
+    def loss_name(self) -> str:
+        """The task's loss: its [loss].type, else its kind's default."""
+        return self.loss.type or KINDS[self.kind].losses[0]
+
 
 # ----------------------------------------------------------------------------------- run specs
 @dataclass(frozen=True)

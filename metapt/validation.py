@@ -214,7 +214,7 @@ def _kind_problems(spec: TaskSpec, table: dict) -> list[str]:
             )
     if isinstance(options := table.get("options", {}), dict):
         problems += _option_problems(spec, options)
-    if loss_of(spec) == "contrastive" and spec.batch.size < 2:
+    if spec.loss_name() == "contrastive" and spec.batch.size < 2:
         problems.append(
             f"[batch].size: {spec.batch.size} leaves the contrastive loss no in-batch negatives (its loss is "
             "0 on every batch, so the task trains nothing); use at least 2"
@@ -228,11 +228,6 @@ def _kind_problems(spec: TaskSpec, table: dict) -> list[str]:
     return problems
 
 
-def loss_of(spec: TaskSpec) -> str:
-    """The task's loss: its [loss].type, else its kind's default."""
-    return spec.loss.type or KINDS[spec.kind].losses[0]
-
-
 def probe_size_problems(support_batch_size: int, sources: typing.Iterable[TaskSpec]) -> list[str]:
     """A source with in-batch negatives (the contrastive loss) needs two examples in every probe: with
     one its loss is 0 and its gradient nothing, and `relative` normalisation would divide by it."""
@@ -242,7 +237,7 @@ def probe_size_problems(support_batch_size: int, sources: typing.Iterable[TaskSp
         f"1 leaves source {t.name!r} (contrastive loss) no in-batch negatives, so its loss is 0 on every "
         "probe; use at least 2, or 0 for its training batches"
         for t in sources
-        if loss_of(t) == "contrastive"
+        if t.loss_name() == "contrastive"
     ]
 
 
@@ -361,7 +356,10 @@ def run_problems(
         why = f"{meta.single_task!r} is not a source; allowed: {', '.join(meta.sources)}"
         found.append(("[meta].single_task", why))
     found += [("[meta].selection_params", m) for m in _params_problems(spec)]
-    found += [("[meta].support_batch_size", m) for m in probe_size_problems(meta.support_batch_size, sources)]
+    if meta.scheduler == "meta":  # only the meta step probes
+        found += [
+            ("[meta].support_batch_size", m) for m in probe_size_problems(meta.support_batch_size, sources)
+        ]
     if meta.scheduler == "mixture" and len(sources) == len(meta.sources):  # names known: check the file
         found += [("[meta].mixture", m) for m in _mixture_problems(path, meta, sources)]
     return [Problem(str(path), key, message) for key, message in found]

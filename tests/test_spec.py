@@ -395,3 +395,5 @@ def test_a_contrastive_task_needs_two_examples_in_a_batch_and_in_a_probe(tmp_pat
     assert [p.key for p in bad.value.problems] == ["[meta].support_batch_size"]  # talk, not docs
     assert "source 'talk' (contrastive loss) no in-batch negatives" in str(bad.value)
     assert parse_run(write(tmp_path, "run2.toml", run.format(2))).meta.support_batch_size == 2
+    uniform = run.format(1) + 'scheduler = "uniform"\n'  # a baseline never probes: nothing to refuse
+    assert parse_run(write(tmp_path, "run3.toml", uniform)).meta.scheduler == "uniform"
