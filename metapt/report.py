@@ -181,6 +181,19 @@ def _draw_share(share: Any, records: list[dict[str, Any]], episodes: list[int]) 
     share.legend(fontsize="small")
 
 
+def legend_below(ax: Any) -> None:
+    """A legend of one entry per task, under the axes: placed inside, it can hide a task's line
+    (the per-task held-out losses span the whole height when their scales differ)."""
+    count = len(ax.get_legend_handles_labels()[1])
+    ax.legend(
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.2),
+        ncol=min(4, max(1, count)),
+        fontsize="small",
+        frameon=False,
+    )
+
+
 def draw_heldout(mean_ax: Any, task_ax: Any, records: list[dict[str, Any]]) -> None:
     """Held-out loss against cumulative selection + training FLOPs: the mean over the scored tasks,
     and each task on its own (the episodes that evaluated; see `[run].eval_every`)."""
@@ -202,7 +215,7 @@ def draw_heldout(mean_ax: Any, task_ax: Any, records: list[dict[str, Any]]) -> N
                 points.setdefault(task, []).append((spent, value))
         for task, pts in points.items():
             task_ax.plot(*zip(*pts), marker=".", label=task)
-        task_ax.legend(fontsize="small")
+        legend_below(task_ax)
     for ax, what in ((mean_ax, "held-out loss, mean over tasks"), (task_ax, "held-out loss per task")):
         ax.set(title=what, xlabel="FLOPs (selection + training)", ylabel="loss")
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
@@ -237,11 +250,11 @@ def _draw_utilities(ax: Any, scored: list[dict[str, Any]], tasks: list[str]) -> 
         if bandit:
             ax.plot(x, [r["policy_scores"][t] for r in rows], linestyle="--", color=color, linewidth=1.2)
     ax.axhline(0.0, color="gray", linewidth=0.5)
-    ax.legend(fontsize="small")
+    legend_below(ax)
     notes = ["band: 1 s.e."] if banded else []  # no band is drawn where no selection had one
     notes += ["dashed: bandit's mean"] if bandit else []
     ax.set(
-        title="utility - mean over sources" + (f" ({'; '.join(notes)})" if notes else ""),
+        title="utility - mean over sources" + (f"\n({'; '.join(notes)})" if notes else ""),
         xlabel="episode",
         ylabel="utility",
     )

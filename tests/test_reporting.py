@@ -287,3 +287,47 @@ def test_the_utilities_panel_claims_a_band_only_where_one_is_drawn(se: float | N
     _draw_utilities(ax, scored, ["a", "b"])
     assert ax.get_title().endswith(title) and ("s.e." in ax.get_title()) == bool(se)
     assert len(ax.collections) == (2 if se else 0)  # one filled band per task
+
+
+@pytest.mark.parametrize("n_tasks", [4, 16])
+def test_the_per_task_legends_sit_under_their_panels_and_cover_no_line(n_tasks: int) -> None:
+    # Inside the panel, the per-task held-out legend hid span_selection's line in the default run's
+    # report: the tasks' losses (1.5 to 4.8) fill the whole height.
+    pytest.importorskip("matplotlib")
+    from metapt.report import draw_run
+
+    tasks = [f"task_{i}" for i in range(n_tasks)]
+    records = [
+        {
+            "episode": e,
+            "chosen": tasks[e % n_tasks],
+            "utilities": {t: 0.01 * ((e + i) % 3) for i, t in enumerate(tasks)},
+            "utility_se": {t: 0.001 for t in tasks},
+            "policy_scores": {t: 0.0 for t in tasks},
+            "train_loss": 2.0,
+            "target_loss": 3.0,
+            "selection_seconds": 0.1,
+            "train_seconds": 1.0,
+            "selection_flops": 1e9,
+            "train_flops": 1e10,
+            "heldout_loss": {t: 1.5 + 3.3 * i / n_tasks for i, t in enumerate(tasks)},
+            "heldout_loss_mean": 3.0,
+        }
+        for e in range(1, 9)
+    ]
+    fig = draw_run(records, "title", tasks)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    panels = fig.axes
+    by_title = {ax.get_title().split("\n")[0]: ax for ax in panels}
+    for title in ("utility - mean over sources", "held-out loss per task"):
+        ax = by_title[title]
+        legend = ax.get_legend()
+        assert [t.get_text() for t in legend.get_texts()] == tasks
+        box = legend.get_window_extent(renderer)
+        assert not box.overlaps(ax.get_window_extent(renderer))  # below the plotting area
+        assert all(not box.overlaps(other.get_window_extent(renderer)) for other in panels)
+        assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)
+    for ax in panels:  # the utilities' title, with its notes, was cut at the figure's edge
+        box = ax.title.get_window_extent(renderer)
+        assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)
