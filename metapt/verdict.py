@@ -31,17 +31,31 @@ def compare_plot(results: dict[str, Any], output: Path) -> Path:
     against the run's total FLOPs; filled markers validation, hollow markers test."""
 
     tasks = results["downstream_tasks"]
-    fig = figure(5.5 * (1 + len(tasks)), 4.8)
+    fig = figure(5.5 * (1 + len(tasks)), 5.2)
+    fig.set_layout_engine("constrained")
     axes = fig.subplots(1, 1 + len(tasks), squeeze=False)[0]
     _heldout_panel(axes[0], results)
     for ax, task in zip(axes[1:], tasks):
         _score_panel(ax, results, task)
+    # one legend under all panels (each scheduler keeps its colour in every panel): a legend inside a
+    # panel covered the bands and error bars it sat on
+    labelled: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            labelled.setdefault(label, handle)
+    if labelled:
+        fig.legend(
+            labelled.values(),
+            labelled.keys(),
+            loc="outside lower center",
+            ncol=len(labelled),
+            fontsize="small",
+        )
     fig.suptitle(
         "held-out loss and downstream score against pretraining compute, over seeds "
         "(downstream: filled validation, hollow test)",
         fontsize="medium",
     )
-    fig.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(png_bytes(fig))
     return output
@@ -68,9 +82,7 @@ def _heldout_panel(ax: Any, results: dict[str, Any]) -> None:
         ax.axhline(threshold, color="gray", linestyle="--", linewidth=1, label="uniform's final loss")
     ax.set(title="held-out loss (mean ± std over seeds)", xlabel=FLOPS, ylabel="loss")
     ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small")
-    else:
+    if not ax.get_legend_handles_labels()[0]:
         ax.text(0.5, 0.5, "no held-out evaluations", ha="center", transform=ax.transAxes)
 
 
@@ -94,7 +106,6 @@ def _score_panel(ax: Any, results: dict[str, Any], task: str) -> None:
                 )
     ax.set(title=f"{task}: {metric} (95% interval)", xlabel=FLOPS, ylabel=metric or "score")
     ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
-    ax.legend(fontsize="small")
 
 
 def _count(mean: float) -> str:

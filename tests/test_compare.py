@@ -483,3 +483,41 @@ def test_compare_sums_each_pretrained_checkpoint_once_for_all_its_tasks(
     checked = sorted("/".join(p.parts[-3:]) for p in summed if p.parent.name.startswith("checkpoint-"))
     weights = ("heads.safetensors", "model.safetensors", "training_state.pt")
     assert checked == [f"seed-1/checkpoint-000002/{name}" for name in weights]
+
+
+def test_compare_plot_has_one_legend_under_all_panels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A legend inside the held-out panel covered meta:greedy's band in docs/results-public.png.
+    pytest.importorskip("matplotlib")
+    from metapt import verdict
+    from metapt.report import png_bytes
+
+    def entry(shift: float) -> dict:
+        curve = [[x * 1e11, 5.0 - 0.1 * x + shift, 0.3] for x in range(1, 6)]
+        score = {"mean": 80.0 + shift, "values": [79.0 + shift, 81.0 + shift]}
+        return {
+            "heldout": {"curve": curve, "threshold": 4.6},
+            "flops_to_uniform": None,
+            "main_metric": {"t": "f1"},
+            "pretrain": {"total_flops": 5e11 + shift * 1e10},
+            "downstream": {"t": {"validation": {"f1": score}, "test": {"f1": score}}},
+        }
+
+    names = ["meta:greedy", "meta:bandit", "uniform"]
+    results = {
+        "schedulers": {name: entry(0.2 * i) for i, name in enumerate(names)},
+        "reference": "uniform",
+        "downstream_tasks": ["t"],
+    }
+    drawn = []
+    monkeypatch.setattr(verdict, "png_bytes", lambda fig: drawn.append(fig) or png_bytes(fig))
+    assert verdict.compare_plot(results, tmp_path / "compare.png").stat().st_size > 10_000
+    (fig,) = drawn
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [*names, "uniform's final loss"]
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    renderer = fig.canvas.get_renderer()
+    box = legend.get_window_extent(renderer)
+    assert all(not box.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes)
+    assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)
